@@ -1,0 +1,284 @@
+//! Authentication and authorisation.
+//!
+//! A key arrives as `X-API-Key: <key>` or `Authorization: Bearer <key>`; it
+//! is hashed and looked up, so the stored hash is all the database holds.
+//! Verified keys are cached for [`CACHE_TTL`] to keep the hot read paths off
+//! the database; revoking a key drops it from this process's cache at once,
+//! and other API processes forget it within the TTL.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use poem::Request;
+use poem_openapi::SecurityScheme;
+use poem_openapi::auth::{ApiKey, Bearer};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use supascale_shared::api_key::{self, Permission};
+use supascale_shared::entities::{api_key as api_key_row, setting};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+const CACHE_MAX: usize = 10_000;
+
+/// Who is calling: a verified key's permissions and project restriction.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub key_id: String,
+    permissions: HashSet<Permission>,
+    /// `Some` when the key is limited to these projects.
+    pub project_ids: Option<Vec<String>>,
+}
+
+impl Principal {
+    pub fn has(&self, permission: Permission) -> bool {
+        self.permissions.contains(&Permission::Admin) || self.permissions.contains(&permission)
+    }
+
+    /// 403 unless the key holds `permission`.
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+        if self.has(permission) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "API key lacks the {} permission",
+                permission.as_str()
+            )))
+        }
+    }
+
+    /// Whether the key may see this project's data at all.
+    pub fn may_see(&self, project_id: &str) -> bool {
+        self.project_ids
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|id| id == project_id))
+    }
+
+    /// Managing keys needs an admin key that is not limited to projects: a
+    /// limited key must not be able to mint an unlimited one.
+    pub fn require_unrestricted_admin(&self) -> Result<(), ApiError> {
+        self.require(Permission::Admin)?;
+        if self.project_ids.is_some() {
+            return Err(ApiError::forbidden(
+                "API keys can only be managed with an admin key that is not limited to projects",
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub struct KeyCache {
+    entries: RwLock<HashMap<String, (Instant, Result<Principal, String>)>>,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self {
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+impl KeyCache {
+    fn get(&self, hash: &str) -> Option<Result<Principal, String>> {
+        let entries = self.entries.read().expect("key cache lock");
+        entries
+            .get(hash)
+            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put(&self, hash: String, value: Result<Principal, String>) {
+        let mut entries = self.entries.write().expect("key cache lock");
+        if entries.len() >= CACHE_MAX {
+            entries.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
+            if entries.len() >= CACHE_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(hash, (Instant::now(), value));
+    }
+
+    pub fn forget_key(&self, key_id: &str) {
+        let mut entries = self.entries.write().expect("key cache lock");
+        entries.retain(|_, (_, v)| !matches!(v, Ok(p) if p.key_id == key_id));
+    }
+}
+
+/// Verifies a presented key against the control plane.
+pub async fn verify(state: &AppState, key: &str) -> poem::Result<Principal> {
+    let unauthorized = |m: &str| -> poem::Error {
+        poem::Error::from_string(m.to_string(), poem::http::StatusCode::UNAUTHORIZED)
+    };
+    let hash = api_key::hash(key.trim());
+    let verdict = match state.keys.get(&hash) {
+        Some(v) => v,
+        None => {
+            let row = api_key_row::Entity::find()
+                .filter(api_key_row::Column::KeyHash.eq(hash.clone()))
+                .one(&state.db)
+                .await
+                .map_err(|e| {
+                    let e = crate::error::db_error(e);
+                    poem::Error::from_string("Control-plane database is unavailable", e.status())
+                })?;
+            let verdict = match row {
+                // The index found the row by hash; compare again in constant time.
+                Some(row) if api_key::matches(key.trim(), &row.key_hash) => {
+                    if row.revoked_at.is_some() {
+                        Err("API key has been revoked".to_string())
+                    } else if row.expires_at.is_some_and(|at| at <= Utc::now()) {
+                        Err("API key has expired".to_string())
+                    } else {
+                        Ok(principal_from_row(&row))
+                    }
+                }
+                _ => Err("Invalid API key".to_string()),
+            };
+            state.keys.put(hash, verdict.clone());
+            verdict
+        }
+    };
+    match verdict {
+        // An expiry that passed while the verdict sat in the cache.
+        Ok(p) => Ok(p),
+        Err(message) => Err(unauthorized(&message)),
+    }
+}
+
+fn principal_from_row(row: &api_key_row::Model) -> Principal {
+    let names: Vec<String> = serde_json::from_str(&row.permissions).unwrap_or_default();
+    Principal {
+        key_id: row.id.clone(),
+        permissions: names.iter().filter_map(|n| Permission::parse(n)).collect(),
+        project_ids: row
+            .project_ids
+            .as_deref()
+            .and_then(|ids| serde_json::from_str(ids).ok()),
+    }
+}
+
+async fn check_api_key(req: &Request, key: ApiKey) -> poem::Result<Principal> {
+    let state = req.data::<AppState>().expect("AppState is attached");
+    verify(state, &key.key).await
+}
+
+async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Principal> {
+    let state = req.data::<AppState>().expect("AppState is attached");
+    verify(state, &bearer.token).await
+}
+
+/// `Authorization: Bearer <key>`: the same keys, for clients that only speak bearer tokens.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", checker = "check_bearer")]
+pub struct BearerAuth(Principal);
+
+/// `X-API-Key: <key>`.
+#[derive(SecurityScheme)]
+#[oai(
+    ty = "api_key",
+    key_name = "X-API-Key",
+    key_in = "header",
+    checker = "check_api_key"
+)]
+pub struct ApiKeyAuth(Principal);
+
+/// Either way of presenting a key. `ApiKey` is tried last, so its verdict
+/// ("revoked", "expired") is the one reported.
+#[derive(SecurityScheme)]
+pub enum Auth {
+    Bearer(BearerAuth),
+    ApiKey(ApiKeyAuth),
+}
+
+impl Auth {
+    pub fn principal(&self) -> &Principal {
+        match self {
+            Auth::Bearer(b) => &b.0,
+            Auth::ApiKey(k) => &k.0,
+        }
+    }
+}
+
+/// Stores a new key row; returns its id.
+pub async fn insert_key(
+    state_db: &sea_orm::DatabaseConnection,
+    name: &str,
+    key: &str,
+    permissions: &[Permission],
+    project_ids: Option<&[String]>,
+    expires_at: Option<chrono::DateTime<Utc>>,
+) -> Result<api_key_row::Model, sea_orm::DbErr> {
+    let names: Vec<&str> = permissions.iter().map(|p| p.as_str()).collect();
+    let row = api_key_row::ActiveModel {
+        id: Set(format!("key-{}", uuid::Uuid::now_v7().simple())),
+        name: Set(name.to_string()),
+        key_prefix: Set(api_key::display_prefix(key)),
+        key_hash: Set(api_key::hash(key)),
+        permissions: Set(serde_json::to_string(&names).expect("strings serialise")),
+        project_ids: Set(
+            project_ids.map(|ids| serde_json::to_string(ids).expect("strings serialise"))
+        ),
+        expires_at: Set(expires_at),
+        created_at: Set(crate::now()),
+        revoked_at: Set(None),
+    };
+    api_key_row::Entity::insert(row.clone())
+        .exec_without_returning(state_db)
+        .await?;
+    Ok(api_key_row::Model {
+        id: row.id.unwrap(),
+        name: row.name.unwrap(),
+        key_prefix: row.key_prefix.unwrap(),
+        key_hash: row.key_hash.unwrap(),
+        permissions: row.permissions.unwrap(),
+        project_ids: row.project_ids.unwrap(),
+        expires_at: row.expires_at.unwrap(),
+        created_at: row.created_at.unwrap(),
+        revoked_at: None,
+    })
+}
+
+/// At start: store the bootstrap key when one is configured; on a first
+/// start with no key at all, create an admin key and return it so the
+/// caller prints it once. Several processes starting together create at
+/// most one such key (a settings row is the latch).
+pub async fn bootstrap_keys(
+    db: &sea_orm::DatabaseConnection,
+    bootstrap: Option<&str>,
+) -> anyhow::Result<Option<String>> {
+    if let Some(key) = bootstrap {
+        if key.len() < 20 {
+            anyhow::bail!("SUPASCALE_BOOTSTRAP_API_KEY must be at least 20 characters long");
+        }
+        let exists = api_key_row::Entity::find()
+            .filter(api_key_row::Column::KeyHash.eq(api_key::hash(key)))
+            .count(db)
+            .await?
+            > 0;
+        if !exists {
+            insert_key(db, "bootstrap", key, &[Permission::Admin], None, None).await?;
+        }
+        return Ok(None);
+    }
+    let any = api_key_row::Entity::find().count(db).await? > 0;
+    if any {
+        return Ok(None);
+    }
+    let latch = setting::Entity::insert(setting::ActiveModel {
+        key: Set("initial_admin_key_created".into()),
+        value: Set(Utc::now().to_rfc3339()),
+    })
+    .on_conflict_do_nothing_on([setting::Column::Key])
+    .exec_without_returning(db)
+    .await?;
+    if !matches!(latch, sea_orm::TryInsertResult::Inserted(n) if n > 0) {
+        return Ok(None);
+    }
+    let key = api_key::generate();
+    insert_key(db, "initial admin", &key, &[Permission::Admin], None, None).await?;
+    Ok(Some(key))
+}

@@ -1,0 +1,247 @@
+//! The Backups API (`supascale-api`): validates, authorises, writes rows and
+//! answers from them. It never runs a job itself; in the embedded default the
+//! same process also hosts the worker loop.
+
+pub mod auth;
+pub mod error;
+pub mod payload;
+pub mod routes;
+pub mod state;
+pub mod timestamp;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, SubsecRound, Utc};
+use poem::endpoint::make_sync;
+use poem::http::{HeaderValue, StatusCode};
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::{Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route, get};
+use poem_openapi::OpenApiService;
+use supascale_shared::Config;
+use tracing::Instrument;
+
+use crate::routes::{api_keys::ApiKeysApi, backups::BackupsApi, projects::ProjectsApi};
+use crate::state::AppState;
+
+pub const API_PREFIX: &str = "/api/v1";
+
+/// The current time as the control plane stores it (whole microseconds, so
+/// that a time read back compares equal to the one written on every backend).
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+type Apis = (BackupsApi, ProjectsApi, ApiKeysApi);
+
+pub fn openapi_service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        (BackupsApi, ProjectsApi, ApiKeysApi),
+        "Supascale Backups API",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Back up, restore, import and migrate self-hosted Supabase projects. \
+         Authenticate with `X-API-Key: <key>` (or `Authorization: Bearer <key>`). \
+         Every error answers `{\"success\": false, \"error\": \"…\"}`.",
+    )
+    .server(API_PREFIX)
+}
+
+/// The OpenAPI document, as committed in `openapi.yaml`.
+pub fn spec_yaml() -> String {
+    openapi_service().spec_yaml()
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> impl Endpoint {
+    let service = openapi_service();
+    let ui = service.swagger_ui();
+    let spec = service.spec_yaml();
+    let max_body = state.config.max_body_bytes as usize;
+    Route::new()
+        .at(
+            "/api/v1/openapi.yaml",
+            make_sync(move |_| {
+                Response::builder()
+                    .content_type("application/yaml")
+                    .body(spec.clone())
+            }),
+        )
+        .nest(
+            API_PREFIX,
+            service.around(move |ep, req| limit_body(ep, req, max_body)),
+        )
+        .nest("/docs", ui)
+        .at("/healthz", get(routes::ops::healthz))
+        .at("/readyz", get(routes::ops::readyz))
+        .data(state)
+        .catch_all_error(|error: poem::Error| async move {
+            if error.is_from_response() {
+                // An `ApiError` already in the contract's shape.
+                error.into_response()
+            } else {
+                error::error_response(error.status(), &error.to_string())
+            }
+        })
+        .around(log_request)
+}
+
+/// Refuses a body over `max` bytes with 413 before a handler reads it:
+/// by `Content-Length` when the client sends one, by reading at most
+/// `max + 1` bytes of a chunked body otherwise.
+async fn limit_body<E: Endpoint>(
+    endpoint: Arc<E>,
+    mut request: Request,
+    max: usize,
+) -> poem::Result<Response> {
+    let too_large = || poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE);
+    let declared = request
+        .headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max as u64 => return Err(too_large()),
+        Some(_) => {}
+        None if request
+            .headers()
+            .contains_key(poem::http::header::TRANSFER_ENCODING) =>
+        {
+            use tokio::io::AsyncReadExt;
+            let mut buffer = Vec::new();
+            request
+                .take_body()
+                .into_async_read()
+                .take(max as u64 + 1)
+                .read_to_end(&mut buffer)
+                .await
+                .map_err(|e| poem::Error::from_string(e.to_string(), StatusCode::BAD_REQUEST))?;
+            if buffer.len() > max {
+                return Err(too_large());
+            }
+            request.set_body(buffer);
+        }
+        None => {}
+    }
+    endpoint
+        .call(request)
+        .await
+        .map(IntoResponse::into_response)
+}
+
+/// One log line per request, with a request id (taken from `X-Request-Id`
+/// when the caller sends one) that every line inside the request carries
+/// and the response echoes. The query string is not logged.
+async fn log_request<E: Endpoint>(endpoint: Arc<E>, request: Request) -> poem::Result<Response> {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let started = Instant::now();
+    async move {
+        let mut response = match endpoint.call(request).await {
+            Ok(r) => r.into_response(),
+            Err(e) if e.is_from_response() => e.into_response(),
+            Err(e) => error::error_response(e.status(), &e.to_string()),
+        };
+        let status = response.status();
+        let elapsed_ms = (started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
+        if status.is_server_error() {
+            tracing::warn!(%method, %path, status = status.as_u16(), elapsed_ms, "request failed");
+        } else {
+            tracing::info!(%method, %path, status = status.as_u16(), elapsed_ms, "request");
+        }
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        Ok(response)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Starts the API: control plane, keys, listener; serves until SIGTERM or
+/// Ctrl-C.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let (db, master_key) = supascale_shared::open_control_plane(&config).await?;
+    let redis = match &config.redis_url {
+        None => None,
+        Some(url) => {
+            let client = redis::Client::open(url.expose())
+                .context("SUPASCALE_REDIS_URL is not a valid Redis URL")?;
+            let manager = tokio::time::timeout(
+                Duration::from_secs(10),
+                redis::aio::ConnectionManager::new(client),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("SUPASCALE_REDIS_URL: Redis did not answer within 10 s"))?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "SUPASCALE_REDIS_URL: cannot connect to Redis: {}",
+                    supascale_shared::redact::redact_urls(&e.to_string())
+                )
+            })?;
+            Some(manager)
+        }
+    };
+    let new_admin_key =
+        auth::bootstrap_keys(&db, config.bootstrap_api_key.as_ref().map(|k| k.expose())).await?;
+
+    let addr = config.listen_addr()?;
+    let acceptor = TcpListener::bind(addr)
+        .into_acceptor()
+        .await
+        .with_context(|| format!("SUPASCALE_LISTEN: cannot listen on {addr}"))?;
+    let local = acceptor
+        .local_addr()
+        .into_iter()
+        .next()
+        .and_then(|a| a.as_socket_addr().copied())
+        .unwrap_or(addr);
+    // stdout, not the log: this is what the operator reads once.
+    println!("Supascale Backups API listening on http://{local}");
+    println!(
+        "  deployment: {:?}, API docs: http://{local}/docs",
+        config.deployment()
+    );
+    if let Some(key) = new_admin_key {
+        println!("  admin API key (shown once, store it now): {key}");
+        println!("  try: curl -H 'X-API-Key: {key}' http://{local}/api/v1/backups");
+    }
+    tracing::info!(%local, deployment = ?config.deployment(), "listening");
+
+    let state = AppState {
+        db,
+        master_key,
+        config: Arc::new(config),
+        redis,
+        keys: Arc::new(auth::KeyCache::default()),
+    };
+    poem::Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(
+            app(state).into_endpoint(),
+            shutdown_signal(),
+            Some(Duration::from_secs(30)),
+        )
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

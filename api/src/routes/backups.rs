@@ -1,0 +1,417 @@
+//! The read side of backups: `GET /backups` and `GET /backups/{id}`.
+//!
+//! Lists are ordered newest first by `(created_at, id)`, and an opaque
+//! cursor carries the last row's key, so a deep page by cursor costs what the
+//! first page costs. `pagination.total` and `stats` read `backup_stats`
+//! (kept by triggers), never a count over `backups`.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use chrono::{DateTime, Utc};
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+use sea_orm::sea_query::{Expr, ExprTrait, IntoCondition};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use supascale_shared::api_key::Permission;
+use supascale_shared::domain::{DESTINATIONS, STATUSES};
+use supascale_shared::entities::{backup, backup_stat, restore};
+
+use super::{ApiTags, parse_list_filter};
+use crate::auth::{Auth, Principal};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::timestamp::Timestamp;
+
+pub const DEFAULT_LIMIT: u64 = 50;
+pub const MAX_LIMIT: u64 = 500;
+
+/// A backup as the list shows it.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Backup {
+    pub id: String,
+    pub project_id: String,
+    /// The project's name when the backup was taken.
+    pub project_name: String,
+    /// `full | database | storage | functions | config`
+    #[oai(rename = "type")]
+    pub backup_type: String,
+    /// `pending | in_progress | completed | failed`
+    pub status: String,
+    /// `local | s3 | gcs | azure | r2 | minio | backblaze`
+    pub destination: String,
+    /// Where the artifact is, e.g. `s3://bucket/my-project/…tar.gz`.
+    pub path: String,
+    /// Artifact size in bytes.
+    pub size: i64,
+    pub encrypted: bool,
+    /// `gzip | zstd`
+    pub compression: String,
+    /// SHA-256 of the artifact, hex.
+    #[oai(skip_serializing_if_is_none)]
+    pub sha256: Option<String>,
+    /// Whole seconds the backup took.
+    #[oai(skip_serializing_if_is_none)]
+    pub duration: Option<i64>,
+    /// Why a failed backup failed.
+    #[oai(skip_serializing_if_is_none)]
+    pub error: Option<String>,
+    pub created_at: Timestamp,
+    #[oai(skip_serializing_if_is_none)]
+    pub completed_at: Option<Timestamp>,
+    #[oai(skip_serializing_if_is_none)]
+    pub verified_at: Option<Timestamp>,
+}
+
+impl From<backup::Model> for Backup {
+    fn from(row: backup::Model) -> Self {
+        Self {
+            id: row.id,
+            project_id: row.project_id,
+            project_name: row.project_name,
+            backup_type: row.backup_type,
+            status: row.status,
+            destination: row.destination,
+            path: row.path,
+            size: row.size,
+            encrypted: row.encrypted,
+            compression: row.compression,
+            sha256: row.sha256,
+            duration: row.duration_secs,
+            error: row.error,
+            created_at: row.created_at.into(),
+            completed_at: row.completed_at.map(Into::into),
+            verified_at: row.verified_at.map(Into::into),
+        }
+    }
+}
+
+/// One restore of a backup.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RestoreRecord {
+    pub restored_at: Timestamp,
+    /// Whole seconds the restore took.
+    pub duration: i64,
+    /// The project restored into.
+    pub project_id: String,
+    pub restore_types: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// A backup with its restore history.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct BackupDetails {
+    #[oai(flatten)]
+    pub backup: Backup,
+    pub restore_history: Vec<RestoreRecord>,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Pagination {
+    /// Backups matching the filters, over all pages.
+    pub total: i64,
+    pub limit: u64,
+    pub offset: u64,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct DestinationStats {
+    pub count: i64,
+    /// Bytes.
+    pub size: i64,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct BackupStats {
+    pub total_backups: i64,
+    /// Bytes.
+    pub total_size: i64,
+    pub by_destination: BTreeMap<String, DestinationStats>,
+}
+
+#[derive(Debug, Object)]
+pub struct BackupList {
+    pub backups: Vec<Backup>,
+    pub pagination: Pagination,
+    #[oai(skip_serializing_if_is_none)]
+    pub stats: Option<BackupStats>,
+}
+
+pub struct BackupsApi;
+
+#[OpenApi(tag = "ApiTags::Backups")]
+impl BackupsApi {
+    /// List backups
+    ///
+    /// Newest first. `projectId`, `status` and `destination` each take one
+    /// value or a comma-separated list. Page with `limit`/`offset`, or with
+    /// `cursor` (from `pagination.nextCursor`), which stays fast at any depth.
+    #[oai(path = "/backups", method = "get", operation_id = "listBackups")]
+    #[allow(clippy::too_many_arguments)]
+    async fn list(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Filter by project (comma-separated for several).
+        #[oai(name = "projectId")]
+        project_id: Query<Option<String>>,
+        /// Filter by status (comma-separated for several).
+        status: Query<Option<String>>,
+        /// Filter by destination (comma-separated for several).
+        destination: Query<Option<String>>,
+        /// Results per page (1 to 500, default 50).
+        limit: Query<Option<i64>>,
+        /// Rows to skip (default 0).
+        offset: Query<Option<i64>>,
+        /// The `pagination.nextCursor` of the previous page.
+        cursor: Query<Option<String>>,
+        /// Include totals by destination.
+        stats: Query<Option<bool>>,
+    ) -> ApiResult<Json<BackupList>> {
+        let principal = auth.principal();
+        principal.require(Permission::BackupsRead)?;
+        let limit = match limit.0 {
+            None => DEFAULT_LIMIT,
+            Some(n) if (1..=MAX_LIMIT as i64).contains(&n) => n as u64,
+            Some(n) => {
+                return Err(ApiError::bad_request(format!(
+                    "limit must be between 1 and {MAX_LIMIT}, not {n}"
+                )));
+            }
+        };
+        let offset = match offset.0 {
+            None => 0,
+            Some(n) if n >= 0 => n as u64,
+            Some(n) => {
+                return Err(ApiError::bad_request(format!(
+                    "offset must be 0 or more, not {n}"
+                )));
+            }
+        };
+        let cursor = cursor.0.as_deref().map(Cursor::decode).transpose()?;
+        let filters = Filters {
+            projects: scoped_projects(
+                principal,
+                parse_list_filter("projectId", project_id.0.as_deref(), None)?,
+            ),
+            statuses: parse_list_filter("status", status.0.as_deref(), Some(&STATUSES))?,
+            destinations: parse_list_filter(
+                "destination",
+                destination.0.as_deref(),
+                Some(&DESTINATIONS),
+            )?,
+        };
+
+        let mut query = backup::Entity::find().filter(filters.condition(
+            backup::Column::ProjectId,
+            backup::Column::Status,
+            backup::Column::Destination,
+        ));
+        if let Some(cursor) = &cursor {
+            query = query.filter(
+                Expr::tuple([
+                    Expr::col(backup::Column::CreatedAt),
+                    Expr::col(backup::Column::Id),
+                ])
+                .lt(Expr::tuple([
+                    Expr::val(cursor.created_at),
+                    Expr::val(cursor.id.clone()),
+                ])),
+            );
+        }
+        let mut rows = query
+            .order_by_desc(backup::Column::CreatedAt)
+            .order_by_desc(backup::Column::Id)
+            .offset(offset)
+            .limit(limit + 1)
+            .all(&state.db)
+            .await?;
+        let next_cursor = if rows.len() as u64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| {
+                Cursor {
+                    created_at: r.created_at,
+                    id: r.id.clone(),
+                }
+                .encode()
+            })
+        } else {
+            None
+        };
+
+        let by_destination = stats_by_destination(&state, &filters).await?;
+        let total: i64 = by_destination.values().map(|s| s.count).sum();
+        let stats = stats.0.unwrap_or(false).then(|| BackupStats {
+            total_backups: total,
+            total_size: by_destination.values().map(|s| s.size).sum(),
+            by_destination,
+        });
+        Ok(Json(BackupList {
+            backups: rows.into_iter().map(Backup::from).collect(),
+            pagination: Pagination {
+                total,
+                limit,
+                offset,
+                next_cursor,
+            },
+            stats,
+        }))
+    }
+
+    /// Get backup details
+    ///
+    /// The backup with its restore history.
+    #[oai(path = "/backups/:id", method = "get", operation_id = "getBackup")]
+    async fn get(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        id: Path<String>,
+    ) -> ApiResult<Json<BackupDetails>> {
+        let principal = auth.principal();
+        principal.require(Permission::BackupsRead)?;
+        let row = find_visible(&state, principal, &id.0).await?;
+        let history = restore::Entity::find()
+            .filter(restore::Column::BackupId.eq(row.id.clone()))
+            .filter(restore::Column::Status.eq("completed"))
+            .order_by_asc(restore::Column::CreatedAt)
+            .all(&state.db)
+            .await?
+            .into_iter()
+            .filter_map(|r| {
+                Some(RestoreRecord {
+                    restored_at: r.restored_at?.into(),
+                    duration: r.duration_secs.unwrap_or(0),
+                    project_id: r.project_id,
+                    restore_types: serde_json::from_str(&r.restore_types).unwrap_or_default(),
+                    warnings: serde_json::from_str(&r.warnings).unwrap_or_default(),
+                })
+            })
+            .collect();
+        Ok(Json(BackupDetails {
+            backup: row.into(),
+            restore_history: history,
+        }))
+    }
+}
+
+/// A backup the key may see, or `404 Backup not found` (also for backups of
+/// projects outside the key's restriction: they are not there for it).
+pub async fn find_visible(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<backup::Model> {
+    backup::Entity::find_by_id(id.to_string())
+        .one(&state.db)
+        .await?
+        .filter(|b| principal.may_see(&b.project_id))
+        .ok_or_else(ApiError::backup_not_found)
+}
+
+/// The projects a query may cover: the requested ones, limited to what the
+/// key may see.
+fn scoped_projects(principal: &Principal, requested: Option<Vec<String>>) -> Option<Vec<String>> {
+    match (&principal.project_ids, requested) {
+        (None, requested) => requested,
+        (Some(allowed), None) => Some(allowed.clone()),
+        (Some(allowed), Some(requested)) => Some(
+            requested
+                .into_iter()
+                .filter(|p| allowed.contains(p))
+                .collect(),
+        ),
+    }
+}
+
+struct Filters {
+    projects: Option<Vec<String>>,
+    statuses: Option<Vec<String>>,
+    destinations: Option<Vec<String>>,
+}
+
+impl Filters {
+    fn condition<C: ColumnTrait>(&self, project: C, status: C, destination: C) -> Condition {
+        let mut condition = Condition::all();
+        for (column, values) in [
+            (project, &self.projects),
+            (status, &self.statuses),
+            (destination, &self.destinations),
+        ] {
+            if let Some(values) = values {
+                condition = condition.add(column.is_in(values.clone()).into_condition());
+            }
+        }
+        condition
+    }
+}
+
+async fn stats_by_destination(
+    state: &AppState,
+    filters: &Filters,
+) -> ApiResult<BTreeMap<String, DestinationStats>> {
+    let rows: Vec<(String, i64, i64)> = backup_stat::Entity::find()
+        .select_only()
+        .column(backup_stat::Column::Destination)
+        .column_as(backup_stat::Column::Count.sum().cast_as("BIGINT"), "count")
+        .column_as(backup_stat::Column::Size.sum().cast_as("BIGINT"), "size")
+        .filter(filters.condition(
+            backup_stat::Column::ProjectId,
+            backup_stat::Column::Status,
+            backup_stat::Column::Destination,
+        ))
+        .group_by(backup_stat::Column::Destination)
+        .into_tuple()
+        .all(&state.db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, count, _)| *count > 0)
+        .map(|(destination, count, size)| (destination, DestinationStats { count, size }))
+        .collect())
+}
+
+/// The key of the last row of a page, opaque to clients.
+struct Cursor {
+    created_at: DateTime<Utc>,
+    id: String,
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        B64.encode(format!(
+            "{}|{}",
+            self.created_at.timestamp_micros(),
+            self.id
+        ))
+    }
+
+    fn decode(raw: &str) -> ApiResult<Self> {
+        let invalid = || ApiError::bad_request("cursor is not a cursor this API returned");
+        let text = B64
+            .decode(raw.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(invalid)?;
+        let (micros, id) = text.split_once('|').ok_or_else(invalid)?;
+        let created_at = micros
+            .parse::<i64>()
+            .ok()
+            .and_then(DateTime::from_timestamp_micros)
+            .ok_or_else(invalid)?;
+        Ok(Self {
+            created_at,
+            id: id.to_string(),
+        })
+    }
+}

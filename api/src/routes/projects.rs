@@ -1,0 +1,504 @@
+//! `/projects`: the self-hosted Supabase projects Supascale backs up.
+//!
+//! The database URL is sealed with the master key before it is stored and
+//! never comes back: responses show host, port, database and user only.
+
+use std::path::{Path as FsPath, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, PaginatorTrait, QueryOrder};
+use sea_orm::{ColumnTrait, QueryFilter, QuerySelect};
+use sqlx::{ConnectOptions, Connection};
+use supascale_shared::api_key::Permission;
+use supascale_shared::domain::{self, DatabaseTarget};
+use supascale_shared::entities::project;
+
+use super::ApiTags;
+use crate::auth::{Auth, Principal};
+use crate::error::{ApiError, ApiResult};
+use crate::payload::JsonBody;
+use crate::state::AppState;
+use crate::timestamp::Timestamp;
+
+const STATUS_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Object, serde::Deserialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateProject {
+    /// A slug: lowercase letters, digits and hyphens (`my-project`).
+    pub id: String,
+    pub name: String,
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE`. When omitted, built
+    /// from the project's `.env` (see the README).
+    pub database_url: Option<String>,
+    /// The project's docker-compose directory (absolute).
+    pub root_dir: String,
+    /// Default `<rootDir>/volumes/storage`.
+    pub storage_dir: Option<String>,
+    /// Default `<rootDir>/volumes/functions`.
+    pub functions_dir: Option<String>,
+    /// Extra config files or folders to back up besides the standard ones
+    /// (absolute, e.g. the db-config volume with pgsodium's root key).
+    pub config_paths: Option<Vec<String>>,
+}
+
+#[derive(Debug, Object, serde::Deserialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateProject {
+    pub name: Option<String>,
+    pub database_url: Option<String>,
+    pub root_dir: Option<String>,
+    pub storage_dir: Option<String>,
+    pub functions_dir: Option<String>,
+    pub config_paths: Option<Vec<String>>,
+}
+
+/// The database a project uses, without its password.
+#[derive(Debug, Object)]
+pub struct DatabaseInfo {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+}
+
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum ProjectStatus {
+    /// The database accepts connections.
+    Running,
+    /// The database does not answer.
+    Stopped,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Project {
+    pub id: String,
+    pub name: String,
+    pub root_dir: String,
+    pub storage_dir: String,
+    pub functions_dir: String,
+    pub config_paths: Vec<String>,
+    pub database: DatabaseInfo,
+    /// Only on `GET /projects/{id}`: a short connection check.
+    #[oai(skip_serializing_if_is_none)]
+    pub status: Option<ProjectStatus>,
+    /// Why a stopped project's database did not answer.
+    #[oai(skip_serializing_if_is_none)]
+    pub status_detail: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl From<project::Model> for Project {
+    fn from(row: project::Model) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            root_dir: row.root_dir,
+            storage_dir: row.storage_dir,
+            functions_dir: row.functions_dir,
+            config_paths: serde_json::from_str(&row.config_paths).unwrap_or_default(),
+            database: DatabaseInfo {
+                host: row.db_host,
+                port: u16::try_from(row.db_port).unwrap_or(5432),
+                database: row.db_name,
+                user: row.db_user,
+            },
+            status: None,
+            status_detail: None,
+            created_at: row.created_at.into(),
+            updated_at: row.updated_at.into(),
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct ProjectEnvelope {
+    pub success: bool,
+    pub project: Project,
+}
+
+#[derive(Debug, Object)]
+pub struct ProjectList {
+    pub projects: Vec<Project>,
+    pub pagination: ProjectPagination,
+}
+
+#[derive(Debug, Object)]
+pub struct ProjectPagination {
+    pub total: u64,
+    pub limit: u64,
+    pub offset: u64,
+}
+
+#[derive(Debug, Object)]
+pub struct Message {
+    pub success: bool,
+    pub message: String,
+}
+
+#[derive(ApiResponse)]
+pub enum ProjectCreated {
+    /// The project is registered.
+    #[oai(status = 201)]
+    Created(Json<ProjectEnvelope>),
+}
+
+pub struct ProjectsApi;
+
+#[OpenApi(tag = "ApiTags::Projects")]
+impl ProjectsApi {
+    /// Register a project
+    #[oai(path = "/projects", method = "post", operation_id = "createProject")]
+    async fn create(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        body: JsonBody<CreateProject>,
+    ) -> ApiResult<ProjectCreated> {
+        let principal = auth.principal();
+        principal.require(Permission::ProjectsWrite)?;
+        let input = body.0;
+        if !domain::valid_project_id(&input.id) {
+            return Err(ApiError::bad_request(
+                "id must be 1 to 63 lowercase letters, digits or hyphens, \
+                 starting and ending with a letter or digit",
+            ));
+        }
+        if !principal.may_see(&input.id) {
+            return Err(ApiError::forbidden("API key is limited to other projects"));
+        }
+        let name = valid_name(&input.name)?;
+        let root = absolute_dir("rootDir", &input.root_dir)?;
+        let storage = optional_dir("storageDir", input.storage_dir.as_deref())?
+            .unwrap_or_else(|| root.join("volumes/storage"));
+        let functions = optional_dir("functionsDir", input.functions_dir.as_deref())?
+            .unwrap_or_else(|| root.join("volumes/functions"));
+        let config_paths = config_paths(input.config_paths.unwrap_or_default())?;
+        let url = match input.database_url {
+            Some(url) => url,
+            None => database_url_from_project_env(&root)?,
+        };
+        let target = database_target(&url)?;
+
+        if project::Entity::find_by_id(input.id.clone())
+            .one(&state.db)
+            .await?
+            .is_some()
+        {
+            return Err(ApiError::conflict(format!(
+                "A project with id {} already exists",
+                input.id
+            )));
+        }
+        let now = crate::now();
+        let row = project::ActiveModel {
+            id: Set(input.id),
+            name: Set(name),
+            database_url_enc: Set(state.master_key.encrypt(&url)),
+            db_host: Set(target.host),
+            db_port: Set(target.port.into()),
+            db_name: Set(target.database),
+            db_user: Set(target.user),
+            root_dir: Set(path_string(&root)),
+            storage_dir: Set(path_string(&storage)),
+            functions_dir: Set(path_string(&functions)),
+            config_paths: Set(serde_json::to_string(&config_paths).expect("strings serialise")),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        let row = row.insert(&state.db).await.map_err(|e| {
+            // Two creates of the same id racing: the loser sees the primary key.
+            if matches!(
+                e.sql_err(),
+                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+            ) {
+                ApiError::conflict("A project with this id already exists")
+            } else {
+                e.into()
+            }
+        })?;
+        tracing::info!(project = %row.id, "project registered");
+        Ok(ProjectCreated::Created(Json(ProjectEnvelope {
+            success: true,
+            project: row.into(),
+        })))
+    }
+
+    /// List projects
+    #[oai(path = "/projects", method = "get", operation_id = "listProjects")]
+    async fn list(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Results per page (1 to 500, default 50).
+        limit: Query<Option<i64>>,
+        /// Rows to skip (default 0).
+        offset: Query<Option<i64>>,
+    ) -> ApiResult<Json<ProjectList>> {
+        let principal = auth.principal();
+        principal.require(Permission::ProjectsRead)?;
+        let limit = match limit.0 {
+            None => 50,
+            Some(n) if (1..=500).contains(&n) => n as u64,
+            Some(n) => {
+                return Err(ApiError::bad_request(format!(
+                    "limit must be between 1 and 500, not {n}"
+                )));
+            }
+        };
+        let offset = match offset.0 {
+            None => 0,
+            Some(n) if n >= 0 => n as u64,
+            Some(n) => {
+                return Err(ApiError::bad_request(format!(
+                    "offset must be 0 or more, not {n}"
+                )));
+            }
+        };
+        let mut query = project::Entity::find();
+        if let Some(ids) = &principal.project_ids {
+            query = query.filter(project::Column::Id.is_in(ids.clone()));
+        }
+        let total = query.clone().count(&state.db).await?;
+        let rows = query
+            .order_by_asc(project::Column::Id)
+            .offset(offset)
+            .limit(limit)
+            .all(&state.db)
+            .await?;
+        Ok(Json(ProjectList {
+            projects: rows.into_iter().map(Project::from).collect(),
+            pagination: ProjectPagination {
+                total,
+                limit,
+                offset,
+            },
+        }))
+    }
+
+    /// Get a project
+    ///
+    /// With `status`: `running` when its database accepts a connection
+    /// within 3 seconds, `stopped` otherwise.
+    #[oai(path = "/projects/:id", method = "get", operation_id = "getProject")]
+    async fn get(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        id: Path<String>,
+    ) -> ApiResult<Json<Project>> {
+        let principal = auth.principal();
+        principal.require(Permission::ProjectsRead)?;
+        let row = find_visible(&state, principal, &id.0).await?;
+        let url = state
+            .master_key
+            .decrypt(&row.database_url_enc)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let check = check_database(&url).await;
+        let mut project = Project::from(row);
+        match check {
+            Ok(()) => project.status = Some(ProjectStatus::Running),
+            Err(detail) => {
+                project.status = Some(ProjectStatus::Stopped);
+                project.status_detail = Some(detail);
+            }
+        }
+        Ok(Json(project))
+    }
+
+    /// Update a project
+    ///
+    /// Only the fields given change. Changing `rootDir` moves the storage
+    /// and functions folders with it unless they were set explicitly.
+    #[oai(
+        path = "/projects/:id",
+        method = "patch",
+        operation_id = "updateProject"
+    )]
+    async fn update(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        id: Path<String>,
+        body: JsonBody<UpdateProject>,
+    ) -> ApiResult<Json<ProjectEnvelope>> {
+        let principal = auth.principal();
+        principal.require(Permission::ProjectsWrite)?;
+        let row = find_visible(&state, principal, &id.0).await?;
+        let input = body.0;
+        // Validate everything before changing anything.
+        let name = input.name.as_deref().map(valid_name).transpose()?;
+        let old_root = PathBuf::from(&row.root_dir);
+        let root = input
+            .root_dir
+            .as_deref()
+            .map(|r| absolute_dir("rootDir", r))
+            .transpose()?;
+        let storage = optional_dir("storageDir", input.storage_dir.as_deref())?;
+        let functions = optional_dir("functionsDir", input.functions_dir.as_deref())?;
+        let config_paths = input.config_paths.map(config_paths).transpose()?;
+        let url = input.database_url;
+        let target = url.as_deref().map(database_target).transpose()?;
+
+        let mut active: project::ActiveModel = row.clone().into();
+        if let Some(name) = name {
+            active.name = Set(name);
+        }
+        if let Some(root) = &root {
+            active.root_dir = Set(path_string(root));
+            if storage.is_none()
+                && row.storage_dir == path_string(&old_root.join("volumes/storage"))
+            {
+                active.storage_dir = Set(path_string(&root.join("volumes/storage")));
+            }
+            if functions.is_none()
+                && row.functions_dir == path_string(&old_root.join("volumes/functions"))
+            {
+                active.functions_dir = Set(path_string(&root.join("volumes/functions")));
+            }
+        }
+        if let Some(storage) = storage {
+            active.storage_dir = Set(path_string(&storage));
+        }
+        if let Some(functions) = functions {
+            active.functions_dir = Set(path_string(&functions));
+        }
+        if let Some(paths) = config_paths {
+            active.config_paths = Set(serde_json::to_string(&paths).expect("strings serialise"));
+        }
+        if let (Some(url), Some(target)) = (url, target) {
+            active.database_url_enc = Set(state.master_key.encrypt(&url));
+            active.db_host = Set(target.host);
+            active.db_port = Set(target.port.into());
+            active.db_name = Set(target.database);
+            active.db_user = Set(target.user);
+        }
+        active.updated_at = Set(crate::now());
+        let row = active.update(&state.db).await?;
+        Ok(Json(ProjectEnvelope {
+            success: true,
+            project: row.into(),
+        }))
+    }
+
+    /// Delete a project
+    ///
+    /// Forgets the project; its backups stay (and keep its name).
+    #[oai(
+        path = "/projects/:id",
+        method = "delete",
+        operation_id = "deleteProject"
+    )]
+    async fn delete(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        id: Path<String>,
+    ) -> ApiResult<Json<Message>> {
+        let principal = auth.principal();
+        principal.require(Permission::ProjectsWrite)?;
+        let row = find_visible(&state, principal, &id.0).await?;
+        project::Entity::delete_by_id(row.id.clone())
+            .exec(&state.db)
+            .await?;
+        tracing::info!(project = %row.id, "project deleted; its backups are kept");
+        Ok(Json(Message {
+            success: true,
+            message: "Project deleted".into(),
+        }))
+    }
+}
+
+/// A project the key may see, or `404 Project not found`.
+async fn find_visible(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<project::Model> {
+    project::Entity::find_by_id(id.to_string())
+        .one(&state.db)
+        .await?
+        .filter(|p| principal.may_see(&p.id))
+        .ok_or_else(|| ApiError::not_found("Project not found"))
+}
+
+fn valid_name(name: &str) -> ApiResult<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::bad_request("name must be 1 to 200 characters"));
+    }
+    Ok(name.to_string())
+}
+
+fn absolute_dir(field: &str, raw: &str) -> ApiResult<PathBuf> {
+    domain::clean_absolute(raw).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{field} must be an absolute path without . or .. parts"
+        ))
+    })
+}
+
+fn optional_dir(field: &str, raw: Option<&str>) -> ApiResult<Option<PathBuf>> {
+    raw.map(|r| absolute_dir(field, r)).transpose()
+}
+
+fn config_paths(paths: Vec<String>) -> ApiResult<Vec<String>> {
+    paths
+        .iter()
+        .map(|p| absolute_dir("configPaths", p).map(|p| path_string(&p)))
+        .collect()
+}
+
+fn path_string(path: &FsPath) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn database_target(url: &str) -> ApiResult<DatabaseTarget> {
+    domain::parse_database_url(url)
+        .map_err(|reason| ApiError::bad_request(format!("databaseUrl {reason}")))
+}
+
+fn database_url_from_project_env(root: &FsPath) -> ApiResult<String> {
+    let env_path = root.join(".env");
+    let vars = domain::read_env_file(&env_path).map_err(|e| {
+        ApiError::bad_request(format!(
+            "databaseUrl is required: it was not given and {} cannot be read ({e})",
+            env_path.display()
+        ))
+    })?;
+    domain::database_url_from_env(&vars).map_err(|reason| {
+        ApiError::bad_request(format!(
+            "databaseUrl is required: it was not given and {reason}"
+        ))
+    })
+}
+
+/// Connects once with a short timeout. The error names the cause without the URL.
+pub async fn check_database(url: &str) -> Result<(), String> {
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)
+        .map_err(|_| "the stored database URL is not valid".to_string())?
+        .application_name("supascale-status-check")
+        .disable_statement_logging();
+    let attempt = async {
+        let mut conn = options.connect().await?;
+        sqlx::query("SELECT 1").execute(&mut conn).await?;
+        conn.close().await
+    };
+    match tokio::time::timeout(STATUS_CHECK_TIMEOUT, attempt).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(supascale_shared::redact::redact_urls(&e.to_string())),
+        Err(_) => Err(format!(
+            "no answer within {} seconds",
+            STATUS_CHECK_TIMEOUT.as_secs()
+        )),
+    }
+}

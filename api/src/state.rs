@@ -1,0 +1,17 @@
+//! What every request handler can reach.
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+use supascale_shared::{Config, MasterKey};
+
+use crate::auth::KeyCache;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub master_key: MasterKey,
+    pub config: Arc<Config>,
+    pub redis: Option<redis::aio::ConnectionManager>,
+    pub keys: Arc<KeyCache>,
+}

@@ -1,0 +1,19 @@
+//! Control-plane schema. Both binaries run [`Migrator::up`] at start; every
+//! migration is idempotent, so several processes starting at once is safe.
+//!
+//! The DDL is written per backend (SQLite for the embedded default, PostgreSQL
+//! for scale-out) because the parts that matter most, the triggers that keep
+//! `backup_stats` exact, have no portable form.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261127_000001_control_plane;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261127_000001_control_plane::Migration)]
+    }
+}

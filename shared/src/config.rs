@@ -1,0 +1,281 @@
+//! Layered configuration: built-in defaults, then the TOML file named by
+//! `SUPASCALE_CONFIG`, then `SUPASCALE_*` environment variables (nested keys
+//! joined with `__`, e.g. `SUPASCALE_DESTINATIONS__S3__BUCKET`).
+//!
+//! Secrets may come from a file instead: `SUPASCALE_DATABASE_URL_FILE`,
+//! `SUPASCALE_REDIS_URL_FILE`, `SUPASCALE_BOOTSTRAP_API_KEY_FILE` (the file's
+//! contents, trimmed, win over the plain variable).
+//!
+//! A bad value fails at start with a message that names the setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// The whole configuration of a Supascale process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the API listens (`SUPASCALE_LISTEN`).
+    pub listen: String,
+    /// Data directory of the embedded default (`SUPASCALE_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Control-plane database; unset = SQLite file in the data dir.
+    pub database_url: Option<Secret>,
+    /// Redis for the queue and the event bus; unset = embedded queue.
+    pub redis_url: Option<Secret>,
+    /// Workers run inside `supascale-api` (embedded default) or by a
+    /// `supascale-worker` process.
+    pub workers: usize,
+    /// An admin key created at start when given.
+    pub bootstrap_api_key: Option<Secret>,
+    /// The key that encrypts secrets at rest; default `<data dir>/master.key`.
+    pub master_key_file: Option<PathBuf>,
+    /// Pool size of the control-plane database.
+    pub database_max_connections: u32,
+    /// Largest request body the API accepts, in bytes (uploads excepted).
+    pub max_body_bytes: u64,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            redis_url: None,
+            workers: 2,
+            bootstrap_api_key: None,
+            master_key_file: None,
+            database_max_connections: 16,
+            max_body_bytes: 1024 * 1024,
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// Which of the two deployments this process belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deployment {
+    /// SQLite control plane, in-process queue and workers.
+    Embedded,
+    /// PostgreSQL control plane shared by many processes.
+    ScaleOut,
+}
+
+const SECRET_FILE_VARS: [(&str, &str); 3] = [
+    ("SUPASCALE_DATABASE_URL_FILE", "database_url"),
+    ("SUPASCALE_REDIS_URL_FILE", "redis_url"),
+    ("SUPASCALE_BOOTSTRAP_API_KEY_FILE", "bootstrap_api_key"),
+];
+
+impl Config {
+    /// Reads defaults → `$SUPASCALE_CONFIG` → environment, then validates.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(|name| std::env::var(name).ok())
+    }
+
+    /// The same, with environment lookups made through `var` (for tests).
+    pub fn load_from(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = var("SUPASCALE_CONFIG").filter(|p| !p.is_empty()) {
+            if !Path::new(&path).is_file() {
+                return Err(ConfigError(format!(
+                    "SUPASCALE_CONFIG names {path}, which is not a readable file"
+                )));
+            }
+            figment = figment.merge(Toml::file(&path));
+        }
+        figment = figment.merge(
+            Env::prefixed("SUPASCALE_")
+                .ignore(&["CONFIG"])
+                .filter(|key| {
+                    let key = key.as_str().to_ascii_lowercase();
+                    !key.ends_with("_file") || key == "master_key_file"
+                })
+                .split("__"),
+        );
+        for (variable, key) in SECRET_FILE_VARS {
+            if let Some(path) = var(variable).filter(|p| !p.is_empty()) {
+                let value = std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError(format!("{variable}: cannot read {path}: {e}")))?;
+                figment = figment.merge(Serialized::default(key, value.trim().to_string()));
+            }
+        }
+        let config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if let Some(url) = &self.database_url {
+            let url = url.expose();
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                return Err(ConfigError(
+                    "SUPASCALE_DATABASE_URL must start with sqlite:, postgres:// or postgresql://"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(url) = &self.redis_url {
+            let url = url.expose();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError(
+                    "SUPASCALE_REDIS_URL must start with redis:// or rediss://".into(),
+                ));
+            }
+        }
+        if self.database_max_connections == 0 {
+            return Err(ConfigError(
+                "SUPASCALE_DATABASE_MAX_CONNECTIONS must be at least 1".into(),
+            ));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError(format!(
+                "SUPASCALE_LOG_FORMAT must be text or json, not {:?}",
+                self.log_format
+            )));
+        }
+        if self.workers > 256 {
+            return Err(ConfigError("SUPASCALE_WORKERS must be at most 256".into()));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            ConfigError(format!(
+                "SUPASCALE_LISTEN must be an address such as 127.0.0.1:8080, not {:?}",
+                self.listen
+            ))
+        })
+    }
+
+    pub fn deployment(&self) -> Deployment {
+        match &self.database_url {
+            Some(url) if !url.expose().starts_with("sqlite:") => Deployment::ScaleOut,
+            _ => Deployment::Embedded,
+        }
+    }
+
+    /// The control-plane database URL, defaulting to a SQLite file.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_string(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("supascale.db").display()
+            ),
+        }
+    }
+
+    pub fn master_key_path(&self) -> PathBuf {
+        self.master_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("master.key"))
+    }
+}
+
+/// Turns a figment error into one line naming the setting as the user wrote it.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join("__").to_uppercase();
+            let setting = if key.is_empty() {
+                "the configuration".to_string()
+            } else {
+                format!("SUPASCALE_{key}")
+            };
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            format!("{setting}{source}: {}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        // figment's Env provider reads the real environment; these tests only
+        // use variables no other test sets.
+        let mut result = None;
+        figment::Jail::expect_with(|jail| {
+            for (k, v) in &map {
+                jail.set_env(k, v);
+            }
+            result = Some(Config::load_from(|name| map.get(name).cloned()));
+            Ok(())
+        });
+        result.expect("the jail ran")
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_deployment() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8080");
+        assert_eq!(config.deployment(), Deployment::Embedded);
+        assert!(config.database_url().starts_with("sqlite://./data/"));
+    }
+
+    #[test]
+    fn a_bad_value_names_the_setting() {
+        let error = load(&[("SUPASCALE_WORKERS", "many")]).unwrap_err();
+        assert!(error.0.contains("SUPASCALE_WORKERS"), "{}", error.0);
+        let error = load(&[("SUPASCALE_LISTEN", "nowhere")]).unwrap_err();
+        assert!(error.0.contains("SUPASCALE_LISTEN"), "{}", error.0);
+        let error = load(&[("SUPASCALE_DATABASE_URL", "mysql://x")]).unwrap_err();
+        assert!(error.0.contains("SUPASCALE_DATABASE_URL"), "{}", error.0);
+    }
+
+    #[test]
+    fn the_file_layer_is_overridden_by_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nworkers = 5\n").unwrap();
+        let config = load(&[
+            ("SUPASCALE_CONFIG", file.to_str().unwrap()),
+            ("SUPASCALE_WORKERS", "3"),
+        ])
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9000");
+        assert_eq!(config.workers, 3);
+    }
+
+    #[test]
+    fn secrets_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("db");
+        std::fs::write(&file, "postgres://u:p@h/db\n").unwrap();
+        let config = load(&[("SUPASCALE_DATABASE_URL_FILE", file.to_str().unwrap())]).unwrap();
+        assert_eq!(config.database_url(), "postgres://u:p@h/db");
+        assert_eq!(config.deployment(), Deployment::ScaleOut);
+        assert!(!format!("{config:?}").contains(":p@"));
+    }
+}

@@ -1,0 +1,126 @@
+//! Opening the control-plane database, migrating it, and checking that this
+//! process holds the deployment's master key.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sea_orm::{ActiveValue::Set, ConnectOptions, Database, DatabaseConnection, EntityTrait};
+use sea_orm::{ConnectionTrait, SqlxSqliteConnector};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use supascale_migrations::{Migrator, MigratorTrait};
+
+use crate::config::Config;
+use crate::entities::setting;
+use crate::master_key::MasterKey;
+
+const FINGERPRINT_KEY: &str = "master_key_fingerprint";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("cannot open the control-plane database: {0}")]
+    Connect(String),
+    #[error("cannot migrate the control-plane database: {0}")]
+    Migrate(String),
+    #[error(
+        "the master key ({mine}) is not the one this deployment uses ({stored}): \
+         every process must read the same SUPASCALE_MASTER_KEY_FILE"
+    )]
+    KeyMismatch { mine: String, stored: String },
+    #[error("control-plane database: {0}")]
+    Db(#[from] sea_orm::DbErr),
+}
+
+/// Opens the database named by the config: SQLite in WAL mode with
+/// `synchronous=NORMAL` (the job rows must survive a crash; apalis' own
+/// tables get a pool of their own), or PostgreSQL.
+pub async fn connect(config: &Config) -> Result<DatabaseConnection, ControlPlaneError> {
+    let url = config.database_url();
+    let connect_error = |e: &dyn std::fmt::Display| {
+        // sqlx errors can quote the URL; say which kind of database failed instead.
+        let kind = if url.starts_with("sqlite:") {
+            "SQLite"
+        } else {
+            "PostgreSQL"
+        };
+        ControlPlaneError::Connect(format!(
+            "{kind}: {}",
+            crate::redact::redact_urls(&e.to_string())
+        ))
+    };
+    if url.starts_with("sqlite:") {
+        if config.database_url.is_none() {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| connect_error(&e))?;
+        }
+        let options = SqliteConnectOptions::from_str(&url)
+            .map_err(|e| connect_error(&e))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(config.database_max_connections)
+            .connect_with(options)
+            .await
+            .map_err(|e| connect_error(&e))?;
+        Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
+    } else {
+        let mut options = ConnectOptions::new(url.clone());
+        options
+            .max_connections(config.database_max_connections)
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10))
+            .sqlx_logging(false);
+        Database::connect(options)
+            .await
+            .map_err(|e| connect_error(&e))
+    }
+}
+
+/// Runs the migrations. Processes that start together race for the same
+/// DDL; the loser sees a unique-violation and simply tries again.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), ControlPlaneError> {
+    let mut last = None;
+    for attempt in 0..8u64 {
+        match Migrator::up(db, None).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                last = Some(e.to_string());
+                tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+            }
+        }
+    }
+    Err(ControlPlaneError::Migrate(last.unwrap_or_default()))
+}
+
+/// Records the master key's fingerprint on first start; afterwards refuses a
+/// process whose key differs.
+pub async fn check_master_key(
+    db: &DatabaseConnection,
+    key: &MasterKey,
+) -> Result<(), ControlPlaneError> {
+    let mine = key.fingerprint();
+    let insert = setting::Entity::insert(setting::ActiveModel {
+        key: Set(FINGERPRINT_KEY.into()),
+        value: Set(mine.clone()),
+    })
+    .on_conflict_do_nothing_on([setting::Column::Key])
+    .exec_without_returning(db)
+    .await;
+    insert?;
+    let stored = setting::Entity::find_by_id(FINGERPRINT_KEY.to_string())
+        .one(db)
+        .await?
+        .map(|s| s.value)
+        .unwrap_or_default();
+    if stored != mine {
+        return Err(ControlPlaneError::KeyMismatch { mine, stored });
+    }
+    Ok(())
+}
+
+/// A cheap round trip, for `/readyz`.
+pub async fn ping(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
+    db.execute_unprepared("SELECT 1").await.map(|_| ())
+}

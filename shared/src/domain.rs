@@ -1,0 +1,213 @@
+//! The words of the contract (backup types, destinations, statuses) and the
+//! shape of a self-hosted Supabase project on disk.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+
+pub const BACKUP_TYPES: [&str; 5] = ["full", "database", "storage", "functions", "config"];
+pub const DESTINATIONS: [&str; 7] = ["local", "s3", "gcs", "azure", "r2", "minio", "backblaze"];
+pub const STATUSES: [&str; 4] = ["pending", "in_progress", "completed", "failed"];
+
+/// Config files a backup takes, relative to the project root (DOMAIN.md);
+/// never `volumes/db/data`, the live PGDATA.
+pub const CONFIG_ALLOWLIST: [&str; 7] = [
+    ".env",
+    "docker-compose.yml",
+    "docker-compose.override.yml",
+    "volumes/api/kong.yml",
+    "volumes/db/*.sql",
+    "volumes/logs/vector.yml",
+    "volumes/pooler/pooler.exs",
+];
+
+/// A project id: 1 to 63 lowercase letters, digits and hyphens, starting and
+/// ending with a letter or digit (it names folders and object prefixes).
+pub fn valid_project_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// An absolute path without `.` or `..` parts.
+pub fn clean_absolute(path: &str) -> Option<PathBuf> {
+    let p = Path::new(path);
+    if !p.is_absolute() || path.contains('\0') {
+        return None;
+    }
+    p.components()
+        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        .then(|| p.to_path_buf())
+}
+
+/// The parts of a project's database URL that are safe to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseTarget {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+}
+
+/// Checks a `postgres://` URL and returns its public parts; the error says
+/// what is wrong without repeating the URL (it may hold a password).
+pub fn parse_database_url(raw: &str) -> Result<DatabaseTarget, String> {
+    let url = url::Url::parse(raw).map_err(|_| "is not a valid URL".to_string())?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err("must start with postgres:// or postgresql://".into());
+    }
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or("must name a host")?
+        .to_string();
+    let user = url.username();
+    if user.is_empty() {
+        return Err("must name a user (postgres://USER:PASSWORD@HOST:PORT/DATABASE)".into());
+    }
+    let database = url.path().trim_start_matches('/');
+    Ok(DatabaseTarget {
+        host,
+        port: url.port().unwrap_or(5432),
+        database: if database.is_empty() {
+            "postgres".into()
+        } else {
+            percent_decode(database)
+        },
+        user: percent_decode(user),
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| s.to_string())
+}
+
+/// Reads a docker-compose `.env` file: `KEY=VALUE` lines, `#` comments,
+/// optional `export `, values optionally quoted.
+pub fn read_env_file(path: &Path) -> std::io::Result<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path)?;
+    let mut vars = HashMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        if let Some((key, value)) = line.split_once('=') {
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(value);
+            vars.insert(key.trim().to_string(), value.to_string());
+        }
+    }
+    Ok(vars)
+}
+
+/// Builds the database URL of a self-hosted project from its `.env`.
+///
+/// The compose file does not publish the database port by default and names
+/// the host `db`, which only resolves inside the compose network: `db` (or no
+/// host) becomes `127.0.0.1`, where operators publish the port for backups.
+/// The user is `supabase_admin`, the role that can dump and restore every
+/// schema (in the supabase/postgres image `postgres` is not a superuser); its
+/// password is `POSTGRES_PASSWORD`.
+pub fn database_url_from_env(vars: &HashMap<String, String>) -> Result<String, String> {
+    let password = vars
+        .get("POSTGRES_PASSWORD")
+        .filter(|p| !p.is_empty())
+        .ok_or("the project's .env has no POSTGRES_PASSWORD")?;
+    let host = match vars.get("POSTGRES_HOST").map(String::as_str) {
+        None | Some("") | Some("db") => "127.0.0.1",
+        Some(h) => h,
+    };
+    let port = vars
+        .get("POSTGRES_PORT")
+        .filter(|p| !p.is_empty())
+        .map(String::as_str)
+        .unwrap_or("5432");
+    port.parse::<u16>()
+        .map_err(|_| "the project's .env has a POSTGRES_PORT that is not a port number")?;
+    let database = vars
+        .get("POSTGRES_DB")
+        .filter(|d| !d.is_empty())
+        .map(String::as_str)
+        .unwrap_or("postgres");
+    let mut url = url::Url::parse("postgres://supabase_admin@localhost/").expect("static URL");
+    url.set_host(Some(host))
+        .map_err(|_| "the project's .env has a POSTGRES_HOST that is not a host name")?;
+    url.set_port(port.parse().ok())
+        .expect("postgres URLs take a port");
+    url.set_password(Some(password))
+        .expect("postgres URLs take a password");
+    url.set_path(database);
+    Ok(url.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_ids_are_slugs() {
+        for ok in ["my-project", "a", "p1", "abc-123-x"] {
+            assert!(valid_project_id(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "My", "a_b", "a b", "é", &"a".repeat(64)] {
+            assert!(!valid_project_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn database_urls_show_only_their_public_parts() {
+        let t = parse_database_url("postgres://supabase_admin:pw@10.0.0.5:6543/app").unwrap();
+        assert_eq!(
+            t,
+            DatabaseTarget {
+                host: "10.0.0.5".into(),
+                port: 6543,
+                database: "app".into(),
+                user: "supabase_admin".into()
+            }
+        );
+        let e = parse_database_url("mysql://u:secretpw@h/db").unwrap_err();
+        assert!(!e.contains("secretpw"));
+        assert!(parse_database_url("postgres://h/db").is_err());
+    }
+
+    #[test]
+    fn the_env_file_gives_the_admin_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = dir.path().join(".env");
+        std::fs::write(
+            &env,
+            "# comment\nPOSTGRES_HOST=db\nPOSTGRES_PORT=5433\nPOSTGRES_DB=postgres\n\
+             POSTGRES_PASSWORD=\"p@ss word\"\nJWT_SECRET=x\n",
+        )
+        .unwrap();
+        let url = database_url_from_env(&read_env_file(&env).unwrap()).unwrap();
+        let target = parse_database_url(&url).unwrap();
+        assert_eq!(target.host, "127.0.0.1");
+        assert_eq!(target.port, 5433);
+        assert_eq!(target.user, "supabase_admin");
+        let parsed = url::Url::parse(&url).unwrap();
+        assert_eq!(percent_decode(parsed.password().unwrap()), "p@ss word");
+        assert!(database_url_from_env(&HashMap::new()).is_err());
+    }
+
+    #[test]
+    fn paths_must_be_clean_and_absolute() {
+        assert!(clean_absolute("/srv/supabase").is_some());
+        assert!(clean_absolute("srv").is_none());
+        assert!(clean_absolute("/srv/../etc").is_none());
+    }
+}

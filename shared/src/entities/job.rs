@@ -1,0 +1,31 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "jobs")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub kind: String,
+    pub project_id: Option<String>,
+    pub status: String,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    /// JSON of the job's parameters, never a secret.
+    pub payload: String,
+    /// Secrets the job needs, sealed with the master key; wiped at the end.
+    pub secrets_enc: Option<String>,
+    pub progress: Option<String>,
+    pub warnings: String,
+    pub error: Option<String>,
+    pub worker_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub enqueued_at: DateTimeUtc,
+    pub started_at: Option<DateTimeUtc>,
+    pub finished_at: Option<DateTimeUtc>,
+    pub heartbeat_at: Option<DateTimeUtc>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

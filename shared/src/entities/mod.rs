@@ -1,0 +1,9 @@
+//! Control-plane rows (sea-orm). The schema itself lives in `migrations/`.
+
+pub mod api_key;
+pub mod backup;
+pub mod backup_stat;
+pub mod job;
+pub mod project;
+pub mod restore;
+pub mod setting;

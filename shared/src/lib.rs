@@ -1,0 +1,29 @@
+//! What the API and the workers share: configuration, control-plane rows,
+//! secrets at rest, and the words of the contract. Nothing here knows HTTP.
+
+pub mod api_key;
+pub mod config;
+pub mod control_plane;
+pub mod domain;
+pub mod entities;
+pub mod master_key;
+pub mod redact;
+pub mod secret;
+pub mod telemetry;
+
+pub use config::{Config, Deployment};
+pub use master_key::MasterKey;
+pub use secret::Secret;
+
+/// Starts what every process needs before it serves or works: the database,
+/// its migrations, and the master key check.
+pub async fn open_control_plane(
+    config: &Config,
+) -> anyhow::Result<(sea_orm::DatabaseConnection, MasterKey)> {
+    let create_key = config.deployment() == Deployment::Embedded;
+    let key = MasterKey::load(&config.master_key_path(), create_key)?;
+    let db = control_plane::connect(config).await?;
+    control_plane::migrate(&db).await?;
+    control_plane::check_master_key(&db, &key).await?;
+    Ok((db, key))
+}
