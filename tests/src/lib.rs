@@ -1,1 +1,466 @@
+//! Test harness: starts the real `supascale-api` / `supascale-worker`
+//! binaries on port 0 with a temporary data dir and, for scale-out, a fresh
+//! PostgreSQL database with a random name, which is dropped afterwards.
+//!
+//! The binaries must be built first (`scripts/test` does it):
+//! `cargo build --workspace --bins`.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rand::distr::Alphanumeric;
+
+/// The PostgreSQL server the tests use (trust auth, see README).
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn random_suffix(len: usize) -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect::<String>()
+        .to_lowercase()
+}
+
+/// Where cargo put the binaries: beside the test executable's `deps/`.
+pub fn bin_path(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("SUPASCALE_BIN_DIR") {
+        return Path::new(&dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let mut dir = exe.parent().expect("deps dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A PostgreSQL database that exists for one test.
+pub struct TempDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TempDatabase {
+    pub async fn create(prefix: &str) -> Self {
+        let name = format!("{prefix}_{}", random_suffix(12));
+        psql(PG_ADMIN_URL, &format!("CREATE DATABASE \"{name}\""));
+        Self {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-q", "-X", PG_ADMIN_URL, "-c"])
+            .arg(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Runs SQL through `psql`, panicking with its output on failure.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .output()
+        .expect("psql is installed");
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A running `supascale-api` process.
+pub struct TestApp {
+    pub address: String,
+    pub admin_key: String,
+    pub data_dir: tempfile::TempDir,
+    pub backend: Backend,
+    pub database: Option<TempDatabase>,
+    pub client: reqwest::Client,
+    child: Child,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// What to start a process with.
+#[derive(Default, Clone)]
+pub struct Launch {
+    pub env: Vec<(String, String)>,
+}
+
+impl Launch {
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_string(), value.into()));
+        self
+    }
+}
+
+/// A started process whose output lines are collected.
+pub struct Started {
+    pub child: Child,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// Starts a binary with only the environment given (plus PATH and HOME), so
+/// no SUPASCALE_* variable of the developer's shell leaks in.
+pub fn start(binary: &str, launch: &Launch) -> Started {
+    let mut command = Command::new(bin_path(binary));
+    command.env_clear();
+    for key in ["PATH", "HOME", "TMPDIR"] {
+        if let Ok(value) = std::env::var(key) {
+            command.env(key, value);
+        }
+    }
+    command.env("RUST_LOG", "info");
+    for (k, v) in &launch.env {
+        command.env(k, v);
+    }
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start binary");
+    let stdout = collect(child.stdout.take().expect("stdout"));
+    let stderr = collect(child.stderr.take().expect("stderr"));
+    Started {
+        child,
+        stdout,
+        stderr,
+    }
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+impl Started {
+    /// Waits until a stdout line contains `needle`; returns that line.
+    pub fn wait_for_stdout(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return Ok(line.clone());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(format!(
+                    "exited with {status} before printing {needle:?}; stderr:\n{}",
+                    self.stderr.lock().unwrap().join("\n")
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("did not print {needle:?} within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit; returns its exit code and stderr.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                return (status.code(), self.stderr.lock().unwrap().join("\n"));
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("process did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+    }
+}
+
+impl TestApp {
+    /// A server on the embedded default (SQLite) or on a fresh PostgreSQL
+    /// database, with a known admin key.
+    pub async fn spawn(backend: Backend) -> TestApp {
+        Self::spawn_with(backend, Launch::default()).await
+    }
+
+    pub async fn spawn_with(backend: Backend, launch: Launch) -> TestApp {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let admin_key = format!("ssk_test_{}", random_suffix(32));
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(TempDatabase::create("supascale_test").await),
+        };
+        let mut env = Launch::default()
+            .env("SUPASCALE_LISTEN", "127.0.0.1:0")
+            .env("SUPASCALE_DATA_DIR", data_dir.path().to_str().unwrap())
+            .env("SUPASCALE_BOOTSTRAP_API_KEY", admin_key.clone());
+        if let Some(db) = &database {
+            let key_file = data_dir.path().join("master.key");
+            std::fs::write(&key_file, format!("{}\n", "ab".repeat(32))).unwrap();
+            env = env
+                .env("SUPASCALE_DATABASE_URL", db.url.clone())
+                .env("SUPASCALE_MASTER_KEY_FILE", key_file.to_str().unwrap());
+        }
+        env.env.extend(launch.env);
+        let mut started = start("supascale-api", &env);
+        let line = started
+            .wait_for_stdout("listening on http://", Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("supascale-api did not start: {e}"));
+        let address = line
+            .split("listening on ")
+            .nth(1)
+            .expect("address")
+            .trim()
+            .to_string();
+        TestApp {
+            address,
+            admin_key,
+            data_dir,
+            backend,
+            database,
+            client: reqwest::Client::new(),
+            child: started.child,
+            stdout: started.stdout,
+            stderr: started.stderr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .get(self.url(path))
+            .header("X-API-Key", &self.admin_key)
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url(path))
+            .header("X-API-Key", &self.admin_key)
+    }
+
+    pub fn patch(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .patch(self.url(path))
+            .header("X-API-Key", &self.admin_key)
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .delete(self.url(path))
+            .header("X-API-Key", &self.admin_key)
+    }
+
+    /// The server's log so far.
+    pub fn logs(&self) -> String {
+        let mut all = self.stdout.lock().unwrap().clone();
+        all.extend(self.stderr.lock().unwrap().iter().cloned());
+        all.join("\n")
+    }
+
+    /// Runs SQL against the control plane directly (to set up rows that
+    /// later issues' endpoints will write).
+    pub async fn control_plane(&self) -> ControlPlane {
+        match &self.database {
+            Some(db) => ControlPlane::Postgres(
+                sqlx::PgPool::connect(&db.url).await.expect("connect to control plane"),
+            ),
+            None => {
+                let path = self.data_dir.path().join("supascale.db");
+                ControlPlane::Sqlite(
+                    sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                        .await
+                        .expect("open control plane"),
+                )
+            }
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub enum ControlPlane {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+/// A backup row as the backup engine will write it.
+#[derive(Debug, Clone)]
+pub struct BackupRow {
+    pub id: String,
+    pub project_id: String,
+    pub project_name: String,
+    pub backup_type: String,
+    pub status: String,
+    pub destination: String,
+    pub size: i64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl ControlPlane {
+    pub async fn insert_backup(&self, row: &BackupRow) {
+        let completed = (row.status == "completed").then_some(row.created_at + chrono::Duration::seconds(90));
+        let path = format!("/backups/{}/{}.tar.gz", row.project_id, row.id);
+        macro_rules! insert {
+            ($pool:expr, $sql:expr) => {
+                sqlx::query($sql)
+                    .bind(&row.id)
+                    .bind(&row.project_id)
+                    .bind(&row.project_name)
+                    .bind(&row.backup_type)
+                    .bind(&row.status)
+                    .bind(&row.destination)
+                    .bind(&path)
+                    .bind(row.size)
+                    .bind(row.created_at)
+                    .bind(completed)
+                    .bind(completed.map(|_| 90i64))
+                    .execute($pool)
+                    .await
+                    .expect("insert backup")
+            };
+        }
+        match self {
+            ControlPlane::Sqlite(pool) => {
+                insert!(pool, "INSERT INTO backups (id, project_id, project_name, backup_type, status, destination, path, size, created_at, completed_at, duration_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+            }
+            ControlPlane::Postgres(pool) => {
+                insert!(pool, "INSERT INTO backups (id, project_id, project_name, backup_type, status, destination, path, size, created_at, completed_at, duration_secs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)");
+            }
+        }
+    }
+
+    pub async fn insert_restore(
+        &self,
+        id: &str,
+        backup_id: &str,
+        project_id: &str,
+        restored_at: chrono::DateTime<chrono::Utc>,
+        duration: i64,
+    ) {
+        macro_rules! insert {
+            ($pool:expr, $sql:expr) => {
+                sqlx::query($sql)
+                    .bind(id)
+                    .bind(backup_id)
+                    .bind(project_id)
+                    .bind(r#"["database"]"#)
+                    .bind("completed")
+                    .bind(r#"["role x is missing"]"#)
+                    .bind(duration)
+                    .bind(restored_at)
+                    .bind(restored_at)
+                    .execute($pool)
+                    .await
+                    .expect("insert restore")
+            };
+        }
+        match self {
+            ControlPlane::Sqlite(pool) => {
+                insert!(pool, "INSERT INTO restores (id, backup_id, project_id, restore_types, status, warnings, duration_secs, created_at, restored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+            }
+            ControlPlane::Postgres(pool) => {
+                insert!(pool, "INSERT INTO restores (id, backup_id, project_id, restore_types, status, warnings, duration_secs, created_at, restored_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
+            }
+        }
+    }
+
+    pub async fn execute(&self, sql: &str) {
+        match self {
+            ControlPlane::Sqlite(pool) => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(pool).await.expect("sql");
+            }
+            ControlPlane::Postgres(pool) => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(pool).await.expect("sql");
+            }
+        }
+    }
+}
+
+/// Runs async test bodies against both control planes: each `name` becomes
+/// `sqlite::name` and `postgres::name`, calling `name(Backend)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
