@@ -31,6 +31,7 @@ pub struct Principal {
     permissions: HashSet<Permission>,
     /// `Some` when the key is limited to these projects.
     pub project_ids: Option<Vec<String>>,
+    expires_at: Option<chrono::DateTime<Utc>>,
 }
 
 impl Principal {
@@ -70,8 +71,11 @@ impl Principal {
     }
 }
 
+/// A key's verdict: who it is, or why it is refused.
+type Verdict = Result<Principal, String>;
+
 pub struct KeyCache {
-    entries: RwLock<HashMap<String, (Instant, Result<Principal, String>)>>,
+    entries: RwLock<HashMap<String, (Instant, Verdict)>>,
 }
 
 impl Default for KeyCache {
@@ -83,7 +87,7 @@ impl Default for KeyCache {
 }
 
 impl KeyCache {
-    fn get(&self, hash: &str) -> Option<Result<Principal, String>> {
+    fn get(&self, hash: &str) -> Option<Verdict> {
         let entries = self.entries.read().expect("key cache lock");
         entries
             .get(hash)
@@ -91,7 +95,7 @@ impl KeyCache {
             .map(|(_, v)| v.clone())
     }
 
-    fn put(&self, hash: String, value: Result<Principal, String>) {
+    fn put(&self, hash: String, value: Verdict) {
         let mut entries = self.entries.write().expect("key cache lock");
         if entries.len() >= CACHE_MAX {
             entries.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
@@ -144,6 +148,9 @@ pub async fn verify(state: &AppState, key: &str) -> poem::Result<Principal> {
     };
     match verdict {
         // An expiry that passed while the verdict sat in the cache.
+        Ok(p) if p.expires_at.is_some_and(|at| at <= Utc::now()) => {
+            Err(unauthorized("API key has expired"))
+        }
         Ok(p) => Ok(p),
         Err(message) => Err(unauthorized(&message)),
     }
@@ -158,6 +165,7 @@ fn principal_from_row(row: &api_key_row::Model) -> Principal {
             .project_ids
             .as_deref()
             .and_then(|ids| serde_json::from_str(ids).ok()),
+        expires_at: row.expires_at,
     }
 }
 

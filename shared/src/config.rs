@@ -218,6 +218,7 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
     fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = vars
             .iter()
@@ -277,5 +278,13 @@ mod tests {
         assert_eq!(config.database_url(), "postgres://u:p@h/db");
         assert_eq!(config.deployment(), Deployment::ScaleOut);
         assert!(!format!("{config:?}").contains(":p@"));
+    }
+
+    #[test]
+    fn the_example_deployment_file_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/supascale.toml");
+        let config = load(&[("SUPASCALE_CONFIG", path)]).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:8080");
+        assert_eq!(config.log_format, "json");
     }
 }

@@ -72,7 +72,10 @@ impl Drop for TempDatabase {
     fn drop(&mut self) {
         let _ = Command::new("psql")
             .args(["-q", "-X", PG_ADMIN_URL, "-c"])
-            .arg(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
+            .arg(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -307,7 +310,9 @@ impl TestApp {
     pub async fn control_plane(&self) -> ControlPlane {
         match &self.database {
             Some(db) => ControlPlane::Postgres(
-                sqlx::PgPool::connect(&db.url).await.expect("connect to control plane"),
+                sqlx::PgPool::connect(&db.url)
+                    .await
+                    .expect("connect to control plane"),
             ),
             None => {
                 let path = self.data_dir.path().join("supascale.db");
@@ -363,7 +368,8 @@ pub struct BackupRow {
 
 impl ControlPlane {
     pub async fn insert_backup(&self, row: &BackupRow) {
-        let completed = (row.status == "completed").then_some(row.created_at + chrono::Duration::seconds(90));
+        let completed =
+            (row.status == "completed").then_some(row.created_at + chrono::Duration::seconds(90));
         let path = format!("/backups/{}/{}.tar.gz", row.project_id, row.id);
         macro_rules! insert {
             ($pool:expr, $sql:expr) => {
@@ -386,10 +392,16 @@ impl ControlPlane {
         }
         match self {
             ControlPlane::Sqlite(pool) => {
-                insert!(pool, "INSERT INTO backups (id, project_id, project_name, backup_type, status, destination, path, size, created_at, completed_at, duration_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                insert!(
+                    pool,
+                    "INSERT INTO backups (id, project_id, project_name, backup_type, status, destination, path, size, created_at, completed_at, duration_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                );
             }
             ControlPlane::Postgres(pool) => {
-                insert!(pool, "INSERT INTO backups (id, project_id, project_name, backup_type, status, destination, path, size, created_at, completed_at, duration_secs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)");
+                insert!(
+                    pool,
+                    "INSERT INTO backups (id, project_id, project_name, backup_type, status, destination, path, size, created_at, completed_at, duration_secs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                );
             }
         }
     }
@@ -421,10 +433,16 @@ impl ControlPlane {
         }
         match self {
             ControlPlane::Sqlite(pool) => {
-                insert!(pool, "INSERT INTO restores (id, backup_id, project_id, restore_types, status, warnings, duration_secs, created_at, restored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                insert!(
+                    pool,
+                    "INSERT INTO restores (id, backup_id, project_id, restore_types, status, warnings, duration_secs, created_at, restored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                );
             }
             ControlPlane::Postgres(pool) => {
-                insert!(pool, "INSERT INTO restores (id, backup_id, project_id, restore_types, status, warnings, duration_secs, created_at, restored_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
+                insert!(
+                    pool,
+                    "INSERT INTO restores (id, backup_id, project_id, restore_types, status, warnings, duration_secs, created_at, restored_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                );
             }
         }
     }
@@ -432,10 +450,16 @@ impl ControlPlane {
     pub async fn execute(&self, sql: &str) {
         match self {
             ControlPlane::Sqlite(pool) => {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(pool).await.expect("sql");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+                    .execute(pool)
+                    .await
+                    .expect("sql");
             }
             ControlPlane::Postgres(pool) => {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(pool).await.expect("sql");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+                    .execute(pool)
+                    .await
+                    .expect("sql");
             }
         }
     }

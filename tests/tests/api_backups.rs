@@ -34,7 +34,8 @@ async fn seed(app: &TestApp) -> Vec<BackupRow> {
     let mut rows = Vec::new();
     for i in 0..30 {
         let project = ["a", "b", "c"][(i % 3) as usize];
-        let status = ["completed", "completed", "failed", "pending", "in_progress"][(i % 5) as usize];
+        let status =
+            ["completed", "completed", "failed", "pending", "in_progress"][(i % 5) as usize];
         let destination = ["local", "s3", "local", "gcs"][(i % 4) as usize];
         let r = row(i, project, status, destination);
         cp.insert_backup(&r).await;
@@ -53,7 +54,11 @@ async fn json(response: reqwest::Response, status: u16) -> Value {
 async fn lists_are_newest_first_with_contract_fields(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let rows = seed(&app).await;
-    let body = json(app.get("/api/v1/backups?limit=10").send().await.unwrap(), 200).await;
+    let body = json(
+        app.get("/api/v1/backups?limit=10").send().await.unwrap(),
+        200,
+    )
+    .await;
     let backups = body["backups"].as_array().unwrap();
     assert_eq!(backups.len(), 10);
     assert_eq!(body["pagination"]["total"], 30);
@@ -74,8 +79,10 @@ async fn lists_are_newest_first_with_contract_fields(backend: Backend) {
     assert_eq!(first["encrypted"], false);
     assert_eq!(first["createdAt"], "2026-01-19T02:29:00Z");
     let completed = backups.iter().find(|b| b["status"] == "completed").unwrap();
-    let created = chrono::DateTime::parse_from_rfc3339(completed["createdAt"].as_str().unwrap()).unwrap();
-    let done = chrono::DateTime::parse_from_rfc3339(completed["completedAt"].as_str().unwrap()).unwrap();
+    let created =
+        chrono::DateTime::parse_from_rfc3339(completed["createdAt"].as_str().unwrap()).unwrap();
+    let done =
+        chrono::DateTime::parse_from_rfc3339(completed["completedAt"].as_str().unwrap()).unwrap();
     assert_eq!((done - created).num_seconds(), 90);
     assert!(completed["completedAt"].as_str().unwrap().ends_with('Z'));
     assert!(first.get("stats").is_none() && body.get("stats").is_none());
@@ -89,15 +96,30 @@ async fn filters_take_one_value_or_a_comma_list(backend: Backend) {
     };
     let cases: Vec<(&str, HashSet<String>)> = vec![
         ("projectId=a", expect(&|r| r.project_id == "a")),
-        ("projectId=a&status=completed", expect(&|r| r.project_id == "a" && r.status == "completed")),
-        ("status=completed,%20failed", expect(&|r| r.status == "completed" || r.status == "failed")),
-        ("destination=local,s3", expect(&|r| r.destination == "local" || r.destination == "s3")),
-        ("projectId=b,c&destination=gcs", expect(&|r| r.project_id != "a" && r.destination == "gcs")),
+        (
+            "projectId=a&status=completed",
+            expect(&|r| r.project_id == "a" && r.status == "completed"),
+        ),
+        (
+            "status=completed,%20failed",
+            expect(&|r| r.status == "completed" || r.status == "failed"),
+        ),
+        (
+            "destination=local,s3",
+            expect(&|r| r.destination == "local" || r.destination == "s3"),
+        ),
+        (
+            "projectId=b,c&destination=gcs",
+            expect(&|r| r.project_id != "a" && r.destination == "gcs"),
+        ),
         ("projectId=nobody", HashSet::new()),
     ];
     for (query, expected) in cases {
         let body = json(
-            app.get(&format!("/api/v1/backups?limit=500&{query}")).send().await.unwrap(),
+            app.get(&format!("/api/v1/backups?limit=500&{query}"))
+                .send()
+                .await
+                .unwrap(),
             200,
         )
         .await;
@@ -118,7 +140,8 @@ async fn pages_by_offset_and_by_cursor_cover_every_backup_once(backend: Backend)
     // Several backups share a creation time: the id breaks the tie.
     for i in 0..23 {
         let mut r = row(i, "a", "completed", "local");
-        r.created_at = Utc.with_ymd_and_hms(2026, 1, 19, 2, 0, 0).unwrap() + Duration::minutes(i / 4);
+        r.created_at =
+            Utc.with_ymd_and_hms(2026, 1, 19, 2, 0, 0).unwrap() + Duration::minutes(i / 4);
         cp.insert_backup(&r).await;
     }
     let mut by_cursor = Vec::new();
@@ -141,7 +164,10 @@ async fn pages_by_offset_and_by_cursor_cover_every_backup_once(backend: Backend)
     let mut by_offset = Vec::new();
     for offset in (0..25).step_by(5) {
         let body = json(
-            app.get(&format!("/api/v1/backups?limit=5&offset={offset}")).send().await.unwrap(),
+            app.get(&format!("/api/v1/backups?limit=5&offset={offset}"))
+                .send()
+                .await
+                .unwrap(),
             200,
         )
         .await;
@@ -154,7 +180,14 @@ async fn pages_by_offset_and_by_cursor_cover_every_backup_once(backend: Backend)
     let unique: HashSet<_> = by_cursor.iter().collect();
     assert_eq!(unique.len(), 23);
     // A cursor that was never issued is a 400, not a silent first page.
-    let body = json(app.get("/api/v1/backups?cursor=bm9wZQ").send().await.unwrap(), 400).await;
+    let body = json(
+        app.get("/api/v1/backups?cursor=bm9wZQ")
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
     assert!(body["error"].as_str().unwrap().contains("cursor"));
 }
 
@@ -162,23 +195,41 @@ async fn stats_follow_inserts_updates_and_deletes(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let rows = seed(&app).await;
     let sum = |f: &dyn Fn(&BackupRow) -> bool| -> (i64, i64) {
-        rows.iter().filter(|r| f(r)).fold((0, 0), |(c, s), r| (c + 1, s + r.size))
+        rows.iter()
+            .filter(|r| f(r))
+            .fold((0, 0), |(c, s), r| (c + 1, s + r.size))
     };
-    let body = json(app.get("/api/v1/backups?stats=true&limit=1").send().await.unwrap(), 200).await;
+    let body = json(
+        app.get("/api/v1/backups?stats=true&limit=1")
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
     let stats = &body["stats"];
     let (count, size) = sum(&|_| true);
     assert_eq!(stats["totalBackups"], count);
     assert_eq!(stats["totalSize"], size);
     for destination in ["local", "s3", "gcs"] {
         let (c, s) = sum(&|r| r.destination == destination);
-        assert_eq!(stats["byDestination"][destination]["count"], c, "{destination}");
-        assert_eq!(stats["byDestination"][destination]["size"], s, "{destination}");
+        assert_eq!(
+            stats["byDestination"][destination]["count"], c,
+            "{destination}"
+        );
+        assert_eq!(
+            stats["byDestination"][destination]["size"], s,
+            "{destination}"
+        );
     }
     assert!(stats["byDestination"].get("azure").is_none());
 
     // Stats follow the filters.
     let body = json(
-        app.get("/api/v1/backups?stats=true&projectId=b&status=completed").send().await.unwrap(),
+        app.get("/api/v1/backups?stats=true&projectId=b&status=completed")
+            .send()
+            .await
+            .unwrap(),
         200,
     )
     .await;
@@ -188,13 +239,29 @@ async fn stats_follow_inserts_updates_and_deletes(backend: Backend) {
 
     // Rows change status, grow and go away: totals stay exact.
     let cp = app.control_plane().await;
-    cp.execute("UPDATE backups SET status = 'completed', size = size + 500 WHERE status = 'pending'").await;
-    cp.execute("DELETE FROM backups WHERE destination = 's3'").await;
-    let body = json(app.get("/api/v1/backups?stats=true&status=completed").send().await.unwrap(), 200).await;
+    cp.execute(
+        "UPDATE backups SET status = 'completed', size = size + 500 WHERE status = 'pending'",
+    )
+    .await;
+    cp.execute("DELETE FROM backups WHERE destination = 's3'")
+        .await;
+    let body = json(
+        app.get("/api/v1/backups?stats=true&status=completed")
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
     let (c, s) = rows
         .iter()
         .filter(|r| r.destination != "s3" && (r.status == "completed" || r.status == "pending"))
-        .fold((0, 0), |(c, s), r| (c + 1, s + r.size + if r.status == "pending" { 500 } else { 0 }));
+        .fold((0, 0), |(c, s), r| {
+            (
+                c + 1,
+                s + r.size + if r.status == "pending" { 500 } else { 0 },
+            )
+        });
     assert_eq!(body["stats"]["totalBackups"], c);
     assert_eq!(body["stats"]["totalSize"], s);
     assert_eq!(body["pagination"]["total"], c);
@@ -206,8 +273,13 @@ async fn details_carry_project_name_and_restore_history(backend: Backend) {
     seed(&app).await;
     let cp = app.control_plane().await;
     let restored = Utc.with_ymd_and_hms(2026, 1, 19, 10, 0, 0).unwrap();
-    cp.insert_restore("restore-1", "backup-0001", "b", restored, 180).await;
-    let body = json(app.get("/api/v1/backups/backup-0001").send().await.unwrap(), 200).await;
+    cp.insert_restore("restore-1", "backup-0001", "b", restored, 180)
+        .await;
+    let body = json(
+        app.get("/api/v1/backups/backup-0001").send().await.unwrap(),
+        200,
+    )
+    .await;
     assert_eq!(body["id"], "backup-0001");
     assert_eq!(body["projectName"], "Project b");
     assert_eq!(body["status"], "completed");
@@ -217,11 +289,22 @@ async fn details_carry_project_name_and_restore_history(backend: Backend) {
     assert_eq!(history[0]["duration"], 180);
     assert_eq!(history[0]["warnings"][0], "role x is missing");
 
-    let body = json(app.get("/api/v1/backups/backup-0002").send().await.unwrap(), 200).await;
+    let body = json(
+        app.get("/api/v1/backups/backup-0002").send().await.unwrap(),
+        200,
+    )
+    .await;
     assert_eq!(body["restoreHistory"], serde_json::json!([]));
 
-    let body = json(app.get("/api/v1/backups/backup-9999").send().await.unwrap(), 404).await;
-    assert_eq!(body, serde_json::json!({"success": false, "error": "Backup not found"}));
+    let body = json(
+        app.get("/api/v1/backups/backup-9999").send().await.unwrap(),
+        404,
+    )
+    .await;
+    assert_eq!(
+        body,
+        serde_json::json!({"success": false, "error": "Backup not found"})
+    );
 }
 
 async fn bad_list_parameters_answer_400_naming_the_parameter(backend: Backend) {
@@ -236,8 +319,18 @@ async fn bad_list_parameters_answer_400_naming_the_parameter(backend: Backend) {
         ("offset=-1", "offset"),
         ("stats=maybe", "stats"),
     ] {
-        let body = json(app.get(&format!("/api/v1/backups?{query}")).send().await.unwrap(), 400).await;
+        let body = json(
+            app.get(&format!("/api/v1/backups?{query}"))
+                .send()
+                .await
+                .unwrap(),
+            400,
+        )
+        .await;
         assert_eq!(body["success"], false, "{query}");
-        assert!(body["error"].as_str().unwrap().contains(word), "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(word),
+            "{query}: {body}"
+        );
     }
 }
