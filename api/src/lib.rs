@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod list_cache;
 pub mod payload;
 pub mod routes;
 pub mod state;
@@ -218,12 +219,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(%local, deployment = ?config.deployment(), "listening");
 
+    let list_cache = Arc::new(list_cache::ListCache::default());
+    if config.deployment() == supascale_shared::Deployment::ScaleOut {
+        let cache = list_cache.clone();
+        let url = config.database_url();
+        tokio::spawn(async move { cache.listen(url).await });
+    }
     let state = AppState {
         db,
         master_key,
         config: Arc::new(config),
         redis,
         keys: Arc::new(auth::KeyCache::default()),
+        list_cache,
     };
     poem::Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(

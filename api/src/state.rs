@@ -6,6 +6,8 @@ use sea_orm::DatabaseConnection;
 use supascale_shared::{Config, MasterKey};
 
 use crate::auth::KeyCache;
+use crate::list_cache::ListCache;
+use crate::routes::backups::BackupList;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -14,4 +16,5 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub redis: Option<redis::aio::ConnectionManager>,
     pub keys: Arc<KeyCache>,
+    pub list_cache: Arc<ListCache<BackupList>>,
 }

@@ -78,6 +78,16 @@ CREATE TABLE IF NOT EXISTS backup_stats (
     PRIMARY KEY (project_id, status, destination)
 );
 
+-- The same without the project: what an unfiltered list reads (at most
+-- 4 statuses x 7 destinations rows, however many projects there are).
+CREATE TABLE IF NOT EXISTS backup_totals (
+    status TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    count BIGINT NOT NULL,
+    size BIGINT NOT NULL,
+    PRIMARY KEY (status, destination)
+);
+
 CREATE TABLE IF NOT EXISTS restores (
     id TEXT PRIMARY KEY,
     backup_id TEXT NOT NULL,
@@ -118,38 +128,69 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_idx ON jobs (idempotency_key)
 "#;
 
 const POSTGRES_TRIGGERS: &str = r#"
+-- Statement-level triggers with transition tables: a bulk insert of a million
+-- rows updates each summary row once. Every change also notifies the API
+-- processes, whose list cache it invalidates (api/src/list_cache.rs).
+-- Summary rows are touched in key order so that concurrent statements cannot
+-- deadlock on them.
 CREATE OR REPLACE FUNCTION backup_stats_add() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO backup_stats (project_id, status, destination, count, size)
     SELECT project_id, status, destination, count(*), coalesce(sum(size), 0)
-    FROM new_rows GROUP BY project_id, status, destination
+    FROM new_rows GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     ON CONFLICT (project_id, status, destination) DO UPDATE
         SET count = backup_stats.count + EXCLUDED.count,
             size = backup_stats.size + EXCLUDED.size;
+    INSERT INTO backup_totals (status, destination, count, size)
+    SELECT status, destination, count(*), coalesce(sum(size), 0)
+    FROM new_rows GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (status, destination) DO UPDATE
+        SET count = backup_totals.count + EXCLUDED.count,
+            size = backup_totals.size + EXCLUDED.size;
+    PERFORM pg_notify('supascale_backups_changed', '');
     RETURN NULL;
 END $$;
 
 CREATE OR REPLACE FUNCTION backup_stats_remove() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE backup_stats s SET count = s.count - o.n, size = s.size - o.bytes
-    FROM (SELECT project_id, status, destination, count(*) AS n, coalesce(sum(size), 0) AS bytes
-          FROM old_rows GROUP BY project_id, status, destination) o
-    WHERE s.project_id = o.project_id AND s.status = o.status AND s.destination = o.destination;
-    RETURN NULL;
-END $$;
-
-CREATE OR REPLACE FUNCTION backup_stats_change() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE backup_stats s SET count = s.count - o.n, size = s.size - o.bytes
-    FROM (SELECT project_id, status, destination, count(*) AS n, coalesce(sum(size), 0) AS bytes
-          FROM old_rows GROUP BY project_id, status, destination) o
-    WHERE s.project_id = o.project_id AND s.status = o.status AND s.destination = o.destination;
     INSERT INTO backup_stats (project_id, status, destination, count, size)
-    SELECT project_id, status, destination, count(*), coalesce(sum(size), 0)
-    FROM new_rows GROUP BY project_id, status, destination
+    SELECT project_id, status, destination, -count(*), -coalesce(sum(size), 0)
+    FROM old_rows GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     ON CONFLICT (project_id, status, destination) DO UPDATE
         SET count = backup_stats.count + EXCLUDED.count,
             size = backup_stats.size + EXCLUDED.size;
+    INSERT INTO backup_totals (status, destination, count, size)
+    SELECT status, destination, -count(*), -coalesce(sum(size), 0)
+    FROM old_rows GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (status, destination) DO UPDATE
+        SET count = backup_totals.count + EXCLUDED.count,
+            size = backup_totals.size + EXCLUDED.size;
+    PERFORM pg_notify('supascale_backups_changed', '');
+    RETURN NULL;
+END $$;
+
+-- An update is the old rows removed and the new rows added, netted per key.
+CREATE OR REPLACE FUNCTION backup_stats_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO backup_stats (project_id, status, destination, count, size)
+    SELECT project_id, status, destination, sum(n), sum(bytes) FROM (
+        SELECT project_id, status, destination, -1 AS n, -size AS bytes FROM old_rows
+        UNION ALL
+        SELECT project_id, status, destination, 1, size FROM new_rows
+    ) d GROUP BY 1, 2, 3 HAVING sum(n) <> 0 OR sum(bytes) <> 0 ORDER BY 1, 2, 3
+    ON CONFLICT (project_id, status, destination) DO UPDATE
+        SET count = backup_stats.count + EXCLUDED.count,
+            size = backup_stats.size + EXCLUDED.size;
+    INSERT INTO backup_totals (status, destination, count, size)
+    SELECT status, destination, sum(n), sum(bytes) FROM (
+        SELECT status, destination, -1 AS n, -size AS bytes FROM old_rows
+        UNION ALL
+        SELECT status, destination, 1, size FROM new_rows
+    ) d GROUP BY 1, 2 HAVING sum(n) <> 0 OR sum(bytes) <> 0 ORDER BY 1, 2
+    ON CONFLICT (status, destination) DO UPDATE
+        SET count = backup_totals.count + EXCLUDED.count,
+            size = backup_totals.size + EXCLUDED.size;
+    PERFORM pg_notify('supascale_backups_changed', '');
     RETURN NULL;
 END $$;
 
@@ -171,18 +212,30 @@ CREATE TRIGGER IF NOT EXISTS backups_stats_insert AFTER INSERT ON backups BEGIN
     VALUES (NEW.project_id, NEW.status, NEW.destination, 1, NEW.size)
     ON CONFLICT (project_id, status, destination) DO UPDATE
         SET count = count + 1, size = size + excluded.size;
+    INSERT INTO backup_totals (status, destination, count, size)
+    VALUES (NEW.status, NEW.destination, 1, NEW.size)
+    ON CONFLICT (status, destination) DO UPDATE
+        SET count = count + 1, size = size + excluded.size;
 END;
 CREATE TRIGGER IF NOT EXISTS backups_stats_delete AFTER DELETE ON backups BEGIN
     UPDATE backup_stats SET count = count - 1, size = size - OLD.size
     WHERE project_id = OLD.project_id AND status = OLD.status AND destination = OLD.destination;
+    UPDATE backup_totals SET count = count - 1, size = size - OLD.size
+    WHERE status = OLD.status AND destination = OLD.destination;
 END;
 CREATE TRIGGER IF NOT EXISTS backups_stats_update
 AFTER UPDATE OF project_id, status, destination, size ON backups BEGIN
     UPDATE backup_stats SET count = count - 1, size = size - OLD.size
     WHERE project_id = OLD.project_id AND status = OLD.status AND destination = OLD.destination;
+    UPDATE backup_totals SET count = count - 1, size = size - OLD.size
+    WHERE status = OLD.status AND destination = OLD.destination;
     INSERT INTO backup_stats (project_id, status, destination, count, size)
     VALUES (NEW.project_id, NEW.status, NEW.destination, 1, NEW.size)
     ON CONFLICT (project_id, status, destination) DO UPDATE
+        SET count = count + 1, size = size + excluded.size;
+    INSERT INTO backup_totals (status, destination, count, size)
+    VALUES (NEW.status, NEW.destination, 1, NEW.size)
+    ON CONFLICT (status, destination) DO UPDATE
         SET count = count + 1, size = size + excluded.size;
 END;
 "#;
@@ -216,7 +269,8 @@ impl MigrationTrait for Migration {
             .get_connection()
             .execute_unprepared(
                 "DROP TABLE IF EXISTS jobs; DROP TABLE IF EXISTS restores; \
-                 DROP TABLE IF EXISTS backup_stats; DROP TABLE IF EXISTS backups; \
+                 DROP TABLE IF EXISTS backup_stats; DROP TABLE IF EXISTS backup_totals; \
+                 DROP TABLE IF EXISTS backups; \
                  DROP TABLE IF EXISTS projects; DROP TABLE IF EXISTS api_keys; \
                  DROP TABLE IF EXISTS settings;",
             )

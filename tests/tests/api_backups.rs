@@ -334,3 +334,35 @@ async fn bad_list_parameters_answer_400_naming_the_parameter(backend: Backend) {
         );
     }
 }
+
+/// Lists are cached in scale-out; a change made by any process (here: plain
+/// SQL on the control plane) must show on the very next reads.
+#[tokio::test]
+async fn a_cached_list_follows_changes_made_elsewhere() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    seed(&app).await;
+    let path = "/api/v1/backups?limit=5&status=completed&stats=true";
+    let first = json(app.get(path).send().await.unwrap(), 200).await;
+    let again = json(app.get(path).send().await.unwrap(), 200).await;
+    assert_eq!(first, again);
+    let newest = first["backups"][0]["id"].as_str().unwrap().to_string();
+    let cp = app.control_plane().await;
+    cp.execute(&format!(
+        "UPDATE backups SET status = 'failed' WHERE id = '{newest}'"
+    ))
+    .await;
+    let mut seen = None;
+    for _ in 0..40 {
+        let body = json(app.get(path).send().await.unwrap(), 200).await;
+        if body["backups"][0]["id"] != newest.as_str() {
+            seen = Some(body);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let body = seen.expect("the list still shows a backup that is no longer completed");
+    assert_eq!(
+        body["pagination"]["total"].as_i64().unwrap(),
+        first["pagination"]["total"].as_i64().unwrap() - 1
+    );
+}

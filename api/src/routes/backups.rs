@@ -17,7 +17,7 @@ use sea_orm::sea_query::{Expr, ExprTrait, IntoCondition};
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use supascale_shared::api_key::Permission;
 use supascale_shared::domain::{DESTINATIONS, STATUSES};
-use supascale_shared::entities::{backup, backup_stat, restore};
+use supascale_shared::entities::{backup, backup_stat, backup_total, restore};
 
 use super::{ApiTags, parse_list_filter};
 use crate::auth::{Auth, Principal};
@@ -29,7 +29,7 @@ pub const DEFAULT_LIMIT: u64 = 50;
 pub const MAX_LIMIT: u64 = 500;
 
 /// A backup as the list shows it.
-#[derive(Debug, Object)]
+#[derive(Debug, Clone, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct Backup {
     pub id: String,
@@ -111,7 +111,7 @@ pub struct BackupDetails {
     pub restore_history: Vec<RestoreRecord>,
 }
 
-#[derive(Debug, Object)]
+#[derive(Debug, Clone, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct Pagination {
     /// Backups matching the filters, over all pages.
@@ -123,14 +123,14 @@ pub struct Pagination {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Object)]
+#[derive(Debug, Clone, Object)]
 pub struct DestinationStats {
     pub count: i64,
     /// Bytes.
     pub size: i64,
 }
 
-#[derive(Debug, Object)]
+#[derive(Debug, Clone, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct BackupStats {
     pub total_backups: i64,
@@ -139,7 +139,7 @@ pub struct BackupStats {
     pub by_destination: BTreeMap<String, DestinationStats>,
 }
 
-#[derive(Debug, Object)]
+#[derive(Debug, Clone, Object)]
 pub struct BackupList {
     pub backups: Vec<Backup>,
     pub pagination: Pagination,
@@ -198,7 +198,9 @@ impl BackupsApi {
                 )));
             }
         };
-        let cursor = cursor.0.as_deref().map(Cursor::decode).transpose()?;
+        let cursor_param = cursor.0;
+        let cursor = cursor_param.as_deref().map(Cursor::decode).transpose()?;
+        let with_stats = stats.0.unwrap_or(false);
         let filters = Filters {
             projects: scoped_projects(
                 principal,
@@ -211,6 +213,15 @@ impl BackupsApi {
                 Some(&DESTINATIONS),
             )?,
         };
+
+        let cache_key = format!(
+            "{:?}|{:?}|{:?}|{limit}|{offset}|{:?}|{with_stats}",
+            filters.projects, filters.statuses, filters.destinations, cursor_param
+        );
+        if let Some(page) = state.list_cache.get(&cache_key) {
+            return Ok(Json(page));
+        }
+        let generation = state.list_cache.generation();
 
         let mut query = backup::Entity::find().filter(filters.condition(
             backup::Column::ProjectId,
@@ -229,13 +240,17 @@ impl BackupsApi {
                 ])),
             );
         }
-        let mut rows = query
-            .order_by_desc(backup::Column::CreatedAt)
-            .order_by_desc(backup::Column::Id)
-            .offset(offset)
-            .limit(limit + 1)
-            .all(&state.db)
-            .await?;
+        // The page and the totals are independent reads: run them together.
+        let (rows, by_destination) = tokio::join!(
+            query
+                .order_by_desc(backup::Column::CreatedAt)
+                .order_by_desc(backup::Column::Id)
+                .offset(offset)
+                .limit(limit + 1)
+                .all(&state.db),
+            stats_by_destination(&state, &filters)
+        );
+        let (mut rows, by_destination) = (rows?, by_destination?);
         let next_cursor = if rows.len() as u64 > limit {
             rows.truncate(limit as usize);
             rows.last().map(|r| {
@@ -249,14 +264,13 @@ impl BackupsApi {
             None
         };
 
-        let by_destination = stats_by_destination(&state, &filters).await?;
         let total: i64 = by_destination.values().map(|s| s.count).sum();
-        let stats = stats.0.unwrap_or(false).then(|| BackupStats {
+        let stats = with_stats.then(|| BackupStats {
             total_backups: total,
             total_size: by_destination.values().map(|s| s.size).sum(),
             by_destination,
         });
-        Ok(Json(BackupList {
+        let page = BackupList {
             backups: rows.into_iter().map(Backup::from).collect(),
             pagination: Pagination {
                 total,
@@ -265,7 +279,11 @@ impl BackupsApi {
                 next_cursor,
             },
             stats,
-        }))
+        };
+        if let Some(generation) = generation {
+            state.list_cache.put(cache_key, generation, page.clone());
+        }
+        Ok(Json(page))
     }
 
     /// Get backup details
@@ -356,24 +374,48 @@ impl Filters {
     }
 }
 
+/// Counts and bytes per destination for the filters, from the summary
+/// tables: `backup_totals` (a few dozen rows) unless the query names
+/// projects, `backup_stats` (those projects' rows, by primary key) if it does.
 async fn stats_by_destination(
     state: &AppState,
     filters: &Filters,
 ) -> ApiResult<BTreeMap<String, DestinationStats>> {
-    let rows: Vec<(String, i64, i64)> = backup_stat::Entity::find()
-        .select_only()
-        .column(backup_stat::Column::Destination)
-        .column_as(backup_stat::Column::Count.sum().cast_as("BIGINT"), "count")
-        .column_as(backup_stat::Column::Size.sum().cast_as("BIGINT"), "size")
-        .filter(filters.condition(
-            backup_stat::Column::ProjectId,
-            backup_stat::Column::Status,
-            backup_stat::Column::Destination,
-        ))
-        .group_by(backup_stat::Column::Destination)
-        .into_tuple()
-        .all(&state.db)
-        .await?;
+    let rows: Vec<(String, i64, i64)> = if filters.projects.is_some() {
+        backup_stat::Entity::find()
+            .select_only()
+            .column(backup_stat::Column::Destination)
+            .column_as(backup_stat::Column::Count.sum().cast_as("BIGINT"), "count")
+            .column_as(backup_stat::Column::Size.sum().cast_as("BIGINT"), "size")
+            .filter(filters.condition(
+                backup_stat::Column::ProjectId,
+                backup_stat::Column::Status,
+                backup_stat::Column::Destination,
+            ))
+            .group_by(backup_stat::Column::Destination)
+            .into_tuple()
+            .all(&state.db)
+            .await?
+    } else {
+        let mut condition = Condition::all();
+        if let Some(statuses) = &filters.statuses {
+            condition = condition.add(backup_total::Column::Status.is_in(statuses.clone()));
+        }
+        if let Some(destinations) = &filters.destinations {
+            condition =
+                condition.add(backup_total::Column::Destination.is_in(destinations.clone()));
+        }
+        backup_total::Entity::find()
+            .select_only()
+            .column(backup_total::Column::Destination)
+            .column_as(backup_total::Column::Count.sum().cast_as("BIGINT"), "count")
+            .column_as(backup_total::Column::Size.sum().cast_as("BIGINT"), "size")
+            .filter(condition)
+            .group_by(backup_total::Column::Destination)
+            .into_tuple()
+            .all(&state.db)
+            .await?
+    };
     Ok(rows
         .into_iter()
         .filter(|(_, count, _)| *count > 0)

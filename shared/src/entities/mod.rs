@@ -3,6 +3,7 @@
 pub mod api_key;
 pub mod backup;
 pub mod backup_stat;
+pub mod backup_total;
 pub mod job;
 pub mod project;
 pub mod restore;
