@@ -220,7 +220,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(%local, deployment = ?config.deployment(), "listening");
 
     let list_cache = Arc::new(list_cache::ListCache::default());
-    if config.deployment() == supascale_shared::Deployment::ScaleOut {
+    if config.list_cache && config.deployment() == supascale_shared::Deployment::ScaleOut {
         let cache = list_cache.clone();
         let url = config.database_url();
         tokio::spawn(async move { cache.listen(url).await });

@@ -108,3 +108,60 @@ impl<'a, T: Type + DeserializeOwned + Send> ApiExtractor<'a> for JsonBody<T> {
         }
     }
 }
+
+/// A JSON response serialised ahead of time (e.g. a cached page), documented
+/// with the schema of `T`.
+pub struct JsonBytes<T> {
+    body: bytes::Bytes,
+    _schema: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: poem_openapi::types::ToJSON> JsonBytes<T> {
+    pub fn new(value: &T) -> Self {
+        let json = value.to_json().unwrap_or(serde_json::Value::Null);
+        Self {
+            body: serde_json::to_vec(&json)
+                .expect("a JSON value serialises")
+                .into(),
+            _schema: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T> Clone for JsonBytes<T> {
+    fn clone(&self) -> Self {
+        Self {
+            body: self.body.clone(),
+            _schema: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: Send> poem::IntoResponse for JsonBytes<T> {
+    fn into_response(self) -> poem::Response {
+        poem::Response::builder()
+            .content_type(CONTENT_TYPE)
+            .body(self.body)
+    }
+}
+
+impl<T: Type + Send> poem_openapi::ApiResponse for JsonBytes<T> {
+    fn meta() -> poem_openapi::registry::MetaResponses {
+        poem_openapi::registry::MetaResponses {
+            responses: vec![poem_openapi::registry::MetaResponse {
+                description: "",
+                status: Some(200),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: CONTENT_TYPE,
+                    schema: T::schema_ref(),
+                }],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}

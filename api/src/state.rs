@@ -7,6 +7,7 @@ use supascale_shared::{Config, MasterKey};
 
 use crate::auth::KeyCache;
 use crate::list_cache::ListCache;
+use crate::payload::JsonBytes;
 use crate::routes::backups::BackupList;
 
 #[derive(Clone)]
@@ -16,5 +17,5 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub redis: Option<redis::aio::ConnectionManager>,
     pub keys: Arc<KeyCache>,
-    pub list_cache: Arc<ListCache<BackupList>>,
+    pub list_cache: Arc<ListCache<JsonBytes<BackupList>>>,
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use supascale_tests::{Backend, TestApp};
+use supascale_tests::{Backend, Launch, TestApp, start};
 
 struct Args {
     rows: u64,
@@ -41,6 +41,9 @@ fn parse_args() -> Args {
     args
 }
 
+/// The request path a client sends as its n-th request.
+type PathFn = Arc<dyn Fn(u64) -> String + Send + Sync>;
+
 struct Outcome {
     requests: u64,
     rps: f64,
@@ -50,12 +53,7 @@ struct Outcome {
 
 /// Runs `concurrency` clients for `seconds`, each sending the request that
 /// `path(n)` names for its n-th request; every answer must be 200.
-async fn load(
-    app: &TestApp,
-    seconds: u64,
-    concurrency: usize,
-    path: Arc<dyn Fn(u64) -> String + Send + Sync>,
-) -> Outcome {
+async fn load(base: &str, key: &str, seconds: u64, concurrency: usize, path: PathFn) -> Outcome {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()
@@ -63,8 +61,8 @@ async fn load(
     // Warm-up: connections and caches.
     for n in 0..concurrency as u64 * 2 {
         let response = client
-            .get(app.url(&path(n)))
-            .header("X-API-Key", &app.admin_key)
+            .get(format!("{base}{}", path(n)))
+            .header("X-API-Key", key)
             .send()
             .await
             .unwrap();
@@ -79,8 +77,8 @@ async fn load(
         let client = client.clone();
         let counter = counter.clone();
         let path = path.clone();
-        let base = app.address.clone();
-        let key = app.admin_key.clone();
+        let base = base.to_string();
+        let key = key.to_string();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
@@ -185,7 +183,7 @@ async fn main() {
     assert_eq!(total, args.rows, "pagination.total");
 
     let projects = args.projects;
-    let scenarios: Vec<(String, Arc<dyn Fn(u64) -> String + Send + Sync>)> = vec![
+    let scenarios: Vec<(String, PathFn)> = vec![
         ("GET /healthz".into(), Arc::new(|_| "/healthz".to_string())),
         (
             "GET /api/v1/backups?limit=50".into(),
@@ -213,6 +211,34 @@ async fn main() {
             Arc::new(|_| "/api/v1/backups?limit=50&stats=true".to_string()),
         ),
     ];
+    // A second API process on the same control plane, without the list
+    // cache: what every request costs when the data keeps changing.
+    let uncached = {
+        let data = app.data_dir.path();
+        let launch = Launch::default()
+            .env("SUPASCALE_LISTEN", "127.0.0.1:0")
+            .env("SUPASCALE_DATA_DIR", data.to_str().unwrap())
+            .env(
+                "SUPASCALE_MASTER_KEY_FILE",
+                data.join("master.key").to_str().unwrap(),
+            )
+            .env(
+                "SUPASCALE_DATABASE_URL",
+                app.database.as_ref().unwrap().url.clone(),
+            )
+            .env("SUPASCALE_LIST_CACHE", "false");
+        let mut started = start("supascale-api", &launch);
+        let line = started
+            .wait_for_stdout("listening on http://", Duration::from_secs(30))
+            .unwrap();
+        let address = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_string();
+        (started, address)
+    };
     println!(
         "\n{} s per scenario, {} concurrent clients, keep-alive, client on the same machine\n",
         args.seconds, args.concurrency
@@ -221,18 +247,35 @@ async fn main() {
         "{:<44} {:>9} {:>10} {:>9} {:>9} {:>9}",
         "scenario", "requests", "req/s", "p50 ms", "p99 ms", "vs healthz"
     );
-    let mut healthz = None;
-    for (name, path) in scenarios {
-        let outcome = load(&app, args.seconds, args.concurrency, path).await;
-        let base = *healthz.get_or_insert(outcome.rps);
-        println!(
-            "{:<44} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>8.0}%",
-            name,
-            outcome.requests,
-            outcome.rps,
-            outcome.p50_ms,
-            outcome.p99_ms,
-            outcome.rps / base * 100.0
-        );
+    for (label, address) in [
+        ("list cache on (the default)", app.address.clone()),
+        (
+            "list cache off (SUPASCALE_LIST_CACHE=false)",
+            uncached.1.clone(),
+        ),
+    ] {
+        println!("{label}");
+        let mut healthz = None;
+        for (name, path) in &scenarios {
+            let outcome = load(
+                &address,
+                &app.admin_key,
+                args.seconds,
+                args.concurrency,
+                path.clone(),
+            )
+            .await;
+            let base = *healthz.get_or_insert(outcome.rps);
+            println!(
+                "  {:<42} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>8.0}%",
+                name,
+                outcome.requests,
+                outcome.rps,
+                outcome.p50_ms,
+                outcome.p99_ms,
+                outcome.rps / base * 100.0
+            );
+        }
     }
+    drop(uncached);
 }

@@ -46,6 +46,9 @@ pub struct Config {
     pub max_body_bytes: u64,
     /// Log format: `text` or `json`.
     pub log_format: String,
+    /// Cache `GET /backups` pages (scale-out only; invalidated by the
+    /// control plane's notifications).
+    pub list_cache: bool,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             database_max_connections: 16,
             max_body_bytes: 1024 * 1024,
             log_format: "text".into(),
+            list_cache: true,
         }
     }
 }

@@ -98,13 +98,14 @@ pub fn psql(url: &str, sql: &str) -> String {
 
 /// A running `supascale-api` process.
 pub struct TestApp {
+    /// Declared first so that it is dropped (killed) before the database.
+    process: Started,
     pub address: String,
     pub admin_key: String,
     pub data_dir: tempfile::TempDir,
     pub backend: Backend,
     pub database: Option<TempDatabase>,
     pub client: reqwest::Client,
-    child: Child,
     pub stdout: Arc<Mutex<Vec<String>>>,
     pub stderr: Arc<Mutex<Vec<String>>>,
 }
@@ -221,6 +222,14 @@ impl Started {
     }
 }
 
+/// A test that fails must not leave its processes running.
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl TestApp {
     /// A server on the embedded default (SQLite) or on a fresh PostgreSQL
     /// database, with a known admin key.
@@ -257,6 +266,8 @@ impl TestApp {
             .expect("address")
             .trim()
             .to_string();
+        let stdout = started.stdout.clone();
+        let stderr = started.stderr.clone();
         TestApp {
             address,
             admin_key,
@@ -264,9 +275,9 @@ impl TestApp {
             backend,
             database,
             client: reqwest::Client::new(),
-            child: started.child,
-            stdout: started.stdout,
-            stderr: started.stderr,
+            process: started,
+            stdout,
+            stderr,
         }
     }
 
@@ -327,24 +338,17 @@ impl TestApp {
 
     pub fn stop(&mut self) {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &self.process.child.id().to_string()])
             .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = self.process.child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
     }
 }
 

@@ -22,6 +22,7 @@ use supascale_shared::entities::{backup, backup_stat, backup_total, restore};
 use super::{ApiTags, parse_list_filter};
 use crate::auth::{Auth, Principal};
 use crate::error::{ApiError, ApiResult};
+use crate::payload::JsonBytes;
 use crate::state::AppState;
 use crate::timestamp::Timestamp;
 
@@ -177,7 +178,7 @@ impl BackupsApi {
         cursor: Query<Option<String>>,
         /// Include totals by destination.
         stats: Query<Option<bool>>,
-    ) -> ApiResult<Json<BackupList>> {
+    ) -> ApiResult<JsonBytes<BackupList>> {
         let principal = auth.principal();
         principal.require(Permission::BackupsRead)?;
         let limit = match limit.0 {
@@ -219,7 +220,7 @@ impl BackupsApi {
             filters.projects, filters.statuses, filters.destinations, cursor_param
         );
         if let Some(page) = state.list_cache.get(&cache_key) {
-            return Ok(Json(page));
+            return Ok(page);
         }
         let generation = state.list_cache.generation();
 
@@ -280,10 +281,11 @@ impl BackupsApi {
             },
             stats,
         };
+        let page = JsonBytes::new(&page);
         if let Some(generation) = generation {
             state.list_cache.put(cache_key, generation, page.clone());
         }
-        Ok(Json(page))
+        Ok(page)
     }
 
     /// Get backup details
