@@ -85,16 +85,20 @@ async fn errors_outside_endpoints_have_the_contract_shape(backend: Backend) {
             json!({"success": false, "error": "Request body is too large"})
         )
     );
-    // The same without Content-Length (chunked).
+    // The same without Content-Length (chunked). The server answers 413 as
+    // soon as it has read past the limit and closes the connection, so the
+    // client sees either that answer or the connection closing under it.
     let stream = futures_stream(big.to_string().into_bytes());
-    let response = app
+    let outcome = app
         .post("/api/v1/projects")
         .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(stream))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 413);
+        .await;
+    match outcome {
+        Ok(response) => assert_eq!(response.status(), 413),
+        Err(e) => assert!(e.is_request(), "{e:?}"),
+    }
     let (_, body) = status_and_body(app.get("/api/v1/projects").send().await.unwrap()).await;
     assert_eq!(body["pagination"]["total"], 0);
 }
