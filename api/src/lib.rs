@@ -97,14 +97,23 @@ async fn limit_body<E: Endpoint>(
     mut request: Request,
     max: usize,
 ) -> poem::Result<Response> {
-    let too_large = || poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE);
+    // The unread rest of the body makes the connection unusable: tell the
+    // client not to reuse it.
+    let too_large = || {
+        let mut response = error::error_response(StatusCode::PAYLOAD_TOO_LARGE, "");
+        response.headers_mut().insert(
+            poem::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+        response
+    };
     let declared = request
         .headers()
         .get(poem::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
-        Some(length) if length > max as u64 => return Err(too_large()),
+        Some(length) if length > max as u64 => return Ok(too_large()),
         Some(_) => {}
         None if request
             .headers()
@@ -120,7 +129,7 @@ async fn limit_body<E: Endpoint>(
                 .await
                 .map_err(|e| poem::Error::from_string(e.to_string(), StatusCode::BAD_REQUEST))?;
             if buffer.len() > max {
-                return Err(too_large());
+                return Ok(too_large());
             }
             request.set_body(buffer);
         }
