@@ -68,6 +68,8 @@ pub struct DatabaseInfo {
     pub user: String,
 }
 
+/// Whether the project's database answers: only on `GET /projects/{id}`,
+/// from a short connection check.
 #[derive(Debug, Clone, Copy, Enum)]
 #[oai(rename_all = "snake_case")]
 pub enum ProjectStatus {
@@ -87,7 +89,8 @@ pub struct Project {
     pub functions_dir: String,
     pub config_paths: Vec<String>,
     pub database: DatabaseInfo,
-    /// Only on `GET /projects/{id}`: a short connection check.
+    // No doc comment here: poem-openapi would wrap the reference in an
+    // `allOf`, which some client generators cannot read. See ProjectStatus.
     #[oai(skip_serializing_if_is_none)]
     pub status: Option<ProjectStatus>,
     /// Why a stopped project's database did not answer.
