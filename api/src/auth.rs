@@ -14,7 +14,9 @@ use chrono::Utc;
 use poem::Request;
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::{ApiKey, Bearer};
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
+};
 use supascale_shared::api_key::{self, Permission};
 use supascale_shared::entities::{api_key as api_key_row, setting};
 
@@ -234,20 +236,7 @@ pub async fn insert_key(
         created_at: Set(crate::now()),
         revoked_at: Set(None),
     };
-    api_key_row::Entity::insert(row.clone())
-        .exec_without_returning(state_db)
-        .await?;
-    Ok(api_key_row::Model {
-        id: row.id.unwrap(),
-        name: row.name.unwrap(),
-        key_prefix: row.key_prefix.unwrap(),
-        key_hash: row.key_hash.unwrap(),
-        permissions: row.permissions.unwrap(),
-        project_ids: row.project_ids.unwrap(),
-        expires_at: row.expires_at.unwrap(),
-        created_at: row.created_at.unwrap(),
-        revoked_at: None,
-    })
+    row.insert(state_db).await
 }
 
 /// At start: store the bootstrap key when one is configured; on a first

@@ -19,7 +19,7 @@ use supascale_shared::api_key::Permission;
 use supascale_shared::domain::{DESTINATIONS, STATUSES};
 use supascale_shared::entities::{backup, backup_stat, backup_total, restore};
 
-use super::{ApiTags, parse_list_filter};
+use super::{ApiTags, page_window, parse_list_filter};
 use crate::auth::{Auth, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::payload::JsonBytes;
@@ -181,24 +181,7 @@ impl BackupsApi {
     ) -> ApiResult<JsonBytes<BackupList>> {
         let principal = auth.principal();
         principal.require(Permission::BackupsRead)?;
-        let limit = match limit.0 {
-            None => DEFAULT_LIMIT,
-            Some(n) if (1..=MAX_LIMIT as i64).contains(&n) => n as u64,
-            Some(n) => {
-                return Err(ApiError::bad_request(format!(
-                    "limit must be between 1 and {MAX_LIMIT}, not {n}"
-                )));
-            }
-        };
-        let offset = match offset.0 {
-            None => 0,
-            Some(n) if n >= 0 => n as u64,
-            Some(n) => {
-                return Err(ApiError::bad_request(format!(
-                    "offset must be 0 or more, not {n}"
-                )));
-            }
-        };
+        let (limit, offset) = page_window(limit.0, offset.0, DEFAULT_LIMIT, MAX_LIMIT)?;
         let cursor_param = cursor.0;
         let cursor = cursor_param.as_deref().map(Cursor::decode).transpose()?;
         let with_stats = stats.0.unwrap_or(false);

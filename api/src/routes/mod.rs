@@ -17,6 +17,36 @@ pub enum ApiTags {
     ApiKeys,
 }
 
+/// Checks `limit` (1 to `max`, default `default`) and `offset` (0 or
+/// more, default 0).
+pub fn page_window(
+    limit: Option<i64>,
+    offset: Option<i64>,
+    default: u64,
+    max: u64,
+) -> Result<(u64, u64), crate::error::ApiError> {
+    use crate::error::ApiError;
+    let limit = match limit {
+        None => default,
+        Some(n) if n >= 1 && n as u64 <= max => n as u64,
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "limit must be between 1 and {max}, not {n}"
+            )));
+        }
+    };
+    let offset = match offset {
+        None => 0,
+        Some(n) if n >= 0 => n as u64,
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "offset must be 0 or more, not {n}"
+            )));
+        }
+    };
+    Ok((limit, offset))
+}
+
 /// Splits a comma-separated filter (`completed, failed`) into its values,
 /// checking each against `allowed`.
 pub fn parse_list_filter(

@@ -17,7 +17,7 @@ use supascale_shared::api_key::Permission;
 use supascale_shared::domain::{self, DatabaseTarget};
 use supascale_shared::entities::project;
 
-use super::ApiTags;
+use super::{ApiTags, page_window};
 use crate::auth::{Auth, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::payload::JsonBody;
@@ -249,24 +249,7 @@ impl ProjectsApi {
     ) -> ApiResult<Json<ProjectList>> {
         let principal = auth.principal();
         principal.require(Permission::ProjectsRead)?;
-        let limit = match limit.0 {
-            None => 50,
-            Some(n) if (1..=500).contains(&n) => n as u64,
-            Some(n) => {
-                return Err(ApiError::bad_request(format!(
-                    "limit must be between 1 and 500, not {n}"
-                )));
-            }
-        };
-        let offset = match offset.0 {
-            None => 0,
-            Some(n) if n >= 0 => n as u64,
-            Some(n) => {
-                return Err(ApiError::bad_request(format!(
-                    "offset must be 0 or more, not {n}"
-                )));
-            }
-        };
+        let (limit, offset) = page_window(limit.0, offset.0, 50, 500)?;
         let mut query = project::Entity::find();
         if let Some(ids) = &principal.project_ids {
             query = query.filter(project::Column::Id.is_in(ids.clone()));
