@@ -181,6 +181,10 @@ async fn log_request<E: Endpoint>(endpoint: Arc<E>, request: Request) -> poem::R
 /// Starts the API: control plane, keys, listener; serves until SIGTERM or
 /// Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let destinations = supascale_shared::destinations::Destinations::from_config(
+        &config.destinations,
+        &config.data_dir,
+    )?;
     let (db, master_key) = supascale_shared::open_control_plane(&config).await?;
     let redis = match &config.redis_url {
         None => None,
@@ -240,6 +244,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config: Arc::new(config),
         redis,
         keys: Arc::new(auth::KeyCache::default()),
+        destinations: Arc::new(destinations),
         list_cache,
     };
     poem::Server::new_with_acceptor(acceptor)

@@ -17,5 +17,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub redis: Option<redis::aio::ConnectionManager>,
     pub keys: Arc<KeyCache>,
+    /// Where artifacts are stored (built and checked at start).
+    pub destinations: Arc<supascale_shared::destinations::Destinations>,
     pub list_cache: Arc<ListCache<JsonBytes<BackupList>>>,
 }

@@ -49,6 +49,8 @@ pub struct Config {
     /// Cache `GET /backups` pages (scale-out only; invalidated by the
     /// control plane's notifications).
     pub list_cache: bool,
+    /// `[destinations.<name>]`, one per contract destination that is used.
+    pub destinations: std::collections::BTreeMap<String, crate::destinations::DestinationConfig>,
 }
 
 impl Default for Config {
@@ -65,6 +67,7 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             log_format: "text".into(),
             list_cache: true,
+            destinations: Default::default(),
         }
     }
 }
@@ -153,6 +156,17 @@ impl Config {
             return Err(ConfigError(format!(
                 "SUPASCALE_LOG_FORMAT must be text or json, not {:?}",
                 self.log_format
+            )));
+        }
+        if let Some(name) = self
+            .destinations
+            .keys()
+            .find(|name| !crate::domain::DESTINATIONS.contains(&name.as_str()))
+        {
+            return Err(ConfigError(format!(
+                "SUPASCALE_DESTINATIONS__{}: {name:?} is not a destination; use one of {}",
+                name.to_uppercase(),
+                crate::domain::DESTINATIONS.join(", ")
             )));
         }
         if self.workers > 256 {

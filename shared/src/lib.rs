@@ -4,6 +4,7 @@
 pub mod api_key;
 pub mod config;
 pub mod control_plane;
+pub mod destinations;
 pub mod domain;
 pub mod entities;
 pub mod master_key;

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
+pub mod emulators;
+
 /// The PostgreSQL server the tests use (trust auth, see README).
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 

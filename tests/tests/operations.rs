@@ -229,6 +229,7 @@ async fn a_bad_setting_fails_at_start_naming_it() {
         ("SUPASCALE_DATABASE_URL", "mysql://root@localhost/x"),
         ("SUPASCALE_REDIS_URL", "http://localhost"),
         ("SUPASCALE_CONFIG", "/nonexistent/supascale.toml"),
+        ("SUPASCALE_DESTINATIONS__FTP__BUCKET", "b"),
     ] {
         for binary in ["supascale-api", "supascale-worker"] {
             let mut process = start(
@@ -239,7 +240,9 @@ async fn a_bad_setting_fails_at_start_naming_it() {
             );
             let (code, stderr) = process.wait_exit(Duration::from_secs(20));
             assert_eq!(code, Some(2), "{binary} {key}={value}: {stderr}");
-            assert!(stderr.contains(key), "{binary} {key}={value}: {stderr}");
+            // A nested key is named down to the part that is wrong.
+            let named = key.strip_suffix("__BUCKET").unwrap_or(key);
+            assert!(stderr.contains(named), "{binary} {key}={value}: {stderr}");
         }
     }
     // A config file's bad value is named too.
@@ -254,6 +257,24 @@ async fn a_bad_setting_fails_at_start_naming_it() {
     let (code, stderr) = process.wait_exit(Duration::from_secs(20));
     assert_eq!(code, Some(2));
     assert!(stderr.contains("MAX_BODY_BYTES"), "{stderr}");
+
+    // A destination that cannot work is refused at start, naming what is missing.
+    let file = dir.path().join("dest.toml");
+    std::fs::write(&file, "[destinations.minio]\nbucket = \"backups\"\n").unwrap();
+    for binary in ["supascale-api", "supascale-worker"] {
+        let mut process = start(
+            binary,
+            &Launch::default()
+                .env("SUPASCALE_DATA_DIR", data)
+                .env("SUPASCALE_CONFIG", file.to_str().unwrap()),
+        );
+        let (code, stderr) = process.wait_exit(Duration::from_secs(20));
+        assert_ne!(code, Some(0), "{binary}");
+        assert!(
+            stderr.contains("minio") && stderr.contains("endpoint"),
+            "{binary}: {stderr}"
+        );
+    }
 }
 
 #[tokio::test]

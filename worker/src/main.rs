@@ -40,6 +40,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: supascale_shared::Config) -> anyhow::Result<()> {
+    supascale_shared::destinations::Destinations::from_config(
+        &config.destinations,
+        &config.data_dir,
+    )?;
     let (_db, _key) = supascale_shared::open_control_plane(&config).await?;
     println!(
         "supascale-worker ready ({:?} deployment), waiting for jobs",

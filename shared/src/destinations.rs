@@ -1,0 +1,387 @@
+//! Where artifacts are stored: one [`Destination`] per contract name
+//! (`local`, `s3`, `gcs`, `azure`, `r2`, `minio`, `backblaze`), each an
+//! OpenDAL operator built from `[destinations.<name>]` in the configuration.
+//!
+//! `r2`, `minio` and `backblaze` are S3-compatible endpoints (OpenDAL's own
+//! B2 service has no endpoint setting, so nothing could test it). `local` is
+//! always there (default `<data dir>/backups`); the others exist only when
+//! configured. Writes go through OpenDAL's writer in chunks, which is a
+//! multipart upload on S3, so memory stays flat whatever the size; on the
+//! local filesystem a write lands in a temporary file that is renamed into
+//! place only when it completes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use opendal::{ErrorKind, Operator};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::DESTINATIONS;
+use crate::secret::Secret;
+
+/// Default upload chunk: 8 MiB parts, 4 in flight (S3 allows 10,000 parts,
+/// so 80 GB before the chunk must grow; see `chunk_bytes`).
+pub const DEFAULT_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+pub const DEFAULT_CONCURRENCY: usize = 4;
+
+/// `[destinations.<name>]`: every field is optional; which ones a
+/// destination needs depends on its kind.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// `local`: the directory (default `<data dir>/backups`); `prefix`
+    /// is a folder inside it.
+    pub root: Option<String>,
+    /// Object stores: a key prefix inside the bucket or container.
+    pub prefix: Option<String>,
+    pub bucket: Option<String>,
+    /// `azure`: the blob container.
+    pub container: Option<String>,
+    /// Required for `r2`, `minio`, `backblaze`; optional elsewhere.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub secret_access_key_file: Option<PathBuf>,
+    /// `azure`: storage account and key.
+    pub account_name: Option<String>,
+    pub account_key: Option<Secret>,
+    pub account_key_file: Option<PathBuf>,
+    /// `gcs`: path of a service-account JSON file.
+    pub credential_file: Option<PathBuf>,
+    /// `gcs`: a bearer token instead of a service account.
+    pub token: Option<Secret>,
+    /// Upload part size in bytes.
+    pub chunk_bytes: Option<usize>,
+    /// Parts uploaded at once.
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    #[error("destination {name}: {reason}")]
+    Config { name: String, reason: String },
+    #[error("destination {name} is not configured (configured: {configured})")]
+    NotConfigured { name: String, configured: String },
+    #[error("{0}")]
+    Storage(#[from] opendal::Error),
+}
+
+impl DestinationError {
+    /// Worth trying again (a timeout, a throttled request), as opposed to a
+    /// permanent refusal (no such bucket, no permission).
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, DestinationError::Storage(e) if e.is_temporary())
+    }
+}
+
+/// What a destination says of a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub content_md5: Option<String>,
+}
+
+/// One configured place to keep artifacts.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    name: String,
+    operator: Operator,
+    /// How `path` is shown to users: `s3://bucket/prefix`, `file:///dir`, …
+    url_base: String,
+    chunk_bytes: usize,
+    concurrency: usize,
+}
+
+fn install_transport() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(opendal::install_default);
+}
+
+fn read_secret(
+    name: &str,
+    inline: &Option<Secret>,
+    file: &Option<PathBuf>,
+    what: &str,
+) -> Result<Option<String>, DestinationError> {
+    if let Some(path) = file {
+        let value = std::fs::read_to_string(path).map_err(|e| DestinationError::Config {
+            name: name.into(),
+            reason: format!("{what}_file {}: {e}", path.display()),
+        })?;
+        return Ok(Some(value.trim().to_string()));
+    }
+    Ok(inline.as_ref().map(|s| s.expose().to_string()))
+}
+
+fn trim_slashes(s: &str) -> &str {
+    s.trim_matches('/')
+}
+
+impl Destination {
+    /// Builds the destination `name` from its configuration.
+    pub fn new(
+        name: &str,
+        config: &DestinationConfig,
+        data_dir: &Path,
+    ) -> Result<Self, DestinationError> {
+        install_transport();
+        let bad = |reason: &str| DestinationError::Config {
+            name: name.into(),
+            reason: reason.into(),
+        };
+        let prefix = config.prefix.as_deref().map(trim_slashes).unwrap_or("");
+        let root = if prefix.is_empty() {
+            "/".to_string()
+        } else {
+            format!("/{prefix}/")
+        };
+        let (operator, url_base) = match name {
+            "local" => {
+                let dir = match &config.root {
+                    Some(root) => PathBuf::from(root),
+                    None => data_dir.join("backups"),
+                }
+                .join(prefix);
+                let dir = if dir.is_absolute() {
+                    dir
+                } else {
+                    std::env::current_dir()
+                        .map_err(|e| bad(&format!("cannot resolve {}: {e}", dir.display())))?
+                        .join(dir)
+                };
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| bad(&format!("cannot create {}: {e}", dir.display())))?;
+                let tmp = dir.join(".incomplete");
+                let builder = opendal::services::Fs::default()
+                    .root(&dir.to_string_lossy())
+                    .atomic_write_dir(&tmp.to_string_lossy());
+                (Operator::new(builder)?, format!("file://{}", dir.display()))
+            }
+            "s3" | "r2" | "minio" | "backblaze" => {
+                let bucket = config
+                    .bucket
+                    .as_deref()
+                    .ok_or_else(|| bad("bucket is required"))?;
+                let mut builder = opendal::services::S3::default()
+                    .bucket(bucket)
+                    .root(&root)
+                    .region(config.region.as_deref().unwrap_or(match name {
+                        "r2" => "auto",
+                        _ => "us-east-1",
+                    }));
+                match (&config.endpoint, name) {
+                    (Some(endpoint), _) => builder = builder.endpoint(endpoint),
+                    (None, "s3") => {}
+                    (None, _) => return Err(bad("endpoint is required")),
+                }
+                if let Some(id) = &config.access_key_id {
+                    builder = builder.access_key_id(id);
+                }
+                if let Some(secret) = read_secret(
+                    name,
+                    &config.secret_access_key,
+                    &config.secret_access_key_file,
+                    "secret_access_key",
+                )? {
+                    builder = builder.secret_access_key(&secret);
+                }
+                // Only what the configuration says: never the ambient
+                // ~/.aws profile or the EC2 metadata of the host.
+                builder = builder.disable_config_load().disable_ec2_metadata();
+                (
+                    Operator::new(builder)?,
+                    format!("s3://{bucket}{}", slash_prefix(prefix)),
+                )
+            }
+            "gcs" => {
+                let bucket = config
+                    .bucket
+                    .as_deref()
+                    .ok_or_else(|| bad("bucket is required"))?;
+                let mut builder = opendal::services::Gcs::default()
+                    .bucket(bucket)
+                    .root(&root)
+                    .disable_vm_metadata()
+                    .disable_config_load();
+                if let Some(endpoint) = &config.endpoint {
+                    builder = builder.endpoint(endpoint);
+                }
+                if let Some(path) = &config.credential_file {
+                    builder = builder.credential_path(&path.to_string_lossy());
+                }
+                if let Some(token) = &config.token {
+                    builder = builder.token(token.expose().to_string());
+                }
+                (
+                    Operator::new(builder)?,
+                    format!("gs://{bucket}{}", slash_prefix(prefix)),
+                )
+            }
+            "azure" => {
+                let container = config
+                    .container
+                    .as_deref()
+                    .ok_or_else(|| bad("container is required"))?;
+                let account = config
+                    .account_name
+                    .as_deref()
+                    .ok_or_else(|| bad("account_name is required"))?;
+                let mut builder = opendal::services::Azblob::default()
+                    .container(container)
+                    .root(&root)
+                    .account_name(account)
+                    .endpoint(
+                        config
+                            .endpoint
+                            .as_deref()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"))
+                            .as_str(),
+                    );
+                if let Some(key) = read_secret(
+                    name,
+                    &config.account_key,
+                    &config.account_key_file,
+                    "account_key",
+                )? {
+                    builder = builder.account_key(&key);
+                }
+                (
+                    Operator::new(builder)?,
+                    format!("azure://{account}/{container}{}", slash_prefix(prefix)),
+                )
+            }
+            other => {
+                return Err(bad(&format!(
+                    "{other:?} is not a destination; use one of {}",
+                    DESTINATIONS.join(", ")
+                )));
+            }
+        };
+        let operator = operator
+            .layer(
+                opendal::layers::RetryLayer::new()
+                    .with_max_times(4)
+                    .with_jitter(),
+            )
+            .layer(
+                opendal::layers::TimeoutLayer::new()
+                    .with_timeout(std::time::Duration::from_secs(120))
+                    .with_io_timeout(std::time::Duration::from_secs(60)),
+            );
+        Ok(Self {
+            name: name.to_string(),
+            operator,
+            url_base,
+            chunk_bytes: config
+                .chunk_bytes
+                .unwrap_or(DEFAULT_CHUNK_BYTES)
+                .max(5 * 1024 * 1024),
+            concurrency: config.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The object's address as users see it (the backup's `path`).
+    pub fn url_for(&self, key: &str) -> String {
+        format!("{}/{}", self.url_base, trim_slashes(key))
+    }
+
+    /// A streaming writer: chunks of `chunk_bytes`, `concurrency` in flight.
+    /// Nothing is visible under `key` until `close()` succeeds; `abort()`
+    /// (or an error) leaves nothing behind.
+    pub async fn writer(&self, key: &str) -> Result<opendal::Writer, DestinationError> {
+        Ok(self
+            .operator
+            .writer_with(key)
+            .chunk(self.chunk_bytes)
+            .concurrent(self.concurrency)
+            .await?)
+    }
+
+    /// What the destination itself reports of `key`; `None` when absent.
+    pub async fn stat(&self, key: &str) -> Result<Option<StoredObject>, DestinationError> {
+        match self.operator.stat(key).await {
+            Ok(meta) => Ok(Some(StoredObject {
+                size: meta.content_length(),
+                etag: meta.etag().map(str::to_string),
+                content_md5: meta.content_md5().map(str::to_string),
+            })),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A reader for streaming `key` (whole or in ranges).
+    pub async fn reader(&self, key: &str) -> Result<opendal::Reader, DestinationError> {
+        Ok(self
+            .operator
+            .reader_with(key)
+            .chunk(self.chunk_bytes)
+            .await?)
+    }
+
+    /// Removes `key`; an object that is already gone is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), DestinationError> {
+        match self.operator.delete(key).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn operator(&self) -> &Operator {
+        &self.operator
+    }
+}
+
+fn slash_prefix(prefix: &str) -> String {
+    if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("/{prefix}")
+    }
+}
+
+/// Every configured destination, plus `local`.
+#[derive(Clone, Debug)]
+pub struct Destinations {
+    by_name: BTreeMap<String, Destination>,
+}
+
+impl Destinations {
+    pub fn from_config(
+        configs: &BTreeMap<String, DestinationConfig>,
+        data_dir: &Path,
+    ) -> Result<Self, DestinationError> {
+        let mut by_name = BTreeMap::new();
+        if !configs.contains_key("local") {
+            by_name.insert(
+                "local".to_string(),
+                Destination::new("local", &DestinationConfig::default(), data_dir)?,
+            );
+        }
+        for (name, config) in configs {
+            by_name.insert(name.clone(), Destination::new(name, config, data_dir)?);
+        }
+        Ok(Self { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Destination, DestinationError> {
+        self.by_name
+            .get(name)
+            .ok_or_else(|| DestinationError::NotConfigured {
+                name: name.to_string(),
+                configured: self.names().join(", "),
+            })
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.by_name.keys().map(String::as_str).collect()
+    }
+}
