@@ -2,6 +2,7 @@
 //! secrets at rest, and the words of the contract. Nothing here knows HTTP.
 
 pub mod api_key;
+pub mod artifact;
 pub mod config;
 pub mod control_plane;
 pub mod destinations;
