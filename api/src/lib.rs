@@ -23,7 +23,8 @@ use poem_openapi::OpenApiService;
 use supascale_shared::Config;
 use tracing::Instrument;
 
-use crate::routes::{api_keys::ApiKeysApi, backups::BackupsApi, projects::ProjectsApi};
+use crate::routes::backups::{BackupsApi, BackupsCreateApi};
+use crate::routes::{api_keys::ApiKeysApi, jobs::JobsApi, projects::ProjectsApi};
 use crate::state::AppState;
 
 pub const API_PREFIX: &str = "/api/v1";
@@ -34,11 +35,23 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-type Apis = (BackupsApi, ProjectsApi, ApiKeysApi);
+type Apis = (
+    BackupsApi,
+    BackupsCreateApi,
+    ProjectsApi,
+    ApiKeysApi,
+    JobsApi,
+);
 
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (BackupsApi, ProjectsApi, ApiKeysApi),
+        (
+            BackupsApi,
+            BackupsCreateApi,
+            ProjectsApi,
+            ApiKeysApi,
+            JobsApi,
+        ),
         "Supascale Backups API",
         env!("CARGO_PKG_VERSION"),
     )
@@ -206,6 +219,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some(manager)
         }
     };
+    let queue = supascale_shared::jobs::JobQueue::open(&config, config.workers.max(1)).await?;
     let new_admin_key =
         auth::bootstrap_keys(&db, config.bootstrap_api_key.as_ref().map(|k| k.expose())).await?;
 
@@ -238,6 +252,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let url = config.database_url();
         tokio::spawn(async move { cache.listen(url).await });
     }
+    // One signal for the server and the in-process workers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let workers = if config.workers > 0 {
+        let ctx = std::sync::Arc::new(supascale_shared::jobs::worker::JobContext {
+            db: db.clone(),
+            destinations: destinations.clone(),
+            master_key: master_key.clone(),
+            config: Arc::new(config.clone()),
+            worker_id: supascale_shared::jobs::worker::worker_id(),
+        });
+        let run = supascale_shared::jobs::worker::run(
+            ctx,
+            queue.clone(),
+            config.workers,
+            stopped(stop_rx.clone()),
+        );
+        Some(tokio::spawn(run))
+    } else {
+        None
+    };
     let state = AppState {
         db,
         master_key,
@@ -245,15 +286,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         redis,
         keys: Arc::new(auth::KeyCache::default()),
         destinations: Arc::new(destinations),
+        queue,
         list_cache,
     };
     poem::Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(
             app(state).into_endpoint(),
-            shutdown_signal(),
+            stopped(stop_rx),
             Some(Duration::from_secs(30)),
         )
         .await?;
+    if let Some(workers) = workers {
+        workers.await??;
+    }
     tracing::info!("stopped");
     Ok(())
 }

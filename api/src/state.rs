@@ -19,5 +19,7 @@ pub struct AppState {
     pub keys: Arc<KeyCache>,
     /// Where artifacts are stored (built and checked at start).
     pub destinations: Arc<supascale_shared::destinations::Destinations>,
+    /// Where new jobs are pushed.
+    pub queue: supascale_shared::jobs::JobQueue,
     pub list_cache: Arc<ListCache<JsonBytes<BackupList>>>,
 }

@@ -51,6 +51,15 @@ pub struct Config {
     pub list_cache: bool,
     /// `[destinations.<name>]`, one per contract destination that is used.
     pub destinations: std::collections::BTreeMap<String, crate::destinations::DestinationConfig>,
+    /// The queue's name (in Redis, the prefix of its keys).
+    pub queue_name: String,
+    /// Attempts a job gets before it fails for good.
+    pub job_attempts: i32,
+    /// Jobs a `supascale-worker` process runs at once.
+    pub worker_concurrency: usize,
+    /// How long a job-starting request waits for the job before it answers
+    /// 202 Accepted instead.
+    pub job_wait_seconds: u64,
 }
 
 impl Default for Config {
@@ -68,6 +77,10 @@ impl Default for Config {
             log_format: "text".into(),
             list_cache: true,
             destinations: Default::default(),
+            queue_name: "supascale:jobs".into(),
+            job_attempts: 3,
+            worker_concurrency: 2,
+            job_wait_seconds: 55,
         }
     }
 }
@@ -168,6 +181,14 @@ impl Config {
                 name.to_uppercase(),
                 crate::domain::DESTINATIONS.join(", ")
             )));
+        }
+        if !(1..=25).contains(&self.job_attempts) {
+            return Err(ConfigError(
+                "SUPASCALE_JOB_ATTEMPTS must be between 1 and 25".into(),
+            ));
+        }
+        if self.queue_name.is_empty() {
+            return Err(ConfigError("SUPASCALE_QUEUE_NAME must not be empty".into()));
         }
         if self.workers > 256 {
             return Err(ConfigError("SUPASCALE_WORKERS must be at most 256".into()));

@@ -289,7 +289,11 @@ impl Destination {
 
     /// The object's address as users see it (the backup's `path`).
     pub fn url_for(&self, key: &str) -> String {
-        format!("{}/{}", self.url_base, trim_slashes(key))
+        format!(
+            "{}/{}",
+            self.url_base.trim_end_matches('/'),
+            trim_slashes(key)
+        )
     }
 
     /// A streaming writer: chunks of `chunk_bytes`, `concurrency` in flight.

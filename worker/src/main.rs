@@ -3,8 +3,8 @@
 //! any number of machines.
 //!
 //! It starts like the API does (configuration, migrations, master key
-//! check), then waits for jobs until SIGTERM or Ctrl-C and exits 0. The job
-//! kinds and the queue consumer arrive with the job pipeline.
+//! check), then runs jobs from the queue until SIGTERM or Ctrl-C: it stops
+//! taking jobs, lets running ones finish (up to 60 s) and exits 0.
 
 use std::process::ExitCode;
 
@@ -40,21 +40,33 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: supascale_shared::Config) -> anyhow::Result<()> {
-    supascale_shared::destinations::Destinations::from_config(
+    let destinations = supascale_shared::destinations::Destinations::from_config(
         &config.destinations,
         &config.data_dir,
     )?;
-    let (_db, _key) = supascale_shared::open_control_plane(&config).await?;
+    let (db, master_key) = supascale_shared::open_control_plane(&config).await?;
+    let queue = supascale_shared::jobs::JobQueue::open(&config, config.worker_concurrency).await?;
+    let ctx = std::sync::Arc::new(supascale_shared::jobs::worker::JobContext {
+        db,
+        destinations,
+        master_key,
+        config: std::sync::Arc::new(config.clone()),
+        worker_id: supascale_shared::jobs::worker::worker_id(),
+    });
     println!(
-        "supascale-worker ready ({:?} deployment), waiting for jobs",
+        "supascale-worker {} ready ({:?} deployment), waiting for jobs",
+        ctx.worker_id,
         config.deployment()
     );
-    tracing::info!(deployment = ?config.deployment(), "worker ready");
+    tracing::info!(worker = %ctx.worker_id, deployment = ?config.deployment(), "worker ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    supascale_shared::jobs::worker::run(ctx, queue, config.worker_concurrency, shutdown).await?;
     tracing::info!("worker stopped");
     Ok(())
 }

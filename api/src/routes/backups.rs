@@ -10,19 +10,24 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use chrono::{DateTime, Utc};
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApi};
+use poem_openapi::{ApiResponse, Object, OpenApi};
 use sea_orm::sea_query::{Expr, ExprTrait, IntoCondition};
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
 use supascale_shared::api_key::Permission;
-use supascale_shared::domain::{DESTINATIONS, STATUSES};
-use supascale_shared::entities::{backup, backup_stat, backup_total, restore};
+use supascale_shared::artifact::Compression;
+use supascale_shared::domain::{BACKUP_TYPES, DESTINATIONS, STATUSES};
+use supascale_shared::entities::{backup, backup_stat, backup_total, job, project, restore};
+use supascale_shared::jobs::{self, backup as backup_job};
 
 use super::{ApiTags, page_window, parse_list_filter};
 use crate::auth::{Auth, Principal};
 use crate::error::{ApiError, ApiResult};
-use crate::payload::JsonBytes;
+use crate::payload::{JsonBody, JsonBytes};
 use crate::state::AppState;
 use crate::timestamp::Timestamp;
 
@@ -442,3 +447,230 @@ impl Cursor {
         })
     }
 }
+
+/// `POST /backups`.
+#[derive(Debug, Object, serde::Deserialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateBackup {
+    pub project_id: String,
+    /// `full` (default) `| database | storage | functions | config`
+    #[oai(rename = "type")]
+    #[serde(rename = "type")]
+    pub backup_type: Option<String>,
+    /// `local` (default) `| s3 | gcs | azure | r2 | minio | backblaze`
+    pub destination: Option<String>,
+    /// Encrypt the artifact for the configured recipients (default false).
+    pub encrypt: Option<bool>,
+    /// `gzip` (default) `| zstd`
+    pub compression: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct BackupEnvelope {
+    pub success: bool,
+    pub backup: Backup,
+}
+
+/// A job that is still running.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct JobRef {
+    pub id: String,
+    pub kind: String,
+    pub status: String,
+    /// Where the job's record is (its events stream arrives with the job pipeline).
+    pub job_url: String,
+}
+
+#[derive(Debug, Object)]
+pub struct BackupAccepted {
+    pub success: bool,
+    pub job: JobRef,
+    pub backup: Backup,
+}
+
+#[derive(ApiResponse)]
+pub enum CreatedBackup {
+    /// The backup is complete.
+    #[oai(status = 200)]
+    Done(Json<BackupEnvelope>),
+    /// The backup runs on (asked for with `Prefer: respond-async` or
+    /// `?async=true`, or it outlasted the wait); follow `Location`.
+    #[oai(status = 202)]
+    Accepted(Json<BackupAccepted>, #[oai(header = "Location")] String),
+}
+
+impl BackupsApi {
+    /// Turns the request into rows, or the contract's 400s.
+    async fn new_backup_rows(
+        state: &AppState,
+        principal: &Principal,
+        input: CreateBackup,
+    ) -> ApiResult<(backup::ActiveModel, job::ActiveModel)> {
+        let project = project::Entity::find_by_id(input.project_id.clone())
+            .one(&state.db)
+            .await?
+            .filter(|p| principal.may_see(&p.id))
+            .ok_or_else(|| ApiError::bad_request("Project not found"))?;
+        let backup_type = input.backup_type.unwrap_or_else(|| "full".into());
+        if !BACKUP_TYPES.contains(&backup_type.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "type must be one of {}, not {backup_type:?}",
+                BACKUP_TYPES.join(", ")
+            )));
+        }
+        let destination_name = input.destination.unwrap_or_else(|| "local".into());
+        if !DESTINATIONS.contains(&destination_name.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "destination must be one of {}, not {destination_name:?}",
+                DESTINATIONS.join(", ")
+            )));
+        }
+        let destination = state
+            .destinations
+            .get(&destination_name)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if input.encrypt.unwrap_or(false) {
+            return Err(ApiError::bad_request(
+                "encrypt: no encryption recipients are configured",
+            ));
+        }
+        let compression_name = input.compression.unwrap_or_else(|| "gzip".into());
+        let compression = Compression::parse(&compression_name).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "compression must be gzip or zstd, not {compression_name:?}"
+            ))
+        })?;
+        let id = format!("backup-{}", uuid::Uuid::now_v7().simple());
+        let created_at = crate::now();
+        let key = backup_job::artifact_key(&project.id, &id, &backup_type, created_at, compression);
+        let job = jobs::store::new_job(
+            "backup",
+            Some(&project.id),
+            serde_json::json!({ "backupId": id }),
+            state.config.job_attempts,
+        );
+        let row = backup::ActiveModel {
+            id: Set(id),
+            project_id: Set(project.id.clone()),
+            project_name: Set(project.name.clone()),
+            backup_type: Set(backup_type),
+            status: Set(jobs::STATUS_PENDING.into()),
+            destination: Set(destination_name),
+            path: Set(destination.url_for(&key)),
+            size: Set(0),
+            encrypted: Set(false),
+            compression: Set(compression_name),
+            sha256: Set(None),
+            duration_secs: Set(None),
+            error: Set(None),
+            manifest: Set(None),
+            job_id: Set(Some(job.id.clone().unwrap())),
+            created_at: Set(created_at),
+            completed_at: Set(None),
+            verified_at: Set(None),
+        };
+        Ok((row, job))
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Backups")]
+impl BackupsCreateApi {
+    /// Create backup
+    ///
+    /// Runs the backup as a job. By default the answer waits for it (up to
+    /// `SUPASCALE_JOB_WAIT_SECONDS`, 55 s); with `Prefer: respond-async` or
+    /// `?async=true`, or when the wait runs out, it answers 202 at once.
+    /// A failed backup answers 500 `Backup failed: <cause>`.
+    #[oai(path = "/backups", method = "post", operation_id = "createBackup")]
+    async fn create(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        body: JsonBody<CreateBackup>,
+        /// `respond-async` to get 202 at once.
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
+        /// `true` to get 202 at once.
+        #[oai(name = "async")]
+        run_async: Query<Option<bool>>,
+    ) -> ApiResult<CreatedBackup> {
+        let principal = auth.principal();
+        principal.require(Permission::BackupsWrite)?;
+        let (row, job) = BackupsApi::new_backup_rows(&state, principal, body.0).await?;
+        let backup_id = row.id.clone().unwrap();
+        let job_id = job.id.clone().unwrap();
+        // The rows exist before the queue entry: the job row is the record.
+        let txn = state.db.begin().await?;
+        job.insert(&txn).await?;
+        row.insert(&txn).await?;
+        txn.commit().await?;
+        if let Err(e) = state.queue.push(&job_id).await {
+            tracing::error!(job = %job_id, error = %e, "cannot queue the job");
+            let cause = "the job queue is unavailable";
+            let db = &state.db;
+            let _ = job::Entity::update_many()
+                .col_expr(job::Column::Status, Expr::value(jobs::STATUS_FAILED))
+                .col_expr(job::Column::Error, Expr::value(cause))
+                .filter(job::Column::Id.eq(job_id.clone()))
+                .exec(db)
+                .await;
+            let _ = backup::Entity::update_many()
+                .col_expr(backup::Column::Status, Expr::value(jobs::STATUS_FAILED))
+                .col_expr(backup::Column::Error, Expr::value(cause))
+                .filter(backup::Column::Id.eq(backup_id.clone()))
+                .exec(db)
+                .await;
+            return Err(ApiError::unavailable(format!("Backup failed: {cause}")));
+        }
+        let wants_async = run_async.0.unwrap_or(false)
+            || prefer.0.as_deref().is_some_and(|p| {
+                p.split(',')
+                    .any(|v| v.trim().eq_ignore_ascii_case("respond-async"))
+            });
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_secs(if wants_async {
+                0
+            } else {
+                state.config.job_wait_seconds
+            });
+        loop {
+            let row = backup::Entity::find_by_id(backup_id.clone())
+                .one(&state.db)
+                .await?
+                .ok_or_else(ApiError::backup_not_found)?;
+            match row.status.as_str() {
+                jobs::STATUS_COMPLETED => {
+                    return Ok(CreatedBackup::Done(Json(BackupEnvelope {
+                        success: true,
+                        backup: row.into(),
+                    })));
+                }
+                jobs::STATUS_FAILED => {
+                    let cause = row.error.unwrap_or_else(|| "unknown cause".into());
+                    return Err(ApiError::internal(format!("Backup failed: {cause}")));
+                }
+                _ if std::time::Instant::now() >= deadline => {
+                    let job_url = format!("{}/jobs/{job_id}", crate::API_PREFIX);
+                    return Ok(CreatedBackup::Accepted(
+                        Json(BackupAccepted {
+                            success: true,
+                            job: JobRef {
+                                id: job_id.clone(),
+                                kind: "backup".into(),
+                                status: row.status.clone(),
+                                job_url: job_url.clone(),
+                            },
+                            backup: row.into(),
+                        }),
+                        job_url,
+                    ));
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+pub struct BackupsCreateApi;

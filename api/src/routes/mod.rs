@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod backups;
+pub mod jobs;
 pub mod ops;
 pub mod projects;
 
@@ -15,6 +16,8 @@ pub enum ApiTags {
     Projects,
     /// API keys (admin only).
     ApiKeys,
+    /// Jobs: the long operations behind backups, restores and imports.
+    Jobs,
 }
 
 /// Checks `limit` (1 to `max`, default `default`) and `offset` (0 or

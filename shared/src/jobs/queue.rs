@@ -1,0 +1,106 @@
+//! The two queues behind one type. apalis facts that shape this (see
+//! docs/apalis-1.0.md): the queue name is set explicitly (its default is a
+//! Rust type name), prefetch (`batch_size`) is the worker's concurrency, the
+//! SQLite storage gets its own database file because its setup turns
+//! `synchronous` off, and idle workers poll every 100 ms because apalis only
+//! looks for work on heartbeats otherwise.
+
+use std::time::Duration;
+
+use apalis::prelude::*;
+use apalis_redis::RedisStorage;
+use apalis_sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteStorage};
+
+use super::JobEnvelope;
+use crate::config::Config;
+
+/// How often an idle worker looks for work.
+pub const POLL: Duration = Duration::from_millis(100);
+/// apalis' own liveness: a dead worker's deliveries go back to the queue
+/// after `QUEUE_HEARTBEAT × QUEUE_MISSED_HEARTBEATS`.
+pub const QUEUE_HEARTBEAT: Duration = Duration::from_secs(2);
+pub const QUEUE_MISSED_HEARTBEATS: usize = 3;
+
+#[derive(Clone)]
+pub enum JobQueue {
+    Sqlite(SqliteStorage<JobEnvelope>),
+    Redis(RedisStorage<JobEnvelope>),
+}
+
+impl JobQueue {
+    /// Opens the configured queue: Redis when `redis_url` is set, otherwise a
+    /// SQLite file beside the control plane (`<data dir>/queue.db`).
+    pub async fn open(config: &Config, prefetch: usize) -> anyhow::Result<Self> {
+        let prefetch = prefetch.max(1);
+        match &config.redis_url {
+            Some(url) => {
+                let conn = apalis_redis::Client::open(url.expose())?
+                    .get_connection_manager_with_config(
+                        redis::aio::ConnectionManagerConfig::new()
+                            .set_response_timeout(Some(Duration::from_secs(5)))
+                            .set_connection_timeout(Some(Duration::from_secs(5))),
+                    )
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "SUPASCALE_REDIS_URL: cannot connect to Redis: {}",
+                            crate::redact::redact_urls(&e.to_string())
+                        )
+                    })?;
+                let queue_config = apalis_redis::Config::default()
+                    .queue(&config.queue_name)
+                    .batch_size(prefetch)
+                    .heartbeat_interval(QUEUE_HEARTBEAT)
+                    .missed_heartbeats(QUEUE_MISSED_HEARTBEATS);
+                Ok(Self::Redis(
+                    RedisStorage::new(conn).with_config(queue_config),
+                ))
+            }
+            None => {
+                std::fs::create_dir_all(&config.data_dir)?;
+                let options = SqliteConnectOptions::new()
+                    .filename(config.data_dir.join("queue.db"))
+                    .create_if_missing(true)
+                    .busy_timeout(Duration::from_secs(10));
+                // setup() sets its pragmas on one pooled connection only:
+                // run it on a pool of one, then open the real pool.
+                let setup = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(options.clone())
+                    .await?;
+                SqliteStorage::setup(&setup).await?;
+                setup.close().await;
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options.synchronous(sqlx::sqlite::SqliteSynchronous::Normal))
+                    .await?;
+                let queue_config = apalis_sqlite::Config::default()
+                    .queue(&config.queue_name)
+                    .batch_size(prefetch)
+                    .heartbeat_interval(QUEUE_HEARTBEAT)
+                    .missed_heartbeats(QUEUE_MISSED_HEARTBEATS);
+                Ok(Self::Sqlite(
+                    SqliteStorage::new(&pool).with_config(queue_config),
+                ))
+            }
+        }
+    }
+
+    /// Delivers `job_id` to a worker, at least once.
+    pub async fn push(&self, job_id: &str) -> anyhow::Result<()> {
+        let envelope = JobEnvelope {
+            job_id: job_id.to_string(),
+        };
+        match self.clone() {
+            Self::Sqlite(mut storage) => storage
+                .push(envelope)
+                .await
+                .map_err(|e| anyhow::anyhow!("queue: {e}"))?,
+            Self::Redis(mut storage) => storage
+                .push(envelope)
+                .await
+                .map_err(|e| anyhow::anyhow!("queue: {e}"))?,
+        }
+        Ok(())
+    }
+}

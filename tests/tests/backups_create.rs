@@ -1,0 +1,427 @@
+//! `POST /api/v1/backups` end to end: the API writes the rows and queues the
+//! job, a worker (in-process on the embedded default; a separate
+//! `supascale-worker` with PostgreSQL and Redis) builds the artifact and
+//! stores it, and the answer is the completed backup.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use supascale_tests::{Backend, Launch, TempDatabase, TestApp, psql, random_suffix, start};
+
+async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
+/// A small self-hosted project: files on disk and a database with rows.
+struct Project {
+    root: tempfile::TempDir,
+    database: TempDatabase,
+}
+
+async fn make_project() -> Project {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("volumes/functions/hello-world")).unwrap();
+    std::fs::create_dir_all(r.join("volumes/storage/stub/stub/avatars/me.png")).unwrap();
+    std::fs::create_dir_all(r.join("volumes/db/data")).unwrap();
+    std::fs::create_dir_all(r.join("volumes/api")).unwrap();
+    std::fs::write(r.join(".env"), "POSTGRES_PASSWORD=pw\nJWT_SECRET=secret\n").unwrap();
+    std::fs::write(r.join("docker-compose.yml"), "name: supabase\n").unwrap();
+    std::fs::write(r.join("volumes/api/kong.yml"), "_format_version: '2.1'\n").unwrap();
+    std::fs::write(r.join("volumes/db/data/PG_VERSION"), "15\n").unwrap();
+    std::fs::write(
+        r.join("volumes/functions/hello-world/index.ts"),
+        "Deno.serve(() => new Response('hi'));\n",
+    )
+    .unwrap();
+    let object = r.join("volumes/storage/stub/stub/avatars/me.png/9f8e7d6c");
+    std::fs::write(&object, vec![42u8; 70_000]).unwrap();
+    xattr::set(&object, "user.supabase.content-type", b"image/png").unwrap();
+    let database = TempDatabase::create("supascale_project").await;
+    psql(
+        &database.url,
+        "CREATE TABLE public.posts (id bigserial PRIMARY KEY, title text); \
+         INSERT INTO public.posts (title) SELECT 'post ' || g FROM generate_series(1, 500) g;",
+    );
+    Project { root, database }
+}
+
+async fn register(app: &TestApp, project: &Project, id: &str) {
+    let (status, body) = status_and_body(
+        app.post("/api/v1/projects")
+            .json(&json!({"id": id, "name": "Test Project", "rootDir": project.root.path().to_str().unwrap(),
+                          "databaseUrl": project.database.url}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+fn artifact_path(backup: &Value) -> PathBuf {
+    let url = backup["path"].as_str().unwrap();
+    PathBuf::from(url.strip_prefix("file://").expect("a local artifact"))
+}
+
+fn extract(artifact: &Path, into: &Path) {
+    std::fs::create_dir_all(into).unwrap();
+    let out = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=user.*", "-xzf"])
+        .arg(artifact)
+        .arg("-C")
+        .arg(into)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_full_backup_holds_the_database_and_the_files() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let project = make_project().await;
+    register(&app, &project, "my-project").await;
+    let (status, body) = status_and_body(
+        app.post("/api/v1/backups")
+            .json(&json!({"projectId": "my-project", "type": "full", "destination": "local", "encrypt": false}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["success"], true);
+    let backup = &body["backup"];
+    assert_eq!(backup["status"], "completed");
+    assert_eq!(backup["type"], "full");
+    assert_eq!(backup["projectId"], "my-project");
+    assert_eq!(backup["destination"], "local");
+    assert!(backup["duration"].is_i64());
+    assert!(backup["createdAt"].as_str().unwrap().ends_with('Z'));
+    let path = artifact_path(backup);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(backup["size"], bytes.len());
+    use sha2::Digest;
+    assert_eq!(backup["sha256"], hex::encode(sha2::Sha256::digest(&bytes)));
+
+    let out = tempfile::tempdir().unwrap();
+    extract(&path, out.path());
+    let x = out.path();
+    assert_eq!(
+        std::fs::read(x.join("functions/hello-world/index.ts")).unwrap(),
+        b"Deno.serve(() => new Response('hi'));\n"
+    );
+    let object = x.join("storage/stub/stub/avatars/me.png/9f8e7d6c");
+    assert_eq!(std::fs::read(&object).unwrap(), vec![42u8; 70_000]);
+    assert_eq!(
+        xattr::get(&object, "user.supabase.content-type")
+            .unwrap()
+            .as_deref(),
+        Some(&b"image/png"[..])
+    );
+    assert!(x.join("config/.env").exists() && x.join("config/volumes/api/kong.yml").exists());
+    assert!(
+        !x.join("config/volumes/db/data").exists(),
+        "the live PGDATA must never be backed up"
+    );
+    // The dump restores into a new database with every row.
+    let target = TempDatabase::create("supascale_restored").await;
+    let restore = Command::new("pg_restore")
+        .args(["--no-owner", "--dbname", &target.url])
+        .arg(x.join("database/database.dump"))
+        .output()
+        .unwrap();
+    assert!(
+        restore.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    assert_eq!(
+        psql(&target.url, "SELECT count(*) FROM public.posts"),
+        "500"
+    );
+
+    // The list and the details show it.
+    let (_, details) = status_and_body(
+        app.get(&format!(
+            "/api/v1/backups/{}",
+            backup["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(details["status"], "completed");
+    assert_eq!(details["sha256"], backup["sha256"]);
+    // The spooled dump is gone.
+    let spool = app.data_dir.path().join("tmp");
+    assert_eq!(std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0), 0);
+}
+
+#[tokio::test]
+async fn bad_backup_requests_answer_400_and_create_nothing() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let project = make_project().await;
+    register(&app, &project, "p").await;
+    for (body, expected) in [
+        (json!({"projectId": "nope"}), "Project not found"),
+        (json!({"projectId": "p", "type": "everything"}), "type"),
+        (
+            json!({"projectId": "p", "destination": "ftp"}),
+            "destination",
+        ),
+        (
+            json!({"projectId": "p", "destination": "s3"}),
+            "destination s3 is not configured",
+        ),
+        (json!({"projectId": "p", "encrypt": true}), "encrypt"),
+        (
+            json!({"projectId": "p", "compression": "brotli"}),
+            "compression",
+        ),
+        (json!({"projectId": "p", "kind": "full"}), "kind"),
+        (json!({"type": "full"}), "projectId"),
+    ] {
+        let (status, response) = status_and_body(
+            app.post("/api/v1/backups")
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{body} -> {response}");
+        assert!(
+            response["error"].as_str().unwrap().contains(expected),
+            "{body} -> {response}"
+        );
+    }
+    let (status, response) = status_and_body(
+        app.post("/api/v1/backups")
+            .json(&json!({"projectId": "nope"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, response),
+        (400, json!({"success": false, "error": "Project not found"}))
+    );
+    let (_, list) = status_and_body(app.get("/api/v1/backups").send().await.unwrap()).await;
+    assert_eq!(list["pagination"]["total"], 0);
+    // A read-only key may not start one.
+    let (_, key) = status_and_body(
+        app.post("/api/v1/api-keys")
+            .json(&json!({"name": "ro", "permissions": ["backups:read"]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let response = app
+        .client
+        .post(app.url("/api/v1/backups"))
+        .header("X-API-Key", key["apiKey"]["key"].as_str().unwrap())
+        .json(&json!({"projectId": "p"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+}
+
+#[tokio::test]
+async fn an_async_backup_answers_202_and_finishes() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let project = make_project().await;
+    register(&app, &project, "p").await;
+    let response = app
+        .post("/api/v1/backups")
+        .header("Prefer", "respond-async")
+        .json(&json!({"projectId": "p", "type": "config", "compression": "zstd"}))
+        .send()
+        .await
+        .unwrap();
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let (status, body) = status_and_body(response).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(location, body["job"]["jobUrl"]);
+    assert!(location.starts_with("/api/v1/jobs/job-"));
+    let backup_id = body["backup"]["id"].as_str().unwrap().to_string();
+    let mut job = Value::Null;
+    for _ in 0..100 {
+        job = app
+            .get(&location)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["status"] == "completed" || job["status"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["attempt"], 1);
+    assert!(job["durationMs"].is_i64());
+    let (_, backup) = status_and_body(
+        app.get(&format!("/api/v1/backups/{backup_id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(backup["status"], "completed");
+    assert!(backup["path"].as_str().unwrap().ends_with(".tar.zst"));
+    let listing = Command::new("tar")
+        .args(["--zstd", "-tf"])
+        .arg(artifact_path(&backup))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    assert!(listing.lines().any(|l| l == "config/.env"), "{listing}");
+    assert!(
+        !listing.contains("database/"),
+        "a config backup holds only config"
+    );
+}
+
+#[tokio::test]
+async fn a_backup_of_an_unreachable_database_fails_with_the_cause() {
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        Launch::default().env("SUPASCALE_JOB_ATTEMPTS", "2"),
+    )
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let (status, _) = status_and_body(
+        app.post("/api/v1/projects")
+            .json(&json!({"id": "down", "name": "Down", "rootDir": root.path().to_str().unwrap(),
+                          "databaseUrl": "postgres://supabase_admin:hunter22@127.0.0.1:1/postgres"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, body) = status_and_body(
+        app.post("/api/v1/backups")
+            .json(&json!({"projectId": "down", "type": "database"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 500, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("Backup failed: project database is not reachable"),
+        "{error}"
+    );
+    assert!(!error.contains("hunter22"));
+    let (_, list) = status_and_body(
+        app.get("/api/v1/backups?status=failed")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list["pagination"]["total"], 1);
+    assert!(
+        !app.logs().contains("hunter22"),
+        "a log line shows the project's password"
+    );
+}
+
+/// Scale-out: PostgreSQL control plane, Redis queue, the API without
+/// workers and a separate `supascale-worker`.
+#[tokio::test]
+async fn scale_out_backups_run_on_a_separate_worker() {
+    let queue = format!("supascale-test-{}", random_suffix(10));
+    let app = TestApp::spawn_with(
+        Backend::Postgres,
+        Launch::default()
+            .env("SUPASCALE_REDIS_URL", "redis://127.0.0.1:6379")
+            .env("SUPASCALE_QUEUE_NAME", queue.clone())
+            .env("SUPASCALE_WORKERS", "0"),
+    )
+    .await;
+    let data = app.data_dir.path();
+    let mut worker = start(
+        "supascale-worker",
+        &Launch::default()
+            .env("SUPASCALE_DATA_DIR", data.to_str().unwrap())
+            .env(
+                "SUPASCALE_MASTER_KEY_FILE",
+                data.join("master.key").to_str().unwrap(),
+            )
+            .env(
+                "SUPASCALE_DATABASE_URL",
+                app.database.as_ref().unwrap().url.clone(),
+            )
+            .env("SUPASCALE_REDIS_URL", "redis://127.0.0.1:6379")
+            .env("SUPASCALE_QUEUE_NAME", queue.clone()),
+    );
+    worker
+        .wait_for_stdout("waiting for jobs", Duration::from_secs(30))
+        .unwrap();
+    let project = make_project().await;
+    register(&app, &project, "scaled").await;
+    let (status, body) = status_and_body(
+        app.post("/api/v1/backups")
+            .json(&json!({"projectId": "scaled", "type": "full"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["backup"]["status"], "completed");
+    let path = artifact_path(&body["backup"]);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        body["backup"]["size"].as_u64().unwrap()
+    );
+    let log = worker.stderr.lock().unwrap().join("\n");
+    assert!(
+        log.contains("job completed"),
+        "the separate worker did not run it: {log}"
+    );
+    worker.signal("TERM");
+    let (code, _) = worker.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    // Leave nothing in Redis.
+    let keys = Command::new("redis-cli")
+        .args(["--scan", "--pattern", &format!("{queue}*")])
+        .output()
+        .unwrap();
+    let keys: Vec<String> = String::from_utf8_lossy(&keys.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    if !keys.is_empty() {
+        Command::new("redis-cli")
+            .arg("DEL")
+            .args(&keys)
+            .output()
+            .unwrap();
+    }
+    Command::new("redis-cli")
+        .args([
+            "ZREM",
+            "core:apalis:queues:list",
+            &format!("{queue}:workers"),
+        ])
+        .output()
+        .unwrap();
+}
