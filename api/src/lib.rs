@@ -23,7 +23,7 @@ use poem_openapi::OpenApiService;
 use supascale_shared::Config;
 use tracing::Instrument;
 
-use crate::routes::backups::{BackupsApi, BackupsCreateApi};
+use crate::routes::backups::BackupsApi;
 use crate::routes::{api_keys::ApiKeysApi, jobs::JobsApi, projects::ProjectsApi};
 use crate::state::AppState;
 
@@ -35,23 +35,11 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-type Apis = (
-    BackupsApi,
-    BackupsCreateApi,
-    ProjectsApi,
-    ApiKeysApi,
-    JobsApi,
-);
+type Apis = (BackupsApi, ProjectsApi, ApiKeysApi, JobsApi);
 
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (
-            BackupsApi,
-            BackupsCreateApi,
-            ProjectsApi,
-            ApiKeysApi,
-            JobsApi,
-        ),
+        (BackupsApi, ProjectsApi, ApiKeysApi, JobsApi),
         "Supascale Backups API",
         env!("CARGO_PKG_VERSION"),
     )

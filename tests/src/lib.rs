@@ -142,7 +142,7 @@ pub fn start(binary: &str, launch: &Launch) -> Started {
             command.env(key, value);
         }
     }
-    command.env("RUST_LOG", "info");
+    command.env("RUST_LOG", "info,sqlx=warn");
     for (k, v) in &launch.env {
         command.env(k, v);
     }

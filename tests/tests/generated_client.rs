@@ -27,10 +27,10 @@ const SCRIPT: &str = r#"
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from supascale_client import AuthenticatedClient, Client
-from supascale_client.api.backups import list_backups, get_backup
+from supascale_client.api.backups import list_backups, get_backup, create_backup
 from supascale_client.api.projects import create_project, list_projects, get_project
 from supascale_client.api.api_keys import create_api_key
-from supascale_client.models import CreateProject, CreateApiKey
+from supascale_client.models import CreateProject, CreateApiKey, CreateBackup
 
 base, key = sys.argv[2], sys.argv[3]
 client = AuthenticatedClient(base_url=base, token=key)
@@ -61,6 +61,9 @@ made = create_api_key.sync_detailed(client=client, body=CreateApiKey(name="gen",
 out["new_key_ok"] = made.parsed.api_key.key.startswith("ssk_")
 x_api_key = AuthenticatedClient(base_url=base, token=made.parsed.api_key.key, prefix="", auth_header_name="X-API-Key")
 out["x_api_key_total"] = list_backups.sync(client=x_api_key).pagination.total
+made_backup = create_backup.sync_detailed(client=client, body=CreateBackup(project_id="gen-client", type_="config"))
+out["backup_status"] = int(made_backup.status_code)
+out["backup_state"] = made_backup.parsed.backup.status
 print(json.dumps(out))
 "#;
 
@@ -141,4 +144,6 @@ async fn a_generated_python_client_works() {
     assert_eq!(out["denied_status"], 401);
     assert_eq!(out["new_key_ok"], true);
     assert_eq!(out["x_api_key_total"], 3);
+    assert_eq!(out["backup_status"], 200);
+    assert_eq!(out["backup_state"], "completed");
 }

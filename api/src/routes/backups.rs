@@ -311,6 +311,101 @@ impl BackupsApi {
             restore_history: history,
         }))
     }
+
+    /// Create backup
+    ///
+    /// Runs the backup as a job. By default the answer waits for it (up to
+    /// `SUPASCALE_JOB_WAIT_SECONDS`, 55 s); with `Prefer: respond-async` or
+    /// `?async=true`, or when the wait runs out, it answers 202 at once.
+    /// A failed backup answers 500 `Backup failed: <cause>`.
+    #[oai(path = "/backups", method = "post", operation_id = "createBackup")]
+    async fn create(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        body: JsonBody<CreateBackup>,
+        /// `respond-async` to get 202 at once.
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
+        /// `true` to get 202 at once.
+        #[oai(name = "async")]
+        run_async: Query<Option<bool>>,
+    ) -> ApiResult<CreatedBackup> {
+        let principal = auth.principal();
+        principal.require(Permission::BackupsWrite)?;
+        let (row, job) = BackupsApi::new_backup_rows(&state, principal, body.0).await?;
+        let backup_id = row.id.clone().unwrap();
+        let job_id = job.id.clone().unwrap();
+        // The rows exist before the queue entry: the job row is the record.
+        let txn = state.db.begin().await?;
+        job.insert(&txn).await?;
+        row.insert(&txn).await?;
+        txn.commit().await?;
+        if let Err(e) = state.queue.push(&job_id).await {
+            tracing::error!(job = %job_id, error = %e, "cannot queue the job");
+            let cause = "the job queue is unavailable";
+            let db = &state.db;
+            let _ = job::Entity::update_many()
+                .col_expr(job::Column::Status, Expr::value(jobs::STATUS_FAILED))
+                .col_expr(job::Column::Error, Expr::value(cause))
+                .filter(job::Column::Id.eq(job_id.clone()))
+                .exec(db)
+                .await;
+            let _ = backup::Entity::update_many()
+                .col_expr(backup::Column::Status, Expr::value(jobs::STATUS_FAILED))
+                .col_expr(backup::Column::Error, Expr::value(cause))
+                .filter(backup::Column::Id.eq(backup_id.clone()))
+                .exec(db)
+                .await;
+            return Err(ApiError::unavailable(format!("Backup failed: {cause}")));
+        }
+        let wants_async = run_async.0.unwrap_or(false)
+            || prefer.0.as_deref().is_some_and(|p| {
+                p.split(',')
+                    .any(|v| v.trim().eq_ignore_ascii_case("respond-async"))
+            });
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_secs(if wants_async {
+                0
+            } else {
+                state.config.job_wait_seconds
+            });
+        loop {
+            let row = backup::Entity::find_by_id(backup_id.clone())
+                .one(&state.db)
+                .await?
+                .ok_or_else(ApiError::backup_not_found)?;
+            match row.status.as_str() {
+                jobs::STATUS_COMPLETED => {
+                    return Ok(CreatedBackup::Done(Json(BackupEnvelope {
+                        success: true,
+                        backup: row.into(),
+                    })));
+                }
+                jobs::STATUS_FAILED => {
+                    let cause = row.error.unwrap_or_else(|| "unknown cause".into());
+                    return Err(ApiError::internal(format!("Backup failed: {cause}")));
+                }
+                _ if std::time::Instant::now() >= deadline => {
+                    let job_url = format!("{}/jobs/{job_id}", crate::API_PREFIX);
+                    return Ok(CreatedBackup::Accepted(
+                        Json(BackupAccepted {
+                            success: true,
+                            job: JobRef {
+                                id: job_id.clone(),
+                                kind: "backup".into(),
+                                status: row.status.clone(),
+                                job_url: job_url.clone(),
+                            },
+                            backup: row.into(),
+                        }),
+                        job_url,
+                    ));
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    }
 }
 
 /// A backup the key may see, or `404 Backup not found` (also for backups of
@@ -574,103 +669,3 @@ impl BackupsApi {
         Ok((row, job))
     }
 }
-
-#[OpenApi(tag = "ApiTags::Backups")]
-impl BackupsCreateApi {
-    /// Create backup
-    ///
-    /// Runs the backup as a job. By default the answer waits for it (up to
-    /// `SUPASCALE_JOB_WAIT_SECONDS`, 55 s); with `Prefer: respond-async` or
-    /// `?async=true`, or when the wait runs out, it answers 202 at once.
-    /// A failed backup answers 500 `Backup failed: <cause>`.
-    #[oai(path = "/backups", method = "post", operation_id = "createBackup")]
-    async fn create(
-        &self,
-        state: poem::web::Data<&AppState>,
-        auth: Auth,
-        body: JsonBody<CreateBackup>,
-        /// `respond-async` to get 202 at once.
-        #[oai(name = "Prefer")]
-        prefer: Header<Option<String>>,
-        /// `true` to get 202 at once.
-        #[oai(name = "async")]
-        run_async: Query<Option<bool>>,
-    ) -> ApiResult<CreatedBackup> {
-        let principal = auth.principal();
-        principal.require(Permission::BackupsWrite)?;
-        let (row, job) = BackupsApi::new_backup_rows(&state, principal, body.0).await?;
-        let backup_id = row.id.clone().unwrap();
-        let job_id = job.id.clone().unwrap();
-        // The rows exist before the queue entry: the job row is the record.
-        let txn = state.db.begin().await?;
-        job.insert(&txn).await?;
-        row.insert(&txn).await?;
-        txn.commit().await?;
-        if let Err(e) = state.queue.push(&job_id).await {
-            tracing::error!(job = %job_id, error = %e, "cannot queue the job");
-            let cause = "the job queue is unavailable";
-            let db = &state.db;
-            let _ = job::Entity::update_many()
-                .col_expr(job::Column::Status, Expr::value(jobs::STATUS_FAILED))
-                .col_expr(job::Column::Error, Expr::value(cause))
-                .filter(job::Column::Id.eq(job_id.clone()))
-                .exec(db)
-                .await;
-            let _ = backup::Entity::update_many()
-                .col_expr(backup::Column::Status, Expr::value(jobs::STATUS_FAILED))
-                .col_expr(backup::Column::Error, Expr::value(cause))
-                .filter(backup::Column::Id.eq(backup_id.clone()))
-                .exec(db)
-                .await;
-            return Err(ApiError::unavailable(format!("Backup failed: {cause}")));
-        }
-        let wants_async = run_async.0.unwrap_or(false)
-            || prefer.0.as_deref().is_some_and(|p| {
-                p.split(',')
-                    .any(|v| v.trim().eq_ignore_ascii_case("respond-async"))
-            });
-        let deadline = std::time::Instant::now()
-            + std::time::Duration::from_secs(if wants_async {
-                0
-            } else {
-                state.config.job_wait_seconds
-            });
-        loop {
-            let row = backup::Entity::find_by_id(backup_id.clone())
-                .one(&state.db)
-                .await?
-                .ok_or_else(ApiError::backup_not_found)?;
-            match row.status.as_str() {
-                jobs::STATUS_COMPLETED => {
-                    return Ok(CreatedBackup::Done(Json(BackupEnvelope {
-                        success: true,
-                        backup: row.into(),
-                    })));
-                }
-                jobs::STATUS_FAILED => {
-                    let cause = row.error.unwrap_or_else(|| "unknown cause".into());
-                    return Err(ApiError::internal(format!("Backup failed: {cause}")));
-                }
-                _ if std::time::Instant::now() >= deadline => {
-                    let job_url = format!("{}/jobs/{job_id}", crate::API_PREFIX);
-                    return Ok(CreatedBackup::Accepted(
-                        Json(BackupAccepted {
-                            success: true,
-                            job: JobRef {
-                                id: job_id.clone(),
-                                kind: "backup".into(),
-                                status: row.status.clone(),
-                                job_url: job_url.clone(),
-                            },
-                            backup: row.into(),
-                        }),
-                        job_url,
-                    ));
-                }
-                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-            }
-        }
-    }
-}
-
-pub struct BackupsCreateApi;
