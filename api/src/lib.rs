@@ -24,7 +24,9 @@ use supascale_shared::Config;
 use tracing::Instrument;
 
 use crate::routes::backups::BackupsApi;
-use crate::routes::{api_keys::ApiKeysApi, jobs::JobsApi, projects::ProjectsApi};
+use crate::routes::{
+    api_keys::ApiKeysApi, download::DownloadApi, jobs::JobsApi, projects::ProjectsApi,
+};
 use crate::state::AppState;
 
 pub const API_PREFIX: &str = "/api/v1";
@@ -35,11 +37,11 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-type Apis = (BackupsApi, ProjectsApi, ApiKeysApi, JobsApi);
+type Apis = (BackupsApi, DownloadApi, ProjectsApi, ApiKeysApi, JobsApi);
 
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (BackupsApi, ProjectsApi, ApiKeysApi, JobsApi),
+        (BackupsApi, DownloadApi, ProjectsApi, ApiKeysApi, JobsApi),
         "Supascale Backups API",
         env!("CARGO_PKG_VERSION"),
     )

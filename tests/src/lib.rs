@@ -471,6 +471,52 @@ impl ControlPlane {
     }
 }
 
+/// A small self-hosted project: files on disk and a database with rows.
+pub struct Project {
+    pub root: tempfile::TempDir,
+    pub database: TempDatabase,
+}
+
+pub async fn make_project() -> Project {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("volumes/functions/hello-world")).unwrap();
+    std::fs::create_dir_all(r.join("volumes/storage/stub/stub/avatars/me.png")).unwrap();
+    std::fs::create_dir_all(r.join("volumes/db/data")).unwrap();
+    std::fs::create_dir_all(r.join("volumes/api")).unwrap();
+    std::fs::write(r.join(".env"), "POSTGRES_PASSWORD=pw\nJWT_SECRET=secret\n").unwrap();
+    std::fs::write(r.join("docker-compose.yml"), "name: supabase\n").unwrap();
+    std::fs::write(r.join("volumes/api/kong.yml"), "_format_version: '2.1'\n").unwrap();
+    std::fs::write(r.join("volumes/db/data/PG_VERSION"), "15\n").unwrap();
+    std::fs::write(
+        r.join("volumes/functions/hello-world/index.ts"),
+        "Deno.serve(() => new Response('hi'));\n",
+    )
+    .unwrap();
+    let object = r.join("volumes/storage/stub/stub/avatars/me.png/9f8e7d6c");
+    std::fs::write(&object, vec![42u8; 70_000]).unwrap();
+    xattr::set(&object, "user.supabase.content-type", b"image/png").unwrap();
+    let database = TempDatabase::create("supascale_project").await;
+    psql(
+        &database.url,
+        "CREATE TABLE public.posts (id bigserial PRIMARY KEY, title text); \
+         INSERT INTO public.posts (title) SELECT 'post ' || g FROM generate_series(1, 500) g;",
+    );
+    Project { root, database }
+}
+
+/// Registers `project` as `id` through the API.
+pub async fn register(app: &TestApp, project: &Project, id: &str) {
+    let response = app.post("/api/v1/projects")
+            .json(&serde_json::json!({"id": id, "name": "Test Project",
+                "rootDir": project.root.path().to_str().unwrap(), "databaseUrl": project.database.url}))
+            .send()
+            .await
+            .unwrap();
+    let status = response.status();
+    assert_eq!(status, 201, "{}", response.text().await.unwrap());
+}
+
 /// Runs async test bodies against both control planes: each `name` becomes
 /// `sqlite::name` and `postgres::name`, calling `name(Backend)`.
 #[macro_export]

@@ -8,58 +8,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use supascale_tests::{Backend, Launch, TempDatabase, TestApp, psql, random_suffix, start};
+use supascale_tests::{
+    Backend, Launch, TempDatabase, TestApp, make_project, psql, random_suffix, register, start,
+};
 
 async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     (status, response.json().await.expect("JSON body"))
-}
-
-/// A small self-hosted project: files on disk and a database with rows.
-struct Project {
-    root: tempfile::TempDir,
-    database: TempDatabase,
-}
-
-async fn make_project() -> Project {
-    let root = tempfile::tempdir().unwrap();
-    let r = root.path();
-    std::fs::create_dir_all(r.join("volumes/functions/hello-world")).unwrap();
-    std::fs::create_dir_all(r.join("volumes/storage/stub/stub/avatars/me.png")).unwrap();
-    std::fs::create_dir_all(r.join("volumes/db/data")).unwrap();
-    std::fs::create_dir_all(r.join("volumes/api")).unwrap();
-    std::fs::write(r.join(".env"), "POSTGRES_PASSWORD=pw\nJWT_SECRET=secret\n").unwrap();
-    std::fs::write(r.join("docker-compose.yml"), "name: supabase\n").unwrap();
-    std::fs::write(r.join("volumes/api/kong.yml"), "_format_version: '2.1'\n").unwrap();
-    std::fs::write(r.join("volumes/db/data/PG_VERSION"), "15\n").unwrap();
-    std::fs::write(
-        r.join("volumes/functions/hello-world/index.ts"),
-        "Deno.serve(() => new Response('hi'));\n",
-    )
-    .unwrap();
-    let object = r.join("volumes/storage/stub/stub/avatars/me.png/9f8e7d6c");
-    std::fs::write(&object, vec![42u8; 70_000]).unwrap();
-    xattr::set(&object, "user.supabase.content-type", b"image/png").unwrap();
-    let database = TempDatabase::create("supascale_project").await;
-    psql(
-        &database.url,
-        "CREATE TABLE public.posts (id bigserial PRIMARY KEY, title text); \
-         INSERT INTO public.posts (title) SELECT 'post ' || g FROM generate_series(1, 500) g;",
-    );
-    Project { root, database }
-}
-
-async fn register(app: &TestApp, project: &Project, id: &str) {
-    let (status, body) = status_and_body(
-        app.post("/api/v1/projects")
-            .json(&json!({"id": id, "name": "Test Project", "rootDir": project.root.path().to_str().unwrap(),
-                          "databaseUrl": project.database.url}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
 }
 
 fn artifact_path(backup: &Value) -> PathBuf {

@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod backups;
+pub mod download;
 pub mod jobs;
 pub mod ops;
 pub mod projects;

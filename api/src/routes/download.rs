@@ -1,0 +1,321 @@
+//! `GET /backups/{id}/download` and `DELETE /backups/{id}`.
+//!
+//! A download streams the object from its destination: `Content-Length`,
+//! the artifact's SHA-256 as a strong `ETag`, `Accept-Ranges: bytes`, and
+//! single `Range` requests (206, or 416 when unsatisfiable) honouring
+//! `If-Range`, so an interrupted download resumes. Never a
+//! `Content-Encoding`: the bytes are the artifact.
+
+use futures::TryStreamExt;
+use poem::{Body, IntoResponse, Response};
+use poem_openapi::param::{Header, Path};
+use poem_openapi::payload::{Json, Payload};
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
+use poem_openapi::{ApiResponse, OpenApi};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use supascale_shared::api_key::Permission;
+use supascale_shared::artifact::Compression;
+use supascale_shared::entities::{backup, restore};
+use supascale_shared::jobs::{self, backup as backup_job};
+
+use super::ApiTags;
+use super::backups::find_visible;
+use super::projects::Message;
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// The artifact's bytes, typed as what they are.
+pub struct ArtifactBytes {
+    body: Body,
+    content_type: &'static str,
+}
+
+impl Payload for ArtifactBytes {
+    const CONTENT_TYPE: &'static str = "application/gzip";
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema::new_with_format("string", "binary")))
+    }
+
+    fn register(_registry: &mut Registry) {}
+}
+
+impl IntoResponse for ArtifactBytes {
+    fn into_response(self) -> Response {
+        Response::builder()
+            .content_type(self.content_type)
+            .body(self.body)
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum Download {
+    /// The whole artifact.
+    #[oai(status = 200)]
+    Whole(
+        ArtifactBytes,
+        #[oai(header = "Content-Length")] u64,
+        #[oai(header = "Content-Disposition")] String,
+        #[oai(header = "ETag")] String,
+        #[oai(header = "Accept-Ranges")] String,
+    ),
+    /// The requested range.
+    #[oai(status = 206)]
+    Part(
+        ArtifactBytes,
+        #[oai(header = "Content-Length")] u64,
+        #[oai(header = "Content-Range")] String,
+        #[oai(header = "Content-Disposition")] String,
+        #[oai(header = "ETag")] String,
+        #[oai(header = "Accept-Ranges")] String,
+    ),
+    /// The range lies outside the artifact.
+    #[oai(status = 416)]
+    RangeNotSatisfiable(
+        Json<crate::error::ErrorBody>,
+        #[oai(header = "Content-Range")] String,
+    ),
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` against `size`: `Ok(None)` for no
+/// usable range (serve the whole), `Err(())` when unsatisfiable.
+fn parse_range(header: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        // Several ranges: serve the whole artifact (allowed by RFC 9110).
+        return Ok(None);
+    }
+    let (start, end) = spec.split_once('-').ok_or(())?;
+    let (start, end) = match (start.trim(), end.trim()) {
+        ("", "") => return Err(()),
+        ("", suffix) => {
+            let n: u64 = suffix.parse().map_err(|_| ())?;
+            if n == 0 {
+                return Err(());
+            }
+            (size.saturating_sub(n), size.checked_sub(1).ok_or(())?)
+        }
+        (start, "") => (
+            start.parse().map_err(|_| ())?,
+            size.checked_sub(1).ok_or(())?,
+        ),
+        (start, end) => {
+            let start: u64 = start.parse().map_err(|_| ())?;
+            let end: u64 = end.parse().map_err(|_| ())?;
+            (start, end.min(size.saturating_sub(1)))
+        }
+    };
+    if start >= size || start > end {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+pub struct DownloadApi;
+
+#[OpenApi(tag = "ApiTags::Backups")]
+impl DownloadApi {
+    /// Download backup
+    ///
+    /// The artifact as stored, with `Range` support for resuming. Only a
+    /// completed backup downloads (409 otherwise).
+    #[oai(
+        path = "/backups/:id/download",
+        method = "get",
+        operation_id = "downloadBackup"
+    )]
+    async fn download(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        id: Path<String>,
+        /// `bytes=START-END`, `bytes=START-` or `bytes=-LENGTH`.
+        #[oai(name = "Range")]
+        range: Header<Option<String>>,
+        /// Serve the range only if the artifact still has this ETag.
+        #[oai(name = "If-Range")]
+        if_range: Header<Option<String>>,
+    ) -> ApiResult<Download> {
+        let principal = auth.principal();
+        principal.require(Permission::BackupsRead)?;
+        let row = find_visible(&state, principal, &id.0).await?;
+        if row.status != jobs::STATUS_COMPLETED {
+            return Err(ApiError::conflict(format!(
+                "Backup is {}; only a completed backup can be downloaded",
+                row.status
+            )));
+        }
+        let compression = Compression::parse(&row.compression).unwrap_or(Compression::Gzip);
+        let destination = state
+            .destinations
+            .get(&row.destination)
+            .map_err(|e| ApiError::conflict(format!("Backup is unavailable: {e}")))?;
+        let key = backup_job::artifact_key(
+            &row.project_id,
+            &row.id,
+            &row.backup_type,
+            row.created_at,
+            compression,
+        );
+        let size = match destination.stat(&key).await {
+            Ok(Some(stored)) => stored.size,
+            Ok(None) => {
+                return Err(ApiError::conflict(
+                    "Backup is unavailable: its artifact is missing from the destination",
+                ));
+            }
+            Err(e) => {
+                tracing::error!(backup = %row.id, error = %e, "cannot read the destination");
+                return Err(ApiError::unavailable(
+                    "The backup's destination does not answer",
+                ));
+            }
+        };
+        let etag = format!("\"{}\"", row.sha256.clone().unwrap_or_default());
+        let mut filename = format!(
+            "{}-{}-{}.{}",
+            row.project_id,
+            row.created_at.format("%Y-%m-%d"),
+            row.backup_type,
+            compression.extension()
+        );
+        let content_type = if row.encrypted {
+            filename.push_str(".age");
+            "application/octet-stream"
+        } else {
+            match compression {
+                Compression::Gzip => "application/gzip",
+                Compression::Zstd => "application/zstd",
+            }
+        };
+        let disposition = format!("attachment; filename=\"{filename}\"");
+        let wanted = match (&range.0, &if_range.0) {
+            (Some(_), Some(tag)) if tag.trim() != etag => Ok(None),
+            (Some(r), _) => parse_range(r, size),
+            (None, _) => Ok(None),
+        };
+        let wanted = match wanted {
+            Ok(w) => w,
+            Err(()) => {
+                return Ok(Download::RangeNotSatisfiable(
+                    Json(crate::error::ErrorBody::new("Range not satisfiable")),
+                    format!("bytes */{size}"),
+                ));
+            }
+        };
+        let reader = destination
+            .reader(&key)
+            .await
+            .map_err(|_| ApiError::unavailable("The backup's destination does not answer"))?;
+        let (start, end) = wanted.unwrap_or((0, size.saturating_sub(1)));
+        let length = if size == 0 { 0 } else { end - start + 1 };
+        let stream = reader
+            .into_bytes_stream(start..start + length)
+            .await
+            .map_err(|_| ApiError::unavailable("The backup's destination does not answer"))?
+            .map_err(std::io::Error::other);
+        let body = ArtifactBytes {
+            body: Body::from_bytes_stream(stream),
+            content_type,
+        };
+        Ok(match wanted {
+            None => Download::Whole(body, length, disposition, etag, "bytes".into()),
+            Some(_) => Download::Part(
+                body,
+                length,
+                format!("bytes {start}-{end}/{size}"),
+                disposition,
+                etag,
+                "bytes".into(),
+            ),
+        })
+    }
+
+    /// Delete backup
+    ///
+    /// Removes the artifact, then the record. A running backup cannot be
+    /// deleted (409).
+    #[oai(
+        path = "/backups/:id",
+        method = "delete",
+        operation_id = "deleteBackup"
+    )]
+    async fn delete(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        id: Path<String>,
+    ) -> ApiResult<Json<Message>> {
+        let principal = auth.principal();
+        principal.require(Permission::BackupsWrite)?;
+        let row = find_visible(&state, principal, &id.0).await?;
+        if matches!(
+            row.status.as_str(),
+            jobs::STATUS_PENDING | jobs::STATUS_IN_PROGRESS
+        ) {
+            return Err(ApiError::conflict(
+                "Backup is running; it can be deleted once it ends",
+            ));
+        }
+        let compression = Compression::parse(&row.compression).unwrap_or(Compression::Gzip);
+        let key = backup_job::artifact_key(
+            &row.project_id,
+            &row.id,
+            &row.backup_type,
+            row.created_at,
+            compression,
+        );
+        match state.destinations.get(&row.destination) {
+            Ok(destination) => match destination.stat(&key).await {
+                Ok(Some(_)) => destination.delete(&key).await.map_err(|e| {
+                    tracing::error!(backup = %row.id, error = %e, "cannot delete the artifact");
+                    ApiError::unavailable("The backup's destination does not answer")
+                })?,
+                Ok(None) => {
+                    tracing::warn!(backup = %row.id, "the artifact was already gone; deleting the record")
+                }
+                Err(e) => {
+                    tracing::error!(backup = %row.id, error = %e, "cannot reach the destination");
+                    return Err(ApiError::unavailable(
+                        "The backup's destination does not answer",
+                    ));
+                }
+            },
+            Err(e) => {
+                tracing::warn!(backup = %row.id, error = %e, "destination gone; deleting the record")
+            }
+        }
+        restore::Entity::delete_many()
+            .filter(restore::Column::BackupId.eq(row.id.clone()))
+            .exec(&state.db)
+            .await?;
+        backup::Entity::delete_by_id(row.id.clone())
+            .exec(&state.db)
+            .await?;
+        tracing::info!(backup = %row.id, "backup deleted");
+        Ok(Json(Message {
+            success: true,
+            message: "Backup deleted".into(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range("bytes=0-99", 1000), Ok(Some((0, 99))));
+        assert_eq!(parse_range("bytes=900-", 1000), Ok(Some((900, 999))));
+        assert_eq!(parse_range("bytes=-100", 1000), Ok(Some((900, 999))));
+        assert_eq!(parse_range("bytes=990-5000", 1000), Ok(Some((990, 999))));
+        assert_eq!(parse_range("bytes=1000-", 1000), Err(()));
+        assert_eq!(parse_range("bytes=5-1", 1000), Err(()));
+        assert_eq!(parse_range("bytes=0-1,5-6", 1000), Ok(None));
+        assert_eq!(parse_range("items=0-1", 1000), Ok(None));
+    }
+}

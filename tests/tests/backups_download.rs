@@ -1,0 +1,289 @@
+//! Create, download (whole, ranges, If-Range, 416), and delete a backup on
+//! every destination that runs here: a directory, moto (S3) and azurite.
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use supascale_shared::Secret;
+use supascale_shared::destinations::{Destination, DestinationConfig};
+use supascale_tests::emulators::{self, AZURITE_ACCOUNT, AZURITE_KEY, Emulator};
+use supascale_tests::{Backend, Launch, TestApp, make_project, register};
+
+async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
+/// The server's configuration for `name`, the same as a test-side
+/// `Destination` to look at the objects directly, and the emulator.
+async fn setup(name: &str) -> (Launch, DestinationConfig, Option<Emulator>) {
+    match name {
+        "local" => (Launch::default(), DestinationConfig::default(), None),
+        "s3" => {
+            let emulator = emulators::s3("backups").await;
+            let launch = Launch::default()
+                .env("SUPASCALE_DESTINATIONS__S3__BUCKET", "backups")
+                .env("SUPASCALE_DESTINATIONS__S3__PREFIX", "supabase")
+                .env(
+                    "SUPASCALE_DESTINATIONS__S3__ENDPOINT",
+                    emulator.endpoint.clone(),
+                )
+                .env("SUPASCALE_DESTINATIONS__S3__ACCESS_KEY_ID", "test")
+                .env("SUPASCALE_DESTINATIONS__S3__SECRET_ACCESS_KEY", "test");
+            let config = DestinationConfig {
+                bucket: Some("backups".into()),
+                prefix: Some("supabase".into()),
+                endpoint: Some(emulator.endpoint.clone()),
+                access_key_id: Some("test".into()),
+                secret_access_key: Some(Secret::new("test")),
+                ..Default::default()
+            };
+            (launch, config, Some(emulator))
+        }
+        "azure" => {
+            let emulator = emulators::azure("backups").await;
+            let launch = Launch::default()
+                .env("SUPASCALE_DESTINATIONS__AZURE__CONTAINER", "backups")
+                .env(
+                    "SUPASCALE_DESTINATIONS__AZURE__ENDPOINT",
+                    emulator.endpoint.clone(),
+                )
+                .env(
+                    "SUPASCALE_DESTINATIONS__AZURE__ACCOUNT_NAME",
+                    AZURITE_ACCOUNT,
+                )
+                .env("SUPASCALE_DESTINATIONS__AZURE__ACCOUNT_KEY", AZURITE_KEY);
+            let config = DestinationConfig {
+                container: Some("backups".into()),
+                endpoint: Some(emulator.endpoint.clone()),
+                account_name: Some(AZURITE_ACCOUNT.into()),
+                account_key: Some(Secret::new(AZURITE_KEY)),
+                ..Default::default()
+            };
+            (launch, config, Some(emulator))
+        }
+        other => panic!("no setup for {other}"),
+    }
+}
+
+async fn create_download_delete(name: &str, scheme: &str) {
+    let (launch, config, _emulator) = setup(name).await;
+    let app = TestApp::spawn_with(Backend::Sqlite, launch).await;
+    let project = make_project().await;
+    register(&app, &project, "my-project").await;
+    let (status, body) = status_and_body(
+        app.post("/api/v1/backups")
+            .json(&json!({"projectId": "my-project", "type": "full", "destination": name}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let backup = body["backup"].clone();
+    let id = backup["id"].as_str().unwrap().to_string();
+    let path = backup["path"].as_str().unwrap();
+    assert!(path.starts_with(scheme), "{path}");
+    let size = backup["size"].as_u64().unwrap();
+    let sha = backup["sha256"].as_str().unwrap().to_string();
+
+    // The object, as the destination itself has it.
+    let direct = Destination::new(name, &config, app.data_dir.path()).unwrap();
+    let key = path
+        .split("/my-project/")
+        .nth(1)
+        .map(|rest| format!("my-project/{rest}"))
+        .unwrap();
+    assert_eq!(direct.stat(&key).await.unwrap().unwrap().size, size);
+
+    let url = format!("/api/v1/backups/{id}/download");
+    let response = app.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "application/gzip");
+    assert_eq!(headers["content-length"], size.to_string().as_str());
+    assert_eq!(headers["etag"], format!("\"{sha}\"").as_str());
+    assert_eq!(headers["accept-ranges"], "bytes");
+    assert!(headers.get("content-encoding").is_none());
+    let today = chrono::Utc::now().format("%Y-%m-%d");
+    assert_eq!(
+        headers["content-disposition"],
+        format!("attachment; filename=\"my-project-{today}-full.tar.gz\"").as_str()
+    );
+    let whole = response.bytes().await.unwrap();
+    assert_eq!(whole.len() as u64, size);
+    assert_eq!(hex::encode(Sha256::digest(&whole)), sha);
+
+    // A resumed download.
+    let response = app
+        .get(&url)
+        .header("Range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 206);
+    assert_eq!(
+        response.headers()["content-range"],
+        format!("bytes 100-199/{size}").as_str()
+    );
+    assert_eq!(response.bytes().await.unwrap(), whole.slice(100..200));
+    let response = app
+        .get(&url)
+        .header("Range", "bytes=-10")
+        .header("If-Range", format!("\"{sha}\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 206);
+    assert_eq!(
+        response.bytes().await.unwrap(),
+        whole.slice(whole.len() - 10..)
+    );
+    // A changed artifact: the range no longer applies, the whole comes back.
+    let response = app
+        .get(&url)
+        .header("Range", "bytes=0-9")
+        .header("If-Range", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().len() as u64, size);
+    let response = app
+        .get(&url)
+        .header("Range", format!("bytes={size}-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 416);
+    assert_eq!(
+        response.headers()["content-range"],
+        format!("bytes */{size}").as_str()
+    );
+
+    // Delete: the object, then the record.
+    let (status, body) = status_and_body(
+        app.delete(&format!("/api/v1/backups/{id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"success": true, "message": "Backup deleted"}))
+    );
+    assert_eq!(
+        direct.stat(&key).await.unwrap(),
+        None,
+        "the artifact is still there"
+    );
+    for path in [format!("/api/v1/backups/{id}"), url.clone()] {
+        let (status, body) = status_and_body(app.get(&path).send().await.unwrap()).await;
+        assert_eq!(
+            (status, body),
+            (404, json!({"success": false, "error": "Backup not found"}))
+        );
+    }
+    let (status, _) = status_and_body(
+        app.delete(&format!("/api/v1/backups/{id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn local_create_download_delete() {
+    create_download_delete("local", "file://").await;
+}
+
+#[tokio::test]
+async fn s3_create_download_delete() {
+    create_download_delete("s3", "s3://backups/supabase/my-project/").await;
+}
+
+#[tokio::test]
+async fn azure_create_download_delete() {
+    create_download_delete("azure", "azure://devstoreaccount1/backups/my-project/").await;
+}
+
+#[tokio::test]
+async fn only_a_completed_backup_downloads_and_a_gone_artifact_still_deletes() {
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        Launch::default().env("SUPASCALE_JOB_ATTEMPTS", "1"),
+    )
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let response = app
+        .post("/api/v1/projects")
+        .json(
+            &json!({"id": "down", "name": "Down", "rootDir": root.path().to_str().unwrap(),
+                      "databaseUrl": "postgres://u:p@127.0.0.1:1/postgres"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let (status, _) = status_and_body(
+        app.post("/api/v1/backups")
+            .json(&json!({"projectId": "down", "type": "database"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 500);
+    let (_, list) = status_and_body(app.get("/api/v1/backups").send().await.unwrap()).await;
+    let failed = list["backups"][0]["id"].as_str().unwrap().to_string();
+    let (status, body) = status_and_body(
+        app.get(&format!("/api/v1/backups/{failed}/download"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("failed"), "{body}");
+
+    // A completed backup whose artifact vanished from the destination.
+    let (status, body) = status_and_body(
+        app.post("/api/v1/backups")
+            .json(&json!({"projectId": "down", "type": "config"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["backup"]["id"].as_str().unwrap();
+    let file = body["backup"]["path"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("file://")
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(&file).unwrap();
+    let (status, _) = status_and_body(
+        app.get(&format!("/api/v1/backups/{id}/download"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 409);
+    for id in [id, failed.as_str()] {
+        let (status, body) = status_and_body(
+            app.delete(&format!("/api/v1/backups/{id}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, list) = status_and_body(app.get("/api/v1/backups").send().await.unwrap()).await;
+    assert_eq!(list["pagination"]["total"], 0);
+}
