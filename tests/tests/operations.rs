@@ -154,6 +154,15 @@ async fn the_openapi_document_is_served_and_committed(backend: Backend) {
         served == committed,
         "openapi.yaml is stale: run scripts/gen-openapi and commit the result"
     );
+    // One path item per path: poem-openapi writes one per API struct, and a
+    // repeated key is invalid YAML to strict parsers (and client generators).
+    let paths: Vec<&str> = served.lines().filter(|l| l.starts_with("  /")).collect();
+    let unique: std::collections::HashSet<&&str> = paths.iter().collect();
+    assert_eq!(
+        unique.len(),
+        paths.len(),
+        "a path appears twice in openapi.yaml"
+    );
     for needle in [
         "X-API-Key",
         "/backups/{id}",

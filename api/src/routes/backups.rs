@@ -24,6 +24,7 @@ use supascale_shared::domain::{BACKUP_TYPES, DESTINATIONS, STATUSES};
 use supascale_shared::entities::{backup, backup_stat, backup_total, job, project, restore};
 use supascale_shared::jobs::{self, backup as backup_job};
 
+use super::projects::Message;
 use super::{ApiTags, page_window, parse_list_filter};
 use crate::auth::{Auth, Principal};
 use crate::error::{ApiError, ApiResult};
@@ -405,6 +406,74 @@ impl BackupsApi {
                 _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
             }
         }
+    }
+
+    /// Delete backup
+    ///
+    /// Removes the artifact, then the record. A running backup cannot be
+    /// deleted (409).
+    #[oai(
+        path = "/backups/:id",
+        method = "delete",
+        operation_id = "deleteBackup"
+    )]
+    async fn delete(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        id: Path<String>,
+    ) -> ApiResult<Json<Message>> {
+        let principal = auth.principal();
+        principal.require(Permission::BackupsWrite)?;
+        let row = find_visible(&state, principal, &id.0).await?;
+        if matches!(
+            row.status.as_str(),
+            jobs::STATUS_PENDING | jobs::STATUS_IN_PROGRESS
+        ) {
+            return Err(ApiError::conflict(
+                "Backup is running; it can be deleted once it ends",
+            ));
+        }
+        let compression = Compression::parse(&row.compression).unwrap_or(Compression::Gzip);
+        let key = backup_job::artifact_key(
+            &row.project_id,
+            &row.id,
+            &row.backup_type,
+            row.created_at,
+            compression,
+        );
+        match state.destinations.get(&row.destination) {
+            Ok(destination) => match destination.stat(&key).await {
+                Ok(Some(_)) => destination.delete(&key).await.map_err(|e| {
+                    tracing::error!(backup = %row.id, error = %e, "cannot delete the artifact");
+                    ApiError::unavailable("The backup's destination does not answer")
+                })?,
+                Ok(None) => {
+                    tracing::warn!(backup = %row.id, "the artifact was already gone; deleting the record")
+                }
+                Err(e) => {
+                    tracing::error!(backup = %row.id, error = %e, "cannot reach the destination");
+                    return Err(ApiError::unavailable(
+                        "The backup's destination does not answer",
+                    ));
+                }
+            },
+            Err(e) => {
+                tracing::warn!(backup = %row.id, error = %e, "destination gone; deleting the record")
+            }
+        }
+        restore::Entity::delete_many()
+            .filter(restore::Column::BackupId.eq(row.id.clone()))
+            .exec(&state.db)
+            .await?;
+        backup::Entity::delete_by_id(row.id.clone())
+            .exec(&state.db)
+            .await?;
+        tracing::info!(backup = %row.id, "backup deleted");
+        Ok(Json(Message {
+            success: true,
+            message: "Backup deleted".into(),
+        }))
     }
 }
 

@@ -1,4 +1,6 @@
-//! `GET /backups/{id}/download` and `DELETE /backups/{id}`.
+//! `GET /backups/{id}/download` (`DELETE /backups/{id}` lives with the
+//! other `/backups/{id}` operations: poem-openapi writes one path item per
+//! API struct, and two would be a duplicate key in the document).
 //!
 //! A download streams the object from its destination: `Content-Length`,
 //! the artifact's SHA-256 as a strong `ETag`, `Accept-Ranges: bytes`, and
@@ -12,15 +14,12 @@ use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::{Json, Payload};
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
 use poem_openapi::{ApiResponse, OpenApi};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use supascale_shared::api_key::Permission;
 use supascale_shared::artifact::Compression;
-use supascale_shared::entities::{backup, restore};
 use supascale_shared::jobs::{self, backup as backup_job};
 
 use super::ApiTags;
 use super::backups::find_visible;
-use super::projects::Message;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -232,74 +231,6 @@ impl DownloadApi {
                 "bytes".into(),
             ),
         })
-    }
-
-    /// Delete backup
-    ///
-    /// Removes the artifact, then the record. A running backup cannot be
-    /// deleted (409).
-    #[oai(
-        path = "/backups/:id",
-        method = "delete",
-        operation_id = "deleteBackup"
-    )]
-    async fn delete(
-        &self,
-        state: poem::web::Data<&AppState>,
-        auth: Auth,
-        id: Path<String>,
-    ) -> ApiResult<Json<Message>> {
-        let principal = auth.principal();
-        principal.require(Permission::BackupsWrite)?;
-        let row = find_visible(&state, principal, &id.0).await?;
-        if matches!(
-            row.status.as_str(),
-            jobs::STATUS_PENDING | jobs::STATUS_IN_PROGRESS
-        ) {
-            return Err(ApiError::conflict(
-                "Backup is running; it can be deleted once it ends",
-            ));
-        }
-        let compression = Compression::parse(&row.compression).unwrap_or(Compression::Gzip);
-        let key = backup_job::artifact_key(
-            &row.project_id,
-            &row.id,
-            &row.backup_type,
-            row.created_at,
-            compression,
-        );
-        match state.destinations.get(&row.destination) {
-            Ok(destination) => match destination.stat(&key).await {
-                Ok(Some(_)) => destination.delete(&key).await.map_err(|e| {
-                    tracing::error!(backup = %row.id, error = %e, "cannot delete the artifact");
-                    ApiError::unavailable("The backup's destination does not answer")
-                })?,
-                Ok(None) => {
-                    tracing::warn!(backup = %row.id, "the artifact was already gone; deleting the record")
-                }
-                Err(e) => {
-                    tracing::error!(backup = %row.id, error = %e, "cannot reach the destination");
-                    return Err(ApiError::unavailable(
-                        "The backup's destination does not answer",
-                    ));
-                }
-            },
-            Err(e) => {
-                tracing::warn!(backup = %row.id, error = %e, "destination gone; deleting the record")
-            }
-        }
-        restore::Entity::delete_many()
-            .filter(restore::Column::BackupId.eq(row.id.clone()))
-            .exec(&state.db)
-            .await?;
-        backup::Entity::delete_by_id(row.id.clone())
-            .exec(&state.db)
-            .await?;
-        tracing::info!(backup = %row.id, "backup deleted");
-        Ok(Json(Message {
-            success: true,
-            message: "Backup deleted".into(),
-        }))
     }
 }
 
