@@ -434,14 +434,7 @@ impl BackupsApi {
                 "Backup is running; it can be deleted once it ends",
             ));
         }
-        let compression = Compression::parse(&row.compression).unwrap_or(Compression::Gzip);
-        let key = backup_job::artifact_key(
-            &row.project_id,
-            &row.id,
-            &row.backup_type,
-            row.created_at,
-            compression,
-        );
+        let (key, _) = backup_job::artifact_of(&row);
         match state.destinations.get(&row.destination) {
             Ok(destination) => match destination.stat(&key).await {
                 Ok(Some(_)) => destination.delete(&key).await.map_err(|e| {

@@ -147,18 +147,11 @@ impl DownloadApi {
                 row.status
             )));
         }
-        let compression = Compression::parse(&row.compression).unwrap_or(Compression::Gzip);
+        let (key, compression) = backup_job::artifact_of(&row);
         let destination = state
             .destinations
             .get(&row.destination)
             .map_err(|e| ApiError::conflict(format!("Backup is unavailable: {e}")))?;
-        let key = backup_job::artifact_key(
-            &row.project_id,
-            &row.id,
-            &row.backup_type,
-            row.created_at,
-            compression,
-        );
         let size = match destination.stat(&key).await {
             Ok(Some(stored)) => stored.size,
             Ok(None) => {

@@ -56,6 +56,19 @@ pub fn artifact_key(
     )
 }
 
+/// A backup row's artifact key and compression.
+pub fn artifact_of(row: &backup::Model) -> (String, Compression) {
+    let compression = Compression::parse(&row.compression).unwrap_or(Compression::Gzip);
+    let key = artifact_key(
+        &row.project_id,
+        &row.id,
+        &row.backup_type,
+        row.created_at,
+        compression,
+    );
+    (key, compression)
+}
+
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Payload {
@@ -159,20 +172,13 @@ async fn produce(
         .await
         .map_err(|e| JobError::Retry(format!("control plane: {e}")))?
         .ok_or_else(|| JobError::Abort("the project no longer exists".into()))?;
-    let compression = Compression::parse(&row.compression)
-        .ok_or_else(|| JobError::Abort(format!("unknown compression {}", row.compression)))?;
+    // The API accepts only gzip and zstd.
+    let (key, compression) = artifact_of(row);
     let destination = ctx
         .destinations
         .get(&row.destination)
         .map_err(|e| JobError::Abort(e.to_string()))?
         .clone();
-    let key = artifact_key(
-        &row.project_id,
-        &row.id,
-        &row.backup_type,
-        row.created_at,
-        compression,
-    );
     let wanted = components(&row.backup_type);
 
     let spool_dir = ctx.config.data_dir.join("tmp");
