@@ -1,13 +1,11 @@
 //! Starting, configuring and operating the binaries: health, readiness,
 //! the error shape outside endpoints, OpenAPI, master key, first start.
 
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use supascale_tests::{Backend, Launch, TempDatabase, TestApp, both_backends, start};
+use supascale_tests::{Backend, Launch, RedisServer, TempDatabase, TestApp, both_backends, start};
 
 both_backends!(
     health_and_readiness_answer,
@@ -188,36 +186,16 @@ async fn the_openapi_document_is_served_and_committed(backend: Backend) {
 
 #[tokio::test]
 async fn readiness_fails_when_redis_goes_away() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut redis = Command::new("redis-server")
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut redis = RedisServer::start().await;
     let app = TestApp::spawn_with(
         Backend::Postgres,
-        Launch::default().env("SUPASCALE_REDIS_URL", format!("redis://127.0.0.1:{port}")),
+        Launch::default().env("SUPASCALE_REDIS_URL", redis.url()),
     )
     .await;
     let (status, body) =
         status_and_body(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
     assert_eq!(status, 200, "{body}");
-    redis.kill().unwrap();
-    redis.wait().unwrap();
+    redis.stop();
     let (status, body) =
         status_and_body(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
     assert_eq!(status, 503, "{body}");

@@ -15,6 +15,7 @@
 
 pub mod backup;
 pub mod queue;
+pub mod reconciler;
 pub mod store;
 pub mod worker;
 

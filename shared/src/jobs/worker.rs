@@ -46,6 +46,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let concurrency = concurrency.max(1);
+    let reconciler = tokio::spawn(super::reconciler::run(ctx.db.clone(), queue.clone()));
+    let _stop_reconciler = AbortOnDrop(reconciler);
     let name = ctx.worker_id.clone();
     let signal = async move {
         shutdown.await;
@@ -80,6 +82,14 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// One delivery. An `AbortError` (outermost, as apalis checks it) stops the
