@@ -383,6 +383,55 @@ impl TestApp {
         }
     }
 
+    /// Polls a job (`/api/v1/jobs/<id>`) until it ends or `timeout` passes;
+    /// returns its last state.
+    pub async fn wait_for_job(&self, job_url: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let job: serde_json::Value = self
+                .get(job_url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if job["status"] == "completed"
+                || job["status"] == "failed"
+                || Instant::now() > deadline
+            {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts a `supascale-worker` on this app's control plane (PostgreSQL)
+    /// with the same master key, plus `extra`; returns once it waits for jobs.
+    pub fn start_worker(&self, extra: Launch) -> Started {
+        let data = self.data_dir.path();
+        let mut launch = Launch::default()
+            .env("SUPASCALE_DATA_DIR", data.to_str().unwrap())
+            .env(
+                "SUPASCALE_MASTER_KEY_FILE",
+                data.join("master.key").to_str().unwrap(),
+            )
+            .env(
+                "SUPASCALE_DATABASE_URL",
+                self.database
+                    .as_ref()
+                    .expect("a PostgreSQL control plane")
+                    .url
+                    .clone(),
+            );
+        launch.env.extend(extra.env);
+        let mut worker = start("supascale-worker", &launch);
+        worker
+            .wait_for_stdout("waiting for jobs", Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("supascale-worker did not start: {e}"));
+        worker
+    }
+
     pub fn stop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.process.child.id().to_string()])

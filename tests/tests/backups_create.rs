@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use supascale_tests::{
-    Backend, Launch, TempDatabase, TestApp, make_project, psql, random_suffix, register, start,
+    Backend, Launch, TempDatabase, TestApp, make_project, psql, random_suffix, register,
 };
 
 async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
@@ -211,21 +211,7 @@ async fn an_async_backup_answers_202_and_finishes() {
     assert_eq!(location, body["job"]["jobUrl"]);
     assert!(location.starts_with("/api/v1/jobs/job-"));
     let backup_id = body["backup"]["id"].as_str().unwrap().to_string();
-    let mut job = Value::Null;
-    for _ in 0..100 {
-        job = app
-            .get(&location)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if job["status"] == "completed" || job["status"] == "failed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let job = app.wait_for_job(&location, Duration::from_secs(10)).await;
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["attempt"], 1);
     assert!(job["durationMs"].is_i64());
@@ -311,25 +297,11 @@ async fn scale_out_backups_run_on_a_separate_worker() {
             .env("SUPASCALE_WORKERS", "0"),
     )
     .await;
-    let data = app.data_dir.path();
-    let mut worker = start(
-        "supascale-worker",
-        &Launch::default()
-            .env("SUPASCALE_DATA_DIR", data.to_str().unwrap())
-            .env(
-                "SUPASCALE_MASTER_KEY_FILE",
-                data.join("master.key").to_str().unwrap(),
-            )
-            .env(
-                "SUPASCALE_DATABASE_URL",
-                app.database.as_ref().unwrap().url.clone(),
-            )
+    let mut worker = app.start_worker(
+        Launch::default()
             .env("SUPASCALE_REDIS_URL", "redis://127.0.0.1:6379")
             .env("SUPASCALE_QUEUE_NAME", queue.clone()),
     );
-    worker
-        .wait_for_stdout("waiting for jobs", Duration::from_secs(30))
-        .unwrap();
     let project = make_project().await;
     register(&app, &project, "scaled").await;
     let (status, body) = status_and_body(

@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use supascale_tests::{Backend, Launch, RedisServer, TestApp, make_project, register, start};
+use supascale_tests::{Backend, Launch, RedisServer, TestApp, make_project, register};
 
 /// Redis restarted empty while a job waits: the reconciler re-delivers it
 /// from its row and it completes.
@@ -40,39 +40,8 @@ async fn a_job_survives_redis_losing_everything() {
         .unwrap();
     assert!(flushed.status.success());
 
-    let data = app.data_dir.path();
-    let mut worker = start(
-        "supascale-worker",
-        &Launch::default()
-            .env("SUPASCALE_DATA_DIR", data.to_str().unwrap())
-            .env(
-                "SUPASCALE_MASTER_KEY_FILE",
-                data.join("master.key").to_str().unwrap(),
-            )
-            .env(
-                "SUPASCALE_DATABASE_URL",
-                app.database.as_ref().unwrap().url.clone(),
-            )
-            .env("SUPASCALE_REDIS_URL", redis_url),
-    );
-    worker
-        .wait_for_stdout("waiting for jobs", Duration::from_secs(30))
-        .unwrap();
-    let mut job = Value::Null;
-    for _ in 0..300 {
-        job = app
-            .get(&job_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if job["status"] == "completed" || job["status"] == "failed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut worker = app.start_worker(Launch::default().env("SUPASCALE_REDIS_URL", redis_url));
+    let job = app.wait_for_job(&job_url, Duration::from_secs(30)).await;
     assert_eq!(job["status"], "completed", "{job}");
     let backup: Value = app
         .get(&format!(
