@@ -143,6 +143,51 @@ impl Drop for RedisServer {
     }
 }
 
+/// A queue name of its own on the shared Redis, whose keys (and apalis'
+/// global registry entry) are removed when dropped, even after a failure.
+/// Declare it before the processes that use it, so it is dropped after them.
+pub struct RedisQueue {
+    pub name: String,
+}
+
+impl RedisQueue {
+    pub fn new() -> Self {
+        Self {
+            name: format!("supascale-test-{}", random_suffix(10)),
+        }
+    }
+}
+
+impl Default for RedisQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for RedisQueue {
+    fn drop(&mut self) {
+        let keys = Command::new("redis-cli")
+            .args(["--scan", "--pattern", &format!("{}*", self.name)])
+            .output();
+        if let Ok(keys) = keys {
+            let keys: Vec<String> = String::from_utf8_lossy(&keys.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            if !keys.is_empty() {
+                let _ = Command::new("redis-cli").arg("DEL").args(&keys).output();
+            }
+        }
+        let _ = Command::new("redis-cli")
+            .args([
+                "ZREM",
+                "core:apalis:queues:list",
+                &format!("{}:workers", self.name),
+            ])
+            .output();
+    }
+}
+
 /// A running `supascale-api` process.
 pub struct TestApp {
     /// Declared first so that it is dropped (killed) before the database.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use supascale_tests::{
-    Backend, Launch, TempDatabase, TestApp, make_project, psql, random_suffix, register,
+    Backend, Launch, RedisQueue, TempDatabase, TestApp, make_project, psql, register,
 };
 
 async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
@@ -288,19 +288,19 @@ async fn a_backup_of_an_unreachable_database_fails_with_the_cause() {
 /// workers and a separate `supascale-worker`.
 #[tokio::test]
 async fn scale_out_backups_run_on_a_separate_worker() {
-    let queue = format!("supascale-test-{}", random_suffix(10));
+    let queue = RedisQueue::new();
     let app = TestApp::spawn_with(
         Backend::Postgres,
         Launch::default()
             .env("SUPASCALE_REDIS_URL", "redis://127.0.0.1:6379")
-            .env("SUPASCALE_QUEUE_NAME", queue.clone())
+            .env("SUPASCALE_QUEUE_NAME", queue.name.clone())
             .env("SUPASCALE_WORKERS", "0"),
     )
     .await;
     let mut worker = app.start_worker(
         Launch::default()
             .env("SUPASCALE_REDIS_URL", "redis://127.0.0.1:6379")
-            .env("SUPASCALE_QUEUE_NAME", queue.clone()),
+            .env("SUPASCALE_QUEUE_NAME", queue.name.clone()),
     );
     let project = make_project().await;
     register(&app, &project, "scaled").await;
@@ -327,28 +327,4 @@ async fn scale_out_backups_run_on_a_separate_worker() {
     worker.signal("TERM");
     let (code, _) = worker.wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(0));
-    // Leave nothing in Redis.
-    let keys = Command::new("redis-cli")
-        .args(["--scan", "--pattern", &format!("{queue}*")])
-        .output()
-        .unwrap();
-    let keys: Vec<String> = String::from_utf8_lossy(&keys.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
-    if !keys.is_empty() {
-        Command::new("redis-cli")
-            .arg("DEL")
-            .args(&keys)
-            .output()
-            .unwrap();
-    }
-    Command::new("redis-cli")
-        .args([
-            "ZREM",
-            "core:apalis:queues:list",
-            &format!("{queue}:workers"),
-        ])
-        .output()
-        .unwrap();
 }
