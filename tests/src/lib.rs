@@ -98,6 +98,12 @@ pub fn psql(url: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// A response's status and JSON body.
+pub async fn status_and_body(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
 /// A private Redis on a free loopback port, for tests that restart or
 /// empty it; killed when dropped.
 pub struct RedisServer {

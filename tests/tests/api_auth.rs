@@ -2,7 +2,7 @@
 
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};
-use supascale_tests::{Backend, BackupRow, TestApp, both_backends};
+use supascale_tests::{Backend, BackupRow, TestApp, both_backends, status_and_body};
 
 both_backends!(
     requests_without_a_valid_key_answer_401,
@@ -14,11 +14,6 @@ both_backends!(
     key_management_is_for_unrestricted_admins,
     bad_key_requests_answer_400,
 );
-
-async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON body"))
-}
 
 async fn create_key(app: &TestApp, body: Value) -> (String, String) {
     let (status, body) = status_and_body(

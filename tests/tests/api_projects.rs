@@ -1,7 +1,7 @@
 //! Projects through HTTP, against both control planes.
 
 use serde_json::{Value, json};
-use supascale_tests::{Backend, BackupRow, TempDatabase, TestApp, both_backends};
+use supascale_tests::{Backend, BackupRow, TempDatabase, TestApp, both_backends, status_and_body};
 
 both_backends!(
     a_project_is_registered_without_showing_its_password,
@@ -13,11 +13,6 @@ both_backends!(
 );
 
 const PASSWORD: &str = "pr0ject-pa55word";
-
-async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON body"))
-}
 
 async fn create(app: &TestApp, body: Value) -> (u16, Value) {
     status_and_body(

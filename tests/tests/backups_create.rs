@@ -10,12 +10,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use supascale_tests::{
     Backend, Launch, RedisQueue, TempDatabase, TestApp, make_project, psql, register,
+    status_and_body,
 };
-
-async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON body"))
-}
 
 fn artifact_path(backup: &Value) -> PathBuf {
     let url = backup["path"].as_str().unwrap();

@@ -1,17 +1,12 @@
 //! Create, download (whole, ranges, If-Range, 416), and delete a backup on
 //! every destination that runs here: a directory, moto (S3) and azurite.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use supascale_shared::Secret;
 use supascale_shared::destinations::{Destination, DestinationConfig};
 use supascale_tests::emulators::{self, AZURITE_ACCOUNT, AZURITE_KEY, Emulator};
-use supascale_tests::{Backend, Launch, TestApp, make_project, register};
-
-async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON body"))
-}
+use supascale_tests::{Backend, Launch, TestApp, make_project, register, status_and_body};
 
 /// The server's configuration for `name`, the same as a test-side
 /// `Destination` to look at the objects directly, and the emulator.

@@ -4,8 +4,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use supascale_tests::{Backend, Launch, RedisServer, TempDatabase, TestApp, both_backends, start};
+use serde_json::json;
+use supascale_tests::{
+    Backend, Launch, RedisServer, TempDatabase, TestApp, both_backends, start, status_and_body,
+};
 
 both_backends!(
     health_and_readiness_answer,
@@ -13,11 +15,6 @@ both_backends!(
     every_response_carries_a_request_id,
     the_openapi_document_is_served_and_committed,
 );
-
-async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON body"))
-}
 
 async fn health_and_readiness_answer(backend: Backend) {
     let app = TestApp::spawn(backend).await;

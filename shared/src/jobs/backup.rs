@@ -135,13 +135,11 @@ pub async fn run(ctx: &JobContext, job: &job::Model) -> Result<(), JobError> {
             .await
         }
         Err(e) => {
-            let (status, retry) = match &e {
-                JobError::Retry(_) if job.attempt < job.max_attempts => {
-                    (super::STATUS_PENDING, true)
-                }
-                _ => (super::STATUS_FAILED, false),
+            let status = if e.will_retry(job) {
+                super::STATUS_PENDING
+            } else {
+                super::STATUS_FAILED
             };
-            let _ = retry;
             set_backup(
                 ctx,
                 &row.id,

@@ -51,3 +51,11 @@ pub enum JobError {
     #[error("{0}")]
     Abort(String),
 }
+
+impl JobError {
+    /// Whether `job` gets another attempt after this error: the one rule
+    /// for the job row, the kind's own row and the queue.
+    pub fn will_retry(&self, job: &crate::entities::job::Model) -> bool {
+        matches!(self, JobError::Retry(_)) && job.attempt < job.max_attempts
+    }
+}

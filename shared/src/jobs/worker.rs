@@ -122,8 +122,8 @@ async fn handle(envelope: JobEnvelope, ctx: Data<Arc<JobContext>>) -> Result<(),
     beat.abort();
     let ended = match &outcome {
         Ok(()) => store::finish(&ctx.db, &job.id, &ctx.worker_id, None).await,
-        Err(JobError::Retry(cause)) if job.attempt < job.max_attempts => {
-            store::release(&ctx.db, &job.id, &ctx.worker_id, cause).await
+        Err(e) if e.will_retry(&job) => {
+            store::release(&ctx.db, &job.id, &ctx.worker_id, &e.to_string()).await
         }
         Err(e) => store::finish(&ctx.db, &job.id, &ctx.worker_id, Some(&e.to_string())).await,
     };
@@ -136,9 +136,9 @@ async fn handle(envelope: JobEnvelope, ctx: Data<Arc<JobContext>>) -> Result<(),
             tracing::info!(job = %job.id, "job completed");
             Ok(())
         }
-        Err(JobError::Retry(cause)) if job.attempt < job.max_attempts => {
-            tracing::warn!(job = %job.id, %cause, "job failed; it will be retried");
-            Err(cause.into())
+        Err(e) if e.will_retry(&job) => {
+            tracing::warn!(job = %job.id, cause = %e, "job failed; it will be retried");
+            Err(e.to_string().into())
         }
         Err(e) => {
             tracing::warn!(job = %job.id, cause = %e, "job failed");
