@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod idempotency;
 pub mod list_cache;
 pub mod payload;
 pub mod routes;
@@ -210,6 +211,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     let queue = supascale_shared::jobs::JobQueue::open(&config, config.workers.max(1)).await?;
+    let events = supascale_shared::jobs::events::EventBus::open(&config).await?;
+    tokio::spawn(events.clone().listen());
     let new_admin_key =
         auth::bootstrap_keys(&db, config.bootstrap_api_key.as_ref().map(|k| k.expose())).await?;
 
@@ -257,14 +260,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             destinations: destinations.clone(),
             master_key: master_key.clone(),
             config: Arc::new(config.clone()),
+            events: events.clone(),
+            queue: queue.clone(),
             worker_id: supascale_shared::jobs::worker::worker_id(),
         });
-        let run = supascale_shared::jobs::worker::run(
-            ctx,
-            queue.clone(),
-            config.workers,
-            stopped(stop_rx.clone()),
-        );
+        let run =
+            supascale_shared::jobs::worker::run(ctx, config.workers, stopped(stop_rx.clone()));
         Some(tokio::spawn(run))
     } else {
         None
@@ -277,6 +278,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         keys: Arc::new(auth::KeyCache::default()),
         destinations: Arc::new(destinations),
         queue,
+        events,
         list_cache,
     };
     poem::Server::new_with_acceptor(acceptor)

@@ -21,5 +21,7 @@ pub struct AppState {
     pub destinations: Arc<supascale_shared::destinations::Destinations>,
     /// Where new jobs are pushed.
     pub queue: supascale_shared::jobs::JobQueue,
+    /// Wakes the event streams of jobs.
+    pub events: supascale_shared::jobs::events::EventBus,
     pub list_cache: Arc<ListCache<JsonBytes<BackupList>>>,
 }

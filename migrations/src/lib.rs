@@ -8,12 +8,16 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_control_plane;
+mod m20261127_000002_job_events;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261127_000001_control_plane::Migration)]
+        vec![
+            Box::new(m20261127_000001_control_plane::Migration),
+            Box::new(m20261127_000002_job_events::Migration),
+        ]
     }
 }

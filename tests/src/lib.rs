@@ -206,6 +206,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub stdout: Arc<Mutex<Vec<String>>>,
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// What it was started with, for [`TestApp::restart`].
+    launch: Launch,
 }
 
 /// What to start a process with.
@@ -328,6 +330,20 @@ impl Drop for Started {
     }
 }
 
+fn start_api(launch: &Launch) -> (Started, String) {
+    let mut started = start("supascale-api", launch);
+    let line = started
+        .wait_for_stdout("listening on http://", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("supascale-api did not start: {e}"));
+    let address = line
+        .split("listening on ")
+        .nth(1)
+        .expect("address")
+        .trim()
+        .to_string();
+    (started, address)
+}
+
 impl TestApp {
     /// A server on the embedded default (SQLite) or on a fresh PostgreSQL
     /// database, with a known admin key.
@@ -354,16 +370,7 @@ impl TestApp {
                 .env("SUPASCALE_MASTER_KEY_FILE", key_file.to_str().unwrap());
         }
         env.env.extend(launch.env);
-        let mut started = start("supascale-api", &env);
-        let line = started
-            .wait_for_stdout("listening on http://", Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("supascale-api did not start: {e}"));
-        let address = line
-            .split("listening on ")
-            .nth(1)
-            .expect("address")
-            .trim()
-            .to_string();
+        let (started, address) = start_api(&env);
         let stdout = started.stdout.clone();
         let stderr = started.stderr.clone();
         TestApp {
@@ -376,7 +383,25 @@ impl TestApp {
             process: started,
             stdout,
             stderr,
+            launch: env,
         }
+    }
+
+    /// Kills the API with SIGKILL (its in-process workers die with it) and
+    /// starts it again on the same data dir and control plane. The address
+    /// changes.
+    pub fn restart(&mut self) {
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
+        let (started, address) = start_api(&self.launch);
+        self.stdout = started.stdout.clone();
+        self.stderr = started.stderr.clone();
+        self.process = started;
+        self.address = address;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -684,4 +709,203 @@ macro_rules! both_backends {
             )*
         }
     };
+}
+
+/// The two ways to run the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deployment {
+    /// SQLite, the in-process queue and two in-process workers.
+    Embedded,
+    /// PostgreSQL, Redis, an API without workers and two `supascale-worker`s.
+    ScaleOut,
+}
+
+/// A whole deployment: the API and, in scale-out, its worker processes.
+pub struct Cluster {
+    pub workers: Vec<Started>,
+    pub app: TestApp,
+    /// Dropped last: removes the queue's Redis keys.
+    pub queue: Option<RedisQueue>,
+}
+
+impl Cluster {
+    pub async fn start(deployment: Deployment, extra: Launch) -> Cluster {
+        match deployment {
+            Deployment::Embedded => {
+                let launch = Launch::default().env("SUPASCALE_WORKERS", "2");
+                let mut launch_all = launch.clone();
+                launch_all.env.extend(extra.env);
+                Cluster {
+                    workers: Vec::new(),
+                    app: TestApp::spawn_with(Backend::Sqlite, launch_all).await,
+                    queue: None,
+                }
+            }
+            Deployment::ScaleOut => {
+                let queue = RedisQueue::new();
+                let shared = Launch::default()
+                    .env("SUPASCALE_REDIS_URL", "redis://127.0.0.1:6379")
+                    .env("SUPASCALE_QUEUE_NAME", queue.name.clone());
+                let mut api = shared.clone().env("SUPASCALE_WORKERS", "0");
+                api.env.extend(extra.env.clone());
+                let app = TestApp::spawn_with(Backend::Postgres, api).await;
+                let mut workers = Vec::new();
+                for _ in 0..2 {
+                    let mut launch = shared.clone();
+                    launch.env.extend(extra.env.clone());
+                    workers.push(app.start_worker(launch));
+                }
+                Cluster {
+                    workers,
+                    app,
+                    queue: Some(queue),
+                }
+            }
+        }
+    }
+
+    /// Kills with SIGKILL the process that runs `job`'s worker (whose id
+    /// holds its pid): a worker process, or the API in the embedded
+    /// default, which is then started again.
+    pub fn kill_worker_of(&mut self, job: &serde_json::Value) {
+        let worker = job["workerId"]
+            .as_str()
+            .expect("a running job names its worker");
+        let pid: u32 = worker
+            .rsplit('-')
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .expect("a worker id holds the pid");
+        if pid == self.app.pid() {
+            self.app.restart();
+            return;
+        }
+        let index = self
+            .workers
+            .iter()
+            .position(|w| w.child.id() == pid)
+            .expect("the job's worker is one of ours");
+        let mut dead = self.workers.remove(index);
+        dead.signal("KILL");
+        dead.wait_exit(Duration::from_secs(10));
+    }
+}
+
+/// Holds `ACCESS EXCLUSIVE` on a table of a project's database while it
+/// lives: a `pg_dump` of that database waits for it, which keeps a backup
+/// job running for as long as a test needs.
+pub struct TableLock {
+    conn: Option<sqlx::PgConnection>,
+}
+
+impl TableLock {
+    /// Locks `public.posts` (every [`make_project`] database has it).
+    pub async fn hold(database_url: &str) -> TableLock {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+        sqlx::query("LOCK TABLE public.posts IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        TableLock { conn: Some(conn) }
+    }
+
+    pub async fn release(mut self) {
+        use sqlx::Connection;
+        if let Some(mut conn) = self.conn.take() {
+            if let Err(e) = sqlx::query("ROLLBACK").execute(&mut conn).await {
+                panic!("rollback: {e}");
+            }
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// Sessions on `database_url`'s server named after `job_id` (what the job's
+/// `pg_dump` / `psql` children use).
+pub async fn job_sessions(database_url: &str, job_id: &str) -> i64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+            .bind(format!("supascale-job-{job_id}"))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    let _ = conn.close().await;
+    n
+}
+
+/// Polls the job until `check` holds or `timeout` passes; returns the
+/// job's last state.
+pub async fn wait_for_job_state(
+    app: &TestApp,
+    job_id: &str,
+    timeout: Duration,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let job: serde_json::Value = app
+            .get(&format!("/api/v1/jobs/{job_id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if check(&job) || Instant::now() > deadline {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One server-sent event as a real SSE parser (`sse-codec`) reads it.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: serde_json::Value,
+}
+
+/// Reads an SSE response until it ends (or `timeout` passes, or `stop`
+/// says so after an event).
+pub async fn read_events(
+    response: reqwest::Response,
+    timeout: Duration,
+    stop: impl Fn(&SseEvent) -> bool,
+) -> Vec<SseEvent> {
+    use futures::{StreamExt, TryStreamExt};
+    let bytes = response
+        .bytes_stream()
+        .map_err(std::io::Error::other)
+        .into_async_read();
+    let mut decoded = sse_codec::decode_stream(bytes);
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let next = tokio::time::timeout_at(deadline, decoded.next()).await;
+        match next {
+            Ok(Some(Ok(sse_codec::Event::Message {
+                id, event, data, ..
+            }))) => {
+                let event = SseEvent {
+                    id,
+                    event,
+                    data: serde_json::from_str(&data)
+                        .unwrap_or_else(|e| panic!("data is not one JSON line ({e}): {data}")),
+                };
+                let done = stop(&event);
+                events.push(event);
+                if done {
+                    return events;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => panic!("not a valid SSE stream: {e:?}"),
+            Ok(None) | Err(_) => return events,
+        }
+    }
 }

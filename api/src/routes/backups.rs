@@ -317,9 +317,12 @@ impl BackupsApi {
     ///
     /// Runs the backup as a job. By default the answer waits for it (up to
     /// `SUPASCALE_JOB_WAIT_SECONDS`, 55 s); with `Prefer: respond-async` or
-    /// `?async=true`, or when the wait runs out, it answers 202 at once.
-    /// A failed backup answers 500 `Backup failed: <cause>`.
+    /// `?async=true`, or when the wait runs out, it answers 202 at once with
+    /// the job and its events stream. A failed backup answers 500
+    /// `Backup failed: <cause>`. The same `Idempotency-Key` within 24 hours
+    /// answers with the first request's backup instead of starting another.
     #[oai(path = "/backups", method = "post", operation_id = "createBackup")]
+    #[allow(clippy::too_many_arguments)]
     async fn create(
         &self,
         state: poem::web::Data<&AppState>,
@@ -328,84 +331,74 @@ impl BackupsApi {
         /// `respond-async` to get 202 at once.
         #[oai(name = "Prefer")]
         prefer: Header<Option<String>>,
+        /// Makes a retried request safe: the same key (from the same API
+        /// key) within 24 hours returns the first request's job.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
         /// `true` to get 202 at once.
         #[oai(name = "async")]
         run_async: Query<Option<bool>>,
     ) -> ApiResult<CreatedBackup> {
         let principal = auth.principal();
         principal.require(Permission::BackupsWrite)?;
-        let (row, job) = BackupsApi::new_backup_rows(&state, principal, body.0).await?;
-        let backup_id = row.id.clone().unwrap();
-        let job_id = job.id.clone().unwrap();
-        // The rows exist before the queue entry: the job row is the record.
-        let txn = state.db.begin().await?;
-        job.insert(&txn).await?;
-        row.insert(&txn).await?;
-        txn.commit().await?;
-        if let Err(e) = state.queue.push(&job_id).await {
-            tracing::error!(job = %job_id, error = %e, "cannot queue the job");
-            let cause = "the job queue is unavailable";
-            let db = &state.db;
-            let _ = job::Entity::update_many()
-                .col_expr(job::Column::Status, Expr::value(jobs::STATUS_FAILED))
-                .col_expr(job::Column::Error, Expr::value(cause))
-                .filter(job::Column::Id.eq(job_id.clone()))
-                .exec(db)
-                .await;
-            let _ = backup::Entity::update_many()
-                .col_expr(backup::Column::Status, Expr::value(jobs::STATUS_FAILED))
-                .col_expr(backup::Column::Error, Expr::value(cause))
-                .filter(backup::Column::Id.eq(backup_id.clone()))
-                .exec(db)
-                .await;
-            return Err(ApiError::unavailable(format!("Backup failed: {cause}")));
-        }
         let wants_async = run_async.0.unwrap_or(false)
             || prefer.0.as_deref().is_some_and(|p| {
                 p.split(',')
                     .any(|v| v.trim().eq_ignore_ascii_case("respond-async"))
             });
-        let deadline = std::time::Instant::now()
-            + std::time::Duration::from_secs(if wants_async {
-                0
-            } else {
-                state.config.job_wait_seconds
-            });
-        loop {
-            let row = backup::Entity::find_by_id(backup_id.clone())
-                .one(&state.db)
-                .await?
-                .ok_or_else(ApiError::backup_not_found)?;
-            match row.status.as_str() {
-                jobs::STATUS_COMPLETED => {
-                    return Ok(CreatedBackup::Done(Json(BackupEnvelope {
-                        success: true,
-                        backup: row.into(),
-                    })));
-                }
-                jobs::STATUS_FAILED => {
-                    let cause = row.error.unwrap_or_else(|| "unknown cause".into());
-                    return Err(ApiError::internal(format!("Backup failed: {cause}")));
-                }
-                _ if std::time::Instant::now() >= deadline => {
-                    let job_url = format!("{}/jobs/{job_id}", crate::API_PREFIX);
-                    return Ok(CreatedBackup::Accepted(
-                        Json(BackupAccepted {
-                            success: true,
-                            job: JobRef {
-                                id: job_id.clone(),
-                                kind: "backup".into(),
-                                status: row.status.clone(),
-                                job_url: job_url.clone(),
-                            },
-                            backup: row.into(),
-                        }),
-                        job_url,
-                    ));
-                }
-                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-            }
+        let request = body.0;
+        let idempotency = match idempotency_key.0.as_deref() {
+            Some(key) => Some(crate::idempotency::Idempotency::new(
+                principal,
+                key,
+                &request.fingerprint(),
+            )?),
+            None => None,
+        };
+        if let Some(idempotency) = &idempotency
+            && let Some(first) = idempotency.find(&state.db).await?
+        {
+            return BackupsApi::answer(&state, &first, wants_async).await;
         }
+        let (row, mut job) = BackupsApi::new_backup_rows(&state, principal, request).await?;
+        if let Some(idempotency) = &idempotency {
+            idempotency.stamp(&mut job);
+        }
+        let job_id = job.id.clone().unwrap();
+        // The rows exist before the queue entry: the job row is the record.
+        let txn = state.db.begin().await?;
+        let inserted = job.insert(&txn).await;
+        if let (Err(e), Some(idempotency)) = (&inserted, &idempotency)
+            && crate::idempotency::is_conflict(e)
+        {
+            // A concurrent request with the same key won: answer with its job.
+            txn.rollback().await?;
+            let first = idempotency
+                .find(&state.db)
+                .await?
+                .ok_or_else(|| ApiError::conflict("Idempotency-Key is in use"))?;
+            return BackupsApi::answer(&state, &first, wants_async).await;
+        }
+        let job = inserted?;
+        row.insert(&txn).await?;
+        txn.commit().await?;
+        if let Err(e) = state.queue.push(&job_id).await {
+            tracing::error!(job = %job_id, error = %e, "cannot queue the job");
+            let cause = "the job queue is unavailable";
+            let failed = job::Entity::update_many()
+                .col_expr(job::Column::Status, Expr::value(jobs::STATUS_FAILED))
+                .col_expr(job::Column::Error, Expr::value(cause))
+                .col_expr(job::Column::FinishedAt, Expr::value(crate::now()))
+                .filter(job::Column::Id.eq(job_id.clone()))
+                .filter(job::Column::Status.eq(jobs::STATUS_PENDING))
+                .exec(&state.db)
+                .await;
+            if matches!(failed, Ok(ref r) if r.rows_affected == 1) {
+                super::jobs::end_without_worker(&state, &job, cause).await;
+            }
+            return Err(ApiError::unavailable(format!("Backup failed: {cause}")));
+        }
+        BackupsApi::answer(&state, &job, wants_async).await
     }
 
     /// Delete backup
@@ -636,8 +629,10 @@ pub struct JobRef {
     pub id: String,
     pub kind: String,
     pub status: String,
-    /// Where the job's record is (its events stream arrives with the job pipeline).
+    /// Where the job's record is.
     pub job_url: String,
+    /// The job's live events (SSE).
+    pub events_url: String,
 }
 
 #[derive(Debug, Object)]
@@ -645,6 +640,21 @@ pub struct BackupAccepted {
     pub success: bool,
     pub job: JobRef,
     pub backup: Backup,
+}
+
+impl CreateBackup {
+    /// What the request asks for, defaults applied: the same key with a
+    /// different request is refused.
+    fn fingerprint(&self) -> String {
+        format!(
+            "backup\n{}\n{}\n{}\n{}\n{}",
+            self.project_id,
+            self.backup_type.as_deref().unwrap_or("full"),
+            self.destination.as_deref().unwrap_or("local"),
+            self.encrypt.unwrap_or(false),
+            self.compression.as_deref().unwrap_or("gzip"),
+        )
+    }
 }
 
 #[derive(ApiResponse)]
@@ -659,6 +669,74 @@ pub enum CreatedBackup {
 }
 
 impl BackupsApi {
+    /// The answer for a backup job: the backup once it is over (waiting up
+    /// to the configured bound unless `run_async`), else 202 with the job.
+    async fn answer(
+        state: &AppState,
+        job_row: &job::Model,
+        run_async: bool,
+    ) -> ApiResult<CreatedBackup> {
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_secs(if run_async {
+                0
+            } else {
+                state.config.job_wait_seconds
+            });
+        let mut wake = state.events.subscribe();
+        loop {
+            let row = backup::Entity::find()
+                .filter(backup::Column::JobId.eq(job_row.id.clone()))
+                .one(&state.db)
+                .await?
+                .ok_or_else(ApiError::backup_not_found)?;
+            match row.status.as_str() {
+                jobs::STATUS_COMPLETED => {
+                    return Ok(CreatedBackup::Done(Json(BackupEnvelope {
+                        success: true,
+                        backup: row.into(),
+                    })));
+                }
+                jobs::STATUS_FAILED => {
+                    let cause = row.error.unwrap_or_else(|| "unknown cause".into());
+                    return Err(ApiError::internal(format!("Backup failed: {cause}")));
+                }
+                _ if std::time::Instant::now() >= deadline => {
+                    let job_url = super::jobs::job_url(&job_row.id);
+                    return Ok(CreatedBackup::Accepted(
+                        Json(BackupAccepted {
+                            success: true,
+                            job: JobRef {
+                                id: job_row.id.clone(),
+                                kind: job_row.kind.clone(),
+                                status: row.status.clone(),
+                                job_url: job_url.clone(),
+                                events_url: super::jobs::events_url(&job_row.id),
+                            },
+                            backup: row.into(),
+                        }),
+                        job_url,
+                    ));
+                }
+                // The bus says when the job has news; the timer covers a
+                // wake-up that was lost.
+                _ => {
+                    let news = async {
+                        loop {
+                            match wake.recv().await {
+                                Ok(id) if id != job_row.id => continue,
+                                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                                    std::future::pending::<()>().await
+                                }
+                                _ => return,
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(std::time::Duration::from_millis(250), news).await;
+                }
+            }
+        }
+    }
+
     /// Turns the request into rows, or the contract's 400s.
     async fn new_backup_rows(
         state: &AppState,

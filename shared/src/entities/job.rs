@@ -19,6 +19,13 @@ pub struct Model {
     pub error: Option<String>,
     pub worker_id: Option<String>,
     pub idempotency_key: Option<String>,
+    /// What the idempotent request asked for, so that the same key with a
+    /// different request is refused rather than answered with another job.
+    pub request_hash: Option<String>,
+    /// Set by `POST /jobs/{id}/cancel`; the worker holding the job stops it.
+    pub cancel_requested: bool,
+    /// A job put back for another attempt waits until then (backoff).
+    pub run_after: Option<DateTimeUtc>,
     pub enqueued_at: DateTimeUtc,
     pub started_at: Option<DateTimeUtc>,
     pub finished_at: Option<DateTimeUtc>,

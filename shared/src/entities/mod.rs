@@ -5,6 +5,8 @@ pub mod backup;
 pub mod backup_stat;
 pub mod backup_total;
 pub mod job;
+pub mod job_event;
 pub mod project;
 pub mod restore;
 pub mod setting;
+pub mod worker;

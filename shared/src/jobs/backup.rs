@@ -14,8 +14,9 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
-use super::JobError;
+use super::reporter::Reporter;
 use super::worker::JobContext;
+use super::{JobError, child};
 use crate::artifact::{ArtifactBuilder, ArtifactSummary, Compression, ManifestMeta};
 use crate::domain::CONFIG_ALLOWLIST;
 use crate::entities::{backup, job, project};
@@ -91,7 +92,7 @@ async fn set_backup(
         .map_err(|e| JobError::Retry(format!("control plane: {e}")))
 }
 
-pub async fn run(ctx: &JobContext, job: &job::Model) -> Result<(), JobError> {
+pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
     let payload: Payload = serde_json::from_str(&job.payload)
         .map_err(|e| JobError::Abort(format!("bad job payload: {e}")))?;
     let row = backup::Entity::find_by_id(payload.backup_id.clone())
@@ -109,9 +110,12 @@ pub async fn run(ctx: &JobContext, job: &job::Model) -> Result<(), JobError> {
         )],
     )
     .await?;
-    let result = produce(ctx, job, &row).await;
+    let result = produce(ctx, job, &row, reporter).await;
     match result {
         Ok(summary) => {
+            for warning in &summary.manifest.warnings {
+                reporter.warning(warning).await;
+            }
             let manifest = serde_json::to_string(&summary.manifest).unwrap_or_default();
             set_backup(
                 ctx,
@@ -164,6 +168,7 @@ async fn produce(
     ctx: &JobContext,
     job: &job::Model,
     row: &backup::Model,
+    reporter: &Reporter,
 ) -> Result<ArtifactSummary, JobError> {
     let project = project::Entity::find_by_id(row.project_id.clone())
         .one(&ctx.db)
@@ -178,6 +183,15 @@ async fn produce(
         .map_err(|e| JobError::Abort(e.to_string()))?
         .clone();
     let wanted = components(&row.backup_type);
+    // One step per component, then the destination's confirmation.
+    let total = wanted.len() as u32 + 1;
+    let step_of = |component: &str| {
+        wanted
+            .iter()
+            .position(|c| *c == component)
+            .map(|i| i as u32 + 1)
+            .unwrap_or(0)
+    };
 
     let spool_dir = ctx.config.data_dir.join("tmp");
     std::fs::create_dir_all(&spool_dir)
@@ -189,8 +203,28 @@ async fn produce(
             .master_key
             .decrypt(&project.database_url_enc)
             .map_err(|e| JobError::Abort(e.to_string()))?;
+        reporter
+            .step(
+                "database",
+                "Dumping the database",
+                step_of("database"),
+                total,
+            )
+            .await;
         postgres_version = Some(server_version(&url).await?);
-        dump = Some(dump_database(&url, &spool_dir, &job.id).await?);
+        if job.attempt > 1 {
+            child::end_leftover_sessions(&url, &job.id).await;
+        }
+        dump = Some(tokio::select! {
+            dumped = dump_database(&url, &spool_dir, &job.id) => dumped?,
+            // Dropping the dump ends pg_dump and removes its file; its
+            // server session may live on (a backend waiting for a lock does
+            // not notice its client is gone), so it is ended too.
+            _ = reporter.cancelled() => {
+                child::end_leftover_sessions(&url, &job.id).await;
+                return Err(JobError::Cancelled);
+            }
+        });
     }
 
     let meta = ManifestMeta {
@@ -203,6 +237,7 @@ async fn produce(
             .created_at
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
     let sources = Sources {
         root: PathBuf::from(&project.root_dir),
         storage: PathBuf::from(&project.storage_dir),
@@ -210,6 +245,7 @@ async fn produce(
         extra_config: serde_json::from_str(&project.config_paths).unwrap_or_default(),
         dump: dump.as_ref().map(|d| d.path.clone()),
         components: wanted,
+        started: started_tx,
     };
 
     let mut writer = destination
@@ -220,10 +256,34 @@ async fn produce(
     let builder =
         tokio::task::spawn_blocking(move || build_artifact(sources, meta, compression, sender));
     let mut upload_error = None;
-    while let Some(chunk) = receiver.recv().await {
-        if let Err(e) = writer.write(chunk).await {
-            upload_error = Some(destination_error(&e.into()));
-            break;
+    let mut uploaded = 0u64;
+    let mut step = ("database", 0u32);
+    loop {
+        tokio::select! {
+            chunk = receiver.recv() => {
+                let Some(chunk) = chunk else { break };
+                uploaded += chunk.len() as u64;
+                if let Err(e) = writer.write(chunk).await {
+                    upload_error = Some(destination_error(&e.into()));
+                    break;
+                }
+                reporter
+                    .bytes(step.0, "Writing the artifact", step.1, total, uploaded)
+                    .await;
+            }
+            Some(component) = started_rx.recv() => {
+                step = (component, step_of(component));
+                // The database step began with its dump.
+                if component != "database" {
+                    reporter
+                        .step(component, &format!("Archiving {component}"), step.1, total)
+                        .await;
+                }
+            }
+            _ = reporter.cancelled() => {
+                upload_error = Some(JobError::Cancelled);
+                break;
+            }
         }
     }
     drop(receiver);
@@ -245,6 +305,9 @@ async fn produce(
     if let Err(e) = writer.close().await {
         return Err(destination_error(&e.into()));
     }
+    reporter
+        .step("verify", "Confirming the stored artifact", total, total)
+        .await;
     // The destination itself must confirm what we wrote.
     match destination.stat(&key).await {
         Ok(Some(stored)) if stored.size == summary.bytes => Ok(summary),
@@ -286,6 +349,8 @@ struct Sources {
     extra_config: Vec<String>,
     dump: Option<PathBuf>,
     components: &'static [&'static str],
+    /// Told each component as the builder starts it.
+    started: tokio::sync::mpsc::UnboundedSender<&'static str>,
 }
 
 /// Forwards what the builder writes to the upload, 1 MiB at a time.
@@ -328,6 +393,7 @@ fn build_artifact(
     };
     let mut builder = ArtifactBuilder::new(sink, compression)?;
     for component in sources.components {
+        let _ = sources.started.send(component);
         match *component {
             "database" => {
                 if let Some(path) = &sources.dump {
@@ -453,7 +519,7 @@ async fn dump_database(url: &str, spool: &Path, job_id: &str) -> Result<SpooledD
     let dump = SpooledDump {
         path: spool.join(format!("{job_id}.dump")),
     };
-    let mut command = tokio::process::Command::new("pg_dump");
+    let mut command = child::command("pg_dump", job_id, password.as_deref());
     command
         .arg("--format=custom")
         // The artifact compresses the whole stream; compressing twice costs CPU for nothing.
@@ -463,14 +529,8 @@ async fn dump_database(url: &str, spool: &Path, job_id: &str) -> Result<SpooledD
         .arg(&dump.path)
         .arg("--dbname")
         .arg(parsed.as_str())
-        .env("PGAPPNAME", format!("supascale-job-{job_id}"))
-        .kill_on_drop(true)
-        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    if let Some(password) = password {
-        command.env("PGPASSWORD", password);
-    }
     let output = command
         .output()
         .await

@@ -11,11 +11,21 @@
 //! - a row whose heartbeat is older than [`STALE_AFTER`] belongs to a dead
 //!   worker: the next delivery may claim it again.
 //!
+//! - the queue's own retries are never used: a retry is the row put back to
+//!   `pending` with a `run_after` time (backoff), which the reconciler
+//!   re-delivers; a job that waits behind another job of its project is
+//!   put back untouched, without using an attempt;
+//! - every change a client can see is also an event (`job_events`, see
+//!   [`events`]), appended by whoever made the change.
+//!
 //! One module per kind: [`backup`] so far.
 
 pub mod backup;
+pub mod child;
+pub mod events;
 pub mod queue;
 pub mod reconciler;
+pub mod reporter;
 pub mod store;
 pub mod worker;
 
@@ -50,6 +60,37 @@ pub enum JobError {
     /// Permanent: the input or the environment is wrong; retrying repeats it.
     #[error("{0}")]
     Abort(String),
+    /// Stopped on request (`POST /jobs/{id}/cancel`).
+    #[error("Cancelled")]
+    Cancelled,
+}
+
+/// Kinds that write into a project: one of them never runs beside any other
+/// job of the same project. Other kinds (backups) only read, and may run
+/// beside each other.
+pub const EXCLUSIVE_KINDS: &[&str] = &[
+    "restore",
+    "import_database",
+    "import_storage",
+    "import_functions",
+    "lift_shift",
+];
+
+/// How a failed job of `kind` is worded for its client:
+/// `Backup failed: <cause>`.
+pub fn failure_prefix(kind: &str) -> &'static str {
+    match kind {
+        "backup" => "Backup failed",
+        "restore" => "Restore failed",
+        "lift_shift" => "Migration failed",
+        _ => "Import failed",
+    }
+}
+
+/// How long a job waits before attempt `attempt + 1`: 2 s, 4 s, 8 s, … up
+/// to a minute.
+pub fn backoff(attempt: i32) -> Duration {
+    Duration::from_secs(2u64.saturating_pow(attempt.clamp(1, 6) as u32).min(60))
 }
 
 impl JobError {

@@ -86,6 +86,36 @@ impl JobQueue {
         }
     }
 
+    /// Deliveries waiting in the queue (not yet taken by a worker's fetch):
+    /// apalis-redis' own stats calls are broken in 1.0, so this reads its
+    /// keys (`<queue>:active` + `<queue>:scheduled`) or its SQLite table.
+    pub async fn backlog(&self) -> anyhow::Result<u64> {
+        match self {
+            Self::Sqlite(storage) => {
+                // `queue.db` holds our one queue.
+                let count: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM Jobs WHERE status IN ('Pending', 'Queued') \
+                     OR (status = 'Failed' AND attempts < max_attempts)",
+                )
+                .fetch_one(storage.pool())
+                .await?;
+                Ok(count as u64)
+            }
+            Self::Redis(storage) => {
+                let config = storage.get_config();
+                let mut conn = storage.clone().get_connection().clone();
+                let (active, scheduled): (u64, u64) = redis::pipe()
+                    .cmd("LLEN")
+                    .arg(config.active_jobs_list())
+                    .cmd("ZCARD")
+                    .arg(config.scheduled_jobs_set())
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(active + scheduled)
+            }
+        }
+    }
+
     /// Delivers `job_id` to a worker, at least once.
     pub async fn push(&self, job_id: &str) -> anyhow::Result<()> {
         let envelope = JobEnvelope {

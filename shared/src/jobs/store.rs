@@ -2,10 +2,16 @@
 //! workers that receive the same envelope cannot both run it.
 
 use chrono::{DateTime, SubsecRound, Utc};
-use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+};
 
-use super::{STALE_AFTER, STATUS_COMPLETED, STATUS_FAILED, STATUS_IN_PROGRESS, STATUS_PENDING};
+use super::{
+    EXCLUSIVE_KINDS, STALE_AFTER, STATUS_COMPLETED, STATUS_FAILED, STATUS_IN_PROGRESS,
+    STATUS_PENDING,
+};
 use crate::entities::job;
 
 pub fn now() -> DateTime<Utc> {
@@ -33,6 +39,9 @@ pub fn new_job(
         error: Set(None),
         worker_id: Set(None),
         idempotency_key: Set(None),
+        request_hash: Set(None),
+        cancel_requested: Set(false),
+        run_after: Set(None),
         enqueued_at: Set(now()),
         started_at: Set(None),
         finished_at: Set(None),
@@ -40,16 +49,42 @@ pub fn new_job(
     }
 }
 
-/// Takes the job for `worker`: a `pending` row, or an `in_progress` one
-/// whose worker stopped beating. `None` when it is not there to take.
-pub async fn claim(
-    db: &impl ConnectionTrait,
-    job_id: &str,
-    worker: &str,
-) -> Result<Option<job::Model>, DbErr> {
+/// What a delivery found.
+pub enum Claim {
+    /// The job is this worker's now.
+    Taken(job::Model),
+    /// Another job of the same project must end first (see
+    /// [`super::EXCLUSIVE_KINDS`]); the row is untouched.
+    Busy { blocker: job::Model },
+    /// Finished, running elsewhere with a live heartbeat, cancelled, or
+    /// waiting for its backoff: nothing to do.
+    NotNow,
+}
+
+/// Takes the job for `worker`: a `pending` row (past its backoff), or an
+/// `in_progress` one whose worker stopped beating, provided no job of the
+/// same project that conflicts with it is running.
+///
+/// One UPDATE decides, so two workers cannot both take a job, nor two
+/// conflicting jobs of a project both start: SQLite runs one writer at a
+/// time, and on PostgreSQL every claim for a project first takes that
+/// project's advisory lock, so the `NOT EXISTS` of one claim sees the other.
+pub async fn claim(db: &DatabaseConnection, job_id: &str, worker: &str) -> Result<Claim, DbErr> {
+    let Some(row) = job::Entity::find_by_id(job_id.to_string()).one(db).await? else {
+        return Ok(Claim::NotNow);
+    };
     let now = now();
     let stale = now - chrono::Duration::from_std(STALE_AFTER).expect("small duration");
-    let result = job::Entity::update_many()
+    let txn = db.begin().await?;
+    if let (Some(project), DbBackend::Postgres) = (&row.project_id, txn.get_database_backend()) {
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            [format!("supascale-project:{project}").into()],
+        ))
+        .await?;
+    }
+    let mut update = job::Entity::update_many()
         .col_expr(job::Column::Status, Expr::value(STATUS_IN_PROGRESS))
         .col_expr(job::Column::Attempt, Expr::col(job::Column::Attempt).add(1))
         .col_expr(job::Column::WorkerId, Expr::value(worker))
@@ -62,16 +97,99 @@ pub async fn claim(
         .filter(
             job::Column::Status
                 .eq(STATUS_PENDING)
+                .and(
+                    job::Column::RunAfter
+                        .is_null()
+                        .or(job::Column::RunAfter.lte(now)),
+                )
                 .or(job::Column::Status
                     .eq(STATUS_IN_PROGRESS)
                     .and(job::Column::HeartbeatAt.lt(stale))),
-        )
-        .exec(db)
-        .await?;
-    if result.rows_affected == 0 {
-        return Ok(None);
+        );
+    if let Some(project) = &row.project_id {
+        update = update.filter(Expr::not_exists(conflicting(&row, project, now)));
     }
-    job::Entity::find_by_id(job_id.to_string()).one(db).await
+    let result = update.exec(&txn).await?;
+    if result.rows_affected == 0 {
+        let blocker = match &row.project_id {
+            Some(project) => {
+                let ids: Vec<String> = job::Entity::find()
+                    .select_only()
+                    .column(job::Column::Id)
+                    .filter(job::Column::Id.in_subquery(conflicting(&row, project, now)))
+                    .into_tuple()
+                    .all(&txn)
+                    .await?;
+                match ids.first() {
+                    Some(id) => job::Entity::find_by_id(id.clone()).one(&txn).await?,
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        txn.commit().await?;
+        return Ok(match blocker {
+            Some(blocker) if row.status == STATUS_PENDING => Claim::Busy { blocker },
+            _ => Claim::NotNow,
+        });
+    }
+    let taken = job::Entity::find_by_id(job_id.to_string())
+        .one(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(taken.map(Claim::Taken).unwrap_or(Claim::NotNow))
+}
+
+/// The running jobs of `project` that `row` may not run beside: any job
+/// when `row` writes the project, the writing jobs when it only reads.
+fn conflicting(row: &job::Model, project: &str, now: DateTime<Utc>) -> SelectStatement {
+    let stale = now - chrono::Duration::from_std(STALE_AFTER).expect("small duration");
+    let other = Alias::new("other");
+    let mut select = Query::select();
+    select
+        .column((other.clone(), job::Column::Id))
+        .from_as(job::Entity, other.clone())
+        .and_where(Expr::col((other.clone(), job::Column::ProjectId)).eq(project))
+        .and_where(Expr::col((other.clone(), job::Column::Status)).eq(STATUS_IN_PROGRESS))
+        .and_where(Expr::col((other.clone(), job::Column::HeartbeatAt)).gte(stale))
+        .and_where(Expr::col((other.clone(), job::Column::Id)).ne(row.id.as_str()));
+    if !EXCLUSIVE_KINDS.contains(&row.kind.as_str()) {
+        select.and_where(
+            Expr::col((other.clone(), job::Column::Kind)).is_in(EXCLUSIVE_KINDS.iter().copied()),
+        );
+    }
+    select
+}
+
+/// `pending` jobs of `project` (at most `limit`): the ones that may have
+/// been waiting for a job of the project that just ended.
+pub async fn pending_of_project(
+    db: &impl ConnectionTrait,
+    project: &str,
+    limit: u64,
+) -> Result<Vec<String>, DbErr> {
+    job::Entity::find()
+        .select_only()
+        .column(job::Column::Id)
+        .filter(job::Column::ProjectId.eq(project))
+        .filter(job::Column::Status.eq(STATUS_PENDING))
+        .order_by_asc(job::Column::EnqueuedAt)
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await
+}
+
+/// Whether the job has been asked to stop.
+pub async fn cancel_requested(db: &impl ConnectionTrait, job_id: &str) -> Result<bool, DbErr> {
+    Ok(job::Entity::find()
+        .select_only()
+        .column(job::Column::CancelRequested)
+        .filter(job::Column::Id.eq(job_id))
+        .into_tuple::<bool>()
+        .one(db)
+        .await?
+        .unwrap_or(false))
 }
 
 pub async fn heartbeat(db: &impl ConnectionTrait, job_id: &str, worker: &str) -> Result<(), DbErr> {
@@ -111,16 +229,19 @@ pub async fn finish(
         .map(|_| ())
 }
 
-/// Hands a job back for another attempt, keeping the cause.
+/// Hands a job back for another attempt after `wait`, keeping the cause.
 pub async fn release(
     db: &impl ConnectionTrait,
     job_id: &str,
     worker: &str,
     error: &str,
+    wait: std::time::Duration,
 ) -> Result<(), DbErr> {
+    let run_after = now() + chrono::Duration::from_std(wait).expect("small duration");
     job::Entity::update_many()
         .col_expr(job::Column::Status, Expr::value(STATUS_PENDING))
         .col_expr(job::Column::Error, Expr::value(error))
+        .col_expr(job::Column::RunAfter, Expr::value(run_after))
         .col_expr(job::Column::WorkerId, Expr::value(Option::<String>::None))
         .filter(job::Column::Id.eq(job_id))
         .filter(job::Column::WorkerId.eq(worker))

@@ -7,12 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::*;
-use sea_orm::DatabaseConnection;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
 
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, ExprTrait, QueryFilter};
+use serde_json::json;
+
+use super::events::{self, EventBus};
 use super::queue::POLL;
-use super::{HEARTBEAT, JobEnvelope, JobError, JobQueue, backup, store};
+use super::reporter::Reporter;
+use super::store::Claim;
+use super::{HEARTBEAT, JobEnvelope, JobError, JobQueue, backup, failure_prefix, store};
 use crate::config::Config;
 use crate::destinations::Destinations;
+use crate::entities::{job, worker};
 use crate::master_key::MasterKey;
 
 /// What a job module may use.
@@ -21,6 +30,10 @@ pub struct JobContext {
     pub destinations: Destinations,
     pub master_key: MasterKey,
     pub config: Arc<Config>,
+    /// Wakes the streams that watch a job.
+    pub events: EventBus,
+    /// Where waiting jobs are delivered again.
+    pub queue: JobQueue,
     /// This worker's name: host, process and a random part, so a restarted
     /// process never collides with its former self in apalis' registry.
     pub worker_id: String,
@@ -41,14 +54,17 @@ pub fn worker_id() -> String {
 /// taking jobs and lets running ones finish (up to 60 s).
 pub async fn run(
     ctx: Arc<JobContext>,
-    queue: JobQueue,
     concurrency: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let concurrency = concurrency.max(1);
+    let queue = ctx.queue.clone();
     let reconciler = tokio::spawn(super::reconciler::run(ctx.db.clone(), queue.clone()));
     let _stop_reconciler = AbortOnDrop(reconciler);
+    let registry = tokio::spawn(announce(ctx.clone(), concurrency));
+    let _stop_registry = AbortOnDrop(registry);
     let name = ctx.worker_id.clone();
+    let (db, id) = (ctx.db.clone(), ctx.worker_id.clone());
     let signal = async move {
         shutdown.await;
         Ok(())
@@ -81,7 +97,35 @@ pub async fn run(
                 .await?
         }
     }
+    // A worker that stops cleanly leaves the registry at once; a dead one
+    // ages out of `/metrics`' live count.
+    let _ = worker::Entity::delete_by_id(id).exec(&db).await;
     Ok(())
+}
+
+/// Keeps this worker's row in `workers` fresh (what `/metrics` counts).
+async fn announce(ctx: Arc<JobContext>, concurrency: usize) {
+    let started_at = store::now();
+    loop {
+        let row = worker::ActiveModel {
+            id: Set(ctx.worker_id.clone()),
+            concurrency: Set(concurrency as i32),
+            started_at: Set(started_at),
+            last_seen_at: Set(store::now()),
+        };
+        let upsert = worker::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(worker::Column::Id)
+                    .update_column(worker::Column::LastSeenAt)
+                    .to_owned(),
+            )
+            .exec(&ctx.db)
+            .await;
+        if let Err(e) = upsert {
+            tracing::warn!(error = %e, "cannot update the worker registry");
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -92,57 +136,215 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One delivery. An `AbortError` (outermost, as apalis checks it) stops the
-/// queue's own retries; any other error lets it deliver again.
+/// One delivery. Every outcome is written to the job row by us, so the
+/// queue's own retries are never wanted: a delivery is acknowledged unless
+/// the control plane itself cannot be written (then the queue may deliver
+/// it again, and the stale heartbeat lets the next worker take it).
 async fn handle(envelope: JobEnvelope, ctx: Data<Arc<JobContext>>) -> Result<(), BoxDynError> {
     let ctx: Arc<JobContext> = (*ctx).clone();
     let job = match store::claim(&ctx.db, &envelope.job_id, &ctx.worker_id).await {
-        Ok(Some(job)) => job,
-        // Finished, or running elsewhere with a live heartbeat: nothing to do.
-        Ok(None) => return Ok(()),
+        Ok(Claim::Taken(job)) => job,
+        Ok(Claim::Busy { blocker }) => {
+            wait_behind(&ctx, &envelope.job_id, &blocker).await;
+            return Ok(());
+        }
+        Ok(Claim::NotNow) => return Ok(()),
         Err(e) => return Err(format!("control plane: {e}").into()),
     };
+    let warnings = serde_json::from_str(&job.warnings).unwrap_or_default();
+    let reporter = Arc::new(Reporter::new(
+        ctx.db.clone(),
+        ctx.events.clone(),
+        &job.id,
+        warnings,
+    ));
     tracing::info!(job = %job.id, kind = %job.kind, attempt = job.attempt, "job started");
-    let beat = {
-        let ctx = ctx.clone();
-        let id = job.id.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(HEARTBEAT).await;
-                if let Err(e) = store::heartbeat(&ctx.db, &id, &ctx.worker_id).await {
-                    tracing::warn!(job = %id, error = %e, "heartbeat failed");
-                }
+    let outcome = if job.cancel_requested {
+        Err(JobError::Cancelled)
+    } else if job.attempt > job.max_attempts {
+        // Its worker died during the last attempt.
+        Err(JobError::Abort(format!(
+            "the worker running it stopped during attempt {} of {}{}",
+            job.max_attempts,
+            job.max_attempts,
+            job.error
+                .as_deref()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default()
+        )))
+    } else {
+        if job.attempt == 1 {
+            reporter
+                .event(
+                    events::START,
+                    json!({
+                        "message": format!("Starting {}...", job.kind.replace('_', " ")),
+                        "jobId": job.id,
+                        "kind": job.kind,
+                        "projectId": job.project_id,
+                        "attempt": job.attempt,
+                        "maxAttempts": job.max_attempts,
+                    }),
+                )
+                .await;
+        } else {
+            let message = format!("Attempt {} of {}", job.attempt, job.max_attempts);
+            reporter.step("attempt", &message, 0, 0).await;
+        }
+        let watch = tokio::spawn(watch_job(ctx.clone(), job.id.clone(), reporter.clone()));
+        let outcome = match job.kind.as_str() {
+            "backup" => backup::run(&ctx, &job, &reporter).await,
+            other => Err(JobError::Abort(format!("unknown job kind {other}"))),
+        };
+        watch.abort();
+        match outcome {
+            Err(_) if reporter.is_cancelled() => Err(JobError::Cancelled),
+            other => other,
+        }
+    };
+    end(&ctx, &job, &reporter, outcome).await
+}
+
+/// Keeps the job's heartbeat and watches for a cancel request.
+async fn watch_job(ctx: Arc<JobContext>, job_id: String, reporter: Arc<Reporter>) {
+    let mut last_beat = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(CANCEL_CHECK).await;
+        if last_beat.elapsed() >= HEARTBEAT {
+            last_beat = std::time::Instant::now();
+            if let Err(e) = store::heartbeat(&ctx.db, &job_id, &ctx.worker_id).await {
+                tracing::warn!(job = %job_id, error = %e, "heartbeat failed");
             }
-        })
-    };
-    let outcome = match job.kind.as_str() {
-        "backup" => backup::run(&ctx, &job).await,
-        other => Err(JobError::Abort(format!("unknown job kind {other}"))),
-    };
-    beat.abort();
+        }
+        if let Ok(true) = store::cancel_requested(&ctx.db, &job_id).await {
+            tracing::info!(job = %job_id, "cancel requested; stopping the job");
+            reporter.cancel();
+            return;
+        }
+    }
+}
+
+/// How often a running job looks for a cancel request.
+const CANCEL_CHECK: Duration = Duration::from_millis(500);
+
+/// Ends the row (done, retry later, or failed), says so as an event, and
+/// wakes the jobs of the project that waited for this one.
+async fn end(
+    ctx: &JobContext,
+    job: &job::Model,
+    reporter: &Reporter,
+    outcome: Result<(), JobError>,
+) -> Result<(), BoxDynError> {
+    let duration_ms = job
+        .started_at
+        .map(|at| (store::now() - at).num_milliseconds())
+        .unwrap_or(0);
     let ended = match &outcome {
         Ok(()) => store::finish(&ctx.db, &job.id, &ctx.worker_id, None).await,
-        Err(e) if e.will_retry(&job) => {
-            store::release(&ctx.db, &job.id, &ctx.worker_id, &e.to_string()).await
+        Err(e) if e.will_retry(job) => {
+            let wait = super::backoff(job.attempt);
+            store::release(&ctx.db, &job.id, &ctx.worker_id, &e.to_string(), wait).await
         }
         Err(e) => store::finish(&ctx.db, &job.id, &ctx.worker_id, Some(&e.to_string())).await,
     };
     if let Err(e) = ended {
-        // The row stays in_progress; its heartbeat stops, so the job is retried.
+        // The row stays in_progress; its heartbeat has stopped, so the job
+        // is taken over once it is stale.
         return Err(format!("control plane: {e}").into());
     }
-    match outcome {
+    match &outcome {
         Ok(()) => {
-            tracing::info!(job = %job.id, "job completed");
-            Ok(())
+            tracing::info!(job = %job.id, duration_ms, "job completed");
+            reporter
+                .event(events::COMPLETE, json!({ "durationMs": duration_ms }))
+                .await;
         }
-        Err(e) if e.will_retry(&job) => {
+        Err(e) if e.will_retry(job) => {
             tracing::warn!(job = %job.id, cause = %e, "job failed; it will be retried");
-            Err(e.to_string().into())
+            reporter
+                .warning(&format!(
+                    "Attempt {} of {} failed: {e}; trying again in {} s",
+                    job.attempt,
+                    job.max_attempts,
+                    super::backoff(job.attempt).as_secs()
+                ))
+                .await;
         }
         Err(e) => {
             tracing::warn!(job = %job.id, cause = %e, "job failed");
-            Err(AbortError::new(e.to_string()).into())
+            reporter
+                .event(
+                    events::ERROR,
+                    json!({
+                        "success": false,
+                        "error": format!("{}: {e}", failure_prefix(&job.kind)),
+                        "durationMs": duration_ms,
+                    }),
+                )
+                .await;
         }
+    }
+    if let Some(project) = &job.project_id {
+        wake_waiting(ctx, project).await;
+    }
+    Ok(())
+}
+
+/// How soon a job that waits behind another is looked at again.
+const WAIT_RECHECK: Duration = Duration::from_secs(3);
+
+/// Says in the waiting job's progress what it waits for (once).
+async fn wait_behind(ctx: &JobContext, job_id: &str, blocker: &job::Model) {
+    let message = format!(
+        "Waiting for job {} ({}) on project {} to finish",
+        blocker.id,
+        blocker.kind,
+        blocker.project_id.as_deref().unwrap_or("")
+    );
+    let progress = json!({ "step": "waiting", "message": message, "current": 0, "total": 0 });
+    // Looked at again in a few seconds (the reconciler delivers it), in
+    // case the blocker's own wake-up is lost.
+    let recheck = store::now() + chrono::Duration::from_std(WAIT_RECHECK).expect("small");
+    let _ = job::Entity::update_many()
+        .col_expr(job::Column::RunAfter, Expr::value(recheck))
+        .filter(job::Column::Id.eq(job_id))
+        .filter(job::Column::Status.eq(super::STATUS_PENDING))
+        .exec(&ctx.db)
+        .await;
+    let changed = job::Entity::update_many()
+        .col_expr(job::Column::Progress, Expr::value(progress.to_string()))
+        .filter(job::Column::Id.eq(job_id))
+        .filter(job::Column::Status.eq(super::STATUS_PENDING))
+        .filter(
+            job::Column::Progress
+                .is_null()
+                .or(job::Column::Progress.ne(progress.to_string())),
+        )
+        .exec(&ctx.db)
+        .await;
+    if let Ok(result) = changed
+        && result.rows_affected > 0
+    {
+        tracing::info!(job = %job_id, blocker = %blocker.id, "job waits for another job of its project");
+        let mut data = progress;
+        data["status"] = json!("waiting");
+        if let Err(e) = events::append(&ctx.db, &ctx.events, job_id, events::STEP, data).await {
+            tracing::warn!(job = %job_id, error = %e, "cannot record a job event");
+        }
+    }
+}
+
+/// Delivers the project's pending jobs again: one of them may have waited
+/// for the job that just ended. Taking them is still decided by the claim.
+async fn wake_waiting(ctx: &JobContext, project: &str) {
+    match store::pending_of_project(&ctx.db, project, 20).await {
+        Ok(ids) => {
+            for id in ids {
+                if let Err(e) = ctx.queue.push(&id).await {
+                    tracing::warn!(job = %id, error = %e, "cannot re-deliver a waiting job");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot look for waiting jobs"),
     }
 }

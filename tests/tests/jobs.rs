@@ -1,0 +1,496 @@
+//! The job pipeline as a client sees it: live events over SSE (read with a
+//! real SSE parser), resuming with `Last-Event-ID`, the jobs list, cancel,
+//! `Idempotency-Key`, the attempt limit, and per-project ordering.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use supascale_tests::{
+    Backend, Cluster, Deployment, Launch, TableLock, TestApp, both_backends, job_sessions,
+    make_project, read_events, register, status_and_body, wait_for_job_state,
+};
+
+/// `POST /backups?async=true`: the 202 body.
+async fn start_backup(app: &TestApp, body: Value) -> Value {
+    let (status, accepted) = status_and_body(
+        app.post("/api/v1/backups?async=true")
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    accepted
+}
+
+async fn events(app: &TestApp, job_id: &str, last_event_id: Option<&str>) -> reqwest::Response {
+    let mut request = app.get(&format!("/api/v1/jobs/{job_id}/events"));
+    if let Some(id) = last_event_id {
+        request = request.header("Last-Event-ID", id);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response
+}
+
+async fn events_stream_a_running_backup_and_resume(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let project = make_project().await;
+    register(&app, &project, "p").await;
+    // pg_dump waits for this lock: the client attaches while the job runs.
+    let lock = TableLock::hold(&project.database.url).await;
+    let accepted = start_backup(&app, json!({"projectId": "p", "type": "full"})).await;
+    let job_id = accepted["job"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        accepted["job"]["eventsUrl"],
+        format!("/api/v1/jobs/{job_id}/events")
+    );
+
+    let response = events(&app, &job_id, None).await;
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-accel-buffering"], "no");
+    assert!(headers.get("content-encoding").is_none());
+    let reader = tokio::spawn(read_events(response, Duration::from_secs(60), |_| false));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    lock.release().await;
+    let seen = reader.await.unwrap();
+
+    let names: Vec<&str> = seen.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names.first(), Some(&"start"), "{names:?}");
+    assert_eq!(names.last(), Some(&"complete"), "{names:?}");
+    assert!(names.contains(&"step"), "{names:?}");
+    assert_eq!(seen[0].data["jobId"], job_id);
+    let ids: Vec<i64> = seen
+        .iter()
+        .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>());
+    let step = seen.iter().find(|e| e.event == "step").unwrap();
+    assert_eq!(step.data["status"], "running");
+    assert!(step.data["current"].is_u64() && step.data["total"].as_u64().unwrap() >= 1);
+    // `complete` carries what the waiting POST answers.
+    let complete = &seen.last().unwrap().data;
+    assert_eq!(complete["success"], true);
+    assert_eq!(complete["backup"]["id"], accepted["backup"]["id"]);
+    assert_eq!(complete["backup"]["status"], "completed");
+    assert!(complete["durationMs"].is_i64());
+    let (_, backup) = status_and_body(
+        app.get(&format!(
+            "/api/v1/backups/{}",
+            accepted["backup"]["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(complete["backup"]["sha256"], backup["sha256"]);
+
+    // Resuming after the second event replays exactly the rest, at once.
+    let resumed = read_events(
+        events(&app, &job_id, Some("2")).await,
+        Duration::from_secs(10),
+        |_| false,
+    )
+    .await;
+    let resumed_ids: Vec<i64> = resumed
+        .iter()
+        .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(resumed_ids, ids[2..].to_vec());
+    assert_eq!(resumed.last().unwrap().event, "complete");
+
+    // Resuming after the end: nothing more, and the stream ends.
+    let last = ids.last().unwrap().to_string();
+    let after_end = read_events(
+        events(&app, &job_id, Some(&last)).await,
+        Duration::from_secs(10),
+        |_| false,
+    )
+    .await;
+    assert!(after_end.is_empty(), "{after_end:?}");
+
+    let (status, body) = status_and_body(
+        app.get(&format!("/api/v1/jobs/{job_id}/events"))
+            .header("Last-Event-ID", "yesterday")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["success"], false);
+    let (status, _) = status_and_body(
+        app.get("/api/v1/jobs/job-nope/events")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+async fn cancelling_stops_pending_and_running_jobs(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let project = make_project().await;
+    register(&app, &project, "p").await;
+
+    // Running: held in pg_dump by a lock.
+    let lock = TableLock::hold(&project.database.url).await;
+    let running = start_backup(&app, json!({"projectId": "p", "type": "database"})).await;
+    let job_id = running["job"]["id"].as_str().unwrap().to_string();
+    let job = wait_for_job_state(&app, &job_id, Duration::from_secs(20), |j| {
+        j["progress"]["step"] == "database"
+    })
+    .await;
+    assert_eq!(job["status"], "in_progress", "{job}");
+    // pg_dump is connected, named after the job.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while job_sessions(&project.database.url, &job_id).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_dump never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = status_and_body(
+        app.post(&format!("/api/v1/jobs/{job_id}/cancel"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}\n{}", app.logs());
+    assert_eq!(body["job"]["status"], "failed");
+    assert_eq!(body["job"]["error"], "Cancelled");
+    assert_eq!(job_sessions(&project.database.url, &job_id).await, 0);
+    let (_, backup) = status_and_body(
+        app.get(&format!(
+            "/api/v1/backups/{}",
+            running["backup"]["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(backup["status"], "failed");
+    assert_eq!(backup["error"], "Cancelled");
+    // Nothing half-written is left: no spooled dump, no artifact.
+    let spool = app.data_dir.path().join("tmp");
+    let leftovers: Vec<_> = std::fs::read_dir(&spool)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let artifact = backup["path"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("file://")
+        .unwrap();
+    assert!(!std::path::Path::new(artifact).exists());
+    let seen = read_events(
+        events(&app, &job_id, None).await,
+        Duration::from_secs(10),
+        |_| false,
+    )
+    .await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.event, "error");
+    assert_eq!(last.data["success"], false);
+    assert_eq!(last.data["error"], "Backup failed: Cancelled");
+    lock.release().await;
+
+    // Over already: 409.
+    let (status, body) = status_and_body(
+        app.post(&format!("/api/v1/jobs/{job_id}/cancel"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["success"], false);
+}
+
+/// With no worker running, a job stays pending; cancelling ends it at once.
+#[tokio::test]
+async fn a_pending_job_is_cancelled_at_once() {
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        Launch::default().env("SUPASCALE_WORKERS", "0"),
+    )
+    .await;
+    let project = make_project().await;
+    register(&app, &project, "p").await;
+    let accepted = start_backup(&app, json!({"projectId": "p", "type": "config"})).await;
+    let job_id = accepted["job"]["id"].as_str().unwrap();
+    let (status, body) = status_and_body(
+        app.post(&format!("/api/v1/jobs/{job_id}/cancel"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["job"]["status"], "failed");
+    assert_eq!(body["job"]["error"], "Cancelled");
+    assert_eq!(body["job"]["cancelRequested"], true);
+    let seen = read_events(
+        events(&app, job_id, None).await,
+        Duration::from_secs(10),
+        |_| false,
+    )
+    .await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].event, "error");
+    assert_eq!(seen[0].data["error"], "Backup failed: Cancelled");
+    let (_, backup) = status_and_body(
+        app.get(&format!(
+            "/api/v1/backups/{}",
+            accepted["backup"]["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(backup["status"], "failed");
+    assert_eq!(backup["error"], "Cancelled");
+}
+
+async fn an_idempotency_key_returns_the_first_job(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let project = make_project().await;
+    register(&app, &project, "p").await;
+    let request = json!({"projectId": "p", "type": "config"});
+    let send = |key: &str, body: &Value| {
+        app.post("/api/v1/backups")
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+    };
+    let (status, first) = status_and_body(send("retry-me-1", &request).await.unwrap()).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = status_and_body(send("retry-me-1", &request).await.unwrap()).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["backup"]["id"], first["backup"]["id"]);
+    // Same key, another request: refused, nothing started.
+    let (status, body) = status_and_body(
+        send(
+            "retry-me-1",
+            &json!({"projectId": "p", "type": "functions"}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("Idempotency-Key"));
+    let (status, other) = status_and_body(send("retry-me-2", &request).await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_ne!(other["backup"]["id"], first["backup"]["id"]);
+    let (status, body) = status_and_body(send(&"k".repeat(300), &request).await.unwrap()).await;
+    assert_eq!(status, 400, "{body}");
+    let (_, list) = status_and_body(app.get("/api/v1/backups").send().await.unwrap()).await;
+    assert_eq!(list["pagination"]["total"], 2, "{list}");
+}
+
+async fn jobs_are_listed_with_filters(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let project = make_project().await;
+    register(&app, &project, "p").await;
+    register(&app, &project, "q").await;
+    for id in ["p", "q", "p"] {
+        let (status, body) = status_and_body(
+            app.post("/api/v1/backups")
+                .json(&json!({"projectId": id, "type": "config"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, list) = status_and_body(
+        app.get("/api/v1/jobs?kind=backup&status=completed&projectId=p")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["pagination"]["total"], 2);
+    let jobs = list["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert!(
+        jobs.iter()
+            .all(|j| j["projectId"] == "p" && j["status"] == "completed")
+    );
+    assert!(jobs[0]["enqueuedAt"].as_str() >= jobs[1]["enqueuedAt"].as_str());
+    let (_, page) = status_and_body(
+        app.get("/api/v1/jobs?limit=1&offset=1")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(page["pagination"]["total"], 3);
+    assert_eq!(page["pagination"]["hasMore"], true);
+    for bad in ["status=done", "kind=snapshot", "limit=0"] {
+        let (status, body) = status_and_body(
+            app.get(&format!("/api/v1/jobs?{bad}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["success"], false);
+    }
+}
+
+both_backends!(
+    events_stream_a_running_backup_and_resume,
+    cancelling_stops_pending_and_running_jobs,
+    an_idempotency_key_returns_the_first_job,
+    jobs_are_listed_with_filters,
+);
+
+/// A job whose cause does not go away ends `failed` after the configured
+/// attempts, with the last cause, its retries told as warnings.
+async fn a_failing_job_stops_at_the_attempt_limit(deployment: Deployment) {
+    let cluster = Cluster::start(
+        deployment,
+        Launch::default().env("SUPASCALE_JOB_ATTEMPTS", "2"),
+    )
+    .await;
+    let app = &cluster.app;
+    let project = make_project().await;
+    register(app, &project, "p").await;
+    // The project's database goes away.
+    let (status, body) = status_and_body(
+        app.patch("/api/v1/projects/p")
+            .json(&json!({"databaseUrl": "postgres://postgres:pw@127.0.0.1:9/postgres"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = status_and_body(
+        app.post("/api/v1/backups")
+            .json(&json!({"projectId": "p", "type": "database"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 500, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("Backup failed: project database is not reachable ("),
+        "{error}"
+    );
+    assert!(!error.contains("pw@"), "{error}");
+    let (_, jobs) = status_and_body(app.get("/api/v1/jobs").send().await.unwrap()).await;
+    let job = &jobs["jobs"][0];
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["attempt"], 2);
+    assert_eq!(job["maxAttempts"], 2);
+    let warnings = job["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .starts_with("Attempt 1 of 2 failed")
+    );
+    let seen = read_events(
+        events(app, job["id"].as_str().unwrap(), None).await,
+        Duration::from_secs(10),
+        |_| false,
+    )
+    .await;
+    let names: Vec<&str> = seen.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names.first(), Some(&"start"));
+    assert!(names.contains(&"warning"), "{names:?}");
+    assert_eq!(names.last(), Some(&"error"));
+    assert_eq!(seen.last().unwrap().data["error"], error);
+}
+
+#[tokio::test]
+async fn embedded_a_failing_job_stops_at_the_attempt_limit() {
+    a_failing_job_stops_at_the_attempt_limit(Deployment::Embedded).await;
+}
+
+#[tokio::test]
+async fn scale_out_a_failing_job_stops_at_the_attempt_limit() {
+    a_failing_job_stops_at_the_attempt_limit(Deployment::ScaleOut).await;
+}
+
+/// A backup waits while a job that writes its project (a restore) runs,
+/// says so, and runs once that job ends.
+#[tokio::test]
+async fn a_backup_waits_for_a_restore_of_its_project() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let project = make_project().await;
+    register(&app, &project, "p").await;
+    let control = app.control_plane().await;
+    // A restore running on another worker (its heartbeat kept fresh).
+    control
+        .execute(
+            "INSERT INTO jobs (id, kind, project_id, status, attempt, max_attempts, payload, \
+             warnings, worker_id, enqueued_at, started_at, heartbeat_at, cancel_requested) \
+             VALUES ('job-restore-1', 'restore', 'p', 'in_progress', 1, 3, '{}', '[]', \
+             'elsewhere-1-abc', now(), now(), now(), false)",
+        )
+        .await;
+    let beat = {
+        let url = app.database.as_ref().unwrap().url.clone();
+        tokio::spawn(async move {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            loop {
+                sqlx::query("UPDATE jobs SET heartbeat_at = now() WHERE id = 'job-restore-1'")
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let accepted = start_backup(&app, json!({"projectId": "p", "type": "config"})).await;
+    let job_id = accepted["job"]["id"].as_str().unwrap().to_string();
+    let job = wait_for_job_state(&app, &job_id, Duration::from_secs(10), |j| {
+        j["progress"]["step"] == "waiting"
+    })
+    .await;
+    assert_eq!(job["status"], "pending", "{job}");
+    assert_eq!(job["attempt"], 0, "waiting uses no attempt");
+    assert!(
+        job["progress"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("job-restore-1"),
+        "{job}"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let job = wait_for_job_state(&app, &job_id, Duration::from_secs(1), |_| true).await;
+    assert_eq!(job["status"], "pending", "ran beside a restore: {job}");
+
+    beat.abort();
+    control
+        .execute(
+            "UPDATE jobs SET status = 'completed', finished_at = now() WHERE id = 'job-restore-1'",
+        )
+        .await;
+    let job = wait_for_job_state(&app, &job_id, Duration::from_secs(30), |j| {
+        j["status"] == "completed"
+    })
+    .await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["attempt"], 1);
+}
