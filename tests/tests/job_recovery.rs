@@ -1,10 +1,14 @@
-//! The job row is the record: a job survives losing its queue entry.
+//! The job row is the record: a job survives losing its queue entry, its
+//! worker (SIGKILL) and the API process, in both deployments.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use supascale_tests::{Backend, Launch, RedisServer, TestApp, make_project, register};
+use supascale_tests::{
+    Backend, Cluster, Deployment, Launch, RedisServer, TableLock, TestApp, job_sessions,
+    make_project, read_events, register, status_and_body, wait_for_job_state,
+};
 
 /// Redis restarted empty while a job waits: the reconciler re-delivers it
 /// from its row and it completes.
@@ -62,4 +66,233 @@ async fn a_job_survives_redis_losing_everything() {
     );
     worker.signal("TERM");
     worker.wait_exit(Duration::from_secs(30));
+}
+
+/// `POST /backups?async=true`: the 202 body.
+async fn start_backup(app: &TestApp, body: Value) -> Value {
+    let (status, accepted) = status_and_body(
+        app.post("/api/v1/backups?async=true")
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    accepted
+}
+
+/// `pg_dump` processes of `job_id` on this machine (their `--file` names
+/// the job).
+fn dump_processes(job_id: &str) -> usize {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("pg_dump.*{job_id}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// A worker killed with SIGKILL in the middle of a backup: its `pg_dump`
+/// dies with it, another worker (or the restarted API) takes the job over
+/// within 30 s, and it completes; no job stays `in_progress`.
+async fn a_killed_workers_job_is_taken_over(deployment: Deployment) {
+    let mut cluster = Cluster::start(deployment, Launch::default()).await;
+    let project = make_project().await;
+    register(&cluster.app, &project, "p").await;
+    let lock = TableLock::hold(&project.database.url).await;
+    let accepted = start_backup(&cluster.app, json!({"projectId": "p", "type": "full"})).await;
+    let job_id = accepted["job"]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while job_sessions(&project.database.url, &job_id).await == 0 {
+        assert!(Instant::now() < deadline, "pg_dump never connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job = wait_for_job_state(&cluster.app, &job_id, Duration::from_secs(1), |_| true).await;
+    assert_eq!(job["status"], "in_progress", "{job}");
+    assert_eq!(dump_processes(&job_id), 1);
+
+    cluster.kill_worker_of(&job);
+    let killed_at = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dump_processes(&job_id) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "pg_dump outlived its worker by 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lock.release().await;
+
+    let job = wait_for_job_state(&cluster.app, &job_id, Duration::from_secs(45), |j| {
+        j["status"] == "completed" || j["status"] == "failed"
+    })
+    .await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(30),
+        "taken over after {:?}",
+        killed_at.elapsed()
+    );
+    assert_eq!(job["attempt"], 2, "{job}");
+    let (_, running) = status_and_body(
+        cluster
+            .app
+            .get("/api/v1/jobs?status=in_progress,pending")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(running["pagination"]["total"], 0, "{running}");
+    let (_, backup) = status_and_body(
+        cluster
+            .app
+            .get(&format!(
+                "/api/v1/backups/{}",
+                accepted["backup"]["id"].as_str().unwrap()
+            ))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(backup["status"], "completed");
+    let artifact = backup["path"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("file://")
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(artifact).unwrap().len(),
+        backup["size"].as_u64().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn embedded_a_killed_workers_job_is_taken_over() {
+    a_killed_workers_job_is_taken_over(Deployment::Embedded).await;
+}
+
+#[tokio::test]
+async fn scale_out_a_killed_workers_job_is_taken_over() {
+    a_killed_workers_job_is_taken_over(Deployment::ScaleOut).await;
+}
+
+/// The API restarts while a job runs: a client that was following the
+/// job's events reconnects with `Last-Event-ID` and gets the rest, with no
+/// event lost or repeated.
+async fn clients_reattach_after_an_api_restart(deployment: Deployment) {
+    let mut cluster = Cluster::start(deployment, Launch::default()).await;
+    let project = make_project().await;
+    register(&cluster.app, &project, "p").await;
+    let lock = TableLock::hold(&project.database.url).await;
+    let accepted = start_backup(&cluster.app, json!({"projectId": "p", "type": "full"})).await;
+    let job_id = accepted["job"]["id"].as_str().unwrap().to_string();
+    let events_url = accepted["job"]["eventsUrl"].as_str().unwrap().to_string();
+    let response = cluster.app.get(&events_url).send().await.unwrap();
+    let before = read_events(response, Duration::from_secs(20), |e| e.event == "step").await;
+    assert_eq!(
+        before.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(),
+        ["start", "step"]
+    );
+
+    cluster.app.restart();
+    lock.release().await;
+    let response = cluster
+        .app
+        .get(&events_url)
+        .header("Last-Event-ID", before.last().unwrap().id.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let after = read_events(response, Duration::from_secs(60), |_| false).await;
+    let ids: Vec<i64> = before
+        .iter()
+        .chain(after.iter())
+        .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>());
+    let last = after.last().expect("events after the restart");
+    assert_eq!(last.event, "complete", "{after:?}");
+    assert_eq!(last.data["backup"]["status"], "completed");
+    let job = wait_for_job_state(&cluster.app, &job_id, Duration::from_secs(1), |_| true).await;
+    assert_eq!(job["status"], "completed");
+}
+
+#[tokio::test]
+async fn embedded_clients_reattach_after_an_api_restart() {
+    clients_reattach_after_an_api_restart(Deployment::Embedded).await;
+}
+
+#[tokio::test]
+async fn scale_out_clients_reattach_after_an_api_restart() {
+    clients_reattach_after_an_api_restart(Deployment::ScaleOut).await;
+}
+
+/// Redis loses everything while two jobs run and one waits: all three
+/// complete (the running ones hold their rows; the reconciler re-delivers
+/// the waiting one).
+#[tokio::test]
+async fn running_and_waiting_jobs_survive_a_redis_flush() {
+    let redis = RedisServer::start().await;
+    let launch = Launch::default()
+        .env("SUPASCALE_REDIS_URL", redis.url())
+        .env("SUPASCALE_WORKERS", "0");
+    let app = TestApp::spawn_with(Backend::Postgres, launch).await;
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            app.start_worker(
+                Launch::default()
+                    .env("SUPASCALE_REDIS_URL", redis.url())
+                    .env("SUPASCALE_WORKER_CONCURRENCY", "1"),
+            )
+        })
+        .collect();
+    let project = make_project().await;
+    register(&app, &project, "p").await;
+    let lock = TableLock::hold(&project.database.url).await;
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        let accepted = start_backup(&app, json!({"projectId": "p", "type": "database"})).await;
+        jobs.push(accepted["job"]["id"].as_str().unwrap().to_string());
+    }
+    // Two run (one per worker slot), one waits.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, running) = status_and_body(
+            app.get("/api/v1/jobs?status=in_progress")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        if running["pagination"]["total"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{running}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let flushed = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "FLUSHALL"])
+        .output()
+        .unwrap();
+    assert!(flushed.status.success());
+    lock.release().await;
+    for job_id in &jobs {
+        let job = wait_for_job_state(&app, job_id, Duration::from_secs(45), |j| {
+            j["status"] == "completed" || j["status"] == "failed"
+        })
+        .await;
+        let logs: Vec<String> = workers
+            .iter()
+            .map(|w| w.stderr.lock().unwrap().join("\n"))
+            .collect();
+        assert_eq!(
+            job["status"],
+            "completed",
+            "{job}\n{}",
+            logs.join("\n----\n")
+        );
+    }
+    drop(workers);
 }

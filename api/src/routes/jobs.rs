@@ -45,6 +45,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// A stream reads the table at least this often, in case a wake-up was lost.
 const SAFETY_POLL: Duration = Duration::from_secs(1);
 
+/// The step a job is at (or waits in).
 #[derive(Debug, Clone, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct JobProgress {
@@ -70,7 +71,8 @@ pub struct Job {
     /// Attempts so far, and the limit.
     pub attempt: i32,
     pub max_attempts: i32,
-    /// The step the job is at (or waits in).
+    // No doc comment: it would make the field an `allOf`, which
+    // openapi-python-client turns into a duplicate model.
     #[oai(skip_serializing_if_is_none)]
     pub progress: Option<JobProgress>,
     pub warnings: Vec<String>,

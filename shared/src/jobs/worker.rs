@@ -52,6 +52,11 @@ pub fn worker_id() -> String {
 
 /// Runs `concurrency` jobs at a time until `shutdown` resolves, then stops
 /// taking jobs and lets running ones finish (up to 60 s).
+///
+/// apalis ends a worker when its backend fails (Redis restarted empty
+/// answers "worker not registered"): the worker is then started again,
+/// under a new apalis name, after a backoff, for as long as the process
+/// runs. Jobs it was running are taken over once their heartbeat is stale.
 pub async fn run(
     ctx: Arc<JobContext>,
     concurrency: usize,
@@ -63,13 +68,59 @@ pub async fn run(
     let _stop_reconciler = AbortOnDrop(reconciler);
     let registry = tokio::spawn(announce(ctx.clone(), concurrency));
     let _stop_registry = AbortOnDrop(registry);
-    let name = ctx.worker_id.clone();
-    let (db, id) = (ctx.db.clone(), ctx.worker_id.clone());
-    let signal = async move {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         shutdown.await;
-        Ok(())
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
     };
-    match queue {
+    let mut restarts = 0u32;
+    loop {
+        let name = match restarts {
+            0 => ctx.worker_id.clone(),
+            n => format!("{}-r{n}", ctx.worker_id),
+        };
+        let signal = stopped(stop_rx.clone());
+        run_monitor(ctx.clone(), queue.clone(), name, concurrency, async move {
+            signal.await;
+            Ok(())
+        })
+        .await;
+        if *stop_rx.borrow() {
+            break;
+        }
+        restarts += 1;
+        let wait = Duration::from_millis(500 * 2u64.pow(Ord::min(restarts, 6)));
+        tracing::warn!(
+            restarts,
+            wait_ms = wait.as_millis() as u64,
+            "the queue ended this worker (see the error above); starting it again"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopped(stop_rx.clone()) => break,
+        }
+    }
+    // A worker that stops cleanly leaves the registry at once; a dead one
+    // ages out of `/metrics`' live count.
+    let _ = worker::Entity::delete_by_id(ctx.worker_id.clone())
+        .exec(&ctx.db)
+        .await;
+    Ok(())
+}
+
+/// One apalis monitor with one worker, until `signal` or until the worker
+/// fails.
+async fn run_monitor(
+    ctx: Arc<JobContext>,
+    queue: JobQueue,
+    name: String,
+    concurrency: usize,
+    signal: impl Future<Output = std::io::Result<()>> + Send + 'static,
+) {
+    let ended = match queue {
         JobQueue::Sqlite(storage) => {
             Monitor::new()
                 .register(move |_| {
@@ -81,7 +132,7 @@ pub async fn run(
                 })
                 .shutdown_timeout(Duration::from_secs(60))
                 .run_with_signal(signal)
-                .await?
+                .await
         }
         JobQueue::Redis(storage) => {
             Monitor::new()
@@ -94,13 +145,12 @@ pub async fn run(
                 })
                 .shutdown_timeout(Duration::from_secs(60))
                 .run_with_signal(signal)
-                .await?
+                .await
         }
+    };
+    if let Err(e) = ended {
+        tracing::warn!(error = %e, "the worker monitor failed");
     }
-    // A worker that stops cleanly leaves the registry at once; a dead one
-    // ages out of `/metrics`' live count.
-    let _ = worker::Entity::delete_by_id(id).exec(&db).await;
-    Ok(())
 }
 
 /// Keeps this worker's row in `workers` fresh (what `/metrics` counts).
