@@ -315,11 +315,19 @@ async fn scale_out_backups_run_on_a_separate_worker() {
         std::fs::metadata(&path).unwrap().len(),
         body["backup"]["size"].as_u64().unwrap()
     );
-    let log = worker.stderr.lock().unwrap().join("\n");
-    assert!(
-        log.contains("job completed"),
-        "the separate worker did not run it: {log}"
-    );
+    // The worker logs the job's end just after the backup row says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = worker.stderr.lock().unwrap().join("\n");
+        if log.contains("job completed") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the separate worker did not run it: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     worker.signal("TERM");
     let (code, _) = worker.wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(0));

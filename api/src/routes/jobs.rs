@@ -428,11 +428,21 @@ pub async fn end_without_worker(state: &AppState, row: &job::Model, cause: &str)
         "error": format!("{}: {cause}", jobs::failure_prefix(&row.kind)),
         "durationMs": duration_ms,
     });
-    if let Err(e) = events::append(&state.db, &state.events, &row.id, events::ERROR, data).await {
+    let appended = events::append(
+        &state.db,
+        &state.events,
+        &row.id,
+        events::ERROR,
+        data,
+        None,
+        events::Durability::Durable,
+    )
+    .await;
+    if let Err(e) = appended {
         tracing::error!(job = %row.id, error = %e, "cannot record the job's end");
     }
     if let Some(project) = &row.project_id
-        && let Ok(ids) = jobs::store::pending_of_project(&state.db, project, 20).await
+        && let Ok(ids) = jobs::store::wake_waiting(&state.db, project).await
     {
         for id in ids {
             let _ = state.queue.push(&id).await;

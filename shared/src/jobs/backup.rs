@@ -257,7 +257,7 @@ async fn produce(
         tokio::task::spawn_blocking(move || build_artifact(sources, meta, compression, sender));
     let mut upload_error = None;
     let mut uploaded = 0u64;
-    let mut step = ("database", 0u32);
+    let mut step = (wanted.first().copied().unwrap_or("archive"), 1u32);
     loop {
         tokio::select! {
             chunk = receiver.recv() => {

@@ -18,16 +18,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
 use tokio::sync::broadcast;
 
 use super::store;
 use crate::config::Config;
-use crate::entities::job_event;
+use crate::entities::{job, job_event};
 
 pub const START: &str = "start";
 pub const STEP: &str = "step";
@@ -166,39 +166,82 @@ impl EventBus {
     }
 }
 
-/// Appends an event to `job_id`'s record and wakes its streams. Returns the
+/// How much an event must survive a crash of the control-plane database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The end of a job (`complete`, `error`): committed to disk before
+    /// anyone is told.
+    Durable,
+    /// Progress: on PostgreSQL committed without waiting for the disk
+    /// (`synchronous_commit = off`). The write-ahead log stays in order, so
+    /// the job's next durable write (its end) makes it durable too; a crash
+    /// before then loses at most the last fraction of a second of progress,
+    /// never an ending.
+    Progress,
+}
+
+/// Appends an event to `job_id`'s record (with the job's new `progress`,
+/// when given, in the same commit) and wakes its streams. Returns the
 /// event's sequence number.
 pub async fn append(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     bus: &EventBus,
     job_id: &str,
     event: &str,
     data: serde_json::Value,
+    progress: Option<String>,
+    durability: Durability,
 ) -> Result<i64, DbErr> {
+    let backend = db.get_database_backend();
+    // The next number and the row in one statement; the primary key refuses
+    // a number taken twice, and the statement is tried again.
+    let insert = match backend {
+        DbBackend::Postgres => {
+            "INSERT INTO job_events (job_id, seq, event, data, created_at) \
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM job_events WHERE job_id = $1 \
+             RETURNING seq"
+        }
+        _ => {
+            "INSERT INTO job_events (job_id, seq, event, data, created_at) \
+             SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4 FROM job_events WHERE job_id = ?1 \
+             RETURNING seq"
+        }
+    };
     let data = data.to_string();
     let mut tries = 0;
     let seq = loop {
-        let last: Option<i64> = job_event::Entity::find()
-            .select_only()
-            .expr(Expr::col(job_event::Column::Seq).max())
-            .filter(job_event::Column::JobId.eq(job_id))
-            .into_tuple::<Option<i64>>()
-            .one(db)
-            .await?
-            .flatten();
-        let seq = last.unwrap_or(0) + 1;
-        let row = job_event::ActiveModel {
-            job_id: Set(job_id.to_string()),
-            seq: Set(seq),
-            event: Set(event.to_string()),
-            data: Set(data.clone()),
-            created_at: Set(store::now()),
-        };
-        match job_event::Entity::insert(row)
-            .exec_without_returning(db)
-            .await
-        {
-            Ok(_) => break seq,
+        let txn = db.begin().await?;
+        if backend == DbBackend::Postgres && durability == Durability::Progress {
+            txn.execute_unprepared("SET LOCAL synchronous_commit = off")
+                .await?;
+        }
+        let inserted = txn
+            .query_one_raw(Statement::from_sql_and_values(
+                backend,
+                insert,
+                [
+                    job_id.into(),
+                    event.into(),
+                    data.clone().into(),
+                    store::now().into(),
+                ],
+            ))
+            .await;
+        match inserted {
+            Ok(row) => {
+                let seq: i64 = row
+                    .ok_or_else(|| DbErr::RecordNotInserted)?
+                    .try_get_by_index(0)?;
+                if let Some(progress) = &progress {
+                    job::Entity::update_many()
+                        .col_expr(job::Column::Progress, Expr::value(progress.clone()))
+                        .filter(job::Column::Id.eq(job_id))
+                        .exec(&txn)
+                        .await?;
+                }
+                txn.commit().await?;
+                break seq;
+            }
             Err(e)
                 if tries < 5
                     && matches!(
@@ -206,6 +249,7 @@ pub async fn append(
                         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
                     ) =>
             {
+                txn.rollback().await?;
                 tries += 1;
             }
             Err(e) => return Err(e),

@@ -14,7 +14,7 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::events::{self, EventBus};
+use super::events::{self, Durability, EventBus};
 use crate::entities::job;
 
 pub struct Reporter {
@@ -54,10 +54,7 @@ impl Reporter {
             "current": current,
             "total": total,
         });
-        self.record(progress.clone()).await;
-        let mut data = progress;
-        data["status"] = json!("running");
-        self.event(events::STEP, data).await;
+        self.progress(progress).await;
     }
 
     /// Bytes done within a step; sent at most once a second.
@@ -76,10 +73,26 @@ impl Reporter {
             "total": total,
             "bytesDone": bytes,
         });
-        self.record(progress.clone()).await;
-        let mut data = progress;
+        self.progress(progress).await;
+    }
+
+    /// The row's `progress` and a `step` event, in one commit.
+    async fn progress(&self, progress: serde_json::Value) {
+        let mut data = progress.clone();
         data["status"] = json!("running");
-        self.event(events::STEP, data).await;
+        let appended = events::append(
+            &self.db,
+            &self.bus,
+            &self.job_id,
+            events::STEP,
+            data,
+            Some(progress.to_string()),
+            Durability::Progress,
+        )
+        .await;
+        if let Err(e) = appended {
+            tracing::warn!(job = %self.job_id, error = %e, "cannot record progress");
+        }
     }
 
     /// Something the user should know that does not stop the job.
@@ -118,20 +131,25 @@ impl Reporter {
         self.cancel.cancel()
     }
 
+    /// Records an event; the ones that end a job are durable.
     pub(crate) async fn event(&self, event: &str, data: serde_json::Value) {
-        if let Err(e) = events::append(&self.db, &self.bus, &self.job_id, event, data).await {
+        let durability = if events::is_final(event) {
+            Durability::Durable
+        } else {
+            Durability::Progress
+        };
+        let appended = events::append(
+            &self.db,
+            &self.bus,
+            &self.job_id,
+            event,
+            data,
+            None,
+            durability,
+        )
+        .await;
+        if let Err(e) = appended {
             tracing::warn!(job = %self.job_id, error = %e, "cannot record a job event");
-        }
-    }
-
-    async fn record(&self, progress: serde_json::Value) {
-        let saved = job::Entity::update_many()
-            .col_expr(job::Column::Progress, Expr::value(progress.to_string()))
-            .filter(job::Column::Id.eq(self.job_id.clone()))
-            .exec(&self.db)
-            .await;
-        if let Err(e) = saved {
-            tracing::warn!(job = %self.job_id, error = %e, "cannot record progress");
         }
     }
 }

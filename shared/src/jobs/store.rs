@@ -68,7 +68,9 @@ pub enum Claim {
 /// One UPDATE decides, so two workers cannot both take a job, nor two
 /// conflicting jobs of a project both start: SQLite runs one writer at a
 /// time, and on PostgreSQL every claim for a project first takes that
-/// project's advisory lock, so the `NOT EXISTS` of one claim sees the other.
+/// project's advisory lock (shared for a backup, exclusive for a job that
+/// writes the project), so the `NOT EXISTS` of one conflicting claim sees
+/// the other.
 pub async fn claim(db: &DatabaseConnection, job_id: &str, worker: &str) -> Result<Claim, DbErr> {
     let Some(row) = job::Entity::find_by_id(job_id.to_string()).one(db).await? else {
         return Ok(Claim::NotNow);
@@ -77,9 +79,16 @@ pub async fn claim(db: &DatabaseConnection, job_id: &str, worker: &str) -> Resul
     let stale = now - chrono::Duration::from_std(STALE_AFTER).expect("small duration");
     let txn = db.begin().await?;
     if let (Some(project), DbBackend::Postgres) = (&row.project_id, txn.get_database_backend()) {
+        // Readers share the lock (backups of one project never wait for
+        // each other to be claimed); a writer's claim excludes all others.
+        let lock = if EXCLUSIVE_KINDS.contains(&row.kind.as_str()) {
+            "SELECT pg_advisory_xact_lock(hashtext($1))"
+        } else {
+            "SELECT pg_advisory_xact_lock_shared(hashtext($1))"
+        };
         txn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            lock,
             [format!("supascale-project:{project}").into()],
         ))
         .await?;
@@ -161,23 +170,34 @@ fn conflicting(row: &job::Model, project: &str, now: DateTime<Utc>) -> SelectSta
     select
 }
 
-/// `pending` jobs of `project` (at most `limit`): the ones that may have
-/// been waiting for a job of the project that just ended.
-pub async fn pending_of_project(
-    db: &impl ConnectionTrait,
-    project: &str,
-    limit: u64,
-) -> Result<Vec<String>, DbErr> {
-    job::Entity::find()
+/// Marks what a job that waits behind another job of its project has in
+/// its `progress` (see the worker's `wait_behind`).
+pub const WAITING_STEP: &str = "waiting";
+
+/// Makes the jobs of `project` that wait behind another job due now, and
+/// returns them (to be delivered again): called when a job of the project
+/// ends. Other pending jobs are left alone; they are in the queue already.
+pub async fn wake_waiting(db: &impl ConnectionTrait, project: &str) -> Result<Vec<String>, DbErr> {
+    let ids: Vec<String> = job::Entity::find()
         .select_only()
         .column(job::Column::Id)
         .filter(job::Column::ProjectId.eq(project))
         .filter(job::Column::Status.eq(STATUS_PENDING))
+        .filter(job::Column::Progress.like(format!("%\"step\":\"{WAITING_STEP}\"%")))
         .order_by_asc(job::Column::EnqueuedAt)
-        .limit(limit)
+        .limit(50)
         .into_tuple()
         .all(db)
-        .await
+        .await?;
+    if !ids.is_empty() {
+        job::Entity::update_many()
+            .col_expr(job::Column::RunAfter, Expr::value(now()))
+            .filter(job::Column::Id.is_in(ids.clone()))
+            .filter(job::Column::Status.eq(STATUS_PENDING))
+            .exec(db)
+            .await?;
+    }
+    Ok(ids)
 }
 
 /// Whether the job has been asked to stop.

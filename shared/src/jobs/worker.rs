@@ -351,7 +351,12 @@ async fn wait_behind(ctx: &JobContext, job_id: &str, blocker: &job::Model) {
         blocker.kind,
         blocker.project_id.as_deref().unwrap_or("")
     );
-    let progress = json!({ "step": "waiting", "message": message, "current": 0, "total": 0 });
+    let progress = json!({
+        "step": store::WAITING_STEP,
+        "message": message,
+        "current": 0,
+        "total": 0,
+    });
     // Looked at again in a few seconds (the reconciler delivers it), in
     // case the blocker's own wake-up is lost.
     let recheck = store::now() + chrono::Duration::from_std(WAIT_RECHECK).expect("small");
@@ -378,16 +383,27 @@ async fn wait_behind(ctx: &JobContext, job_id: &str, blocker: &job::Model) {
         tracing::info!(job = %job_id, blocker = %blocker.id, "job waits for another job of its project");
         let mut data = progress;
         data["status"] = json!("waiting");
-        if let Err(e) = events::append(&ctx.db, &ctx.events, job_id, events::STEP, data).await {
+        let appended = events::append(
+            &ctx.db,
+            &ctx.events,
+            job_id,
+            events::STEP,
+            data,
+            None,
+            events::Durability::Progress,
+        )
+        .await;
+        if let Err(e) = appended {
             tracing::warn!(job = %job_id, error = %e, "cannot record a job event");
         }
     }
 }
 
-/// Delivers the project's pending jobs again: one of them may have waited
-/// for the job that just ended. Taking them is still decided by the claim.
+/// Delivers again the project's jobs that waited behind another one: the
+/// job that just ended may have been it. Taking them is still decided by
+/// the claim.
 async fn wake_waiting(ctx: &JobContext, project: &str) {
-    match store::pending_of_project(&ctx.db, project, 20).await {
+    match store::wake_waiting(&ctx.db, project).await {
         Ok(ids) => {
             for id in ids {
                 if let Err(e) = ctx.queue.push(&id).await {
