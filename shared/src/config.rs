@@ -60,6 +60,9 @@ pub struct Config {
     /// How long a job-starting request waits for the job before it answers
     /// 202 Accepted instead.
     pub job_wait_seconds: u64,
+    /// How long a stopping worker lets its running jobs finish before it
+    /// hands them back.
+    pub shutdown_grace_seconds: u64,
 }
 
 impl Default for Config {
@@ -81,6 +84,7 @@ impl Default for Config {
             job_attempts: 3,
             worker_concurrency: 2,
             job_wait_seconds: 55,
+            shutdown_grace_seconds: 60,
         }
     }
 }

@@ -296,3 +296,75 @@ async fn running_and_waiting_jobs_survive_a_redis_flush() {
     }
     drop(workers);
 }
+
+/// SIGTERM while a job runs past the grace period: the worker exits 0 and
+/// hands the job back without counting the attempt; another worker then
+/// completes it.
+#[tokio::test]
+async fn a_stopping_worker_hands_back_what_it_cannot_finish() {
+    let queue = supascale_tests::RedisQueue::new();
+    let shared = Launch::default()
+        .env("SUPASCALE_REDIS_URL", "redis://127.0.0.1:6379")
+        .env("SUPASCALE_QUEUE_NAME", queue.name.clone());
+    let app = TestApp::spawn_with(
+        Backend::Postgres,
+        shared.clone().env("SUPASCALE_WORKERS", "0"),
+    )
+    .await;
+    let mut first = app.start_worker(shared.clone().env("SUPASCALE_SHUTDOWN_GRACE_SECONDS", "1"));
+    let project = make_project().await;
+    register(&app, &project, "p").await;
+    let lock = TableLock::hold(&project.database.url).await;
+    let accepted = start_backup(&app, json!({"projectId": "p", "type": "database"})).await;
+    let job_id = accepted["job"]["id"].as_str().unwrap().to_string();
+    let job = wait_for_job_state(&app, &job_id, Duration::from_secs(20), |j| {
+        j["status"] == "in_progress"
+    })
+    .await;
+    assert_eq!(job["attempt"], 1, "{job}");
+
+    first.signal("TERM");
+    let (code, log) = first.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("handed back"), "{log}");
+    let job = wait_for_job_state(&app, &job_id, Duration::from_secs(1), |_| true).await;
+    assert_eq!(job["status"], "pending", "{job}");
+    assert_eq!(job["attempt"], 0, "{job}");
+    assert_eq!(dump_processes(&job_id), 0);
+
+    let _second = app.start_worker(shared);
+    lock.release().await;
+    let job = wait_for_job_state(&app, &job_id, Duration::from_secs(30), |j| {
+        j["status"] == "completed" || j["status"] == "failed"
+    })
+    .await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["attempt"], 1, "{job}");
+}
+
+/// A client that gives up waiting does not cancel its backup.
+#[tokio::test]
+async fn a_client_that_disconnects_does_not_cancel_the_job() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let project = make_project().await;
+    register(&app, &project, "p").await;
+    let lock = TableLock::hold(&project.database.url).await;
+    let gave_up = app
+        .post("/api/v1/backups")
+        .json(&json!({"projectId": "p", "type": "database"}))
+        .timeout(Duration::from_millis(1500))
+        .send()
+        .await;
+    assert!(gave_up.unwrap_err().is_timeout());
+    lock.release().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, list) = status_and_body(app.get("/api/v1/backups").send().await.unwrap()).await;
+        let backup = &list["backups"][0];
+        if backup["status"] == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

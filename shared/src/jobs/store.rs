@@ -269,3 +269,18 @@ pub async fn release(
         .await
         .map(|_| ())
 }
+
+/// Gives back the jobs `worker` still holds as it stops: `pending` again,
+/// due at once, the interrupted attempt not counted. Returns how many.
+pub async fn hand_back(db: &impl ConnectionTrait, worker: &str) -> Result<u64, DbErr> {
+    job::Entity::update_many()
+        .col_expr(job::Column::Status, Expr::value(STATUS_PENDING))
+        .col_expr(job::Column::Attempt, Expr::col(job::Column::Attempt).sub(1))
+        .col_expr(job::Column::WorkerId, Expr::value(Option::<String>::None))
+        .col_expr(job::Column::RunAfter, Expr::value(now()))
+        .filter(job::Column::WorkerId.eq(worker))
+        .filter(job::Column::Status.eq(STATUS_IN_PROGRESS))
+        .exec(db)
+        .await
+        .map(|r| r.rows_affected)
+}

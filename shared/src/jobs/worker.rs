@@ -51,7 +51,9 @@ pub fn worker_id() -> String {
 }
 
 /// Runs `concurrency` jobs at a time until `shutdown` resolves, then stops
-/// taking jobs and lets running ones finish (up to 60 s).
+/// taking jobs and lets running ones finish (up to
+/// `shutdown_grace_seconds`, 60 s by default);
+/// what is still running then is handed back for another worker.
 ///
 /// apalis ends a worker when its backend fails (Redis restarted empty
 /// answers "worker not registered"): the worker is then started again,
@@ -83,10 +85,18 @@ pub async fn run(
             n => format!("{}-r{n}", ctx.worker_id),
         };
         let signal = stopped(stop_rx.clone());
-        run_monitor(ctx.clone(), queue.clone(), name, concurrency, async move {
-            signal.await;
-            Ok(())
-        })
+        let grace = Duration::from_secs(ctx.config.shutdown_grace_seconds);
+        run_monitor(
+            ctx.clone(),
+            queue.clone(),
+            name,
+            concurrency,
+            grace,
+            async move {
+                signal.await;
+                Ok(())
+            },
+        )
         .await;
         if *stop_rx.borrow() {
             break;
@@ -103,6 +113,14 @@ pub async fn run(
             _ = stopped(stop_rx.clone()) => break,
         }
     }
+    // Jobs still running when the grace period ran out were dropped (their
+    // children killed with them): hand them back at once, without counting
+    // the attempt, instead of letting them go stale.
+    match store::hand_back(&ctx.db, &ctx.worker_id).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(jobs = n, "handed back jobs that did not finish in time"),
+        Err(e) => tracing::warn!(error = %e, "cannot hand back running jobs"),
+    }
     // A worker that stops cleanly leaves the registry at once; a dead one
     // ages out of `/metrics`' live count.
     let _ = worker::Entity::delete_by_id(ctx.worker_id.clone())
@@ -118,6 +136,7 @@ async fn run_monitor(
     queue: JobQueue,
     name: String,
     concurrency: usize,
+    grace: Duration,
     signal: impl Future<Output = std::io::Result<()>> + Send + 'static,
 ) {
     let ended = match queue {
@@ -130,7 +149,7 @@ async fn run_monitor(
                         .data(ctx.clone())
                         .build(handle)
                 })
-                .shutdown_timeout(Duration::from_secs(60))
+                .shutdown_timeout(grace)
                 .run_with_signal(signal)
                 .await
         }
@@ -143,7 +162,7 @@ async fn run_monitor(
                         .data(ctx.clone())
                         .build(handle)
                 })
-                .shutdown_timeout(Duration::from_secs(60))
+                .shutdown_timeout(grace)
                 .run_with_signal(signal)
                 .await
         }
@@ -241,12 +260,17 @@ async fn handle(envelope: JobEnvelope, ctx: Data<Arc<JobContext>>) -> Result<(),
             let message = format!("Attempt {} of {}", job.attempt, job.max_attempts);
             reporter.step("attempt", &message, 0, 0).await;
         }
-        let watch = tokio::spawn(watch_job(ctx.clone(), job.id.clone(), reporter.clone()));
+        // Stops beating when this delivery ends, or is dropped at shutdown.
+        let watch = AbortOnDrop(tokio::spawn(watch_job(
+            ctx.clone(),
+            job.id.clone(),
+            reporter.clone(),
+        )));
         let outcome = match job.kind.as_str() {
             "backup" => backup::run(&ctx, &job, &reporter).await,
             other => Err(JobError::Abort(format!("unknown job kind {other}"))),
         };
-        watch.abort();
+        drop(watch);
         match outcome {
             Err(_) if reporter.is_cancelled() => Err(JobError::Cancelled),
             other => other,
