@@ -63,6 +63,13 @@ pub struct Config {
     /// How long a stopping worker lets its running jobs finish before it
     /// hands them back.
     pub shutdown_grace_seconds: u64,
+    /// Where the Postgres client programs of each major version are
+    /// (`:`-separated directories); by default the distribution layouts,
+    /// then `PATH` (see `pgtools`).
+    pub postgres_bin_dirs: Option<String>,
+    /// Disk space a backup leaves free on its temporary area and a local
+    /// destination: a backup that would need more fails before it starts.
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for Config {
@@ -85,6 +92,8 @@ impl Default for Config {
             worker_concurrency: 2,
             job_wait_seconds: 55,
             shutdown_grace_seconds: 60,
+            postgres_bin_dirs: None,
+            disk_reserve_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -287,6 +287,11 @@ impl Destination {
         &self.name
     }
 
+    /// The directory of a local destination (for its free-space check).
+    pub fn local_root(&self) -> Option<PathBuf> {
+        self.url_base.strip_prefix("file://").map(PathBuf::from)
+    }
+
     /// The object's address as users see it (the backup's `path`).
     pub fn url_for(&self, key: &str) -> String {
         format!(

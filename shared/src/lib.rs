@@ -10,6 +10,7 @@ pub mod domain;
 pub mod entities;
 pub mod jobs;
 pub mod master_key;
+pub mod pgtools;
 pub mod redact;
 pub mod secret;
 pub mod telemetry;

@@ -332,3 +332,115 @@ async fn scale_out_backups_run_on_a_separate_worker() {
     let (code, _) = worker.wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(0));
 }
+
+/// The database component carries the cluster's own roles (Supabase's
+/// reserved ones left out) beside the dump.
+#[tokio::test]
+async fn a_database_backup_holds_the_clusters_own_roles() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let project = make_project().await;
+    register(&app, &project, "p").await;
+    let suffix = supascale_tests::random_suffix(8);
+    let own = format!("app_reader_{suffix}");
+    let reserved = format!("supabase_extra_{suffix}");
+    psql(
+        &project.database.url,
+        &format!("CREATE ROLE {own} LOGIN; CREATE ROLE {reserved}; GRANT {reserved} TO {own};"),
+    );
+    let (status, body) = status_and_body(
+        app.post("/api/v1/backups")
+            .json(&json!({"projectId": "p", "type": "database"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    psql(
+        &project.database.url,
+        &format!("DROP ROLE {own}; DROP ROLE {reserved};"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let out = tempfile::tempdir().unwrap();
+    extract(&artifact_path(&body["backup"]), out.path());
+    let roles = std::fs::read_to_string(out.path().join("database/roles.sql")).unwrap();
+    assert!(roles.contains(&format!("CREATE ROLE {own};")), "{roles}");
+    assert!(
+        roles.contains(&format!("GRANT {reserved} TO {own}")),
+        "{roles}"
+    );
+    assert!(
+        !roles.contains(&format!("CREATE ROLE {reserved};")),
+        "{roles}"
+    );
+    assert!(!roles.contains("CREATE ROLE postgres;"), "{roles}");
+    assert!(!roles.contains("PASSWORD"), "{roles}");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
+    let entries: Vec<&str> = manifest["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert!(entries.contains(&"database/roles.sql"), "{entries:?}");
+    assert_eq!(
+        manifest["postgresVersion"].as_str().map(|v| &v[..2]),
+        Some("15")
+    );
+}
+
+/// Before any work: a backup fails at once, without retries, when no
+/// `pg_dump` of the server's major is configured, or when the disk would
+/// be left with less than the reserve.
+#[tokio::test]
+async fn a_backup_that_cannot_succeed_fails_before_it_starts() {
+    let tools = tempfile::tempdir().unwrap();
+    for program in ["pg_dump", "pg_dumpall"] {
+        let fake = tools.path().join(program);
+        std::fs::write(
+            &fake,
+            format!("#!/bin/sh\necho '{program} (PostgreSQL) 14.9'\n"),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let old_tools = TestApp::spawn_with(
+        Backend::Sqlite,
+        Launch::default().env(
+            "SUPASCALE_POSTGRES_BIN_DIRS",
+            tools.path().to_str().unwrap(),
+        ),
+    )
+    .await;
+    let full_disk = TestApp::spawn_with(
+        Backend::Sqlite,
+        Launch::default().env("SUPASCALE_DISK_RESERVE_BYTES", "1000000000000000000"),
+    )
+    .await;
+    let project = make_project().await;
+    for (app, expected) in [
+        (&old_tools, "Backup failed: no pg_dump for PostgreSQL 15 ("),
+        (&full_disk, "Backup failed: Insufficient disk space"),
+    ] {
+        register(app, &project, "p").await;
+        let (status, body) = status_and_body(
+            app.post("/api/v1/backups")
+                .json(&json!({"projectId": "p", "type": "full"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 500, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.starts_with(expected), "{error}");
+        let (_, jobs) = status_and_body(app.get("/api/v1/jobs").send().await.unwrap()).await;
+        assert_eq!(jobs["jobs"][0]["attempt"], 1, "{jobs}");
+        let spool = app.data_dir.path().join("tmp");
+        let leftovers: Vec<_> = std::fs::read_dir(&spool)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}

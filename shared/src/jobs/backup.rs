@@ -20,6 +20,7 @@ use super::{JobError, child};
 use crate::artifact::{ArtifactBuilder, ArtifactSummary, Compression, ManifestMeta};
 use crate::domain::CONFIG_ALLOWLIST;
 use crate::entities::{backup, job, project};
+use crate::pgtools;
 
 /// The components a backup type holds, in artifact order.
 pub fn components(backup_type: &str) -> &'static [&'static str] {
@@ -197,6 +198,7 @@ async fn produce(
     std::fs::create_dir_all(&spool_dir)
         .map_err(|e| JobError::Abort(format!("cannot create {}: {e}", spool_dir.display())))?;
     let mut dump: Option<SpooledDump> = None;
+    let mut roles: Option<SpooledDump> = None;
     let mut postgres_version = None;
     if wanted.contains(&"database") {
         let url = ctx
@@ -211,12 +213,27 @@ async fn produce(
                 total,
             )
             .await;
-        postgres_version = Some(server_version(&url).await?);
+        let server = server_facts(&url).await?;
+        postgres_version = Some(server.version.clone());
+        // Before any work: the right programs, and room for the dump.
+        let configured = ctx.config.postgres_bin_dirs.as_deref();
+        let pg_dump = pgtools::tool_for("pg_dump", server.major, configured)
+            .await
+            .map_err(JobError::Abort)?;
+        let pg_dumpall = pgtools::tool_for("pg_dumpall", server.major, configured)
+            .await
+            .map_err(JobError::Abort)?;
+        let mut needs = vec![(spool_dir.clone(), server.database_bytes)];
+        if let Some(root) = destination.local_root() {
+            needs.push((root, server.database_bytes));
+        }
+        check_free_space(&needs, ctx.config.disk_reserve_bytes)?;
         if job.attempt > 1 {
             child::end_leftover_sessions(&url, &job.id).await;
         }
+        roles = Some(dump_roles(&pg_dumpall.path, &url, &spool_dir, &job.id).await?);
         dump = Some(tokio::select! {
-            dumped = dump_database(&url, &spool_dir, &job.id) => dumped?,
+            dumped = dump_database(&pg_dump.path, &url, &spool_dir, &job.id) => dumped?,
             // Dropping the dump ends pg_dump and removes its file; its
             // server session may live on (a backend waiting for a lock does
             // not notice its client is gone), so it is ended too.
@@ -244,6 +261,7 @@ async fn produce(
         functions: PathBuf::from(&project.functions_dir),
         extra_config: serde_json::from_str(&project.config_paths).unwrap_or_default(),
         dump: dump.as_ref().map(|d| d.path.clone()),
+        roles: roles.as_ref().map(|d| d.path.clone()),
         components: wanted,
         started: started_tx,
     };
@@ -291,6 +309,7 @@ async fn produce(
         .await
         .map_err(|e| JobError::Abort(format!("artifact builder panicked: {e}")))?;
     drop(dump);
+    drop(roles);
     let summary = match (built, upload_error) {
         (Ok(summary), None) => summary,
         (Err(e), None) => {
@@ -348,6 +367,8 @@ struct Sources {
     functions: PathBuf,
     extra_config: Vec<String>,
     dump: Option<PathBuf>,
+    /// The cluster's own roles (`pg_dumpall --roles-only`, Supabase's left out).
+    roles: Option<PathBuf>,
     components: &'static [&'static str],
     /// Told each component as the builder starts it.
     started: tokio::sync::mpsc::UnboundedSender<&'static str>,
@@ -396,6 +417,11 @@ fn build_artifact(
         let _ = sources.started.send(component);
         match *component {
             "database" => {
+                if let Some(path) = &sources.roles {
+                    let file = std::fs::File::open(path)?;
+                    let size = file.metadata()?.len();
+                    builder.add_reader("database/roles.sql", file, size, None)?;
+                }
                 if let Some(path) = &sources.dump {
                     let file = std::fs::File::open(path)?;
                     let size = file.metadata()?.len();
@@ -479,7 +505,14 @@ impl Drop for SpooledDump {
     }
 }
 
-async fn server_version(url: &str) -> Result<String, JobError> {
+/// What a backup needs to know of the project's server before it starts.
+struct ServerFacts {
+    version: String,
+    major: u32,
+    database_bytes: u64,
+}
+
+async fn server_facts(url: &str) -> Result<ServerFacts, JobError> {
     use sqlx::Connection;
     let mut conn = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -495,18 +528,97 @@ async fn server_version(url: &str) -> Result<String, JobError> {
             crate::redact::redact_urls(&e.to_string())
         ))
     })?;
-    let version: String = sqlx::query_scalar("SHOW server_version")
-        .fetch_one(&mut conn)
-        .await
-        .map_err(|e| JobError::Retry(format!("project database: {e}")))?;
+    let (version, number, size): (String, String, i64) = sqlx::query_as(
+        "SELECT current_setting('server_version'), current_setting('server_version_num'), \
+         pg_database_size(current_database())",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .map_err(|e| JobError::Retry(format!("project database: {e}")))?;
     let _ = conn.close().await;
-    Ok(version)
+    Ok(ServerFacts {
+        version,
+        major: number.parse::<u32>().unwrap_or(0) / 10_000,
+        database_bytes: size.max(0) as u64,
+    })
 }
 
-/// `pg_dump -Fc` into the spool directory. The password goes through the
-/// environment, never the command line, and the session is named after the
-/// job so that a retry can find what a dead attempt left open.
-async fn dump_database(url: &str, spool: &Path, job_id: &str) -> Result<SpooledDump, JobError> {
+/// Bytes free for an unprivileged writer on the filesystem of `path`.
+fn available_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("a path with a NUL byte"))?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a zeroed struct that statvfs fills in.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// Fails early when a place the backup writes to cannot take what it will
+/// write and still keep `reserve` bytes free.
+fn check_free_space(needs: &[(PathBuf, u64)], reserve: u64) -> Result<(), JobError> {
+    for (path, bytes) in needs {
+        std::fs::create_dir_all(path).map_err(io_error)?;
+        let free = available_bytes(path).map_err(io_error)?;
+        if free < bytes.saturating_add(reserve) {
+            tracing::warn!(
+                path = %path.display(),
+                free,
+                needed = bytes,
+                reserve,
+                "not enough disk space for the backup"
+            );
+            return Err(JobError::Abort("Insufficient disk space".into()));
+        }
+    }
+    Ok(())
+}
+
+/// The cluster's roles without passwords (`pg_dumpall --roles-only
+/// --no-role-passwords`, which a non-superuser may run), Supabase's own
+/// left out, spooled beside the dump.
+async fn dump_roles(
+    pg_dumpall: &Path,
+    url: &str,
+    spool: &Path,
+    job_id: &str,
+) -> Result<SpooledDump, JobError> {
+    let (address, password) = split_password(url)?;
+    let mut command = child::command(
+        pg_dumpall.to_str().unwrap_or("pg_dumpall"),
+        job_id,
+        password.as_deref(),
+    );
+    command
+        .arg("--roles-only")
+        .arg("--no-role-passwords")
+        .arg("--no-password")
+        .arg("--dbname")
+        .arg(&address)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let output = command
+        .output()
+        .await
+        .map_err(|e| JobError::Abort(format!("cannot run pg_dumpall: {e}")))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let message =
+            crate::redact::redact_urls(stderr.lines().last().unwrap_or("pg_dumpall failed"));
+        return Err(JobError::Abort(format!("pg_dumpall: {message}")));
+    }
+    let roles = crate::pgtools::user_roles_only(&String::from_utf8_lossy(&output.stdout));
+    let spooled = SpooledDump {
+        path: spool.join(format!("{job_id}.roles.sql")),
+    };
+    std::fs::write(&spooled.path, roles).map_err(io_error)?;
+    Ok(spooled)
+}
+
+/// The URL without its password, and the password (percent-decoded).
+fn split_password(url: &str) -> Result<(String, Option<String>), JobError> {
     let mut parsed = url::Url::parse(url)
         .map_err(|_| JobError::Abort("the project's database URL is invalid".into()))?;
     let password = parsed.password().map(|p| {
@@ -516,10 +628,27 @@ async fn dump_database(url: &str, spool: &Path, job_id: &str) -> Result<SpooledD
             .unwrap_or_default()
     });
     let _ = parsed.set_password(None);
+    Ok((parsed.to_string(), password))
+}
+
+/// `pg_dump -Fc` into the spool directory. The password goes through the
+/// environment, never the command line, and the session is named after the
+/// job so that a retry can find what a dead attempt left open.
+async fn dump_database(
+    pg_dump: &Path,
+    url: &str,
+    spool: &Path,
+    job_id: &str,
+) -> Result<SpooledDump, JobError> {
+    let (address, password) = split_password(url)?;
     let dump = SpooledDump {
         path: spool.join(format!("{job_id}.dump")),
     };
-    let mut command = child::command("pg_dump", job_id, password.as_deref());
+    let mut command = child::command(
+        pg_dump.to_str().unwrap_or("pg_dump"),
+        job_id,
+        password.as_deref(),
+    );
     command
         .arg("--format=custom")
         // The artifact compresses the whole stream; compressing twice costs CPU for nothing.
@@ -528,7 +657,7 @@ async fn dump_database(url: &str, spool: &Path, job_id: &str) -> Result<SpooledD
         .arg("--file")
         .arg(&dump.path)
         .arg("--dbname")
-        .arg(parsed.as_str())
+        .arg(&address)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let output = command
