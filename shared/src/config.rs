@@ -70,6 +70,12 @@ pub struct Config {
     /// Disk space a backup leaves free on its temporary area and a local
     /// destination: a backup that would need more fails before it starts.
     pub disk_reserve_bytes: u64,
+    /// age recipients (`age1…` X25519 public keys, separated by commas or
+    /// spaces) that `encrypt: true` backups are encrypted for.
+    pub encryption_recipients: Option<String>,
+    /// A file of age recipients, one per line (`#` starts a comment), as
+    /// `age -R` reads it.
+    pub encryption_recipients_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -94,6 +100,8 @@ impl Default for Config {
             shutdown_grace_seconds: 60,
             postgres_bin_dirs: None,
             disk_reserve_bytes: 256 * 1024 * 1024,
+            encryption_recipients: None,
+            encryption_recipients_file: None,
         }
     }
 }
@@ -206,7 +214,43 @@ impl Config {
         if self.workers > 256 {
             return Err(ConfigError("SUPASCALE_WORKERS must be at most 256".into()));
         }
+        self.recipients()?;
         Ok(())
+    }
+
+    /// The age recipients backups are encrypted for (none: `encrypt: true`
+    /// is refused).
+    pub fn recipients(&self) -> Result<Vec<age::x25519::Recipient>, ConfigError> {
+        let mut recipients = Vec::new();
+        let mut parse = |text: &str, setting: &str| -> Result<(), ConfigError> {
+            for word in text
+                .lines()
+                .map(|l| l.split('#').next().unwrap_or(""))
+                .flat_map(|l| l.split([',', ' ', '\t']))
+                .filter(|w| !w.is_empty())
+            {
+                let recipient = word.parse::<age::x25519::Recipient>().map_err(|e| {
+                    ConfigError(format!(
+                        "{setting}: {word:?} is not an age X25519 recipient (age1…): {e}"
+                    ))
+                })?;
+                recipients.push(recipient);
+            }
+            Ok(())
+        };
+        if let Some(text) = &self.encryption_recipients {
+            parse(text, "SUPASCALE_ENCRYPTION_RECIPIENTS")?;
+        }
+        if let Some(path) = &self.encryption_recipients_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!(
+                    "SUPASCALE_ENCRYPTION_RECIPIENTS_FILE: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            parse(&text, "SUPASCALE_ENCRYPTION_RECIPIENTS_FILE")?;
+        }
+        Ok(recipients)
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {

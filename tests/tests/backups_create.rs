@@ -444,3 +444,131 @@ async fn a_backup_that_cannot_succeed_fails_before_it_starts() {
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }
+
+/// `encrypt: true` wraps the compressed stream in the age format for the
+/// configured recipients: the `age` command-line tool decrypts the
+/// download with nothing of ours running, and the result is the usual tar.
+#[tokio::test]
+async fn an_encrypted_backup_opens_with_the_age_tool() {
+    let tools = supascale_tests::emulators::tools_dir().join("age/usr/bin");
+    let keys = tempfile::tempdir().unwrap();
+    let identity = keys.path().join("key.txt");
+    let made = Command::new(tools.join("age-keygen"))
+        .arg("-o")
+        .arg(&identity)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let recipient = String::from_utf8_lossy(&made.stderr)
+        .trim()
+        .strip_prefix("Public key: ")
+        .expect("age-keygen prints the public key")
+        .to_string();
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        Launch::default().env("SUPASCALE_ENCRYPTION_RECIPIENTS", recipient),
+    )
+    .await;
+    let project = make_project().await;
+    register(&app, &project, "p").await;
+    let (status, body) = status_and_body(
+        app.post("/api/v1/backups")
+            .json(&json!({"projectId": "p", "type": "full", "encrypt": true}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let backup = &body["backup"];
+    assert_eq!(backup["encrypted"], true);
+    let response = app
+        .get(&format!(
+            "/api/v1/backups/{}/download",
+            backup["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
+    let disposition = response.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(disposition.ends_with(".tar.gz.age\""), "{disposition}");
+    let bytes = response.bytes().await.unwrap();
+    assert!(bytes.starts_with(b"age-encryption.org/v1\n"));
+    use sha2::Digest;
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&bytes)),
+        backup["sha256"].as_str().unwrap()
+    );
+    assert_eq!(bytes.len() as u64, backup["size"].as_u64().unwrap());
+    let sealed = keys.path().join("backup.tar.gz.age");
+    std::fs::write(&sealed, &bytes).unwrap();
+    let opened = keys.path().join("backup.tar.gz");
+    let decrypted = Command::new(tools.join("age"))
+        .arg("-d")
+        .arg("-i")
+        .arg(&identity)
+        .arg("-o")
+        .arg(&opened)
+        .arg(&sealed)
+        .output()
+        .unwrap();
+    assert!(
+        decrypted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&decrypted.stderr)
+    );
+    let out = keys.path().join("out");
+    extract(&opened, &out);
+    assert!(out.join("manifest.json").exists());
+    assert!(out.join("database/database.dump").exists());
+    assert_eq!(
+        std::fs::read(out.join("config/.env")).unwrap(),
+        std::fs::read(project.root.path().join(".env")).unwrap()
+    );
+    // Another key cannot open it.
+    let other = keys.path().join("other.txt");
+    assert!(
+        Command::new(tools.join("age-keygen"))
+            .arg("-o")
+            .arg(&other)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let refused = Command::new(tools.join("age"))
+        .arg("-d")
+        .arg("-i")
+        .arg(&other)
+        .arg(&sealed)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+}
+
+/// A recipient that is not an age public key stops the service at start,
+/// naming the setting.
+#[test]
+fn a_bad_recipient_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut api = supascale_tests::start(
+        "supascale-api",
+        &Launch::default()
+            .env("SUPASCALE_DATA_DIR", dir.path().to_str().unwrap())
+            .env("SUPASCALE_ENCRYPTION_RECIPIENTS", "age1notakey"),
+    );
+    let (code, stderr) = api.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("SUPASCALE_ENCRYPTION_RECIPIENTS"),
+        "{stderr}"
+    );
+}

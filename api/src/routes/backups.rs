@@ -766,9 +766,17 @@ impl BackupsApi {
             .destinations
             .get(&destination_name)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        if input.encrypt.unwrap_or(false) {
+        let encrypt = input.encrypt.unwrap_or(false);
+        if encrypt
+            && state
+                .config
+                .recipients()
+                .map(|r| r.is_empty())
+                .unwrap_or(true)
+        {
             return Err(ApiError::bad_request(
-                "encrypt: no encryption recipients are configured",
+                "encrypt: no encryption recipients are configured \
+                 (set SUPASCALE_ENCRYPTION_RECIPIENTS to age public keys)",
             ));
         }
         let compression_name = input.compression.unwrap_or_else(|| "gzip".into());
@@ -795,7 +803,7 @@ impl BackupsApi {
             destination: Set(destination_name),
             path: Set(destination.url_for(&key)),
             size: Set(0),
-            encrypted: Set(false),
+            encrypted: Set(encrypt),
             compression: Set(compression_name),
             sha256: Set(None),
             duration_secs: Set(None),

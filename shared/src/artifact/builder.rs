@@ -36,9 +36,9 @@ impl Compression {
 /// What was written, as the destination should then confirm it.
 #[derive(Debug, Clone)]
 pub struct ArtifactSummary {
-    /// Bytes of the compressed stream.
+    /// Bytes of the stored stream (compressed, and encrypted when sealed).
     pub bytes: u64,
-    /// SHA-256 of the compressed stream, hex.
+    /// SHA-256 of the stored stream, hex.
     pub sha256: String,
     pub manifest: Manifest,
 }
@@ -63,9 +63,42 @@ impl<W: Write> Write for Tally<W> {
     }
 }
 
+/// The compressed stream as stored: as it is, or wrapped in the age format
+/// for the configured recipients (then `age -d -i key.txt` opens it with
+/// nothing of ours running). The tally below counts what is stored.
+enum Sealed<W: Write> {
+    Plain(Tally<W>),
+    Age(Box<age::stream::StreamWriter<Tally<W>>>),
+}
+
+impl<W: Write> Write for Sealed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(t) => t.write(buf),
+            Self::Age(a) => a.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(t) => t.flush(),
+            Self::Age(a) => a.flush(),
+        }
+    }
+}
+
+impl<W: Write> Sealed<W> {
+    fn finish(self) -> io::Result<Tally<W>> {
+        match self {
+            Self::Plain(t) => Ok(t),
+            Self::Age(a) => a.finish(),
+        }
+    }
+}
+
 enum Encoder<W: Write> {
-    Gzip(flate2::write::GzEncoder<Tally<W>>),
-    Zstd(zstd::stream::write::Encoder<'static, Tally<W>>),
+    Gzip(flate2::write::GzEncoder<Sealed<W>>),
+    Zstd(zstd::stream::write::Encoder<'static, Sealed<W>>),
 }
 
 impl<W: Write> Write for Encoder<W> {
@@ -87,8 +120,8 @@ impl<W: Write> Write for Encoder<W> {
 impl<W: Write> Encoder<W> {
     fn finish(self) -> io::Result<Tally<W>> {
         match self {
-            Self::Gzip(e) => e.finish(),
-            Self::Zstd(e) => e.finish(),
+            Self::Gzip(e) => e.finish()?.finish(),
+            Self::Zstd(e) => e.finish()?.finish(),
         }
     }
 }
@@ -105,18 +138,36 @@ const COPY_BUFFER: usize = 256 * 1024;
 
 impl<W: Write> ArtifactBuilder<W> {
     pub fn new(sink: W, compression: Compression) -> io::Result<Self> {
+        Self::sealed(sink, compression, &[])
+    }
+
+    /// An artifact encrypted for `recipients` (plain when there are none).
+    pub fn sealed(
+        sink: W,
+        compression: Compression,
+        recipients: &[age::x25519::Recipient],
+    ) -> io::Result<Self> {
         let tally = Tally {
             inner: sink,
             hasher: Sha256::new(),
             bytes: 0,
         };
+        let sealed = if recipients.is_empty() {
+            Sealed::Plain(tally)
+        } else {
+            let encryptor = age::Encryptor::with_recipients(
+                recipients.iter().map(|r| r as &dyn age::Recipient),
+            )
+            .map_err(io::Error::other)?;
+            Sealed::Age(Box::new(encryptor.wrap_output(tally)?))
+        };
         let encoder = match compression {
             Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
-                tally,
+                sealed,
                 flate2::Compression::new(6),
             )),
             Compression::Zstd => {
-                let mut encoder = zstd::stream::write::Encoder::new(tally, 3)?;
+                let mut encoder = zstd::stream::write::Encoder::new(sealed, 3)?;
                 // Both cores: zstd's own worker threads.
                 encoder.multithread(2)?;
                 Encoder::Zstd(encoder)

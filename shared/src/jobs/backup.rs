@@ -183,6 +183,20 @@ async fn produce(
         .get(&row.destination)
         .map_err(|e| JobError::Abort(e.to_string()))?
         .clone();
+    let recipients = if row.encrypted {
+        let recipients = ctx
+            .config
+            .recipients()
+            .map_err(|e| JobError::Abort(e.to_string()))?;
+        if recipients.is_empty() {
+            return Err(JobError::Abort(
+                "the backup is to be encrypted and no encryption recipients are configured".into(),
+            ));
+        }
+        recipients
+    } else {
+        Vec::new()
+    };
     let wanted = components(&row.backup_type);
     // One step per component, then the destination's confirmation.
     let total = wanted.len() as u32 + 1;
@@ -271,8 +285,9 @@ async fn produce(
         .await
         .map_err(|e| destination_error(&e))?;
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-    let builder =
-        tokio::task::spawn_blocking(move || build_artifact(sources, meta, compression, sender));
+    let builder = tokio::task::spawn_blocking(move || {
+        build_artifact(sources, meta, compression, &recipients, sender)
+    });
     let mut upload_error = None;
     let mut uploaded = 0u64;
     let mut step = (wanted.first().copied().unwrap_or("archive"), 1u32);
@@ -406,13 +421,14 @@ fn build_artifact(
     sources: Sources,
     meta: ManifestMeta,
     compression: Compression,
+    recipients: &[age::x25519::Recipient],
     sender: tokio::sync::mpsc::Sender<Vec<u8>>,
 ) -> std::io::Result<ArtifactSummary> {
     let sink = ChannelWriter {
         buffer: Vec::with_capacity(CHUNK),
         sender,
     };
-    let mut builder = ArtifactBuilder::new(sink, compression)?;
+    let mut builder = ArtifactBuilder::sealed(sink, compression, recipients)?;
     for component in sources.components {
         let _ = sources.started.send(component);
         match *component {
