@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod idempotency;
 pub mod list_cache;
+pub mod metrics;
 pub mod payload;
 pub mod routes;
 pub mod state;
@@ -81,6 +82,8 @@ pub fn app(state: AppState) -> impl Endpoint {
         .nest("/docs", ui)
         .at("/healthz", get(routes::ops::healthz))
         .at("/readyz", get(routes::ops::readyz))
+        .at("/metrics", get(metrics::metrics))
+        .with(metrics::Track::default())
         .data(state)
         .catch_all_error(|error: poem::Error| async move {
             if error.is_from_response() {
