@@ -15,6 +15,7 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 
 pub mod emulators;
+pub mod refproject;
 
 /// The PostgreSQL server the tests use (trust auth, see README).
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
