@@ -368,3 +368,35 @@ async fn a_client_that_disconnects_does_not_cancel_the_job() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// What dead attempts leave on disk (a spooled dump, a partial local
+/// artifact) is removed when a worker starts, and what is not ours stays.
+#[tokio::test]
+async fn leftovers_of_dead_jobs_are_removed() {
+    let mut app = TestApp::spawn(Backend::Sqlite).await;
+    let data = app.data_dir.path().to_path_buf();
+    let spool = data.join("tmp");
+    let incomplete = data.join("backups/.incomplete");
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::create_dir_all(&incomplete).unwrap();
+    std::fs::write(spool.join("job-0123.dump"), b"half a dump").unwrap();
+    std::fs::write(spool.join("job-0123.roles.sql"), b"roles").unwrap();
+    std::fs::write(spool.join("notes.txt"), b"not ours").unwrap();
+    std::fs::write(incomplete.join("old-upload"), b"partial").unwrap();
+    std::fs::write(incomplete.join("fresh-upload"), b"partial").unwrap();
+    let touched = Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .arg(incomplete.join("old-upload"))
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    app.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spool.join("job-0123.dump").exists() || incomplete.join("old-upload").exists() {
+        assert!(Instant::now() < deadline, "leftovers stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!spool.join("job-0123.roles.sql").exists());
+    assert!(spool.join("notes.txt").exists());
+    assert!(incomplete.join("fresh-upload").exists());
+}

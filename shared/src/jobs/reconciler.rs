@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use sea_orm::sea_query::ExprTrait;
 use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 
+use std::sync::Arc;
+
+use super::worker::JobContext;
 use super::{JobQueue, STALE_AFTER, STATUS_IN_PROGRESS, STATUS_PENDING, store};
 use crate::entities::job;
 
@@ -25,12 +28,74 @@ pub const BACKLOG_GRACE: Duration = Duration::from_secs(600);
 pub const REPUSH_EVERY: Duration = Duration::from_secs(30);
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
-pub async fn run(db: DatabaseConnection, queue: JobQueue) {
+pub async fn run(ctx: Arc<JobContext>) {
     let mut pushed: HashMap<String, Instant> = HashMap::new();
+    let mut last_cleanup: Option<Instant> = None;
     loop {
+        if last_cleanup.is_none_or(|at| at.elapsed() >= CLEANUP_EVERY) {
+            last_cleanup = Some(Instant::now());
+            remove_leftovers(&ctx).await;
+        }
         tokio::time::sleep(SWEEP_EVERY).await;
-        if let Err(e) = sweep(&db, &queue, &mut pushed).await {
+        if let Err(e) = sweep(&ctx.db, &ctx.queue, &mut pushed).await {
             tracing::warn!(error = %e, "reconciler sweep failed");
+        }
+    }
+}
+
+/// How often (and at start) files left by dead attempts are looked for.
+const CLEANUP_EVERY: Duration = Duration::from_secs(60);
+/// A partial object in a local destination untouched this long belongs to
+/// an upload that died.
+const INCOMPLETE_AFTER: Duration = Duration::from_secs(3600);
+
+/// A worker killed mid-job cannot clean up after itself: its spooled dump
+/// (`<data dir>/tmp/<job id>.*`) stays, and so does the partial object a
+/// local destination was writing (`<root>/.incomplete/`). Spool files of
+/// jobs that no live worker holds, and partial objects untouched for an
+/// hour, are removed.
+async fn remove_leftovers(ctx: &JobContext) {
+    let spool = ctx.config.data_dir.join("tmp");
+    if let Ok(entries) = std::fs::read_dir(&spool) {
+        for entry in entries.filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some(job_id) = name.split('.').next().filter(|id| id.starts_with("job-")) else {
+                continue;
+            };
+            let alive = match job::Entity::find_by_id(job_id.to_string())
+                .one(&ctx.db)
+                .await
+            {
+                Ok(Some(row)) => {
+                    row.status == STATUS_IN_PROGRESS
+                        && row.heartbeat_at.is_some_and(|at| {
+                            store::now() - at
+                                < chrono::Duration::from_std(STALE_AFTER).expect("small")
+                        })
+                }
+                Ok(None) => false,
+                // Unsure: leave it for the next round.
+                Err(_) => true,
+            };
+            if !alive && std::fs::remove_file(entry.path()).is_ok() {
+                tracing::info!(file = %entry.path().display(), "removed a dead job's temporary file");
+            }
+        }
+    }
+    if let Ok(local) = ctx.destinations.get("local")
+        && let Some(root) = local.local_root()
+        && let Ok(entries) = std::fs::read_dir(root.join(".incomplete"))
+    {
+        for entry in entries.filter_map(|e| e.ok()) {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|at| at.elapsed().ok())
+                .is_some_and(|age| age >= INCOMPLETE_AFTER);
+            if stale && std::fs::remove_file(entry.path()).is_ok() {
+                tracing::info!(file = %entry.path().display(), "removed an abandoned partial artifact");
+            }
         }
     }
 }

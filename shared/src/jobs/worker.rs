@@ -66,7 +66,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let concurrency = concurrency.max(1);
     let queue = ctx.queue.clone();
-    let reconciler = tokio::spawn(super::reconciler::run(ctx.db.clone(), queue.clone()));
+    let reconciler = tokio::spawn(super::reconciler::run(ctx.clone()));
     let _stop_reconciler = AbortOnDrop(reconciler);
     let registry = tokio::spawn(announce(ctx.clone(), concurrency));
     let _stop_registry = AbortOnDrop(registry);
