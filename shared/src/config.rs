@@ -76,6 +76,10 @@ pub struct Config {
     /// A file of age recipients, one per line (`#` starts a comment), as
     /// `age -R` reads it.
     pub encryption_recipients_file: Option<PathBuf>,
+    /// Read every stored artifact back and compare its SHA-256 before the
+    /// backup is `completed` (doubles the transfer; the size is always
+    /// checked).
+    pub verify_readback: bool,
 }
 
 impl Default for Config {
@@ -102,6 +106,7 @@ impl Default for Config {
             disk_reserve_bytes: 256 * 1024 * 1024,
             encryption_recipients: None,
             encryption_recipients_file: None,
+            verify_readback: true,
         }
     }
 }

@@ -342,9 +342,39 @@ async fn produce(
     reporter
         .step("verify", "Confirming the stored artifact", total, total)
         .await;
-    // The destination itself must confirm what we wrote.
+    // The destination itself must confirm what we wrote: its size, then
+    // (unless turned off) the bytes it gives back, hashed.
     match destination.stat(&key).await {
-        Ok(Some(stored)) if stored.size == summary.bytes => Ok(summary),
+        Ok(Some(stored)) if stored.size == summary.bytes => {
+            if ctx.config.verify_readback {
+                reporter
+                    .step("verify", "Reading the stored artifact back", total, total)
+                    .await;
+                let read = tokio::select! {
+                    read = read_back_sha256(&destination, &key, stored.size) => read,
+                    _ = reporter.cancelled() => {
+                        let _ = destination.delete(&key).await;
+                        return Err(JobError::Cancelled);
+                    }
+                };
+                match read {
+                    Ok(sha) if sha == summary.sha256 => {}
+                    Ok(sha) => {
+                        let _ = destination.delete(&key).await;
+                        return Err(JobError::Retry(format!(
+                            "the destination gave back other bytes than were written \
+                             (SHA-256 {sha}, expected {})",
+                            summary.sha256
+                        )));
+                    }
+                    Err(e) => {
+                        let _ = destination.delete(&key).await;
+                        return Err(destination_error(&e));
+                    }
+                }
+            }
+            Ok(summary)
+        }
         Ok(Some(stored)) => {
             let _ = destination.delete(&key).await;
             Err(JobError::Retry(format!(
@@ -357,6 +387,33 @@ async fn produce(
         )),
         Err(e) => Err(destination_error(&e)),
     }
+}
+
+/// SHA-256 of the object as the destination serves it.
+async fn read_back_sha256(
+    destination: &crate::destinations::Destination,
+    key: &str,
+    size: u64,
+) -> Result<String, crate::destinations::DestinationError> {
+    use futures::StreamExt;
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut stream = destination
+        .reader(key)
+        .await?
+        .into_bytes_stream(0..size)
+        .await
+        .map_err(crate::destinations::DestinationError::from)?;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            crate::destinations::DestinationError::from(opendal::Error::new(
+                opendal::ErrorKind::Unexpected,
+                e.to_string(),
+            ))
+        })?;
+        hasher.update(&chunk);
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 fn destination_error(e: &crate::destinations::DestinationError) -> JobError {
