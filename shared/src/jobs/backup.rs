@@ -340,16 +340,22 @@ async fn produce(
         return Err(destination_error(&e.into()));
     }
     reporter
-        .step("verify", "Confirming the stored artifact", total, total)
+        .step(
+            "verify",
+            if ctx.config.verify_readback {
+                "Reading the stored artifact back"
+            } else {
+                "Confirming the stored artifact"
+            },
+            total,
+            total,
+        )
         .await;
     // The destination itself must confirm what we wrote: its size, then
     // (unless turned off) the bytes it gives back, hashed.
     match destination.stat(&key).await {
         Ok(Some(stored)) if stored.size == summary.bytes => {
             if ctx.config.verify_readback {
-                reporter
-                    .step("verify", "Reading the stored artifact back", total, total)
-                    .await;
                 let read = tokio::select! {
                     read = read_back_sha256(&destination, &key, stored.size) => read,
                     _ = reporter.cancelled() => {

@@ -192,56 +192,16 @@ pub async fn append(
     progress: Option<String>,
     durability: Durability,
 ) -> Result<i64, DbErr> {
-    let backend = db.get_database_backend();
-    // The next number and the row in one statement; the primary key refuses
-    // a number taken twice, and the statement is tried again.
-    let insert = match backend {
-        DbBackend::Postgres => {
-            "INSERT INTO job_events (job_id, seq, event, data, created_at) \
-             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM job_events WHERE job_id = $1 \
-             RETURNING seq"
-        }
-        _ => {
-            "INSERT INTO job_events (job_id, seq, event, data, created_at) \
-             SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4 FROM job_events WHERE job_id = ?1 \
-             RETURNING seq"
-        }
-    };
     let data = data.to_string();
     let mut tries = 0;
     let seq = loop {
-        let txn = db.begin().await?;
-        if backend == DbBackend::Postgres && durability == Durability::Progress {
-            txn.execute_unprepared("SET LOCAL synchronous_commit = off")
-                .await?;
-        }
-        let inserted = txn
-            .query_one_raw(Statement::from_sql_and_values(
-                backend,
-                insert,
-                [
-                    job_id.into(),
-                    event.into(),
-                    data.clone().into(),
-                    store::now().into(),
-                ],
-            ))
-            .await;
-        match inserted {
-            Ok(row) => {
-                let seq: i64 = row
-                    .ok_or_else(|| DbErr::RecordNotInserted)?
-                    .try_get_by_index(0)?;
-                if let Some(progress) = &progress {
-                    job::Entity::update_many()
-                        .col_expr(job::Column::Progress, Expr::value(progress.clone()))
-                        .filter(job::Column::Id.eq(job_id))
-                        .exec(&txn)
-                        .await?;
-                }
-                txn.commit().await?;
-                break seq;
-            }
+        let appended = match db.get_database_backend() {
+            DbBackend::Postgres => append_postgres(db, job_id, event, &data, &progress, durability).await,
+            backend => append_sqlite(db, backend, job_id, event, &data, &progress).await,
+        };
+        match appended {
+            Ok(seq) => break seq,
+            // The primary key refused a number taken twice: take the next.
             Err(e)
                 if tries < 5
                     && matches!(
@@ -249,13 +209,90 @@ pub async fn append(
                         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
                     ) =>
             {
-                txn.rollback().await?;
                 tries += 1;
             }
             Err(e) => return Err(e),
         }
     };
     bus.publish(job_id).await;
+    Ok(seq)
+}
+
+/// PostgreSQL: one statement (one round trip) numbers and inserts the event,
+/// updates the job's progress, and, for progress, sets `synchronous_commit`
+/// for its own implicit transaction only.
+async fn append_postgres(
+    db: &DatabaseConnection,
+    job_id: &str,
+    event: &str,
+    data: &str,
+    progress: &Option<String>,
+    durability: Durability,
+) -> Result<i64, DbErr> {
+    const SQL: &str = "WITH relaxed AS (SELECT set_config('synchronous_commit', $6, true)), \
+         next AS (SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM job_events WHERE job_id = $1), \
+         ins AS (INSERT INTO job_events (job_id, seq, event, data, created_at) \
+                 SELECT $1, next.seq, $2, $3, $4 FROM next, relaxed RETURNING seq), \
+         upd AS (UPDATE jobs SET progress = $5::text WHERE id = $1 AND $5::text IS NOT NULL) \
+         SELECT seq FROM ins";
+    let commit = match durability {
+        Durability::Durable => "on",
+        Durability::Progress => "off",
+    };
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            SQL,
+            [
+                job_id.into(),
+                event.into(),
+                data.into(),
+                store::now().into(),
+                progress.clone().into(),
+                commit.into(),
+            ],
+        ))
+        .await?
+        .ok_or(DbErr::RecordNotInserted)?;
+    row.try_get_by_index(0)
+}
+
+/// SQLite (embedded; commits do not wait for the disk): the insert and the
+/// progress in one transaction.
+async fn append_sqlite(
+    db: &DatabaseConnection,
+    backend: DbBackend,
+    job_id: &str,
+    event: &str,
+    data: &str,
+    progress: &Option<String>,
+) -> Result<i64, DbErr> {
+    const SQL: &str = "INSERT INTO job_events (job_id, seq, event, data, created_at) \
+         SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4 FROM job_events WHERE job_id = ?1 \
+         RETURNING seq";
+    let txn = db.begin().await?;
+    let row = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            SQL,
+            [
+                job_id.into(),
+                event.into(),
+                data.into(),
+                store::now().into(),
+            ],
+        ))
+        .await?
+        .ok_or(DbErr::RecordNotInserted)?;
+    let seq: i64 = row.try_get_by_index(0)?;
+    if let Some(progress) = progress {
+        job::Entity::update_many()
+            .col_expr(job::Column::Progress, Expr::value(progress.clone()))
+            .filter(job::Column::Id.eq(job_id))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await?;
     Ok(seq)
 }
 

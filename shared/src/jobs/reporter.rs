@@ -60,8 +60,11 @@ impl Reporter {
     /// Bytes done within a step; sent at most once a second.
     pub async fn bytes(&self, step: &str, message: &str, current: u32, total: u32, bytes: u64) {
         {
+            // The first report comes a second into the work: a small job
+            // says nothing it would not say with its next step anyway.
             let mut last = self.last_bytes.lock().expect("reporter lock");
-            if last.is_some_and(|at| at.elapsed() < BYTES_EVERY) {
+            let since = *last.get_or_insert_with(Instant::now);
+            if since.elapsed() < BYTES_EVERY {
                 return;
             }
             *last = Some(Instant::now());
