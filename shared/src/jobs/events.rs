@@ -196,7 +196,9 @@ pub async fn append(
     let mut tries = 0;
     let seq = loop {
         let appended = match db.get_database_backend() {
-            DbBackend::Postgres => append_postgres(db, job_id, event, &data, &progress, durability).await,
+            DbBackend::Postgres => {
+                append_postgres(db, job_id, event, &data, &progress, durability).await
+            }
             backend => append_sqlite(db, backend, job_id, event, &data, &progress).await,
         };
         match appended {
