@@ -400,3 +400,59 @@ async fn leftovers_of_dead_jobs_are_removed() {
     assert!(spool.join("notes.txt").exists());
     assert!(incomplete.join("fresh-upload").exists());
 }
+
+fn redis_count(command: &str, key: &str) -> i64 {
+    let out = Command::new("redis-cli")
+        .args([command, key])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The queue forgets deliveries that are over (apalis keeps them forever;
+/// the job rows are the record): Redis keeps no payload, metadata or
+/// done-set entry of a finished job once a worker has cleaned up.
+#[tokio::test]
+async fn the_redis_queue_does_not_grow_with_finished_jobs() {
+    let queue = supascale_tests::RedisQueue::new();
+    let shared = Launch::default()
+        .env("SUPASCALE_REDIS_URL", "redis://127.0.0.1:6379")
+        .env("SUPASCALE_QUEUE_NAME", queue.name.clone());
+    let app = TestApp::spawn_with(
+        Backend::Postgres,
+        shared.clone().env("SUPASCALE_WORKERS", "0"),
+    )
+    .await;
+    let _first = app.start_worker(shared.clone());
+    let project = make_project().await;
+    register(&app, &project, "p").await;
+    for _ in 0..3 {
+        let (status, body) = status_and_body(
+            app.post("/api/v1/backups")
+                .json(&json!({"projectId": "p", "type": "config"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let done = format!("{}:done", queue.name);
+    let data = format!("{}:data", queue.name);
+    assert!(redis_count("SCARD", &done) + redis_count("HLEN", &data) > 0);
+    // A worker cleans up when it starts (and every minute).
+    let _second = app.start_worker(shared);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_count("SCARD", &done) > 0 || redis_count("HLEN", &data) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "finished deliveries stayed in Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metas = Command::new("redis-cli")
+        .args(["--scan", "--pattern", &format!("{}:meta:*", queue.name)])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&metas.stdout).trim().is_empty());
+}

@@ -118,6 +118,56 @@ impl JobQueue {
         }
     }
 
+    /// Forgets deliveries that are over. apalis keeps every finished task
+    /// (Redis: its payload in `<queue>:data`, its metadata in
+    /// `<queue>:meta:<id>`, its id in `<queue>:done`/`:dead`, none of it
+    /// expiring; SQLite: its row), while the job rows are our record, so
+    /// without this the queue only grows. Returns how many were removed.
+    pub async fn vacuum(&self) -> anyhow::Result<u64> {
+        match self {
+            Self::Sqlite(storage) => {
+                let done = sqlx::query("DELETE FROM Jobs WHERE status IN ('Done', 'Killed')")
+                    .execute(storage.pool())
+                    .await?;
+                Ok(done.rows_affected())
+            }
+            Self::Redis(storage) => {
+                let config = storage.get_config().clone();
+                let mut conn = storage.clone().get_connection().clone();
+                let meta = config.job_meta_hash();
+                let mut removed = 0u64;
+                for set in [config.done_jobs_set(), config.dead_jobs_set()] {
+                    loop {
+                        let ids: Vec<String> = redis::cmd("SRANDMEMBER")
+                            .arg(&set)
+                            .arg(500)
+                            .query_async(&mut conn)
+                            .await?;
+                        if ids.is_empty() {
+                            break;
+                        }
+                        let mut pipe = redis::pipe();
+                        pipe.cmd("HDEL")
+                            .arg(config.job_data_hash())
+                            .arg(&ids)
+                            .ignore();
+                        pipe.cmd("HDEL")
+                            .arg(format!("{meta}:result"))
+                            .arg(&ids)
+                            .ignore();
+                        for id in &ids {
+                            pipe.cmd("DEL").arg(format!("{meta}:{id}")).ignore();
+                        }
+                        pipe.cmd("SREM").arg(&set).arg(&ids).ignore();
+                        pipe.query_async::<()>(&mut conn).await?;
+                        removed += ids.len() as u64;
+                    }
+                }
+                Ok(removed)
+            }
+        }
+    }
+
     /// Delivers `job_id` to a worker, at least once.
     pub async fn push(&self, job_id: &str) -> anyhow::Result<()> {
         let envelope = JobEnvelope {

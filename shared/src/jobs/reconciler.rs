@@ -49,12 +49,18 @@ const CLEANUP_EVERY: Duration = Duration::from_secs(60);
 /// an upload that died.
 const INCOMPLETE_AFTER: Duration = Duration::from_secs(3600);
 
+/// The queue's finished deliveries are forgotten (see `JobQueue::vacuum`).
 /// A worker killed mid-job cannot clean up after itself: its spooled dump
 /// (`<data dir>/tmp/<job id>.*`) stays, and so does the partial object a
 /// local destination was writing (`<root>/.incomplete/`). Spool files of
 /// jobs that no live worker holds, and partial objects untouched for an
 /// hour, are removed.
 async fn remove_leftovers(ctx: &JobContext) {
+    match ctx.queue.vacuum().await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(removed = n, "forgot finished queue entries"),
+        Err(e) => tracing::warn!(error = %e, "cannot clean the queue"),
+    }
     let spool = ctx.config.data_dir.join("tmp");
     if let Ok(entries) = std::fs::read_dir(&spool) {
         for entry in entries.filter_map(|e| e.ok()) {
