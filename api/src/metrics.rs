@@ -36,8 +36,8 @@ use supascale_shared::jobs::{
     STALE_AFTER, STATUS_COMPLETED, STATUS_FAILED, STATUS_IN_PROGRESS, STATUS_PENDING,
 };
 
-use crate::routes::jobs::JOB_KINDS;
 use crate::state::AppState;
+use supascale_shared::jobs::JOB_KINDS;
 
 /// What Prometheus expects for the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -440,6 +440,14 @@ impl TestApp {
         all.join("\n")
     }
 
+    /// What is in the temporary area where jobs spool dumps
+    /// (`<data dir>/tmp`): empty whenever no job runs.
+    pub fn spool_files(&self) -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(self.data_dir.path().join("tmp"))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default()
+    }
+
     /// Runs SQL against the control plane directly (to set up rows that
     /// later issues' endpoints will write).
     pub async fn control_plane(&self) -> ControlPlane {
@@ -836,6 +844,20 @@ pub async fn job_sessions(database_url: &str, job_id: &str) -> i64 {
             .unwrap();
     let _ = conn.close().await;
     n
+}
+
+/// `POST /backups?async=true` with `body`: the 202 body.
+pub async fn start_backup(app: &TestApp, body: serde_json::Value) -> serde_json::Value {
+    let (status, accepted) = status_and_body(
+        app.post("/api/v1/backups?async=true")
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    accepted
 }
 
 /// Polls the job until `check` holds or `timeout` passes; returns the

@@ -113,8 +113,7 @@ async fn a_full_backup_holds_the_database_and_the_files() {
     assert_eq!(details["status"], "completed");
     assert_eq!(details["sha256"], backup["sha256"]);
     // The spooled dump is gone.
-    let spool = app.data_dir.path().join("tmp");
-    assert_eq!(std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0), 0);
+    assert_eq!(app.spool_files(), Vec::<std::ffi::OsString>::new());
 }
 
 #[tokio::test]
@@ -437,10 +436,7 @@ async fn a_backup_that_cannot_succeed_fails_before_it_starts() {
         assert!(error.starts_with(expected), "{error}");
         let (_, jobs) = status_and_body(app.get("/api/v1/jobs").send().await.unwrap()).await;
         assert_eq!(jobs["jobs"][0]["attempt"], 1, "{jobs}");
-        let spool = app.data_dir.path().join("tmp");
-        let leftovers: Vec<_> = std::fs::read_dir(&spool)
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
-            .unwrap_or_default();
+        let leftovers = app.spool_files();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }

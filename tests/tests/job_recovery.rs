@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use supascale_tests::{
     Backend, Cluster, Deployment, Launch, RedisServer, TableLock, TestApp, job_sessions,
-    make_project, read_events, register, status_and_body, wait_for_job_state,
+    make_project, read_events, register, start_backup, status_and_body, wait_for_job_state,
 };
 
 /// Redis restarted empty while a job waits: the reconciler re-delivers it
@@ -66,20 +66,6 @@ async fn a_job_survives_redis_losing_everything() {
     );
     worker.signal("TERM");
     worker.wait_exit(Duration::from_secs(30));
-}
-
-/// `POST /backups?async=true`: the 202 body.
-async fn start_backup(app: &TestApp, body: Value) -> Value {
-    let (status, accepted) = status_and_body(
-        app.post("/api/v1/backups?async=true")
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 202, "{accepted}");
-    accepted
 }
 
 /// `pg_dump` processes of `job_id` on this machine (their `--file` names

@@ -7,22 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use supascale_tests::{
     Backend, Cluster, Deployment, Launch, TableLock, TestApp, both_backends, job_sessions,
-    make_project, read_events, register, status_and_body, wait_for_job_state,
+    make_project, read_events, register, start_backup, status_and_body, wait_for_job_state,
 };
-
-/// `POST /backups?async=true`: the 202 body.
-async fn start_backup(app: &TestApp, body: Value) -> Value {
-    let (status, accepted) = status_and_body(
-        app.post("/api/v1/backups?async=true")
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 202, "{accepted}");
-    accepted
-}
 
 async fn events(app: &TestApp, job_id: &str, last_event_id: Option<&str>) -> reqwest::Response {
     let mut request = app.get(&format!("/api/v1/jobs/{job_id}/events"));
@@ -180,10 +166,7 @@ async fn cancelling_stops_pending_and_running_jobs(backend: Backend) {
     assert_eq!(backup["status"], "failed");
     assert_eq!(backup["error"], "Cancelled");
     // Nothing half-written is left: no spooled dump, no artifact.
-    let spool = app.data_dir.path().join("tmp");
-    let leftovers: Vec<_> = std::fs::read_dir(&spool)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+    let leftovers = app.spool_files();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let artifact = backup["path"]
         .as_str()

@@ -29,16 +29,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::timestamp::Timestamp;
 
-/// Every kind of job.
-pub const JOB_KINDS: &[&str] = &[
-    "backup",
-    "restore",
-    "import_database",
-    "import_storage",
-    "import_functions",
-    "lift_shift",
-];
-
 /// Keep-alive comments on an idle events stream (proxies drop silent
 /// connections).
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -222,7 +212,7 @@ impl JobsApi {
             status.0.as_deref(),
             Some(&supascale_shared::domain::STATUSES),
         )?;
-        let kinds = parse_list_filter("kind", kind.0.as_deref(), Some(JOB_KINDS))?;
+        let kinds = parse_list_filter("kind", kind.0.as_deref(), Some(jobs::JOB_KINDS))?;
         let projects = parse_list_filter("projectId", project_id.0.as_deref(), None)?;
         let mut query = job::Entity::find();
         if let Some(statuses) = statuses {
@@ -423,11 +413,7 @@ pub async fn end_without_worker(state: &AppState, row: &job::Model, cause: &str)
         .started_at
         .map(|at| (crate::now() - at).num_milliseconds())
         .unwrap_or(0);
-    let data = json!({
-        "success": false,
-        "error": format!("{}: {cause}", jobs::failure_prefix(&row.kind)),
-        "durationMs": duration_ms,
-    });
+    let data = events::failure(&row.kind, cause, duration_ms);
     let appended = events::append(
         &state.db,
         &state.events,
@@ -441,12 +427,8 @@ pub async fn end_without_worker(state: &AppState, row: &job::Model, cause: &str)
     if let Err(e) = appended {
         tracing::error!(job = %row.id, error = %e, "cannot record the job's end");
     }
-    if let Some(project) = &row.project_id
-        && let Ok(ids) = jobs::store::wake_waiting(&state.db, project).await
-    {
-        for id in ids {
-            let _ = state.queue.push(&id).await;
-        }
+    if let Some(project) = &row.project_id {
+        jobs::worker::redeliver_waiting(&state.db, &state.queue, project).await;
     }
 }
 
@@ -586,11 +568,7 @@ impl Cursor {
             let cause = job.error.clone().unwrap_or_else(|| "unknown cause".into());
             (
                 events::ERROR,
-                json!({
-                    "success": false,
-                    "error": format!("{}: {cause}", jobs::failure_prefix(&job.kind)),
-                    "durationMs": duration_ms,
-                }),
+                events::failure(&job.kind, &cause, duration_ms),
             )
         };
         self.ready.push_back(JobEvent {

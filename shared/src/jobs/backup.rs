@@ -664,36 +664,59 @@ async fn dump_roles(
     spool: &Path,
     job_id: &str,
 ) -> Result<SpooledDump, JobError> {
-    let (address, password) = split_password(url)?;
-    let mut command = child::command(
-        pg_dumpall.to_str().unwrap_or("pg_dumpall"),
+    let output = run_pg_tool(
+        pg_dumpall,
+        url,
         job_id,
-        password.as_deref(),
-    );
-    command
-        .arg("--roles-only")
-        .arg("--no-role-passwords")
-        .arg("--no-password")
-        .arg("--dbname")
-        .arg(&address)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let output = command
-        .output()
-        .await
-        .map_err(|e| JobError::Abort(format!("cannot run pg_dumpall: {e}")))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let message =
-            crate::redact::redact_urls(stderr.lines().last().unwrap_or("pg_dumpall failed"));
-        return Err(JobError::Abort(format!("pg_dumpall: {message}")));
-    }
+        &["--roles-only".as_ref(), "--no-role-passwords".as_ref()],
+        std::process::Stdio::piped(),
+    )
+    .await?;
     let roles = crate::pgtools::user_roles_only(&String::from_utf8_lossy(&output.stdout));
     let spooled = SpooledDump {
         path: spool.join(format!("{job_id}.roles.sql")),
     };
     std::fs::write(&spooled.path, roles).map_err(io_error)?;
     Ok(spooled)
+}
+
+/// Runs a Postgres client program of the job against `url` (the password in
+/// the environment, never the command line; see [`child::command`]); a
+/// failure is its last line of stderr, without any URL.
+async fn run_pg_tool(
+    program: &Path,
+    url: &str,
+    job_id: &str,
+    args: &[&std::ffi::OsStr],
+    stdout: std::process::Stdio,
+) -> Result<std::process::Output, JobError> {
+    let name = program
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let (address, password) = split_password(url)?;
+    let mut command = child::command(
+        program.to_str().unwrap_or(&name),
+        job_id,
+        password.as_deref(),
+    );
+    command
+        .args(args)
+        .arg("--no-password")
+        .arg("--dbname")
+        .arg(&address)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped());
+    let output = command
+        .output()
+        .await
+        .map_err(|e| JobError::Abort(format!("cannot run {name}: {e}")))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let message = crate::redact::redact_urls(stderr.lines().last().unwrap_or("failed"));
+        return Err(JobError::Abort(format!("{name}: {message}")));
+    }
+    Ok(output)
 }
 
 /// The URL without its password, and the password (percent-decoded).
@@ -719,35 +742,24 @@ async fn dump_database(
     spool: &Path,
     job_id: &str,
 ) -> Result<SpooledDump, JobError> {
-    let (address, password) = split_password(url)?;
     let dump = SpooledDump {
         path: spool.join(format!("{job_id}.dump")),
     };
-    let mut command = child::command(
-        pg_dump.to_str().unwrap_or("pg_dump"),
+    run_pg_tool(
+        pg_dump,
+        url,
         job_id,
-        password.as_deref(),
-    );
-    command
-        .arg("--format=custom")
-        // The artifact compresses the whole stream; compressing twice costs CPU for nothing.
-        .arg("--compress=0")
-        .arg("--no-password")
-        .arg("--file")
-        .arg(&dump.path)
-        .arg("--dbname")
-        .arg(&address)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let output = command
-        .output()
-        .await
-        .map_err(|e| JobError::Abort(format!("cannot run pg_dump: {e}")))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let message = crate::redact::redact_urls(stderr.lines().last().unwrap_or("pg_dump failed"));
-        return Err(JobError::Abort(format!("pg_dump: {message}")));
-    }
+        &[
+            "--format=custom".as_ref(),
+            // The artifact compresses the whole stream; compressing twice
+            // costs CPU for nothing.
+            "--compress=0".as_ref(),
+            "--file".as_ref(),
+            dump.path.as_os_str(),
+        ],
+        std::process::Stdio::null(),
+    )
+    .await?;
     Ok(dump)
 }
 

@@ -35,6 +35,15 @@ pub const WARNING: &str = "warning";
 pub const COMPLETE: &str = "complete";
 pub const ERROR: &str = "error";
 
+/// The `error` event's data: `{success: false, error: "<Kind> failed: <cause>", durationMs}`.
+pub fn failure(kind: &str, cause: &str, duration_ms: i64) -> serde_json::Value {
+    serde_json::json!({
+        "success": false,
+        "error": format!("{}: {cause}", super::failure_prefix(kind)),
+        "durationMs": duration_ms,
+    })
+}
+
 /// Whether `event` ends its job's stream.
 pub fn is_final(event: &str) -> bool {
     event == COMPLETE || event == ERROR
@@ -76,21 +85,7 @@ impl EventBus {
         let Some(url) = &config.redis_url else {
             return Ok(Self::local());
         };
-        let client = redis::Client::open(url.expose())
-            .map_err(|_| anyhow::anyhow!("SUPASCALE_REDIS_URL is not a valid Redis URL"))?;
-        let conn = client
-            .get_connection_manager_with_config(
-                redis::aio::ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(Duration::from_secs(5)))
-                    .set_connection_timeout(Some(Duration::from_secs(5))),
-            )
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "SUPASCALE_REDIS_URL: cannot connect to Redis: {}",
-                    crate::redact::redact_urls(&e.to_string())
-                )
-            })?;
+        let (client, conn) = super::queue::connect_redis(url).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 local: broadcast::channel(1024).0,

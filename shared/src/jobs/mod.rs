@@ -65,6 +65,16 @@ pub enum JobError {
     Cancelled,
 }
 
+/// Every kind of job.
+pub const JOB_KINDS: &[&str] = &[
+    "backup",
+    "restore",
+    "import_database",
+    "import_storage",
+    "import_functions",
+    "lift_shift",
+];
+
 /// Kinds that write into a project: one of them never runs beside any other
 /// job of the same project. Other kinds (backups) only read, and may run
 /// beside each other.

@@ -18,7 +18,7 @@ use super::events::{self, EventBus};
 use super::queue::POLL;
 use super::reporter::Reporter;
 use super::store::Claim;
-use super::{HEARTBEAT, JobEnvelope, JobError, JobQueue, backup, failure_prefix, store};
+use super::{HEARTBEAT, JobEnvelope, JobError, JobQueue, backup, store};
 use crate::config::Config;
 use crate::destinations::Destinations;
 use crate::entities::{job, worker};
@@ -349,11 +349,7 @@ async fn end(
             reporter
                 .event(
                     events::ERROR,
-                    json!({
-                        "success": false,
-                        "error": format!("{}: {e}", failure_prefix(&job.kind)),
-                        "durationMs": duration_ms,
-                    }),
+                    events::failure(&job.kind, &e.to_string(), duration_ms),
                 )
                 .await;
         }
@@ -423,14 +419,18 @@ async fn wait_behind(ctx: &JobContext, job_id: &str, blocker: &job::Model) {
     }
 }
 
-/// Delivers again the project's jobs that waited behind another one: the
-/// job that just ended may have been it. Taking them is still decided by
-/// the claim.
 async fn wake_waiting(ctx: &JobContext, project: &str) {
-    match store::wake_waiting(&ctx.db, project).await {
+    redeliver_waiting(&ctx.db, &ctx.queue, project).await
+}
+
+/// Delivers again the project's jobs that waited behind another one: the
+/// job that just ended (in a worker, or in the API) may have been it.
+/// Taking them is still decided by the claim.
+pub async fn redeliver_waiting(db: &DatabaseConnection, queue: &JobQueue, project: &str) {
+    match store::wake_waiting(db, project).await {
         Ok(ids) => {
             for id in ids {
-                if let Err(e) = ctx.queue.push(&id).await {
+                if let Err(e) = queue.push(&id).await {
                     tracing::warn!(job = %id, error = %e, "cannot re-deliver a waiting job");
                 }
             }
