@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod master_key;
 pub mod pgtools;
 pub mod redact;
+pub mod restore;
 pub mod secret;
 pub mod telemetry;
 

@@ -1,0 +1,3 @@
+//! Bringing a backup back into a project.
+
+pub mod staging;
