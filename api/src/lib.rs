@@ -26,6 +26,7 @@ use supascale_shared::Config;
 use tracing::Instrument;
 
 use crate::routes::backups::BackupsApi;
+use crate::routes::restores::RestoresApi;
 use crate::routes::{
     api_keys::ApiKeysApi, download::DownloadApi, jobs::JobsApi, projects::ProjectsApi,
 };
@@ -39,11 +40,25 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-type Apis = (BackupsApi, DownloadApi, ProjectsApi, ApiKeysApi, JobsApi);
+type Apis = (
+    BackupsApi,
+    RestoresApi,
+    DownloadApi,
+    ProjectsApi,
+    ApiKeysApi,
+    JobsApi,
+);
 
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (BackupsApi, DownloadApi, ProjectsApi, ApiKeysApi, JobsApi),
+        (
+            BackupsApi,
+            RestoresApi,
+            DownloadApi,
+            ProjectsApi,
+            ApiKeysApi,
+            JobsApi,
+        ),
         "Supascale Backups API",
         env!("CARGO_PKG_VERSION"),
     )

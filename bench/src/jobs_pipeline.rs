@@ -135,7 +135,7 @@ async fn main() {
         if done as u64 >= args.jobs {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let ours = started.elapsed();
     let (run_ms, wait_ms): (f64, f64) = sqlx::query_as(
@@ -388,7 +388,7 @@ async fn bare_apalis(jobs: u64, root: PathBuf) -> Duration {
         }));
     }
     while ctx.done.load(Ordering::Relaxed) < jobs {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed();
     let _ = stop_tx.send(true);

@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_control_plane;
 mod m20261127_000002_job_events;
+mod m20261127_000003_waiting_jobs;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261127_000001_control_plane::Migration),
             Box::new(m20261127_000002_job_events::Migration),
+            Box::new(m20261127_000003_waiting_jobs::Migration),
         ]
     }
 }

@@ -80,6 +80,13 @@ pub struct Config {
     /// backup is `completed` (doubles the transfer; the size is always
     /// checked).
     pub verify_readback: bool,
+    /// The age identity file (`AGE-SECRET-KEY-1…` lines, as `age -d -i`
+    /// reads it) that restores decrypt encrypted backups with. Keep it
+    /// somewhere other than the backups.
+    pub encryption_identity_file: Option<PathBuf>,
+    /// How long a restore waits for other sessions' locks on the target
+    /// database before it fails and names them.
+    pub restore_lock_timeout_seconds: u64,
 }
 
 impl Default for Config {
@@ -107,6 +114,8 @@ impl Default for Config {
             encryption_recipients: None,
             encryption_recipients_file: None,
             verify_readback: true,
+            encryption_identity_file: None,
+            restore_lock_timeout_seconds: 10,
         }
     }
 }
@@ -220,11 +229,49 @@ impl Config {
             return Err(ConfigError("SUPASCALE_WORKERS must be at most 256".into()));
         }
         self.recipients()?;
+        self.identities()?;
         Ok(())
     }
 
     /// The age recipients backups are encrypted for (none: `encrypt: true`
     /// is refused).
+    /// The age identities of `encryption_identity_file` (none when unset).
+    pub fn identities(&self) -> Result<Vec<age::x25519::Identity>, ConfigError> {
+        let Some(path) = &self.encryption_identity_file else {
+            return Ok(Vec::new());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "SUPASCALE_ENCRYPTION_IDENTITY_FILE: cannot read {}: {e}",
+                path.display()
+            ))
+        })?;
+        let mut identities = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            // The key itself never goes into the message.
+            let identity = line.parse::<age::x25519::Identity>().map_err(|_| {
+                ConfigError(format!(
+                    "SUPASCALE_ENCRYPTION_IDENTITY_FILE: line {} of {} is not an age X25519 \
+                     identity (AGE-SECRET-KEY-1…)",
+                    n + 1,
+                    path.display()
+                ))
+            })?;
+            identities.push(identity);
+        }
+        if identities.is_empty() {
+            return Err(ConfigError(format!(
+                "SUPASCALE_ENCRYPTION_IDENTITY_FILE: {} holds no identity",
+                path.display()
+            )));
+        }
+        Ok(identities)
+    }
+
     pub fn recipients(&self) -> Result<Vec<age::x25519::Recipient>, ConfigError> {
         let mut recipients = Vec::new();
         let mut parse = |text: &str, setting: &str| -> Result<(), ConfigError> {

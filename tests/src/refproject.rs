@@ -343,3 +343,92 @@ pub fn table_fingerprints(url: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// Everything a restore must bring back of a folder, one line per entry:
+/// path, kind, mode, mtime, bytes (SHA-256), link target and `user.*`
+/// xattrs. Two trees are the same to a user when their snapshots are equal.
+pub fn tree_snapshot(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let mut children: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        children.sort();
+        for path in children {
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let kind = meta.file_type();
+            let content = if kind.is_symlink() {
+                format!("-> {}", std::fs::read_link(&path).unwrap().display())
+            } else if kind.is_file() {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(std::fs::read(&path).unwrap()))
+            } else {
+                "dir".into()
+            };
+            let mut xattrs: Vec<String> = if kind.is_symlink() {
+                Vec::new()
+            } else {
+                xattr::list(&path)
+                    .unwrap()
+                    .filter(|n| n.to_string_lossy().starts_with("user."))
+                    .map(|n| {
+                        let value = xattr::get(&path, &n).unwrap().unwrap_or_default();
+                        format!(
+                            "{}={}",
+                            n.to_string_lossy(),
+                            String::from_utf8_lossy(&value)
+                        )
+                    })
+                    .collect()
+            };
+            xattrs.sort();
+            // A folder's mtime changes whenever its children do; files and
+            // links carry theirs.
+            let mtime = if kind.is_dir() { 0 } else { meta.mtime() };
+            out.push(format!(
+                "{rel} mode={:o} mtime={mtime} {content} [{}]",
+                meta.mode() & 0o7777,
+                xattrs.join(" ")
+            ));
+            if kind.is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if root.exists() {
+        walk(root, root, &mut out);
+    }
+    out
+}
+
+/// The database's schema as `pg_dump -s` prints it (owners and grants
+/// included).
+pub fn schema_of(url: &str) -> String {
+    let out = std::process::Command::new("pg_dump")
+        .args(["-s", "--dbname", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_dump -s: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        // The header names the versions; `\restrict` carries a random key.
+        .filter(|l| {
+            !l.starts_with("-- Dumped")
+                && !l.starts_with("\\restrict")
+                && !l.starts_with("\\unrestrict")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -341,11 +341,7 @@ impl BackupsApi {
     ) -> ApiResult<CreatedBackup> {
         let principal = auth.principal();
         principal.require(Permission::BackupsWrite)?;
-        let wants_async = run_async.0.unwrap_or(false)
-            || prefer.0.as_deref().is_some_and(|p| {
-                p.split(',')
-                    .any(|v| v.trim().eq_ignore_ascii_case("respond-async"))
-            });
+        let wants_async = super::jobs::wants_async(prefer.0.as_deref(), run_async.0);
         let request = body.0;
         let idempotency = match idempotency_key.0.as_deref() {
             Some(key) => Some(crate::idempotency::Idempotency::new(
@@ -358,13 +354,12 @@ impl BackupsApi {
         if let Some(idempotency) = &idempotency
             && let Some(first) = idempotency.find(&state.db).await?
         {
-            return BackupsApi::answer(&state, &first, wants_async).await;
+            return BackupsApi::answer(&state, &first, wants_async, None).await;
         }
         let (row, mut job) = BackupsApi::new_backup_rows(&state, principal, request).await?;
         if let Some(idempotency) = &idempotency {
             idempotency.stamp(&mut job);
         }
-        let job_id = job.id.clone().unwrap();
         // The rows exist before the queue entry: the job row is the record.
         let txn = state.db.begin().await?;
         let inserted = job.insert(&txn).await;
@@ -377,28 +372,13 @@ impl BackupsApi {
                 .find(&state.db)
                 .await?
                 .ok_or_else(|| ApiError::conflict("Idempotency-Key is in use"))?;
-            return BackupsApi::answer(&state, &first, wants_async).await;
+            return BackupsApi::answer(&state, &first, wants_async, None).await;
         }
         let job = inserted?;
-        row.insert(&txn).await?;
+        let inserted = row.insert(&txn).await?;
         txn.commit().await?;
-        if let Err(e) = state.queue.push(&job_id).await {
-            tracing::error!(job = %job_id, error = %e, "cannot queue the job");
-            let cause = "the job queue is unavailable";
-            let failed = job::Entity::update_many()
-                .col_expr(job::Column::Status, Expr::value(jobs::STATUS_FAILED))
-                .col_expr(job::Column::Error, Expr::value(cause))
-                .col_expr(job::Column::FinishedAt, Expr::value(crate::now()))
-                .filter(job::Column::Id.eq(job_id.clone()))
-                .filter(job::Column::Status.eq(jobs::STATUS_PENDING))
-                .exec(&state.db)
-                .await;
-            if matches!(failed, Ok(ref r) if r.rows_affected == 1) {
-                super::jobs::end_without_worker(&state, &job, cause).await;
-            }
-            return Err(ApiError::unavailable(format!("Backup failed: {cause}")));
-        }
-        BackupsApi::answer(&state, &job, wants_async).await
+        super::jobs::enqueue(&state, &job).await?;
+        BackupsApi::answer(&state, &job, wants_async, Some(inserted)).await
     }
 
     /// Delete backup
@@ -675,65 +655,43 @@ impl BackupsApi {
         state: &AppState,
         job_row: &job::Model,
         run_async: bool,
+        // The row as this request inserted it: the first look needs no read.
+        mut known: Option<backup::Model>,
     ) -> ApiResult<CreatedBackup> {
-        let deadline = std::time::Instant::now()
-            + std::time::Duration::from_secs(if run_async {
-                0
-            } else {
-                state.config.job_wait_seconds
-            });
-        let mut wake = state.events.subscribe();
-        loop {
-            let row = backup::Entity::find()
-                .filter(backup::Column::JobId.eq(job_row.id.clone()))
-                .one(&state.db)
-                .await?
-                .ok_or_else(ApiError::backup_not_found)?;
-            match row.status.as_str() {
-                jobs::STATUS_COMPLETED => {
-                    return Ok(CreatedBackup::Done(Json(BackupEnvelope {
-                        success: true,
-                        backup: row.into(),
-                    })));
-                }
-                jobs::STATUS_FAILED => {
-                    let cause = row.error.unwrap_or_else(|| "unknown cause".into());
-                    return Err(ApiError::internal(format!("Backup failed: {cause}")));
-                }
-                _ if std::time::Instant::now() >= deadline => {
-                    let job_url = super::jobs::job_url(&job_row.id);
-                    return Ok(CreatedBackup::Accepted(
-                        Json(BackupAccepted {
-                            success: true,
-                            job: JobRef {
-                                id: job_row.id.clone(),
-                                kind: job_row.kind.clone(),
-                                status: row.status.clone(),
-                                job_url: job_url.clone(),
-                                events_url: super::jobs::events_url(&job_row.id),
-                            },
-                            backup: row.into(),
-                        }),
-                        job_url,
-                    ));
-                }
-                // The bus says when the job has news; the timer covers a
-                // wake-up that was lost.
-                _ => {
-                    let news = async {
-                        loop {
-                            match wake.recv().await {
-                                Ok(id) if id != job_row.id => continue,
-                                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                                    std::future::pending::<()>().await
-                                }
-                                _ => return,
-                            }
-                        }
-                    };
-                    let _ = tokio::time::timeout(std::time::Duration::from_millis(250), news).await;
-                }
+        let row = super::jobs::wait_for_row(state, &job_row.id, run_async, || {
+            let known = known.take();
+            async move {
+                let row = match known {
+                    Some(row) => row,
+                    None => backup::Entity::find()
+                        .filter(backup::Column::JobId.eq(job_row.id.clone()))
+                        .one(&state.db)
+                        .await?
+                        .ok_or_else(ApiError::backup_not_found)?,
+                };
+                let over =
+                    [jobs::STATUS_COMPLETED, jobs::STATUS_FAILED].contains(&row.status.as_str());
+                Ok((row, over))
             }
+        })
+        .await?;
+        match row.status.as_str() {
+            jobs::STATUS_COMPLETED => Ok(CreatedBackup::Done(Json(BackupEnvelope {
+                success: true,
+                backup: row.into(),
+            }))),
+            jobs::STATUS_FAILED => {
+                let cause = row.error.unwrap_or_else(|| "unknown cause".into());
+                Err(ApiError::internal(format!("Backup failed: {cause}")))
+            }
+            status => Ok(CreatedBackup::Accepted(
+                Json(BackupAccepted {
+                    success: true,
+                    job: super::jobs::job_ref(job_row, status),
+                    backup: row.into(),
+                }),
+                super::jobs::job_url(&job_row.id),
+            )),
         }
     }
 

@@ -19,7 +19,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Value, json};
 use supascale_shared::api_key::Permission;
-use supascale_shared::entities::{backup, job, job_event};
+use supascale_shared::entities::{backup, job, job_event, restore};
 use supascale_shared::jobs::{self, events};
 
 use super::backups::{Backup, BackupEnvelope};
@@ -132,6 +132,93 @@ pub fn events_url(job_id: &str) -> String {
 
 pub fn job_url(job_id: &str) -> String {
     format!("{}/jobs/{job_id}", crate::API_PREFIX)
+}
+
+/// Whether a job-starting request asked for 202 at once
+/// (`Prefer: respond-async`, RFC 7240, or `?async=true`).
+pub fn wants_async(prefer: Option<&str>, run_async: Option<bool>) -> bool {
+    run_async.unwrap_or(false)
+        || prefer.is_some_and(|p| {
+            p.split(',')
+                .any(|v| v.trim().eq_ignore_ascii_case("respond-async"))
+        })
+}
+
+/// How a job-starting request refers to its job while it runs.
+pub fn job_ref(job: &job::Model, status: &str) -> super::backups::JobRef {
+    super::backups::JobRef {
+        id: job.id.clone(),
+        kind: job.kind.clone(),
+        status: status.to_string(),
+        job_url: job_url(&job.id),
+        events_url: events_url(&job.id),
+    }
+}
+
+/// Pushes a job whose rows are written. If the queue cannot take it, the
+/// job and its own row fail at once (nothing would ever run them) and the
+/// request answers 503 `<Kind> failed: the job queue is unavailable`.
+pub async fn enqueue(state: &AppState, job: &job::Model) -> ApiResult<()> {
+    let Err(e) = state.queue.push(&job.id).await else {
+        return Ok(());
+    };
+    tracing::error!(job = %job.id, error = %e, "cannot queue the job");
+    let cause = "the job queue is unavailable";
+    let failed = job::Entity::update_many()
+        .col_expr(job::Column::Status, Expr::value(jobs::STATUS_FAILED))
+        .col_expr(job::Column::Error, Expr::value(cause))
+        .col_expr(job::Column::FinishedAt, Expr::value(crate::now()))
+        .filter(job::Column::Id.eq(job.id.clone()))
+        .filter(job::Column::Status.eq(jobs::STATUS_PENDING))
+        .exec(&state.db)
+        .await;
+    if matches!(failed, Ok(ref r) if r.rows_affected == 1) {
+        end_without_worker(state, job, cause).await;
+    }
+    Err(ApiError::unavailable(format!(
+        "{}: {cause}",
+        jobs::failure_prefix(&job.kind)
+    )))
+}
+
+/// Reads a job's own row (`load` says whether it is over) until the job is
+/// over or, unless `run_async`, the configured wait has passed; the event
+/// bus says when to look again, a timer covers a lost wake-up.
+pub async fn wait_for_row<T, F, Fut>(
+    state: &AppState,
+    job_id: &str,
+    run_async: bool,
+    mut load: F,
+) -> ApiResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<(T, bool)>>,
+{
+    let deadline = std::time::Instant::now()
+        + Duration::from_secs(if run_async {
+            0
+        } else {
+            state.config.job_wait_seconds
+        });
+    let mut wake = state.events.subscribe();
+    loop {
+        let (row, over) = load().await?;
+        if over || std::time::Instant::now() >= deadline {
+            return Ok(row);
+        }
+        let news = async {
+            loop {
+                match wake.recv().await {
+                    Ok(id) if id != job_id => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        std::future::pending::<()>().await
+                    }
+                    _ => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(250), news).await;
+    }
 }
 
 #[derive(Debug, Object)]
@@ -397,17 +484,8 @@ pub async fn find_visible(
 /// queued): fails its kind's own row, records the `error` event, and wakes
 /// the jobs that waited behind it.
 pub async fn end_without_worker(state: &AppState, row: &job::Model, cause: &str) {
-    if row.kind == "backup" {
-        let failed = backup::Entity::update_many()
-            .col_expr(backup::Column::Status, Expr::value(jobs::STATUS_FAILED))
-            .col_expr(backup::Column::Error, Expr::value(cause))
-            .filter(backup::Column::JobId.eq(row.id.clone()))
-            .filter(backup::Column::Status.is_in([jobs::STATUS_PENDING, jobs::STATUS_IN_PROGRESS]))
-            .exec(&state.db)
-            .await;
-        if let Err(e) = failed {
-            tracing::error!(job = %row.id, error = %e, "cannot fail the backup row");
-        }
+    if let Err(e) = jobs::store::fail_owned_row(&state.db, row, cause).await {
+        tracing::error!(job = %row.id, error = %e, "cannot fail the job's own row");
     }
     let duration_ms = row
         .started_at
@@ -445,6 +523,19 @@ pub async fn completed_body(state: &AppState, row: &job::Model) -> ApiResult<Val
             Ok(BackupEnvelope {
                 success: true,
                 backup: Backup::from(backup),
+            }
+            .to_json()
+            .unwrap_or(Value::Null))
+        }
+        "restore" => {
+            let restore = restore::Entity::find()
+                .filter(restore::Column::JobId.eq(row.id.clone()))
+                .one(&state.db)
+                .await?
+                .ok_or_else(|| ApiError::not_found("Restore not found"))?;
+            Ok(super::restores::RestoreEnvelope {
+                success: true,
+                restore: restore.into(),
             }
             .to_json()
             .unwrap_or(Value::Null))

@@ -6,6 +6,7 @@ pub mod download;
 pub mod jobs;
 pub mod ops;
 pub mod projects;
+pub mod restores;
 
 use poem_openapi::Tags;
 

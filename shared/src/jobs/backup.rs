@@ -96,21 +96,19 @@ async fn set_backup(
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
     let payload: Payload = serde_json::from_str(&job.payload)
         .map_err(|e| JobError::Abort(format!("bad job payload: {e}")))?;
-    let row = backup::Entity::find_by_id(payload.backup_id.clone())
-        .one(&ctx.db)
-        .await
-        .map_err(|e| JobError::Retry(format!("control plane: {e}")))?
-        .ok_or_else(|| JobError::Abort("the backup row is gone".into()))?;
     let started = Instant::now();
-    set_backup(
-        ctx,
-        &row.id,
-        vec![(
+    // Marked running and read in one statement.
+    let row = backup::Entity::update_many()
+        .col_expr(
             backup::Column::Status,
             Expr::value(super::STATUS_IN_PROGRESS),
-        )],
-    )
-    .await?;
+        )
+        .filter(backup::Column::Id.eq(payload.backup_id.clone()))
+        .exec_with_returning(&ctx.db)
+        .await
+        .map_err(|e| JobError::Retry(format!("control plane: {e}")))?
+        .pop()
+        .ok_or_else(|| JobError::Abort("the backup row is gone".into()))?;
     let result = produce(ctx, job, &row, reporter).await;
     match result {
         Ok(summary) => {
@@ -422,7 +420,7 @@ async fn read_back_sha256(
     Ok(hex::encode(hasher.finalize()))
 }
 
-fn destination_error(e: &crate::destinations::DestinationError) -> JobError {
+pub(crate) fn destination_error(e: &crate::destinations::DestinationError) -> JobError {
     if e.is_temporary() {
         JobError::Retry(format!("destination: {e}"))
     } else {
@@ -430,7 +428,7 @@ fn destination_error(e: &crate::destinations::DestinationError) -> JobError {
     }
 }
 
-fn io_error(e: std::io::Error) -> JobError {
+pub(crate) fn io_error(e: std::io::Error) -> JobError {
     // ENOSPC is permanent for this attempt and has the contract's wording.
     if e.raw_os_error() == Some(28) {
         JobError::Abort("Insufficient disk space".into())
@@ -574,8 +572,8 @@ fn add_if_present<W: Write>(
 }
 
 /// A dump file that is removed when dropped.
-struct SpooledDump {
-    path: PathBuf,
+pub(crate) struct SpooledDump {
+    pub(crate) path: PathBuf,
 }
 
 impl Drop for SpooledDump {
@@ -637,7 +635,7 @@ fn available_bytes(path: &Path) -> std::io::Result<u64> {
 
 /// Fails early when a place the backup writes to cannot take what it will
 /// write and still keep `reserve` bytes free.
-fn check_free_space(needs: &[(PathBuf, u64)], reserve: u64) -> Result<(), JobError> {
+pub(crate) fn check_free_space(needs: &[(PathBuf, u64)], reserve: u64) -> Result<(), JobError> {
     for (path, bytes) in needs {
         std::fs::create_dir_all(path).map_err(io_error)?;
         let free = available_bytes(path).map_err(io_error)?;
@@ -720,7 +718,7 @@ async fn run_pg_tool(
 }
 
 /// The URL without its password, and the password (percent-decoded).
-fn split_password(url: &str) -> Result<(String, Option<String>), JobError> {
+pub(crate) fn split_password(url: &str) -> Result<(String, Option<String>), JobError> {
     let mut parsed = url::Url::parse(url)
         .map_err(|_| JobError::Abort("the project's database URL is invalid".into()))?;
     let password = parsed.password().map(|p| {

@@ -26,6 +26,7 @@ pub mod events;
 pub mod queue;
 pub mod reconciler;
 pub mod reporter;
+pub mod restore;
 pub mod store;
 pub mod worker;
 

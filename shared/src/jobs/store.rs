@@ -102,6 +102,12 @@ pub async fn claim(db: &DatabaseConnection, job_id: &str, worker: &str) -> Resul
             Expr::col(job::Column::StartedAt).if_null(now),
         )
         .col_expr(job::Column::HeartbeatAt, Expr::value(now))
+        // A running job has no delivery date; this keeps the index of
+        // waiting jobs (`jobs_waiting_idx`) to the few that really wait.
+        .col_expr(
+            job::Column::RunAfter,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
         .filter(job::Column::Id.eq(job_id))
         .filter(
             job::Column::Status
@@ -118,8 +124,8 @@ pub async fn claim(db: &DatabaseConnection, job_id: &str, worker: &str) -> Resul
     if let Some(project) = &row.project_id {
         update = update.filter(Expr::not_exists(conflicting(&row, project, now)));
     }
-    let result = update.exec(&txn).await?;
-    if result.rows_affected == 0 {
+    let taken = update.exec_with_returning(&txn).await?.pop();
+    if taken.is_none() {
         let blocker = match &row.project_id {
             Some(project) => {
                 let ids: Vec<String> = job::Entity::find()
@@ -142,9 +148,6 @@ pub async fn claim(db: &DatabaseConnection, job_id: &str, worker: &str) -> Resul
             _ => Claim::NotNow,
         });
     }
-    let taken = job::Entity::find_by_id(job_id.to_string())
-        .one(&txn)
-        .await?;
     txn.commit().await?;
     Ok(taken.map(Claim::Taken).unwrap_or(Claim::NotNow))
 }
@@ -183,6 +186,10 @@ pub async fn wake_waiting(db: &impl ConnectionTrait, project: &str) -> Result<Ve
         .column(job::Column::Id)
         .filter(job::Column::ProjectId.eq(project))
         .filter(job::Column::Status.eq(STATUS_PENDING))
+        // Every waiting job has a delivery date (see `jobs_waiting_idx`):
+        // without this, each ending job would read all of its project's
+        // pending jobs.
+        .filter(job::Column::RunAfter.is_not_null())
         .filter(job::Column::Progress.like(format!("%\"step\":\"{WAITING_STEP}\"%")))
         .order_by_asc(job::Column::EnqueuedAt)
         .limit(50)
@@ -247,6 +254,40 @@ pub async fn finish(
         .exec(db)
         .await
         .map(|_| ())
+}
+
+/// Fails the row a job works for (its backup, its restore) when the job
+/// ended without its module having ended that row: cancelled before it
+/// started, its worker gone on the last attempt, never queued.
+pub async fn fail_owned_row(
+    db: &impl ConnectionTrait,
+    job: &job::Model,
+    cause: &str,
+) -> Result<(), DbErr> {
+    use crate::entities::{backup, restore};
+    let open = [STATUS_PENDING, STATUS_IN_PROGRESS];
+    match job.kind.as_str() {
+        "backup" => {
+            backup::Entity::update_many()
+                .col_expr(backup::Column::Status, Expr::value(STATUS_FAILED))
+                .col_expr(backup::Column::Error, Expr::value(cause))
+                .filter(backup::Column::JobId.eq(job.id.clone()))
+                .filter(backup::Column::Status.is_in(open))
+                .exec(db)
+                .await?;
+        }
+        "restore" => {
+            restore::Entity::update_many()
+                .col_expr(restore::Column::Status, Expr::value(STATUS_FAILED))
+                .col_expr(restore::Column::Error, Expr::value(cause))
+                .filter(restore::Column::JobId.eq(job.id.clone()))
+                .filter(restore::Column::Status.is_in(open))
+                .exec(db)
+                .await?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Hands a job back for another attempt after `wait`, keeping the cause.

@@ -268,6 +268,7 @@ async fn handle(envelope: JobEnvelope, ctx: Data<Arc<JobContext>>) -> Result<(),
         )));
         let outcome = match job.kind.as_str() {
             "backup" => backup::run(&ctx, &job, &reporter).await,
+            "restore" => super::restore::run(&ctx, &job, &reporter).await,
             other => Err(JobError::Abort(format!("unknown job kind {other}"))),
         };
         drop(watch);
@@ -346,6 +347,9 @@ async fn end(
         }
         Err(e) => {
             tracing::warn!(job = %job.id, cause = %e, "job failed");
+            if let Err(db) = store::fail_owned_row(&ctx.db, job, &e.to_string()).await {
+                tracing::warn!(job = %job.id, error = %db, "cannot fail the job's own row");
+            }
             reporter
                 .event(
                     events::ERROR,

@@ -1,0 +1,590 @@
+//! The restore job: a backup brought back into a project, all or nothing.
+//!
+//! Order of work, and why:
+//! 1. Checks that need no artifact (the API made them too; the world may
+//!    have changed since): the artifact is on its destination with its
+//!    recorded size, the target database answers, its role may restore,
+//!    its major version is not older than the backup's.
+//! 2. One streaming pass over the artifact (destination → age → gzip/zstd
+//!    → tar) on a blocking thread: the dump is spooled (`pg_restore` needs a
+//!    seekable file), files are staged beside their targets, and every
+//!    file's SHA-256 is compared with the manifest as it is written. A
+//!    mismatch stops here, before anything of the project changed.
+//! 3. The database is loaded in one open transaction
+//!    ([`crate::restore::database`]).
+//! 4. The staged files are swapped in; then the transaction commits. A
+//!    failure at 3 or 4 rolls both back; the target is as it was.
+//!
+//! Only the worker thread that runs the job touches the staging folders;
+//! the blocking thread owns them during the pass and hands them back.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sha2::Digest;
+
+use super::backup::{SpooledDump, artifact_of, check_free_space, destination_error, io_error};
+use super::reporter::Reporter;
+use super::worker::JobContext;
+use super::{JobError, child};
+use crate::artifact::{Manifest, ManifestEntry};
+use crate::entities::{backup, job, project, restore};
+use crate::restore::database::{self, DatabaseRestore, TargetFacts};
+use crate::restore::source;
+use crate::restore::staging::{
+    Added, Options, Ready, StagedFiles, StagedTree, SwappedFiles, SymlinkPolicy,
+};
+
+/// What the API puts in the job row.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestorePayload {
+    pub restore_id: String,
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The components a restore may name, in the order they are restored.
+pub const COMPONENTS: &[&str] = &["database", "storage", "functions", "config"];
+
+pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
+    let payload: RestorePayload = serde_json::from_str(&job.payload)
+        .map_err(|e| JobError::Abort(format!("bad job payload: {e}")))?;
+    let started = Instant::now();
+    let row = restore::Entity::update_many()
+        .col_expr(
+            restore::Column::Status,
+            Expr::value(super::STATUS_IN_PROGRESS),
+        )
+        .filter(restore::Column::Id.eq(payload.restore_id.clone()))
+        .exec_with_returning(&ctx.db)
+        .await
+        .map_err(control_plane)?
+        .pop()
+        .ok_or_else(|| JobError::Abort("the restore row is gone".into()))?;
+    // The API's own warnings (config left out of a cross-project restore)
+    // come first.
+    let said: Vec<String> = serde_json::from_str(&row.warnings).unwrap_or_default();
+    for warning in &said {
+        reporter.warning(warning).await;
+    }
+    let result = restore_backup(ctx, job, &row, payload.force, reporter)
+        .await
+        .map(|found| said.into_iter().chain(found).collect::<Vec<_>>());
+    let duration = started.elapsed().as_secs() as i64;
+    let update = restore::Entity::update_many().filter(restore::Column::Id.eq(row.id.clone()));
+    let update = match &result {
+        Ok(warnings) => update
+            .col_expr(
+                restore::Column::Status,
+                Expr::value(super::STATUS_COMPLETED),
+            )
+            .col_expr(
+                restore::Column::Warnings,
+                Expr::value(serde_json::to_string(warnings).unwrap_or_else(|_| "[]".into())),
+            )
+            .col_expr(restore::Column::Error, Expr::value(Option::<String>::None))
+            .col_expr(restore::Column::DurationSecs, Expr::value(duration))
+            .col_expr(
+                restore::Column::RestoredAt,
+                Expr::value(super::store::now()),
+            ),
+        Err(e) => update
+            .col_expr(
+                restore::Column::Status,
+                Expr::value(if e.will_retry(job) {
+                    super::STATUS_PENDING
+                } else {
+                    super::STATUS_FAILED
+                }),
+            )
+            .col_expr(restore::Column::Error, Expr::value(e.to_string()))
+            .col_expr(restore::Column::DurationSecs, Expr::value(duration)),
+    };
+    update.exec(&ctx.db).await.map_err(control_plane)?;
+    result.map(|_| ())
+}
+
+fn control_plane(e: sea_orm::DbErr) -> JobError {
+    JobError::Retry(format!("control plane: {e}"))
+}
+
+/// Restores and returns the warnings (also sent as events).
+async fn restore_backup(
+    ctx: &JobContext,
+    job: &job::Model,
+    row: &restore::Model,
+    force: bool,
+    reporter: &Reporter,
+) -> Result<Vec<String>, JobError> {
+    let backup_row = backup::Entity::find_by_id(row.backup_id.clone())
+        .one(&ctx.db)
+        .await
+        .map_err(control_plane)?
+        .ok_or_else(|| JobError::Abort("Backup not found".into()))?;
+    let target = project::Entity::find_by_id(row.project_id.clone())
+        .one(&ctx.db)
+        .await
+        .map_err(control_plane)?
+        .ok_or_else(|| JobError::Abort("Project not found".into()))?;
+    let manifest: Manifest = backup_row
+        .manifest
+        .as_deref()
+        .and_then(|m| serde_json::from_str(m).ok())
+        .ok_or_else(|| JobError::Abort("the backup has no manifest".into()))?;
+    let wanted: Vec<String> = serde_json::from_str(&row.restore_types)
+        .map_err(|e| JobError::Abort(format!("bad restore types: {e}")))?;
+    let wanted: Vec<&'static str> = COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| wanted.iter().any(|w| w == c))
+        .collect();
+    if let Some(missing) = wanted
+        .iter()
+        .find(|c| !manifest.meta.components.iter().any(|m| m == *c))
+    {
+        return Err(JobError::Abort(format!(
+            "Backup does not contain: {missing}"
+        )));
+    }
+    let total = wanted.len() as u32 + 2;
+    let mut warnings: Vec<String> = Vec::new();
+
+    // 1. What can be known before reading the artifact.
+    reporter
+        .step("check", "Checking the backup and the target", 1, total)
+        .await;
+    let (key, compression) = artifact_of(&backup_row);
+    let destination = ctx
+        .destinations
+        .get(&backup_row.destination)
+        .map_err(|e| JobError::Abort(e.to_string()))?
+        .clone();
+    let recorded = backup_row.size.max(0) as u64;
+    match destination.stat(&key).await {
+        Ok(Some(stored)) if stored.size == recorded => {}
+        Ok(Some(stored)) => {
+            return Err(JobError::Abort(format!(
+                "the artifact on {} has {} bytes, not the {recorded} recorded",
+                backup_row.destination, stored.size
+            )));
+        }
+        Ok(None) => {
+            return Err(JobError::Abort(format!(
+                "the backup's artifact is missing from destination {}",
+                backup_row.destination
+            )));
+        }
+        Err(e) => return Err(destination_error(&e)),
+    }
+    let identities = if backup_row.encrypted {
+        let identities = ctx
+            .config
+            .identities()
+            .map_err(|e| JobError::Abort(e.to_string()))?;
+        if identities.is_empty() {
+            return Err(JobError::Abort(
+                "Backup is encrypted and no decryption key is configured".into(),
+            ));
+        }
+        identities
+    } else {
+        Vec::new()
+    };
+    let restores_database = wanted.contains(&"database");
+    let mut database_target: Option<(String, TargetFacts)> = None;
+    if restores_database {
+        let url = ctx
+            .master_key
+            .decrypt(&target.database_url_enc)
+            .map_err(|e| JobError::Abort(e.to_string()))?;
+        let facts = database::target_facts(&url).await.map_err(|cause| {
+            JobError::Abort(format!("Project {} is not running: {cause}", target.id))
+        })?;
+        if let Some(missing) = database::missing_privilege(&facts) {
+            return Err(JobError::Abort(missing));
+        }
+        let backup_major = manifest
+            .meta
+            .postgres_version
+            .as_deref()
+            .and_then(database::major_of_version)
+            .unwrap_or(facts.major);
+        if backup_major > facts.major {
+            return Err(JobError::Abort(format!(
+                "the backup is of PostgreSQL {backup_major}, newer than the target's {}",
+                facts.version
+            )));
+        }
+        if job.attempt > 1 {
+            child::end_leftover_sessions(&url, &job.id).await;
+        }
+        database_target = Some((url, facts));
+    }
+    let spool_dir = ctx.config.data_dir.join("tmp");
+    std::fs::create_dir_all(&spool_dir).map_err(io_error)?;
+    let entries: HashMap<String, ManifestEntry> = manifest
+        .entries
+        .iter()
+        .map(|e| (e.path.trim_end_matches('/').to_string(), e.clone()))
+        .collect();
+    let bytes_of = |prefix: &str| -> u64 {
+        manifest
+            .entries
+            .iter()
+            .filter(|e| e.path.starts_with(prefix))
+            .map(|e| e.size)
+            .sum()
+    };
+    let mut needs = Vec::new();
+    if restores_database {
+        needs.push((spool_dir.clone(), bytes_of("database/")));
+    }
+    if wanted.contains(&"storage") {
+        needs.push((PathBuf::from(&target.storage_dir), bytes_of("storage/")));
+    }
+    if wanted.contains(&"functions") {
+        needs.push((PathBuf::from(&target.functions_dir), bytes_of("functions/")));
+    }
+    check_free_space(&needs, ctx.config.disk_reserve_bytes)?;
+    if reporter.is_cancelled() {
+        return Err(JobError::Cancelled);
+    }
+
+    // 2. One pass over the artifact.
+    reporter
+        .step("read", "Reading and checking the artifact", 2, total)
+        .await;
+    let (download, raw) = source::download(destination, key, recorded);
+    let stop = Arc::new(AtomicBool::new(false));
+    let plan = UnpackPlan {
+        wanted: wanted.iter().map(|c| c.to_string()).collect(),
+        entries,
+        root: PathBuf::from(&target.root_dir),
+        storage: PathBuf::from(&target.storage_dir),
+        functions: PathBuf::from(&target.functions_dir),
+        spool: spool_dir.join(format!("{}.restore.dump", job.id)),
+        job_id: job.id.clone(),
+        stop: stop.clone(),
+    };
+    let encrypted = backup_row.encrypted;
+    let unpacking = tokio::task::spawn_blocking(move || {
+        let reader = source::open(raw, compression, encrypted, &identities)
+            .map_err(|e| JobError::Abort(e.to_string()))?;
+        unpack(reader, plan)
+    });
+    let unpacked = tokio::select! {
+        done = unpacking => done.map_err(|e| JobError::Abort(format!("the restore's reader panicked: {e}")))?,
+        _ = reporter.cancelled() => {
+            stop.store(true, Ordering::Relaxed);
+            download.abort();
+            return Err(JobError::Cancelled);
+        }
+    };
+    download.abort();
+    let unpacked = unpacked?;
+    warnings.extend(
+        manifest
+            .warnings
+            .iter()
+            .map(|w| format!("At backup time: {w}")),
+    );
+
+    // 3. The database, up to its commit.
+    let mut step = 3;
+    let loaded = match (&database_target, &unpacked.dump) {
+        (Some((url, facts)), Some(dump)) => {
+            reporter
+                .step("database", "Restoring the database", step, total)
+                .await;
+            step += 1;
+            let restore = DatabaseRestore {
+                url,
+                job_id: &job.id,
+                dump: &dump.path,
+                roles_sql: unpacked.roles.as_deref().unwrap_or(""),
+                facts,
+                backup_major: manifest
+                    .meta
+                    .postgres_version
+                    .as_deref()
+                    .and_then(database::major_of_version)
+                    .unwrap_or(facts.major),
+                force,
+                lock_timeout: Duration::from_secs(ctx.config.restore_lock_timeout_seconds),
+                postgres_bin_dirs: ctx.config.postgres_bin_dirs.as_deref(),
+            };
+            let loaded = tokio::select! {
+                loaded = restore.load() => loaded?,
+                _ = reporter.cancelled() => return Err(JobError::Cancelled),
+            };
+            Some(loaded)
+        }
+        (Some(_), None) => {
+            return Err(JobError::Abort(
+                "the artifact holds no database dump".into(),
+            ));
+        }
+        _ => None,
+    };
+
+    // 4. Files in, then the commit; any failure puts everything back.
+    let Unpacked {
+        storage,
+        functions,
+        config,
+        dump,
+        ..
+    } = unpacked;
+    let mut swapped = Vec::new();
+    let mut swapped_config: Option<SwappedFiles> = None;
+    let mut failure: Option<JobError> = None;
+    for (name, ready) in [("storage", storage), ("functions", functions)] {
+        let Some(ready) = ready else { continue };
+        reporter
+            .step(name, &format!("Swapping in {name}"), step, total)
+            .await;
+        step += 1;
+        match ready.swap_in() {
+            Ok(done) => swapped.push(done),
+            Err(e) => {
+                failure = Some(JobError::Abort(format!("cannot swap in {name}: {e}")));
+                break;
+            }
+        }
+    }
+    if failure.is_none()
+        && let Some(config) = config
+    {
+        reporter
+            .step("config", "Swapping in config", step, total)
+            .await;
+        match config.swap_in() {
+            Ok(done) => swapped_config = Some(done),
+            Err(e) => failure = Some(JobError::Abort(format!("cannot swap in config: {e}"))),
+        }
+    }
+    if failure.is_none()
+        && let Some(loaded) = loaded
+    {
+        warnings.extend(loaded.warnings.iter().cloned());
+        if let Err(e) = loaded.commit().await {
+            failure = Some(e);
+        }
+    } else if let Some(loaded) = loaded {
+        loaded.roll_back().await;
+    }
+    drop(dump);
+    if let Some(e) = failure {
+        for done in swapped.into_iter().rev() {
+            if let Err(undo) = done.roll_back() {
+                tracing::error!(job = %job.id, error = %undo, "cannot put the project's files back");
+            }
+        }
+        if let Some(done) = swapped_config
+            && let Err(undo) = done.roll_back()
+        {
+            tracing::error!(job = %job.id, error = %undo, "cannot put the project's config back");
+        }
+        return Err(e);
+    }
+    for done in swapped {
+        if let Err(e) = done.commit() {
+            warnings.push(format!("The previous files could not all be removed: {e}"));
+        }
+    }
+    if let Some(done) = swapped_config
+        && let Err(e) = done.commit()
+    {
+        warnings.push(format!(
+            "The previous config files could not all be removed: {e}"
+        ));
+    }
+    for warning in &warnings {
+        reporter.warning(warning).await;
+    }
+    Ok(warnings)
+}
+
+/// What the pass over the artifact needs.
+struct UnpackPlan {
+    wanted: BTreeSet<String>,
+    /// The manifest's entries by path (folders without their `/`).
+    entries: HashMap<String, ManifestEntry>,
+    root: PathBuf,
+    storage: PathBuf,
+    functions: PathBuf,
+    spool: PathBuf,
+    job_id: String,
+    stop: Arc<AtomicBool>,
+}
+
+/// What the pass produced; dropping it removes every staged file.
+struct Unpacked {
+    dump: Option<SpooledDump>,
+    roles: Option<String>,
+    storage: Option<Ready>,
+    functions: Option<Ready>,
+    config: Option<StagedFiles>,
+}
+
+/// Reads every entry, stages those of the wanted components and checks
+/// each file against the manifest.
+fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<Unpacked, JobError> {
+    let corrupt = |e: std::io::Error| {
+        JobError::Abort(format!(
+            "the artifact cannot be read (corrupt or truncated): {e}"
+        ))
+    };
+    let mut archive = tar::Archive::new(reader);
+    let own = Options {
+        // A backup of a real project may hold absolute links; it is ours.
+        symlinks: SymlinkPolicy::KeepAsIs,
+        ..Options::default()
+    };
+    let mut storage: Option<StagedTree> = None;
+    let mut functions: Option<StagedTree> = None;
+    let mut config: Option<StagedFiles> = None;
+    let mut dump: Option<SpooledDump> = None;
+    let mut roles: Option<String> = None;
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let stage_error = |e: crate::restore::staging::StageError| JobError::Abort(e.to_string());
+    for entry in archive.entries().map_err(corrupt)? {
+        if plan.stop.load(Ordering::Relaxed) {
+            return Err(JobError::Cancelled);
+        }
+        let mut entry = entry.map_err(corrupt)?;
+        let path = entry
+            .path()
+            .map_err(corrupt)?
+            .to_string_lossy()
+            .into_owned();
+        let path = path.trim_end_matches('/').to_string();
+        if path == "manifest.json" {
+            continue;
+        }
+        let component = path.split('/').next().unwrap_or("").to_string();
+        if !plan.wanted.contains(&component) {
+            continue;
+        }
+        let expected = plan.entries.get(&path).ok_or_else(|| {
+            JobError::Abort(format!(
+                "the artifact holds {path}, which its manifest does not list"
+            ))
+        })?;
+        let rest = path
+            .strip_prefix(&component)
+            .unwrap_or("")
+            .trim_start_matches('/')
+            .to_string();
+        let added = match component.as_str() {
+            "database" => match rest.as_str() {
+                "database.dump" => {
+                    let spooled = SpooledDump {
+                        path: plan.spool.clone(),
+                    };
+                    let file = std::fs::File::create(&spooled.path).map_err(io_error)?;
+                    let (size, sha256) = copy_hashed(&mut entry, file).map_err(corrupt)?;
+                    dump = Some(spooled);
+                    Added::File { size, sha256 }
+                }
+                "roles.sql" => {
+                    let mut text = Vec::new();
+                    let (size, sha256) = copy_hashed(&mut entry, &mut text).map_err(corrupt)?;
+                    roles = Some(String::from_utf8_lossy(&text).into_owned());
+                    Added::File { size, sha256 }
+                }
+                _ => continue,
+            },
+            "storage" | "functions" => {
+                let (slot, target) = if component == "storage" {
+                    (&mut storage, &plan.storage)
+                } else {
+                    (&mut functions, &plan.functions)
+                };
+                if slot.is_none() {
+                    let options = Options {
+                        archive_prefix: Some(PathBuf::from(&component)),
+                        ..own.clone()
+                    };
+                    *slot = Some(
+                        StagedTree::begin_with(target, &plan.job_id, options).map_err(io_error)?,
+                    );
+                }
+                let tree = slot.as_mut().expect("just set");
+                tree.add(Path::new(&rest), &mut entry)
+                    .map_err(stage_error)?
+            }
+            "config" => {
+                if rest.is_empty() {
+                    continue;
+                }
+                if config.is_none() {
+                    config =
+                        Some(StagedFiles::begin_with(&plan.job_id, own.clone()).map_err(io_error)?);
+                }
+                let files = config.as_mut().expect("just set");
+                let (base, relative) = match rest.strip_prefix("extra/") {
+                    Some(absolute) => (PathBuf::from("/"), absolute.to_string()),
+                    None => (plan.root.clone(), rest.clone()),
+                };
+                files
+                    .add(&base, Path::new(&relative), &mut entry)
+                    .map_err(stage_error)?
+            }
+            _ => continue,
+        };
+        if let Added::File { size, sha256 } = &added
+            && (Some(sha256) != expected.sha256.as_ref() || *size != expected.size)
+        {
+            return Err(JobError::Abort(format!("checksum mismatch in {path}")));
+        }
+        seen.insert(path);
+    }
+    for (path, entry) in &plan.entries {
+        let component = path.split('/').next().unwrap_or("");
+        if plan.wanted.contains(component)
+            && entry.kind == "file"
+            && path != "manifest.json"
+            && !seen.contains(path)
+        {
+            return Err(JobError::Abort(format!(
+                "the artifact lacks {path}, which its manifest lists (truncated?)"
+            )));
+        }
+    }
+    let finish = |tree: Option<StagedTree>| -> Result<Option<Ready>, JobError> {
+        tree.map(|t| t.finish().map_err(io_error)).transpose()
+    };
+    Ok(Unpacked {
+        dump,
+        roles,
+        storage: finish(storage)?,
+        functions: finish(functions)?,
+        config,
+    })
+}
+
+/// Copies `reader` to `sink`, returning the size and SHA-256 of the bytes.
+fn copy_hashed(reader: &mut impl Read, mut sink: impl Write) -> std::io::Result<(u64, String)> {
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = reader.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        sink.write_all(&buffer[..n])?;
+        size += n as u64;
+    }
+    sink.flush()?;
+    Ok((size, hex::encode(hasher.finalize())))
+}

@@ -1,0 +1,151 @@
+//! Reading a stored artifact back as tar entries, in one streaming pass:
+//! destination → (age) → gzip/zstd → tar. Nothing is held in memory beyond
+//! a few chunks in flight.
+//!
+//! The destination is async (OpenDAL) and tar is blocking: a task on the
+//! runtime pulls the object's bytes and hands them over a bounded channel to
+//! a [`ChannelReader`] that the blocking side reads.
+
+use std::io::{self, Read};
+use std::sync::mpsc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::artifact::Compression;
+use crate::destinations::Destination;
+
+/// How many chunks may wait between the download and the reader.
+const IN_FLIGHT: usize = 8;
+
+/// The blocking end of a download.
+pub struct ChannelReader {
+    receiver: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+    /// Bytes handed out so far.
+    pub read: u64,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.receiver.recv() {
+                Ok(Ok(chunk)) => self.current = chunk,
+                Ok(Err(e)) => return Err(e),
+                // The download ended (it sends its error before it ends).
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Starts reading `key` (`size` bytes) from `destination`; the returned
+/// reader gets its bytes. Dropping the reader stops the download.
+pub fn download(
+    destination: Destination,
+    key: String,
+    size: u64,
+) -> (tokio::task::JoinHandle<()>, ChannelReader) {
+    let (sender, receiver) = mpsc::sync_channel::<io::Result<Bytes>>(IN_FLIGHT);
+    let task = tokio::spawn(async move {
+        let stream = match destination.reader(&key).await {
+            Ok(reader) => reader
+                .into_bytes_stream(0..size)
+                .await
+                .map_err(|e| io::Error::other(e.to_string())),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        };
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                let _ = blocking_send(&sender, Err(e)).await;
+                return;
+            }
+        };
+        while let Some(chunk) = stream.next().await {
+            let item = chunk.map_err(|e| io::Error::other(e.to_string()));
+            let failed = item.is_err();
+            if blocking_send(&sender, item).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    (
+        task,
+        ChannelReader {
+            receiver,
+            current: Bytes::new(),
+            read: 0,
+        },
+    )
+}
+
+/// `SyncSender::send` blocks while the reader is behind: do that off the
+/// runtime's threads.
+async fn blocking_send(
+    sender: &mpsc::SyncSender<io::Result<Bytes>>,
+    item: io::Result<Bytes>,
+) -> Result<(), ()> {
+    match sender.try_send(item) {
+        Ok(()) => Ok(()),
+        Err(mpsc::TrySendError::Disconnected(_)) => Err(()),
+        Err(mpsc::TrySendError::Full(item)) => {
+            let sender = sender.clone();
+            tokio::task::spawn_blocking(move || sender.send(item).map_err(|_| ()))
+                .await
+                .map_err(|_| ())?
+        }
+    }
+}
+
+/// Why an artifact cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("Backup is encrypted and no decryption key is configured")]
+    NoIdentity,
+    #[error(
+        "the configured decryption key does not open this backup (it was encrypted for other recipients)"
+    )]
+    WrongKey,
+    #[error("the artifact is not a valid age file: {0}")]
+    NotAge(String),
+    #[error("cannot read the artifact: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The decoded tar stream of an artifact read from `raw`.
+pub fn open(
+    raw: impl Read + Send + 'static,
+    compression: Compression,
+    encrypted: bool,
+    identities: &[age::x25519::Identity],
+) -> Result<Box<dyn Read + Send>, OpenError> {
+    let compressed: Box<dyn Read + Send> = if encrypted {
+        if identities.is_empty() {
+            return Err(OpenError::NoIdentity);
+        }
+        let decryptor = age::Decryptor::new(raw).map_err(|e| match e {
+            age::DecryptError::Io(e) => OpenError::Io(e),
+            other => OpenError::NotAge(other.to_string()),
+        })?;
+        let stream = decryptor
+            .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
+            .map_err(|e| match e {
+                age::DecryptError::NoMatchingKeys => OpenError::WrongKey,
+                age::DecryptError::Io(e) => OpenError::Io(e),
+                other => OpenError::NotAge(other.to_string()),
+            })?;
+        Box::new(stream)
+    } else {
+        Box::new(raw)
+    };
+    Ok(match compression {
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(compressed)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(compressed)?),
+    })
+}
