@@ -155,9 +155,12 @@ impl Config {
         figment = figment.merge(
             Env::prefixed("SUPASCALE_")
                 .ignore(&["CONFIG"])
+                // `<SECRET>_FILE` variables are read below, not settings.
                 .filter(|key| {
-                    let key = key.as_str().to_ascii_lowercase();
-                    !key.ends_with("_file") || key == "master_key_file"
+                    let key = key.as_str().to_ascii_uppercase();
+                    !SECRET_FILE_VARS
+                        .iter()
+                        .any(|(variable, _)| variable.strip_prefix("SUPASCALE_") == Some(&key))
                 })
                 .split("__"),
         );
@@ -426,6 +429,45 @@ mod tests {
         assert_eq!(config.database_url(), "postgres://u:p@h/db");
         assert_eq!(config.deployment(), Deployment::ScaleOut);
         assert!(!format!("{config:?}").contains(":p@"));
+    }
+
+    #[test]
+    fn age_keys_come_from_the_files_named_by_the_environment() {
+        use age::secrecy::ExposeSecret;
+        let dir = tempfile::tempdir().unwrap();
+        let identity = age::x25519::Identity::generate();
+        let identity_file = dir.path().join("key.txt");
+        std::fs::write(
+            &identity_file,
+            format!("# created: now\n{}\n", identity.to_string().expose_secret()),
+        )
+        .unwrap();
+        let recipients_file = dir.path().join("recipients.txt");
+        std::fs::write(&recipients_file, format!("{}\n", identity.to_public())).unwrap();
+        let config = load(&[
+            (
+                "SUPASCALE_ENCRYPTION_IDENTITY_FILE",
+                identity_file.to_str().unwrap(),
+            ),
+            (
+                "SUPASCALE_ENCRYPTION_RECIPIENTS_FILE",
+                recipients_file.to_str().unwrap(),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(config.identities().unwrap().len(), 1);
+        assert_eq!(
+            config.recipients().unwrap()[0].to_string(),
+            identity.to_public().to_string()
+        );
+        std::fs::write(&identity_file, "AGE-SECRET-KEY-1NOTAKEY\n").unwrap();
+        let error = load(&[(
+            "SUPASCALE_ENCRYPTION_IDENTITY_FILE",
+            identity_file.to_str().unwrap(),
+        )])
+        .unwrap_err();
+        assert!(error.0.contains("line 1"), "{}", error.0);
+        assert!(!error.0.contains("NOTAKEY"), "{}", error.0);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! them under `target/test-tools`.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -163,4 +163,22 @@ pub async fn gcs(bucket: &str) -> Emulator {
         dir,
         format!("http://127.0.0.1:{port}"),
     )
+}
+
+/// A new age X25519 key pair made by the real `age-keygen`: the identity
+/// file's path (in `dir`) and the public key (`age1…`).
+pub fn age_keypair(dir: &Path, name: &str) -> (PathBuf, String) {
+    let identity = dir.join(name);
+    let made = std::process::Command::new(tools_dir().join("age/usr/bin/age-keygen"))
+        .arg("-o")
+        .arg(&identity)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "age-keygen failed");
+    let recipient = String::from_utf8_lossy(&made.stderr)
+        .trim()
+        .strip_prefix("Public key: ")
+        .expect("age-keygen prints the public key")
+        .to_string();
+    (identity, recipient)
 }

@@ -401,6 +401,11 @@ impl TestApp {
         self.address = address;
     }
 
+    /// Changes the environment the next [`TestApp::restart`] starts with.
+    pub fn set_env(&mut self, key: &str, value: impl Into<String>) {
+        self.launch = std::mem::take(&mut self.launch).env(key, value);
+    }
+
     pub fn pid(&self) -> u32 {
         self.process.child.id()
     }
@@ -814,6 +819,19 @@ impl TableLock {
         let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
         sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
         sqlx::query("LOCK TABLE public.posts IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        TableLock { conn: Some(conn) }
+    }
+
+    /// Reads `public.posts` in an open transaction: readers go on, but
+    /// whatever drops or rewrites the table (a restore) waits for it.
+    pub async fn hold_shared(database_url: &str) -> TableLock {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+        sqlx::query("LOCK TABLE public.posts IN ACCESS SHARE MODE")
             .execute(&mut conn)
             .await
             .unwrap();

@@ -448,18 +448,7 @@ async fn a_backup_that_cannot_succeed_fails_before_it_starts() {
 async fn an_encrypted_backup_opens_with_the_age_tool() {
     let tools = supascale_tests::emulators::tools_dir().join("age/usr/bin");
     let keys = tempfile::tempdir().unwrap();
-    let identity = keys.path().join("key.txt");
-    let made = Command::new(tools.join("age-keygen"))
-        .arg("-o")
-        .arg(&identity)
-        .output()
-        .unwrap();
-    assert!(made.status.success());
-    let recipient = String::from_utf8_lossy(&made.stderr)
-        .trim()
-        .strip_prefix("Public key: ")
-        .expect("age-keygen prints the public key")
-        .to_string();
+    let (identity, recipient) = supascale_tests::emulators::age_keypair(keys.path(), "key.txt");
     let app = TestApp::spawn_with(
         Backend::Sqlite,
         Launch::default().env("SUPASCALE_ENCRYPTION_RECIPIENTS", recipient),

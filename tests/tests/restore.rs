@@ -214,3 +214,443 @@ async fn each_restore_type_alone_restores_only_that_component() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(state_of(&project), before);
 }
+
+/// A failed restore answers 500 `Restore failed: <cause>` and the project is
+/// exactly as it was before the request.
+async fn assert_fails_and_changes_nothing(
+    app: &TestApp,
+    project: &RefProject,
+    backup_id: &str,
+    request: Value,
+    causes: &[&str],
+) {
+    let before = state_of(project);
+    let (status, body) = restore(app, backup_id, request).await;
+    assert_eq!(status, 500, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.starts_with("Restore failed: "), "{error}");
+    assert!(causes.iter().any(|c| error.contains(c)), "{error}");
+    assert_eq!(state_of(project), before);
+    let root = project.root.path();
+    assert!(leftovers(&root.join("volumes/storage")).is_empty());
+    assert!(leftovers(&root.join("volumes/functions")).is_empty());
+}
+
+#[tokio::test]
+async fn a_damaged_artifact_or_manifest_fails_the_restore_and_changes_nothing() {
+    let project = refproject::make(0.05, 15, false).await;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    register(&app, &project, "damaged").await;
+    let backup_id = backup(&app, "damaged", "full").await;
+    change_everything(&project);
+
+    // A file whose bytes are not what the manifest says.
+    let control = app.control_plane().await;
+    let stored = app
+        .get(&format!("/api/v1/backups/{backup_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 200);
+    let (object, _) = project
+        .objects
+        .iter()
+        .find(|(_, size)| *size > 1000)
+        .expect("a non-empty object");
+    let object = object.strip_prefix("volumes/").unwrap();
+    let entry = format!("{}", object.display());
+    control
+        .execute(&format!(
+            "UPDATE backups SET manifest = replace(manifest, \
+             (SELECT value ->> 'sha256' FROM json_each(json_extract(manifest, '$.entries')) \
+              WHERE value ->> 'path' = '{}'), '{}') WHERE id = '{backup_id}'",
+            entry.replace('\'', "''"),
+            "0".repeat(64)
+        ))
+        .await;
+    assert_fails_and_changes_nothing(
+        &app,
+        &project,
+        &backup_id,
+        json!({}),
+        &[&format!("checksum mismatch in {entry}")],
+    )
+    .await;
+
+    // Bytes damaged on the destination (same size), after the database
+    // was checked and loaded: nothing is committed.
+    let second = backup(&app, "damaged", "full").await;
+    let path = artifact_path_of(&app, &second);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    assert_fails_and_changes_nothing(
+        &app,
+        &project,
+        &second,
+        json!({}),
+        &["the artifact cannot be read", "checksum mismatch in"],
+    )
+    .await;
+}
+
+/// The artifact of one backup, by its id in the file name.
+fn artifact_path_of(app: &TestApp, backup_id: &str) -> std::path::PathBuf {
+    fn find(dir: &Path, id: &str) -> Option<std::path::PathBuf> {
+        for entry in std::fs::read_dir(dir).ok()? {
+            let path = entry.ok()?.path();
+            if path.is_dir() {
+                if let Some(found) = find(&path, id) {
+                    return Some(found);
+                }
+            } else if path.to_string_lossy().contains(&id[id.len() - 8..]) {
+                return Some(path);
+            }
+        }
+        None
+    }
+    find(&app.data_dir.path().join("backups"), backup_id)
+        .unwrap_or_else(|| panic!("no artifact of {backup_id}"))
+}
+
+/// Another session holding a lock on the target: the restore waits the
+/// configured bound, then fails naming that session, and the project is
+/// unchanged; with `forceRestore` such sessions are ended and it succeeds.
+#[tokio::test]
+async fn sessions_that_hold_locks_are_named_or_ended_with_force() {
+    let project = refproject::make(0.05, 16, false).await;
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        supascale_tests::Launch::default().env("SUPASCALE_RESTORE_LOCK_TIMEOUT_SECONDS", "2"),
+    )
+    .await;
+    register(&app, &project, "locked").await;
+    let before = state_of(&project);
+    let backup_id = backup(&app, "locked", "full").await;
+    change_everything(&project);
+
+    let lock = supascale_tests::TableLock::hold_shared(&project.database.url).await;
+    assert_fails_and_changes_nothing(
+        &app,
+        &project,
+        &backup_id,
+        json!({}),
+        &["other sessions hold locks on the project database (waited 2 s): pid "],
+    )
+    .await;
+
+    let (status, body) = restore(&app, &backup_id, json!({"forceRestore": true})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(state_of(&project), before);
+    drop(lock);
+}
+
+/// The target's database connection dies half-way through the load (its
+/// backend is ended while the restore waits for a lock): the transaction
+/// is gone, and so is every staged file.
+#[tokio::test]
+async fn a_database_that_goes_away_mid_restore_leaves_the_project_as_it_was() {
+    let project = refproject::make(0.05, 17, false).await;
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        supascale_tests::Launch::default().env("SUPASCALE_RESTORE_LOCK_TIMEOUT_SECONDS", "60"),
+    )
+    .await;
+    register(&app, &project, "vanishing").await;
+    let backup_id = backup(&app, "vanishing", "full").await;
+    change_everything(&project);
+    let before = state_of(&project);
+    let lock = supascale_tests::TableLock::hold_shared(&project.database.url).await;
+
+    let (status, accepted) = status_and_body(
+        app.post(&format!("/api/v1/backups/{backup_id}/restore?async=true"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let job_id = accepted["job"]["id"].as_str().unwrap().to_string();
+    // Wait until the restore's session is there, waiting for the lock.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while supascale_tests::job_sessions(&project.database.url, &job_id).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restore never connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    psql(
+        &project.database.url,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'supascale-job-{job_id}'"
+        ),
+    );
+    let job = app
+        .wait_for_job(
+            accepted["job"]["jobUrl"].as_str().unwrap(),
+            std::time::Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("rolled back"),
+        "{job}"
+    );
+    lock.release().await;
+    assert_eq!(state_of(&project), before);
+    let root = project.root.path();
+    assert!(leftovers(&root.join("volumes/storage")).is_empty());
+}
+
+/// Every check that needs no artifact answers at once, in the contract's
+/// error shape, and starts nothing.
+#[tokio::test]
+async fn safety_checks_answer_4xx_before_anything_starts() {
+    let project = refproject::make(0.02, 18, false).await;
+    let other = refproject::make(0.02, 19, true).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (_, recipient) = supascale_tests::emulators::age_keypair(keys.path(), "key.txt");
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        supascale_tests::Launch::default().env("SUPASCALE_ENCRYPTION_RECIPIENTS", recipient),
+    )
+    .await;
+    register(&app, &project, "checked").await;
+    register(&app, &other, "other").await;
+    let full = backup(&app, "checked", "full").await;
+    let config_only = backup(&app, "checked", "config").await;
+
+    let refused = |status: u16, body: &Value, wanted: &str| {
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["success"], false, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(wanted), "{error:?} should say {wanted:?}");
+    };
+    let (status, body) = restore(&app, "backup-missing", json!({})).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("Backup not found"))
+    );
+    let (status, body) = restore(&app, &full, json!({"targetProjectId": "nope"})).await;
+    refused(status, &body, "Project not found");
+    let (status, body) = restore(&app, &full, json!({"restoreTypes": ["everything"]})).await;
+    refused(status, &body, "restoreTypes");
+    let (status, body) = restore(&app, &full, json!({"forceRestore": "yes"})).await;
+    refused(status, &body, "forceRestore");
+    let (status, body) = restore(
+        &app,
+        &config_only,
+        json!({"restoreTypes": ["database", "storage"]}),
+    )
+    .await;
+    refused(status, &body, "Backup does not contain: database, storage");
+    let (status, body) = restore(
+        &app,
+        &full,
+        json!({"restoreTypes": ["config"], "targetProjectId": "other"}),
+    )
+    .await;
+    refused(status, &body, "set forceRestore");
+
+    // Config into another project with forceRestore: that project's
+    // identity is replaced, as asked.
+    let (status, body) = restore(
+        &app,
+        &config_only,
+        json!({"restoreTypes": ["config"], "targetProjectId": "other", "forceRestore": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // A backup that is not completed.
+    let control = app.control_plane().await;
+    control
+        .execute(&format!(
+            "UPDATE backups SET status = 'failed' WHERE id = '{config_only}'"
+        ))
+        .await;
+    let (status, body) = restore(&app, &config_only, json!({})).await;
+    refused(status, &body, "is not completed (status: failed)");
+
+    // A backup of a newer PostgreSQL than the target's.
+    control
+        .execute(&format!(
+            "UPDATE backups SET manifest = json_set(manifest, '$.postgresVersion', '99.1') \
+             WHERE id = '{full}'"
+        ))
+        .await;
+    let (status, body) = restore(&app, &full, json!({"restoreTypes": ["database"]})).await;
+    refused(
+        status,
+        &body,
+        "Backup is of PostgreSQL 99, newer than project checked's",
+    );
+    control
+        .execute(&format!(
+            "UPDATE backups SET manifest = json_set(manifest, '$.postgresVersion', '15.0') \
+             WHERE id = '{full}'"
+        ))
+        .await;
+
+    // An encrypted backup without a decryption key.
+    let (status, body) = status_and_body(
+        app.post("/api/v1/backups")
+            .json(&json!({"projectId": "checked", "type": "config", "encrypt": true}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let encrypted = body["backup"]["id"].as_str().unwrap().to_string();
+    let (status, body) = restore(&app, &encrypted, json!({})).await;
+    refused(
+        status,
+        &body,
+        "Backup is encrypted and no decryption key is configured",
+    );
+
+    // The artifact gone from its destination.
+    std::fs::remove_file(artifact_path_of(&app, &encrypted)).unwrap();
+    let (status, body) = restore(&app, &encrypted, json!({})).await;
+    refused(
+        status,
+        &body,
+        "Backup artifact is missing from destination local",
+    );
+
+    // A target whose database does not answer.
+    psql(
+        supascale_tests::PG_ADMIN_URL,
+        &format!("DROP DATABASE \"{}\" WITH (FORCE)", other.database.name),
+    );
+    let (status, body) = restore(
+        &app,
+        &full,
+        json!({"restoreTypes": ["database"], "targetProjectId": "other"}),
+    )
+    .await;
+    refused(status, &body, "Project other is not running: ");
+
+    // Nothing ran: the only restore rows are the two that succeeded... and
+    // no restore job was created for a refused request.
+    let (_, jobs) =
+        status_and_body(app.get("/api/v1/jobs?kind=restore").send().await.unwrap()).await;
+    assert_eq!(jobs["pagination"]["total"], 1, "{jobs}");
+}
+
+/// A database owner without superuser is refused up front, with the role
+/// and what it lacks named.
+#[tokio::test]
+async fn a_role_without_superuser_is_refused_with_what_it_lacks() {
+    let project = refproject::make(0.02, 20, false).await;
+    let role = format!("owner_{}", supascale_tests::random_suffix(8).to_lowercase());
+    psql(
+        &project.database.url,
+        &format!(
+            "CREATE ROLE {role} LOGIN NOSUPERUSER; \
+             ALTER DATABASE \"{}\" OWNER TO {role};",
+            project.database.name
+        ),
+    );
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let url = project
+        .database
+        .url
+        .replace("postgres://postgres@", &format!("postgres://{role}@"));
+    let (status, body) = status_and_body(
+        app.post("/api/v1/projects")
+            .json(&json!({"id": "owned", "name": "Owned",
+                "rootDir": project.root.path().to_str().unwrap(), "databaseUrl": url}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    // The same project, registered as a superuser too, makes the backup.
+    register(&app, &project, "owned-admin").await;
+    let backup_id = backup(&app, "owned-admin", "full").await;
+    let (status, body) = restore(
+        &app,
+        &backup_id,
+        json!({"targetProjectId": "owned", "restoreTypes": ["database"]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "Project owned: role {role} cannot restore the database: it is not a superuser"
+        )),
+        "{error}"
+    );
+    // Files need no database privilege.
+    let (status, body) = restore(
+        &app,
+        &backup_id,
+        json!({"targetProjectId": "owned", "restoreTypes": ["storage"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    psql(
+        &project.database.url,
+        &format!(
+            "ALTER DATABASE \"{}\" OWNER TO postgres; DROP ROLE {role};",
+            project.database.name
+        ),
+    );
+}
+
+/// An encrypted backup restores with the configured identity, and not with
+/// another one.
+#[tokio::test]
+async fn an_encrypted_backup_restores_only_with_its_key() {
+    let project = refproject::make(0.02, 21, false).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (identity, recipient) = supascale_tests::emulators::age_keypair(keys.path(), "right.txt");
+    let (wrong, _) = supascale_tests::emulators::age_keypair(keys.path(), "wrong.txt");
+    let launch = supascale_tests::Launch::default()
+        .env("SUPASCALE_ENCRYPTION_RECIPIENTS", recipient)
+        .env(
+            "SUPASCALE_ENCRYPTION_IDENTITY_FILE",
+            wrong.to_str().unwrap(),
+        );
+    let mut app = TestApp::spawn_with(Backend::Sqlite, launch).await;
+    register(&app, &project, "sealed").await;
+    let before = state_of(&project);
+    let (status, body) = status_and_body(
+        app.post("/api/v1/backups")
+            .json(&json!({"projectId": "sealed", "type": "full", "encrypt": true}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let backup_id = body["backup"]["id"].as_str().unwrap().to_string();
+    change_everything(&project);
+    assert_fails_and_changes_nothing(
+        &app,
+        &project,
+        &backup_id,
+        json!({}),
+        &["the configured decryption key does not open this backup"],
+    )
+    .await;
+
+    app.set_env(
+        "SUPASCALE_ENCRYPTION_IDENTITY_FILE",
+        identity.to_str().unwrap(),
+    );
+    app.restart();
+    let (status, body) = restore(&app, &backup_id, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(state_of(&project), before);
+}
