@@ -654,3 +654,112 @@ async fn an_encrypted_backup_restores_only_with_its_key() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(state_of(&project), before);
 }
+
+/// A worker killed with SIGKILL while its restore holds an open
+/// transaction: its `psql` dies with it, PostgreSQL rolls the transaction
+/// back, nothing of the project changed meanwhile, and another worker (or
+/// the restarted one) restores the backup in full.
+async fn a_worker_killed_mid_restore(deployment: supascale_tests::Deployment) {
+    let project = refproject::make(0.05, 22, false).await;
+    let mut cluster = supascale_tests::Cluster::start(
+        deployment,
+        supascale_tests::Launch::default().env("SUPASCALE_RESTORE_LOCK_TIMEOUT_SECONDS", "120"),
+    )
+    .await;
+    register(&cluster.app, &project, "killed").await;
+    let before = state_of(&project);
+    let backup_id = backup(&cluster.app, "killed", "full").await;
+    change_everything(&project);
+    let changed = state_of(&project);
+    let lock = supascale_tests::TableLock::hold_shared(&project.database.url).await;
+    let (status, accepted) = status_and_body(
+        cluster
+            .app
+            .post(&format!("/api/v1/backups/{backup_id}/restore?async=true"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let job_id = accepted["job"]["id"].as_str().unwrap().to_string();
+    let job_url = accepted["job"]["jobUrl"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while supascale_tests::job_sessions(&project.database.url, &job_id).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restore never connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (_, job) = status_and_body(cluster.app.get(&job_url).send().await.unwrap()).await;
+    cluster.kill_worker_of(&job);
+    // The dead attempt's session goes with it; the project is untouched.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while supascale_tests::job_sessions(&project.database.url, &job_id).await > 0 {
+        if std::time::Instant::now() > deadline {
+            break; // the next attempt may have connected already
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // What users see is unchanged (the dead attempt's hidden staging folder
+    // aside, which the next attempt removes).
+    let mut now = state_of(&project);
+    now.storage
+        .retain(|line| !line.starts_with(".supascale-restore-"));
+    now.functions
+        .retain(|line| !line.starts_with(".supascale-restore-"));
+    assert_eq!(now, changed);
+    lock.release().await;
+    let job = cluster
+        .app
+        .wait_for_job(&job_url, std::time::Duration::from_secs(90))
+        .await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert!(job["attempt"].as_i64().unwrap() >= 2, "{job}");
+    assert_eq!(state_of(&project), before);
+    let root = project.root.path();
+    assert!(leftovers(&root.join("volumes/storage")).is_empty());
+    assert!(leftovers(&root.join("volumes/functions")).is_empty());
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_restore_embedded() {
+    a_worker_killed_mid_restore(supascale_tests::Deployment::Embedded).await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_restore_scale_out() {
+    a_worker_killed_mid_restore(supascale_tests::Deployment::ScaleOut).await;
+}
+
+/// Staging folders of restores that will not run again are removed by the
+/// workers' housekeeping; content a crashed swap replaced stays (it may be
+/// the only copy) and is named in the log.
+#[tokio::test]
+async fn dead_restores_staging_folders_are_removed_and_replaced_content_kept() {
+    let project = refproject::make(0.0, 23, true).await;
+    let mut app = TestApp::spawn(Backend::Sqlite).await;
+    register(&app, &project, "tidy").await;
+    let storage = project.root.path().join("volumes/storage");
+    let staging = storage.join(".supascale-restore-job-0123456789abcdef");
+    let kept = storage.join(".supascale-old-job-0123456789abcdef");
+    std::fs::create_dir_all(staging.join("stub/stub")).unwrap();
+    std::fs::create_dir_all(kept.join("stub")).unwrap();
+    app.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while staging.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the staging folder stayed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(kept.join("stub").is_dir());
+    assert!(
+        app.logs().contains(".supascale-old-job-0123456789abcdef"),
+        "{}",
+        app.logs()
+    );
+}

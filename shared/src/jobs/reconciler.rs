@@ -11,6 +11,7 @@
 //! at most once per [`REPUSH_EVERY`].
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sea_orm::sea_query::ExprTrait;
@@ -56,6 +57,7 @@ const INCOMPLETE_AFTER: Duration = Duration::from_secs(3600);
 /// jobs that no live worker holds, and partial objects untouched for an
 /// hour, are removed.
 async fn remove_leftovers(ctx: &JobContext) {
+    remove_restore_leftovers(ctx).await;
     match ctx.queue.vacuum().await {
         Ok(0) => {}
         Ok(n) => tracing::debug!(removed = n, "forgot finished queue entries"),
@@ -68,21 +70,7 @@ async fn remove_leftovers(ctx: &JobContext) {
             let Some(job_id) = name.split('.').next().filter(|id| id.starts_with("job-")) else {
                 continue;
             };
-            let alive = match job::Entity::find_by_id(job_id.to_string())
-                .one(&ctx.db)
-                .await
-            {
-                Ok(Some(row)) => {
-                    row.status == STATUS_IN_PROGRESS
-                        && row.heartbeat_at.is_some_and(|at| {
-                            store::now() - at
-                                < chrono::Duration::from_std(STALE_AFTER).expect("small")
-                        })
-                }
-                Ok(None) => false,
-                // Unsure: leave it for the next round.
-                Err(_) => true,
-            };
+            let alive = job_is_alive(ctx, job_id, false).await;
             if !alive && std::fs::remove_file(entry.path()).is_ok() {
                 tracing::info!(file = %entry.path().display(), "removed a dead job's temporary file");
             }
@@ -101,6 +89,54 @@ async fn remove_leftovers(ctx: &JobContext) {
                 .is_some_and(|age| age >= INCOMPLETE_AFTER);
             if stale && std::fs::remove_file(entry.path()).is_ok() {
                 tracing::info!(file = %entry.path().display(), "removed an abandoned partial artifact");
+            }
+        }
+    }
+}
+
+/// Whether `job_id` runs on a live worker (or, with `or_pending`, will run
+/// again); unsure counts as alive.
+async fn job_is_alive(ctx: &JobContext, job_id: &str, or_pending: bool) -> bool {
+    match job::Entity::find_by_id(job_id.to_string())
+        .one(&ctx.db)
+        .await
+    {
+        Ok(Some(row)) => {
+            (or_pending && row.status == STATUS_PENDING)
+                || (row.status == STATUS_IN_PROGRESS
+                    && row.heartbeat_at.is_some_and(|at| {
+                        store::now() - at < chrono::Duration::from_std(STALE_AFTER).expect("small")
+                    }))
+        }
+        Ok(None) => false,
+        Err(_) => true,
+    }
+}
+
+/// Staging folders that restores which will not run again left in their
+/// projects' storage and functions folders. The content a crashed swap
+/// replaced (`.supascale-old-<job>`) may be the only copy of it: it stays,
+/// and the log says where.
+async fn remove_restore_leftovers(ctx: &JobContext) {
+    let Ok(projects) = crate::entities::project::Entity::find().all(&ctx.db).await else {
+        return;
+    };
+    for project in projects {
+        for dir in [&project.storage_dir, &project.functions_dir] {
+            for (job_id, path, old) in crate::restore::staging::leftovers_by_job(Path::new(dir)) {
+                if job_is_alive(ctx, &job_id, true).await {
+                    continue;
+                }
+                if old {
+                    tracing::warn!(
+                        folder = %path.display(),
+                        job = %job_id,
+                        "an interrupted restore left the content it replaced here; \
+                         remove it once the project is checked"
+                    );
+                } else if crate::restore::staging::remove_leftover(&path).is_ok() {
+                    tracing::info!(folder = %path.display(), "removed a dead restore's staging folder");
+                }
             }
         }
     }

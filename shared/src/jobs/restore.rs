@@ -227,6 +227,24 @@ async fn restore_backup(
         }
         database_target = Some((url, facts));
     }
+    // A previous attempt of this job that died left its staging folders
+    // (and, if it died between swapping its files in and committing, the
+    // content it replaced): this attempt does the whole restore again.
+    for dir in [&target.storage_dir, &target.functions_dir] {
+        for (owner, path, old) in crate::restore::staging::leftovers_by_job(Path::new(dir)) {
+            if owner != job.id {
+                continue;
+            }
+            if old {
+                warnings.push(
+                    "An earlier attempt of this restore stopped after swapping its files in; \
+                     the restore was done again from the start"
+                        .into(),
+                );
+            }
+            crate::restore::staging::remove_leftover(&path).map_err(io_error)?;
+        }
+    }
     let spool_dir = ctx.config.data_dir.join("tmp");
     std::fs::create_dir_all(&spool_dir).map_err(io_error)?;
     let entries: HashMap<String, ManifestEntry> = manifest

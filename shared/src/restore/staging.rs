@@ -661,6 +661,32 @@ pub fn remove_leftovers(target: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// What interrupted restores left in `target`: `(job id, folder, kept
+/// previous content?)` for each `.supascale-restore-<job>` (staging, never
+/// the only copy of anything) and `.supascale-old-<job>` (the content a
+/// swap replaced).
+pub fn leftovers_by_job(target: &Path) -> Vec<(String, PathBuf, bool)> {
+    let Ok(entries) = fs::read_dir(target) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let (job, old) = match name.strip_prefix(STAGING_PREFIX) {
+                Some(job) => (job.to_string(), false),
+                None => (name.strip_prefix(OLD_PREFIX)?.to_string(), true),
+            };
+            Some((job, entry.path(), old))
+        })
+        .collect()
+}
+
+/// Removes one leftover folder of [`leftovers_by_job`].
+pub fn remove_leftover(path: &Path) -> io::Result<()> {
+    remove_tree(path).map_err(|e| about(path, e))
+}
+
 /// The staging folder; removed when dropped, and the target's mtime put
 /// back, unless it was swapped in.
 struct StagingDir {
