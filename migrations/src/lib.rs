@@ -10,6 +10,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261127_000001_control_plane;
 mod m20261127_000002_job_events;
 mod m20261127_000003_waiting_jobs;
+mod m20261127_000004_backup_verification;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000001_control_plane::Migration),
             Box::new(m20261127_000002_job_events::Migration),
             Box::new(m20261127_000003_waiting_jobs::Migration),
+            Box::new(m20261127_000004_backup_verification::Migration),
         ]
     }
 }

@@ -763,3 +763,75 @@ async fn dead_restores_staging_folders_are_removed_and_replaced_content_kept() {
         app.logs()
     );
 }
+
+/// `POST /backups/{id}/verify` reads the artifact back and checks every
+/// entry and the dump; a damaged or missing artifact is reported on the
+/// backup, and a project is never touched.
+#[tokio::test]
+async fn verification_finds_a_whole_backup_valid_and_a_damaged_one_not() {
+    let project = refproject::make(0.02, 24, false).await;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    register(&app, &project, "verified").await;
+    let backup_id = backup(&app, "verified", "full").await;
+    let before = state_of(&project);
+    let verify = |id: String| {
+        let request = app.post(&format!("/api/v1/backups/{id}/verify"));
+        async move { status_and_body(request.send().await.unwrap()).await }
+    };
+
+    let (status, body) = verify(backup_id.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["verification"]["valid"], true, "{body}");
+    let verified_at = body["verification"]["verifiedAt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, details) = status_and_body(
+        app.get(&format!("/api/v1/backups/{backup_id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(details["verifiedAt"], verified_at.as_str());
+
+    let path = artifact_path_of(&app, &backup_id);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 3;
+    for b in &mut bytes[at..at + 32] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let (status, body) = verify(backup_id.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["verification"]["valid"], false, "{body}");
+    let error = body["verification"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("artifact cannot be read") || error.contains("checksum mismatch"),
+        "{error}"
+    );
+    // The last good verification is kept beside the new finding.
+    let (_, details) = status_and_body(
+        app.get(&format!("/api/v1/backups/{backup_id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(details["verifiedAt"], verified_at.as_str());
+    assert_eq!(details["verifyError"], error);
+
+    std::fs::remove_file(&path).unwrap();
+    let (status, body) = verify(backup_id.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["verification"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing from destination local"),
+        "{body}"
+    );
+    let (status, _) = verify("backup-nope".into()).await;
+    assert_eq!(status, 404);
+    assert_eq!(state_of(&project), before);
+}

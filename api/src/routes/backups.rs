@@ -69,8 +69,12 @@ pub struct Backup {
     pub created_at: Timestamp,
     #[oai(skip_serializing_if_is_none)]
     pub completed_at: Option<Timestamp>,
+    /// When `POST /backups/{id}/verify` last found every entry intact.
     #[oai(skip_serializing_if_is_none)]
     pub verified_at: Option<Timestamp>,
+    /// Why the last verification found the backup unusable.
+    #[oai(skip_serializing_if_is_none)]
+    pub verify_error: Option<String>,
 }
 
 impl From<backup::Model> for Backup {
@@ -92,6 +96,7 @@ impl From<backup::Model> for Backup {
             created_at: row.created_at.into(),
             completed_at: row.completed_at.map(Into::into),
             verified_at: row.verified_at.map(Into::into),
+            verify_error: row.verify_error,
         }
     }
 }
@@ -771,6 +776,7 @@ impl BackupsApi {
             created_at: Set(created_at),
             completed_at: Set(None),
             verified_at: Set(None),
+            verify_error: Set(None),
         };
         Ok((row, job))
     }

@@ -212,6 +212,120 @@ impl RestoresApi {
         super::jobs::enqueue(&state, &job).await?;
         answer(&state, &job, wants_async).await
     }
+
+    /// Verify backup
+    ///
+    /// Reads the artifact back from its destination and checks it the way a
+    /// restore would (every entry's SHA-256 against the manifest, and that
+    /// `pg_restore -l` reads the dump), touching no project. Records
+    /// `verifiedAt`, or `verifyError`, on the backup. Waits like
+    /// `POST /backups` (`?async=true` for 202 at once).
+    #[oai(
+        path = "/backups/:id/verify",
+        method = "post",
+        operation_id = "verifyBackup"
+    )]
+    async fn verify(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        id: Path<String>,
+        /// `respond-async` to get 202 at once.
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
+        /// `true` to get 202 at once.
+        #[oai(name = "async")]
+        run_async: Query<Option<bool>>,
+    ) -> ApiResult<StartedVerify> {
+        let principal = auth.principal();
+        principal.require(Permission::BackupsRead)?;
+        let wants_async = super::jobs::wants_async(prefer.0.as_deref(), run_async.0);
+        let backup_row = find_visible(&state, principal, &id.0).await?;
+        if backup_row.status != jobs::STATUS_COMPLETED {
+            return Err(ApiError::bad_request(format!(
+                "Backup {} is not completed (status: {}); there is nothing to verify yet",
+                backup_row.id, backup_row.status
+            )));
+        }
+        let payload = serde_json::to_value(jobs::verify::VerifyPayload {
+            backup_id: backup_row.id.clone(),
+        })
+        .unwrap_or_default();
+        // It reads no project, so it waits for none.
+        let job = jobs::store::new_job("verify", None, payload, state.config.job_attempts)
+            .insert(&state.db)
+            .await?;
+        super::jobs::enqueue(&state, &job).await?;
+        let job = super::jobs::wait_for_row(&state, &job.id, wants_async, || async {
+            let row = job::Entity::find_by_id(job.id.clone())
+                .one(&state.db)
+                .await?
+                .ok_or_else(|| ApiError::not_found("Job not found"))?;
+            let over = [jobs::STATUS_COMPLETED, jobs::STATUS_FAILED].contains(&row.status.as_str());
+            Ok((row, over))
+        })
+        .await?;
+        match job.status.as_str() {
+            jobs::STATUS_COMPLETED => {
+                let row = find_visible(&state, principal, &backup_row.id).await?;
+                Ok(StartedVerify::Done(Json(VerifyEnvelope {
+                    success: true,
+                    verification: Verification {
+                        backup_id: row.id,
+                        valid: row.verify_error.is_none(),
+                        verified_at: row.verified_at.map(Into::into),
+                        error: row.verify_error,
+                    },
+                })))
+            }
+            jobs::STATUS_FAILED => Err(ApiError::internal(format!(
+                "Verification failed: {}",
+                job.error.as_deref().unwrap_or("unknown cause")
+            ))),
+            status => Ok(StartedVerify::Accepted(
+                Json(VerifyAccepted {
+                    success: true,
+                    job: super::jobs::job_ref(&job, status),
+                }),
+                super::jobs::job_url(&job.id),
+            )),
+        }
+    }
+}
+
+/// What a verification found.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Verification {
+    pub backup_id: String,
+    /// Every entry matched the manifest and `pg_restore -l` read the dump.
+    pub valid: bool,
+    /// When the backup was last found whole.
+    pub verified_at: Option<Timestamp>,
+    /// What is wrong with it, when it is not valid.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct VerifyEnvelope {
+    pub success: bool,
+    pub verification: Verification,
+}
+
+#[derive(Debug, Object)]
+pub struct VerifyAccepted {
+    pub success: bool,
+    pub job: JobRef,
+}
+
+#[derive(ApiResponse)]
+pub enum StartedVerify {
+    /// The verification is over (`valid` says how it went).
+    #[oai(status = 200)]
+    Done(Json<VerifyEnvelope>),
+    /// It runs on; follow `Location` or the job's events.
+    #[oai(status = 202)]
+    Accepted(Json<VerifyAccepted>, #[oai(header = "Location")] String),
 }
 
 /// What the checks decided.

@@ -28,6 +28,7 @@ pub mod reconciler;
 pub mod reporter;
 pub mod restore;
 pub mod store;
+pub mod verify;
 pub mod worker;
 
 use std::time::Duration;
@@ -74,6 +75,7 @@ pub const JOB_KINDS: &[&str] = &[
     "import_storage",
     "import_functions",
     "lift_shift",
+    "verify",
 ];
 
 /// Kinds that write into a project: one of them never runs beside any other
@@ -94,6 +96,7 @@ pub fn failure_prefix(kind: &str) -> &'static str {
         "backup" => "Backup failed",
         "restore" => "Restore failed",
         "lift_shift" => "Migration failed",
+        "verify" => "Verification failed",
         _ => "Import failed",
     }
 }

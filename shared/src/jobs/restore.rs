@@ -279,8 +279,6 @@ async fn restore_backup(
     reporter
         .step("read", "Reading and checking the artifact", 2, total)
         .await;
-    let (download, raw) = source::download(destination, key, recorded);
-    let stop = Arc::new(AtomicBool::new(false));
     let plan = UnpackPlan {
         wanted: wanted.iter().map(|c| c.to_string()).collect(),
         entries,
@@ -289,24 +287,18 @@ async fn restore_backup(
         functions: PathBuf::from(&target.functions_dir),
         spool: spool_dir.join(format!("{}.restore.dump", job.id)),
         job_id: job.id.clone(),
-        stop: stop.clone(),
+        stop: Arc::new(AtomicBool::new(false)),
+        stage: true,
     };
-    let encrypted = backup_row.encrypted;
-    let unpacking = tokio::task::spawn_blocking(move || {
-        let reader = source::open(raw, compression, encrypted, &identities)
-            .map_err(|e| JobError::Abort(e.to_string()))?;
-        unpack(reader, plan)
-    });
-    let unpacked = tokio::select! {
-        done = unpacking => done.map_err(|e| JobError::Abort(format!("the restore's reader panicked: {e}")))?,
-        _ = reporter.cancelled() => {
-            stop.store(true, Ordering::Relaxed);
-            download.abort();
-            return Err(JobError::Cancelled);
-        }
+    let read = Artifact {
+        destination,
+        key,
+        size: recorded,
+        compression,
+        encrypted: backup_row.encrypted,
+        identities,
     };
-    download.abort();
-    let unpacked = unpacked?;
+    let unpacked = read_artifact(read, plan, reporter).await?;
     warnings.extend(
         manifest
             .warnings
@@ -430,8 +422,76 @@ async fn restore_backup(
     Ok(warnings)
 }
 
+/// Where an artifact is and how to open it.
+pub(super) struct Artifact {
+    pub(super) destination: crate::destinations::Destination,
+    pub(super) key: String,
+    pub(super) size: u64,
+    pub(super) compression: crate::artifact::Compression,
+    pub(super) encrypted: bool,
+    pub(super) identities: Vec<age::x25519::Identity>,
+}
+
+/// The one streaming pass: download, decrypt, decompress, and [`unpack`] on
+/// a blocking thread; a cancel stops it between entries.
+pub(super) async fn read_artifact(
+    artifact: Artifact,
+    plan: UnpackPlan,
+    reporter: &Reporter,
+) -> Result<Unpacked, JobError> {
+    let (download, raw) = source::download(artifact.destination, artifact.key, artifact.size);
+    let stop = plan.stop.clone();
+    let (compression, encrypted, identities) = (
+        artifact.compression,
+        artifact.encrypted,
+        artifact.identities,
+    );
+    let unpacking = tokio::task::spawn_blocking(move || {
+        let reader = source::open(raw, compression, encrypted, &identities)
+            .map_err(|e| JobError::Abort(e.to_string()))?;
+        unpack(reader, plan)
+    });
+    let unpacked = tokio::select! {
+        done = unpacking => done.map_err(|e| JobError::Abort(format!("the artifact's reader panicked: {e}")))?,
+        _ = reporter.cancelled() => {
+            stop.store(true, Ordering::Relaxed);
+            download.abort();
+            return Err(JobError::Cancelled);
+        }
+    };
+    download.abort();
+    unpacked
+}
+
+/// A pass that only checks the artifact of `backup_row` against `manifest`
+/// (every component, every file's SHA-256), spooling its dump to `spool`.
+pub(super) async fn check_artifact(
+    artifact: Artifact,
+    manifest: &Manifest,
+    spool: PathBuf,
+    job_id: &str,
+    reporter: &Reporter,
+) -> Result<Unpacked, JobError> {
+    let plan = UnpackPlan {
+        wanted: manifest.meta.components.iter().cloned().collect(),
+        entries: manifest
+            .entries
+            .iter()
+            .map(|e| (e.path.trim_end_matches('/').to_string(), e.clone()))
+            .collect(),
+        root: PathBuf::new(),
+        storage: PathBuf::new(),
+        functions: PathBuf::new(),
+        spool,
+        job_id: job_id.to_string(),
+        stop: Arc::new(AtomicBool::new(false)),
+        stage: false,
+    };
+    read_artifact(artifact, plan, reporter).await
+}
+
 /// What the pass over the artifact needs.
-struct UnpackPlan {
+pub(super) struct UnpackPlan {
     wanted: BTreeSet<String>,
     /// The manifest's entries by path (folders without their `/`).
     entries: HashMap<String, ManifestEntry>,
@@ -441,11 +501,16 @@ struct UnpackPlan {
     spool: PathBuf,
     job_id: String,
     stop: Arc<AtomicBool>,
+    /// `false` to only check every entry against the manifest (verify):
+    /// nothing is staged, the dump is still spooled for `pg_restore -l`.
+    stage: bool,
 }
 
 /// What the pass produced; dropping it removes every staged file.
-struct Unpacked {
-    dump: Option<SpooledDump>,
+pub(super) struct Unpacked {
+    pub(super) dump: Option<SpooledDump>,
+    /// Files checked against the manifest.
+    pub(super) files: u64,
     roles: Option<String>,
     storage: Option<Ready>,
     functions: Option<Ready>,
@@ -454,7 +519,7 @@ struct Unpacked {
 
 /// Reads every entry, stages those of the wanted components and checks
 /// each file against the manifest.
-fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<Unpacked, JobError> {
+pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<Unpacked, JobError> {
     let corrupt = |e: std::io::Error| {
         JobError::Abort(format!(
             "the artifact cannot be read (corrupt or truncated): {e}"
@@ -472,6 +537,7 @@ fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<Unpacked, Jo
     let mut dump: Option<SpooledDump> = None;
     let mut roles: Option<String> = None;
     let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut files = 0u64;
     let stage_error = |e: crate::restore::staging::StageError| JobError::Abort(e.to_string());
     for entry in archive.entries().map_err(corrupt)? {
         if plan.stop.load(Ordering::Relaxed) {
@@ -502,6 +568,15 @@ fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<Unpacked, Jo
             .trim_start_matches('/')
             .to_string();
         let added = match component.as_str() {
+            "storage" | "functions" | "config" if !plan.stage => {
+                if entry.header().entry_type().is_file() {
+                    let (size, sha256) =
+                        copy_hashed(&mut entry, std::io::sink()).map_err(corrupt)?;
+                    Added::File { size, sha256 }
+                } else {
+                    Added::Dir
+                }
+            }
             "database" => match rest.as_str() {
                 "database.dump" => {
                     let spooled = SpooledDump {
@@ -563,6 +638,9 @@ fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<Unpacked, Jo
         {
             return Err(JobError::Abort(format!("checksum mismatch in {path}")));
         }
+        if matches!(added, Added::File { .. }) {
+            files += 1;
+        }
         seen.insert(path);
     }
     for (path, entry) in &plan.entries {
@@ -582,6 +660,7 @@ fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<Unpacked, Jo
     };
     Ok(Unpacked {
         dump,
+        files,
         roles,
         storage: finish(storage)?,
         functions: finish(functions)?,

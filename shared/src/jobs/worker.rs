@@ -269,6 +269,7 @@ async fn handle(envelope: JobEnvelope, ctx: Data<Arc<JobContext>>) -> Result<(),
         let outcome = match job.kind.as_str() {
             "backup" => backup::run(&ctx, &job, &reporter).await,
             "restore" => super::restore::run(&ctx, &job, &reporter).await,
+            "verify" => super::verify::run(&ctx, &job, &reporter).await,
             other => Err(JobError::Abort(format!("unknown job kind {other}"))),
         };
         drop(watch);
