@@ -5,7 +5,9 @@ use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 pub struct Migration;
 
 /// Why the last verification of a backup found it unusable (`verified_at`
-/// keeps the time of the last one that found it whole).
+/// keeps the time of the last one that found it whole), and the command a
+/// project runs after a database restore (a JSON array: program and
+/// arguments, no shell).
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -18,7 +20,8 @@ impl MigrationTrait for Migration {
         manager
             .get_connection()
             .execute_unprepared(&format!(
-                "ALTER TABLE backups ADD COLUMN {if_not_exists}verify_error TEXT;"
+                "ALTER TABLE backups ADD COLUMN {if_not_exists}verify_error TEXT;\n\
+                 ALTER TABLE projects ADD COLUMN {if_not_exists}post_restore_command TEXT;"
             ))
             .await?;
         Ok(())
@@ -27,7 +30,10 @@ impl MigrationTrait for Migration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .get_connection()
-            .execute_unprepared("ALTER TABLE backups DROP COLUMN verify_error;")
+            .execute_unprepared(
+                "ALTER TABLE backups DROP COLUMN verify_error; \
+                 ALTER TABLE projects DROP COLUMN post_restore_command;",
+            )
             .await?;
         Ok(())
     }

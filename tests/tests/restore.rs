@@ -835,3 +835,90 @@ async fn verification_finds_a_whole_backup_valid_and_a_damaged_one_not() {
     assert_eq!(status, 404);
     assert_eq!(state_of(&project), before);
 }
+
+/// A project's post-restore command runs in its folder after a database
+/// restore, its output in the job's events; one that fails is a warning
+/// (the restore is committed by then). Only an admin key may set it.
+#[tokio::test]
+async fn the_post_restore_command_runs_after_a_database_restore() {
+    let project = refproject::make(0.02, 25, false).await;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    register(&app, &project, "hooked").await;
+    let command = json!([
+        "sh",
+        "-c",
+        "echo restarted >> post-restore.log; echo services restarted"
+    ]);
+    let (status, body) = status_and_body(
+        app.patch("/api/v1/projects/hooked")
+            .json(&json!({"postRestoreCommand": command}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["project"]["postRestoreCommand"], command, "{body}");
+    let backup_id = backup(&app, "hooked", "database").await;
+
+    let (status, body) = restore(&app, &backup_id, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["restore"]["warnings"], json!([]), "{body}");
+    let log = std::fs::read_to_string(project.root.path().join("post-restore.log")).unwrap();
+    assert_eq!(log, "restarted\n");
+    let (_, jobs) =
+        status_and_body(app.get("/api/v1/jobs?kind=restore").send().await.unwrap()).await;
+    let job_id = jobs["jobs"][0]["id"].as_str().unwrap().to_string();
+    let events = supascale_tests::read_events(
+        app.get(&format!("/api/v1/jobs/{job_id}/events"))
+            .send()
+            .await
+            .unwrap(),
+        std::time::Duration::from_secs(10),
+        |e| e.event == "complete",
+    )
+    .await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.data["message"] == "services restarted"),
+        "{events:?}"
+    );
+
+    // A failing command is a warning; a storage-only restore runs nothing.
+    app.patch("/api/v1/projects/hooked")
+        .json(&json!({"postRestoreCommand": ["sh", "-c", "echo cannot restart; exit 3"]}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = restore(&app, &backup_id, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let warnings = body["restore"]["warnings"].to_string();
+    assert!(
+        warnings.contains("The post-restore command ended with exit status: 3: cannot restart"),
+        "{warnings}"
+    );
+
+    // A key that is not an unrestricted admin may not set it.
+    let (status, key) = status_and_body(
+        app.post("/api/v1/api-keys")
+            .json(&json!({"name": "ops", "permissions": ["projects:write"]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{key}");
+    let (status, body) = status_and_body(
+        app.client
+            .patch(app.url("/api/v1/projects/hooked"))
+            .header("X-API-Key", key["apiKey"]["key"].as_str().unwrap())
+            .json(&json!({"postRestoreCommand": ["rm", "-rf", "/"]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("admin"), "{body}");
+}

@@ -45,6 +45,11 @@ pub struct CreateProject {
     /// Extra config files or folders to back up besides the standard ones
     /// (absolute, e.g. the db-config volume with pgsodium's root key).
     pub config_paths: Option<Vec<String>>,
+    /// A program and its arguments (no shell) run in the project folder
+    /// after each database restore, e.g.
+    /// `["docker", "compose", "restart", "auth", "storage", "realtime"]`;
+    /// its output goes to the restore's events. Setting it needs `admin`.
+    pub post_restore_command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Object, serde::Deserialize)]
@@ -57,6 +62,8 @@ pub struct UpdateProject {
     pub storage_dir: Option<String>,
     pub functions_dir: Option<String>,
     pub config_paths: Option<Vec<String>>,
+    /// See `CreateProject`; `[]` removes it. Needs `admin`.
+    pub post_restore_command: Option<Vec<String>>,
 }
 
 /// The database a project uses, without its password.
@@ -88,6 +95,8 @@ pub struct Project {
     pub storage_dir: String,
     pub functions_dir: String,
     pub config_paths: Vec<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub post_restore_command: Option<Vec<String>>,
     pub database: DatabaseInfo,
     // No doc comment here: poem-openapi would wrap the reference in an
     // `allOf`, which some client generators cannot read. See ProjectStatus.
@@ -109,6 +118,10 @@ impl From<project::Model> for Project {
             storage_dir: row.storage_dir,
             functions_dir: row.functions_dir,
             config_paths: serde_json::from_str(&row.config_paths).unwrap_or_default(),
+            post_restore_command: row
+                .post_restore_command
+                .as_deref()
+                .and_then(|c| serde_json::from_str(c).ok()),
             database: DatabaseInfo {
                 host: row.db_host,
                 port: u16::try_from(row.db_port).unwrap_or(5432),
@@ -186,6 +199,7 @@ impl ProjectsApi {
         let functions = optional_dir("functionsDir", input.functions_dir.as_deref())?
             .unwrap_or_else(|| root.join("volumes/functions"));
         let config_paths = config_paths(input.config_paths.unwrap_or_default())?;
+        let post_restore = post_restore_command(principal, input.post_restore_command)?;
         let url = match input.database_url {
             Some(url) => url,
             None => database_url_from_project_env(&root)?,
@@ -215,6 +229,7 @@ impl ProjectsApi {
             storage_dir: Set(path_string(&storage)),
             functions_dir: Set(path_string(&functions)),
             config_paths: Set(serde_json::to_string(&config_paths).expect("strings serialise")),
+            post_restore_command: Set(post_restore.flatten()),
             created_at: Set(now),
             updated_at: Set(now),
         };
@@ -332,6 +347,7 @@ impl ProjectsApi {
         let storage = optional_dir("storageDir", input.storage_dir.as_deref())?;
         let functions = optional_dir("functionsDir", input.functions_dir.as_deref())?;
         let config_paths = input.config_paths.map(config_paths).transpose()?;
+        let post_restore = post_restore_command(principal, input.post_restore_command)?;
         let url = input.database_url;
         let target = url.as_deref().map(database_target).transpose()?;
 
@@ -360,6 +376,9 @@ impl ProjectsApi {
         }
         if let Some(paths) = config_paths {
             active.config_paths = Set(serde_json::to_string(&paths).expect("strings serialise"));
+        }
+        if let Some(command) = post_restore {
+            active.post_restore_command = Set(command);
         }
         if let (Some(url), Some(target)) = (url, target) {
             active.database_url_enc = Set(state.master_key.encrypt(&url));
@@ -435,6 +454,34 @@ fn absolute_dir(field: &str, raw: &str) -> ApiResult<PathBuf> {
 
 fn optional_dir(field: &str, raw: Option<&str>) -> ApiResult<Option<PathBuf>> {
     raw.map(|r| absolute_dir(field, r)).transpose()
+}
+
+/// `postRestoreCommand`, checked: `None` when not given, `Some(None)` to
+/// remove it. It runs a program on the workers' machines, so only an
+/// unrestricted admin key may set it.
+fn post_restore_command(
+    principal: &crate::auth::Principal,
+    command: Option<Vec<String>>,
+) -> ApiResult<Option<Option<String>>> {
+    let Some(command) = command else {
+        return Ok(None);
+    };
+    principal.require_unrestricted_admin().map_err(|_| {
+        ApiError::forbidden(
+            "postRestoreCommand runs a program on the workers: it needs an admin key",
+        )
+    })?;
+    if command.is_empty() {
+        return Ok(Some(None));
+    }
+    if command[0].trim().is_empty() || command.iter().any(|a| a.contains('\0')) {
+        return Err(ApiError::bad_request(
+            "postRestoreCommand: the first element must name a program, and no element may hold a NUL byte",
+        ));
+    }
+    Ok(Some(Some(
+        serde_json::to_string(&command).expect("strings serialise"),
+    )))
 }
 
 fn config_paths(paths: Vec<String>) -> ApiResult<Vec<String>> {

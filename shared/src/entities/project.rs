@@ -18,6 +18,8 @@ pub struct Model {
     pub functions_dir: String,
     /// JSON array of extra config paths registered on the project.
     pub config_paths: String,
+    /// JSON array: the program and arguments run after a database restore.
+    pub post_restore_command: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

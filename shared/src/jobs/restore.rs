@@ -416,10 +416,99 @@ async fn restore_backup(
             "The previous config files could not all be removed: {e}"
         ));
     }
+    if restores_database
+        && let Some(command) = target
+            .post_restore_command
+            .as_deref()
+            .and_then(|c| serde_json::from_str::<Vec<String>>(c).ok())
+            .filter(|c| !c.is_empty())
+    {
+        reporter
+            .step(
+                "post_restore",
+                &format!(
+                    "Running the project's post-restore command: {}",
+                    command.join(" ")
+                ),
+                total,
+                total,
+            )
+            .await;
+        if let Err(problem) =
+            post_restore(&command, Path::new(&target.root_dir), job, reporter).await
+        {
+            warnings.push(format!("The post-restore command {problem}"));
+        }
+    }
     for warning in &warnings {
         reporter.warning(warning).await;
     }
     Ok(warnings)
+}
+
+/// How long the post-restore command may run.
+const POST_RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Output lines of the post-restore command sent as events, at most.
+const POST_RESTORE_LINES: usize = 200;
+
+/// Runs the project's post-restore command in its folder, each output line
+/// an event. The restore is already committed: a failure is the caller's
+/// warning (`Err` completes "The post-restore command …").
+async fn post_restore(
+    command: &[String],
+    root: &Path,
+    job: &job::Model,
+    reporter: &Reporter,
+) -> Result<(), String> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = child::command(&command[0], &job.id, None);
+    child
+        .args(&command[1..])
+        .current_dir(root)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut running = child
+        .spawn()
+        .map_err(|e| format!("{:?} could not start: {e}", command[0]))?;
+    let stdout = BufReader::new(running.stdout.take().expect("piped")).lines();
+    let stderr = BufReader::new(running.stderr.take().expect("piped")).lines();
+    let mut lines = futures::stream::select(tokio_stream_lines(stdout), tokio_stream_lines(stderr));
+    let mut sent = 0usize;
+    let mut last = String::new();
+    let ran = tokio::time::timeout(POST_RESTORE_TIMEOUT, async {
+        use futures::StreamExt;
+        while let Some(line) = lines.next().await {
+            if sent < POST_RESTORE_LINES {
+                reporter.step("post_restore", &line, 0, 0).await;
+                sent += 1;
+            }
+            last = line;
+        }
+        running.wait().await
+    })
+    .await;
+    match ran {
+        Err(_) => Err(format!(
+            "did not end within {} s and was stopped",
+            POST_RESTORE_TIMEOUT.as_secs()
+        )),
+        Ok(Err(e)) => Err(format!("failed: {e}")),
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("ended with {status}: {last}")),
+    }
+}
+
+fn tokio_stream_lines<R: tokio::io::AsyncBufRead + Unpin + Send + 'static>(
+    lines: tokio::io::Lines<R>,
+) -> futures::stream::BoxStream<'static, String> {
+    use futures::StreamExt;
+    futures::stream::unfold(lines, |mut lines| async move {
+        match lines.next_line().await {
+            Ok(Some(line)) => Some((line, lines)),
+            _ => None,
+        }
+    })
+    .boxed()
 }
 
 /// Where an artifact is and how to open it.
