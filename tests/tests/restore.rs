@@ -213,6 +213,17 @@ async fn each_restore_type_alone_restores_only_that_component() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(state_of(&project), before);
+
+    // The contract's own example: `["full"]` is every component.
+    change_everything(&project);
+    let (status, body) = restore(
+        &app,
+        &backup_id,
+        json!({"restoreTypes": ["full"], "forceRestore": false}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(state_of(&project), before);
 }
 
 /// A failed restore answers 500 `Restore failed: <cause>` and the project is
