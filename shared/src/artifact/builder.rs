@@ -97,7 +97,7 @@ impl<W: Write> Sealed<W> {
 }
 
 enum Encoder<W: Write> {
-    Gzip(flate2::write::GzEncoder<Sealed<W>>),
+    Gzip(super::ParallelGzip<Sealed<W>>),
     Zstd(zstd::stream::write::Encoder<'static, Sealed<W>>),
 }
 
@@ -124,6 +124,14 @@ impl<W: Write> Encoder<W> {
             Self::Zstd(e) => e.finish()?.finish(),
         }
     }
+}
+
+/// The compressing threads of one artifact: every core, at most 8.
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8)
 }
 
 /// Writes an artifact into `W` (a file, or a pipe to the destination).
@@ -162,14 +170,12 @@ impl<W: Write> ArtifactBuilder<W> {
             Sealed::Age(Box::new(encryptor.wrap_output(tally)?))
         };
         let encoder = match compression {
-            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
-                sealed,
-                flate2::Compression::new(6),
-            )),
+            // Every core (see `pargz`); `pigz` does the same.
+            Compression::Gzip => Encoder::Gzip(super::ParallelGzip::new(sealed, 6, cores())),
             Compression::Zstd => {
                 let mut encoder = zstd::stream::write::Encoder::new(sealed, 3)?;
-                // Both cores: zstd's own worker threads.
-                encoder.multithread(2)?;
+                // Every core: zstd's own worker threads.
+                encoder.multithread(cores() as u32)?;
                 Encoder::Zstd(encoder)
             }
         };

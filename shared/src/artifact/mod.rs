@@ -13,6 +13,8 @@
 
 mod builder;
 mod manifest;
+mod pargz;
 
 pub use builder::{ArtifactBuilder, ArtifactSummary, Compression};
 pub use manifest::{Manifest, ManifestEntry, ManifestMeta};
+pub use pargz::ParallelGzip;

@@ -236,13 +236,18 @@ async fn restore_backup(
                 continue;
             }
             if old {
+                // The dead attempt swapped its files in: the content it
+                // replaced comes back first, so that a failure of this
+                // attempt leaves the project's own files.
+                crate::restore::staging::put_back(Path::new(dir), &path).map_err(io_error)?;
                 warnings.push(
                     "An earlier attempt of this restore stopped after swapping its files in; \
-                     the restore was done again from the start"
+                     they were put back and the restore done again from the start"
                         .into(),
                 );
+            } else {
+                crate::restore::staging::remove_leftover(&path).map_err(io_error)?;
             }
-            crate::restore::staging::remove_leftover(&path).map_err(io_error)?;
         }
     }
     let spool_dir = ctx.config.data_dir.join("tmp");
@@ -289,6 +294,7 @@ async fn restore_backup(
         job_id: job.id.clone(),
         stop: Arc::new(AtomicBool::new(false)),
         stage: true,
+        skip_extra_config: backup_row.project_id != target.id,
     };
     let read = Artifact {
         destination,
@@ -298,6 +304,19 @@ async fn restore_backup(
         encrypted: backup_row.encrypted,
         identities,
     };
+    if wanted.contains(&"config")
+        && backup_row.project_id != target.id
+        && manifest
+            .entries
+            .iter()
+            .any(|e| e.path.starts_with("config/extra/"))
+    {
+        warnings.push(format!(
+            "The backup's extra config paths (outside project {}'s folder) were not restored \
+             into project {}: they are {}'s own",
+            backup_row.project_id, target.id, backup_row.project_id
+        ));
+    }
     let unpacked = read_artifact(read, plan, reporter).await?;
     warnings.extend(
         manifest
@@ -380,6 +399,7 @@ async fn restore_backup(
             Err(e) => failure = Some(JobError::Abort(format!("cannot swap in config: {e}"))),
         }
     }
+    let mut pending_rollback = None;
     if failure.is_none()
         && let Some(loaded) = loaded
     {
@@ -387,11 +407,14 @@ async fn restore_backup(
         if let Err(e) = loaded.commit().await {
             failure = Some(e);
         }
-    } else if let Some(loaded) = loaded {
-        loaded.roll_back().await;
+    } else {
+        pending_rollback = loaded;
     }
     drop(dump);
     if let Some(e) = failure {
+        // Files first: putting them back is quick and synchronous, and a
+        // worker stopping meanwhile must not leave them swapped in. The
+        // database rolls back with its session in any case.
         for done in swapped.into_iter().rev() {
             if let Err(undo) = done.roll_back() {
                 tracing::error!(job = %job.id, error = %undo, "cannot put the project's files back");
@@ -401,6 +424,14 @@ async fn restore_backup(
             && let Err(undo) = done.roll_back()
         {
             tracing::error!(job = %job.id, error = %undo, "cannot put the project's config back");
+        }
+        if let Some(loaded) = pending_rollback {
+            loaded.roll_back().await;
+        }
+        // A statement still running in a backend whose client died keeps
+        // its locks until it notices: end it.
+        if let Some((url, _)) = &database_target {
+            child::end_leftover_sessions(url, &job.id).await;
         }
         return Err(e);
     }
@@ -575,6 +606,7 @@ pub(super) async fn check_artifact(
         job_id: job_id.to_string(),
         stop: Arc::new(AtomicBool::new(false)),
         stage: false,
+        skip_extra_config: false,
     };
     read_artifact(artifact, plan, reporter).await
 }
@@ -593,6 +625,9 @@ pub(super) struct UnpackPlan {
     /// `false` to only check every entry against the manifest (verify):
     /// nothing is staged, the dump is still spooled for `pg_restore -l`.
     stage: bool,
+    /// Leave out `config/extra/…`: those paths are the source project's
+    /// own (its db-config volume), not the target's.
+    skip_extra_config: bool,
 }
 
 /// What the pass produced; dropping it removes every staged file.
@@ -643,7 +678,9 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
             continue;
         }
         let component = path.split('/').next().unwrap_or("").to_string();
-        if !plan.wanted.contains(&component) {
+        if !plan.wanted.contains(&component)
+            || (plan.skip_extra_config && path.starts_with("config/extra/"))
+        {
             continue;
         }
         let expected = plan.entries.get(&path).ok_or_else(|| {
@@ -658,12 +695,25 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
             .to_string();
         let added = match component.as_str() {
             "storage" | "functions" | "config" if !plan.stage => {
-                if entry.header().entry_type().is_file() {
+                let kind = entry.header().entry_type();
+                if kind.is_file() {
                     let (size, sha256) =
                         copy_hashed(&mut entry, std::io::sink()).map_err(corrupt)?;
                     Added::File { size, sha256 }
-                } else {
+                } else if kind.is_dir() {
                     Added::Dir
+                } else if kind.is_symlink() {
+                    Added::Symlink {
+                        target: entry
+                            .link_name()
+                            .map_err(corrupt)?
+                            .map(|l| l.into_owned())
+                            .unwrap_or_default(),
+                    }
+                } else {
+                    Added::HardLink {
+                        to: PathBuf::from("?"),
+                    }
                 }
             }
             "database" => match rest.as_str() {
@@ -722,19 +772,44 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
             }
             _ => continue,
         };
-        if let Added::File { size, sha256 } = &added
-            && (Some(sha256) != expected.sha256.as_ref() || *size != expected.size)
-        {
-            return Err(JobError::Abort(format!("checksum mismatch in {path}")));
+        // Each entry must be what the manifest says it is, once: a file
+        // with its bytes, a link to its target, a folder. Our builder never
+        // writes hard links or the same path twice.
+        if !seen.insert(path.clone()) {
+            return Err(JobError::Abort(format!(
+                "{path} appears twice in the artifact"
+            )));
+        }
+        let matches = match &added {
+            Added::File { size, sha256 } => {
+                if expected.kind == "file"
+                    && (Some(sha256) != expected.sha256.as_ref() || *size != expected.size)
+                {
+                    return Err(JobError::Abort(format!("checksum mismatch in {path}")));
+                }
+                expected.kind == "file"
+            }
+            Added::Dir => expected.kind == "dir",
+            Added::Symlink { target } => {
+                expected.kind == "symlink"
+                    && expected.link.as_deref() == Some(target.to_string_lossy().as_ref())
+            }
+            Added::HardLink { .. } => false,
+        };
+        if !matches {
+            return Err(JobError::Abort(format!(
+                "{path} in the artifact is not the {} its manifest lists",
+                expected.kind
+            )));
         }
         if matches!(added, Added::File { .. }) {
             files += 1;
         }
-        seen.insert(path);
     }
     for (path, entry) in &plan.entries {
         let component = path.split('/').next().unwrap_or("");
         if plan.wanted.contains(component)
+            && !(plan.skip_extra_config && path.starts_with("config/extra/"))
             && entry.kind == "file"
             && path != "manifest.json"
             && !seen.contains(path)

@@ -457,7 +457,11 @@ SET session_replication_role = replica;
 {end}DO $supascale$
 DECLARE r record;
 BEGIN
-  FOR r IN SELECT evtname FROM pg_event_trigger LOOP
+  -- An extension's own event triggers (pgsodium has one) go with it.
+  FOR r IN SELECT e.evtname FROM pg_event_trigger e
+           WHERE NOT EXISTS (SELECT 1 FROM pg_depend d
+                             WHERE d.classid = 'pg_event_trigger'::regclass
+                               AND d.objid = e.oid AND d.deptype = 'e') LOOP
     EXECUTE format('DROP EVENT TRIGGER %I CASCADE', r.evtname);
   END LOOP;
   FOR r IN SELECT pubname FROM pg_publication LOOP
@@ -547,6 +551,7 @@ impl DatabaseRestore<'_> {
             String::new()
         } else {
             let mut args: Vec<&std::ffi::OsStr> = vec![
+                "--single-transaction".as_ref(),
                 "-L".as_ref(),
                 acl_list.as_os_str(),
                 "-f".as_ref(),
@@ -561,6 +566,13 @@ impl DatabaseRestore<'_> {
                 .map_err(|e| JobError::Abort(format!("the dump's grants cannot be read: {e}")))?;
             let known =
                 |role: &str| self.facts.roles.contains(role) || plan.created_roles.contains(role);
+            // Grants only: no data, so whole lines `BEGIN;`/`COMMIT;` are
+            // pg_restore's own transaction, which ours replaces.
+            let sql: String = sql
+                .lines()
+                .filter(|l| *l != "BEGIN;" && *l != "COMMIT;")
+                .map(|l| format!("{l}\n"))
+                .collect();
             let (kept, warnings) = filter_grants(&sql, &known);
             plan.warnings.extend(warnings);
             kept
@@ -594,24 +606,31 @@ impl DatabaseRestore<'_> {
         let stdout = psql_child.stdout.take().expect("piped");
         let stderr = psql_child.stderr.take().expect("piped");
         let (line_tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        // Both pipes are drained to their end as bytes (a database in
+        // another encoding must not stop the drain and stall psql).
         tokio::spawn(async move {
-            let mut reader = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if line == READY || line == DONE {
-                    let _ = line_tx.send(line);
+            let mut reader = BufReader::new(stdout);
+            let mut line = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut line).await, Ok(n) if n > 0) {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end();
+                if text == READY || text == DONE {
+                    let _ = line_tx.send(text.to_string());
                 }
+                line.clear();
             }
         });
         let stderr = tokio::spawn(async move {
             let mut tail: Vec<String> = Vec::new();
-            let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if line.starts_with("ERROR")
-                    || line.starts_with("FATAL")
-                    || line.starts_with("psql")
-                    || tail.is_empty()
+            let mut reader = BufReader::new(stderr);
+            let mut line = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut line).await, Ok(n) if n > 0) {
+                let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                line.clear();
+                // Only errors explain a failure (NOTICEs about cascades do not).
+                if text.starts_with("FATAL") || text.starts_with("psql:") || text.contains("ERROR:")
                 {
-                    tail.push(line);
+                    tail.push(text);
                     if tail.len() > 5 {
                         tail.remove(0);
                     }
@@ -635,7 +654,12 @@ impl DatabaseRestore<'_> {
         // among them, so it holds for the whole load.
         let fed = async {
             loaded.stdin.write_all(head.as_bytes()).await?;
+            // `--single-transaction` keeps pg_restore from wrapping large
+            // objects in their own BEGIN/COMMIT (which would commit ours);
+            // its one final COMMIT is held back (`copy_without_final_commit`)
+            // and its opening BEGIN only warns inside our transaction.
             let mut args: Vec<&std::ffi::OsStr> = vec![
+                "--single-transaction".as_ref(),
                 "-L".as_ref(),
                 main_list.as_os_str(),
                 "-f".as_ref(),
@@ -655,15 +679,23 @@ impl DatabaseRestore<'_> {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
             let mut restore = restore.spawn()?;
-            let mut out = restore.stdout.take().expect("piped");
-            tokio::io::copy(&mut out, &mut loaded.stdin).await?;
-            let output = restore.wait_with_output().await?;
-            if !output.status.success() {
+            let out = restore.stdout.take().expect("piped");
+            let mut err = restore.stderr.take().expect("piped");
+            // Drained beside stdout: a full stderr pipe would stall both.
+            let errors = tokio::spawn(async move {
+                let mut text = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut err, &mut text).await;
+                text
+            });
+            copy_without_final_commit(out, &mut loaded.stdin).await?;
+            let status = restore.wait().await?;
+            let errors = errors.await.unwrap_or_default();
+            if !status.success() {
                 return Err(std::io::Error::other(format!(
                     "pg_restore: {}",
-                    String::from_utf8_lossy(&output.stderr)
+                    String::from_utf8_lossy(&errors)
                         .lines()
-                        .last()
+                        .rfind(|l| !l.trim().is_empty())
                         .unwrap_or("failed")
                 )));
             }
@@ -719,10 +751,11 @@ impl Loaded {
         let _ = tokio::time::timeout(Duration::from_secs(30), self.psql.wait()).await;
         let _ = self.psql.kill().await;
         let stderr = self.stderr.await.unwrap_or_default();
-        let cause = if !stderr.is_empty() {
+        // pg_restore's own failure explains psql's, not the other way round.
+        let cause = if let Some(e) = io.filter(|e| e.to_string().starts_with("pg_restore")) {
+            crate::redact::redact_urls(&e.to_string())
+        } else if !stderr.is_empty() {
             crate::redact::redact_urls(&stderr)
-        } else if let Some(e) = io {
-            e.to_string()
         } else {
             "psql ended without a cause".into()
         };
@@ -736,6 +769,38 @@ impl Loaded {
         }
         JobError::Abort(format!("the database restore was rolled back: {cause}"))
     }
+}
+
+/// Copies pg_restore's SQL to psql, leaving out its final `COMMIT;` (the
+/// one `--single-transaction` ends with): the transaction is ours to end.
+/// Lines are held back a few at a time, so the last `COMMIT;` line of the
+/// stream is known when the stream ends; COPY data always comes before it.
+async fn copy_without_final_commit(
+    out: tokio::process::ChildStdout,
+    sink: &mut ChildStdin,
+) -> std::io::Result<()> {
+    use std::collections::VecDeque;
+    const HOLD: usize = 32;
+    let mut reader = BufReader::with_capacity(256 * 1024, out);
+    let mut held: VecDeque<Vec<u8>> = VecDeque::with_capacity(HOLD + 1);
+    loop {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line).await? == 0 {
+            break;
+        }
+        held.push_back(line);
+        if held.len() > HOLD {
+            let line = held.pop_front().expect("held lines");
+            sink.write_all(&line).await?;
+        }
+    }
+    if let Some(at) = held.iter().rposition(|l| l.as_slice() == b"COMMIT;\n") {
+        held.remove(at);
+    }
+    for line in held {
+        sink.write_all(&line).await?;
+    }
+    Ok(())
 }
 
 /// Runs a client program without a database connection (reading a dump),

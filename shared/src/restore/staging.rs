@@ -682,6 +682,29 @@ pub fn leftovers_by_job(target: &Path) -> Vec<(String, PathBuf, bool)> {
         .collect()
 }
 
+/// Undoes a swap whose process died before it committed or rolled back:
+/// every child kept in `old` (a `.supascale-old-<job>` folder of `target`)
+/// replaces the one now in `target`, and `old` is removed. Children the
+/// swap added that were not there before cannot be told apart from the
+/// project's own and stay (a restore that runs again replaces them).
+pub fn put_back(target: &Path, old: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(old).map_err(|e| about(old, e))? {
+        let entry = entry.map_err(|e| about(old, e))?;
+        let name = entry.file_name();
+        let current = target.join(&name);
+        if fs::symlink_metadata(&current).is_ok() {
+            let meta = fs::symlink_metadata(&current).map_err(|e| about(&current, e))?;
+            if meta.is_dir() {
+                remove_tree(&current).map_err(|e| about(&current, e))?;
+            } else {
+                fs::remove_file(&current).map_err(|e| about(&current, e))?;
+            }
+        }
+        fs::rename(entry.path(), &current).map_err(|e| about(&current, e))?;
+    }
+    fs::remove_dir(old).map_err(|e| about(old, e))
+}
+
 /// Removes one leftover folder of [`leftovers_by_job`].
 pub fn remove_leftover(path: &Path) -> io::Result<()> {
     remove_tree(path).map_err(|e| about(path, e))

@@ -1,0 +1,215 @@
+//! gzip on every core, as `pigz` does it: the stream is cut into blocks,
+//! each compressed on its own thread as a complete gzip member, and the
+//! members are written in order. A file of concatenated members is a valid
+//! gzip file (RFC 1952 §2.2): `gzip -d`, `tar -xz` and `MultiGzDecoder` read
+//! it as one stream. Blocks of 1 MiB cost well under 1 % of ratio against
+//! one member, and memory stays bounded (at most two blocks per thread in
+//! flight).
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+const BLOCK: usize = 1024 * 1024;
+
+type Compressed = (u64, io::Result<Vec<u8>>);
+
+pub struct ParallelGzip<W: Write> {
+    /// `None` once finished.
+    inner: Option<W>,
+    level: u32,
+    block: Vec<u8>,
+    jobs: Option<mpsc::Sender<(u64, Vec<u8>)>>,
+    results: mpsc::Receiver<Compressed>,
+    threads: Vec<JoinHandle<()>>,
+    /// Blocks handed out, and the next one to write.
+    sent: u64,
+    next: u64,
+    done: BTreeMap<u64, Vec<u8>>,
+    in_flight_limit: u64,
+}
+
+impl<W: Write> ParallelGzip<W> {
+    /// `threads` compressing threads (at least one) at gzip `level`.
+    pub fn new(inner: W, level: u32, threads: usize) -> Self {
+        let threads = threads.max(1);
+        let (job_tx, job_rx) = mpsc::channel::<(u64, Vec<u8>)>();
+        let (result_tx, results) = mpsc::channel::<Compressed>();
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let handles = (0..threads)
+            .map(|_| {
+                let job_rx = job_rx.clone();
+                let result_tx = result_tx.clone();
+                std::thread::spawn(move || {
+                    loop {
+                        let job = job_rx.lock().map(|rx| rx.recv());
+                        let Ok(Ok((seq, data))) = job else { return };
+                        let mut encoder = flate2::write::GzEncoder::new(
+                            Vec::with_capacity(data.len() / 2),
+                            flate2::Compression::new(level),
+                        );
+                        let member = encoder.write_all(&data).and_then(|()| encoder.finish());
+                        if result_tx.send((seq, member)).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            inner: Some(inner),
+            level,
+            block: Vec::with_capacity(BLOCK),
+            jobs: Some(job_tx),
+            results,
+            threads: handles,
+            sent: 0,
+            next: 0,
+            done: BTreeMap::new(),
+            in_flight_limit: 2 * threads as u64,
+        }
+    }
+
+    fn dispatch(&mut self) -> io::Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("finished"))?;
+        jobs.send((self.sent, data))
+            .map_err(|_| io::Error::other("the gzip threads stopped"))?;
+        self.sent += 1;
+        while self.sent - self.next >= self.in_flight_limit {
+            self.collect_one()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for one compressed block and writes whatever is now in order.
+    fn collect_one(&mut self) -> io::Result<()> {
+        let (seq, member) = self
+            .results
+            .recv()
+            .map_err(|_| io::Error::other("the gzip threads stopped"))?;
+        self.done.insert(seq, member?);
+        while let Some(member) = self.done.remove(&self.next) {
+            self.sink()?.write_all(&member)?;
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    fn sink(&mut self) -> io::Result<&mut W> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| io::Error::other("finished"))
+    }
+
+    /// Compresses what is left, writes every member in order, and returns
+    /// the sink.
+    pub fn finish(mut self) -> io::Result<W> {
+        if self.sent == 0 && self.block.is_empty() {
+            // An empty stream is still one (empty) member.
+            let empty =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(self.level))
+                    .finish()?;
+            self.sink()?.write_all(&empty)?;
+        }
+        self.dispatch()?;
+        while self.next < self.sent {
+            self.collect_one()?;
+        }
+        self.jobs = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        let mut inner = self
+            .inner
+            .take()
+            .ok_or_else(|| io::Error::other("finished"))?;
+        inner.flush()?;
+        Ok(inner)
+    }
+}
+
+impl<W: Write> Write for ParallelGzip<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = BLOCK - self.block.len();
+        let n = room.min(buf.len());
+        self.block.extend_from_slice(&buf[..n]);
+        if self.block.len() == BLOCK {
+            self.dispatch()?;
+        }
+        Ok(n)
+    }
+
+    /// A member cannot be cut short without changing the output, so only
+    /// what is already compressed reaches the sink.
+    fn flush(&mut self) -> io::Result<()> {
+        self.sink()?.flush()
+    }
+}
+
+impl<W: Write> Drop for ParallelGzip<W> {
+    fn drop(&mut self) {
+        // Unfinished: stop the threads (they end when the job channel closes).
+        self.jobs = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn round_trip(data: &[u8], threads: usize) -> Vec<u8> {
+        let mut gz = ParallelGzip::new(Vec::new(), 6, threads);
+        for chunk in data.chunks(7919) {
+            gz.write_all(chunk).unwrap();
+        }
+        let compressed = gz.finish().unwrap();
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(compressed.as_slice())
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn members_decode_to_the_input_in_order() {
+        let data: Vec<u8> = (0..5 * BLOCK + 12345)
+            .map(|i| ((i * 31) % 251) as u8 ^ (i / 4096) as u8)
+            .collect();
+        for threads in [1, 2, 4] {
+            assert_eq!(round_trip(&data, threads), data, "{threads} threads");
+        }
+        assert_eq!(round_trip(b"", 2), b"");
+        assert_eq!(round_trip(b"x", 2), b"x");
+    }
+
+    #[test]
+    fn the_system_gzip_reads_it() {
+        let data = b"line of text\n".repeat(300_000);
+        let mut gz = ParallelGzip::new(Vec::new(), 6, 2);
+        gz.write_all(&data).unwrap();
+        let compressed = gz.finish().unwrap();
+        assert!(compressed.len() < data.len() / 10);
+        let mut child = std::process::Command::new("gzip")
+            .arg("-dc")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || stdin.write_all(&compressed).unwrap());
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, data);
+    }
+}
