@@ -722,8 +722,9 @@ async fn a_worker_killed_mid_restore(deployment: supascale_tests::Deployment) {
     }
     let (_, job) = status_and_body(cluster.app.get(&job_url).send().await.unwrap()).await;
     cluster.kill_worker_of(&job);
-    // The dead attempt's session goes with it; the project is untouched.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // The dead attempt's session goes with it (or, waiting for a lock, is
+    // ended by the next attempt); the project is untouched meanwhile.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while supascale_tests::job_sessions(&project.database.url, &job_id).await > 0 {
         if std::time::Instant::now() > deadline {
             break; // the next attempt may have connected already
