@@ -18,8 +18,7 @@
 //!    operator would do to match ours: `sha256sum -c` of every file against
 //!    the manifest's SHA-256s. Shown with and without that check.
 //!
-//! The project is `refproject::make(scale, seed, false)`'s, built by
-//! [`reference::make`] (which works at any scale).
+//! The project is `refproject::make(scale, seed, false)`'s.
 //!
 //! Build and run (release):
 //!   cargo build --release -p supascale-api -p supascale-worker -p supascale-bench
@@ -37,9 +36,6 @@ use serde_json::{Value, json};
 use supascale_shared::artifact::Manifest;
 use supascale_tests::refproject::{RefProject, table_fingerprints, tree_snapshot};
 use supascale_tests::{Backend, ControlPlane, Launch, PG_ADMIN_URL, TestApp, psql};
-
-#[path = "restore/reference.rs"]
-mod reference;
 
 struct Args {
     scale: f64,
@@ -82,7 +78,7 @@ async fn main() {
     println!("machine: nproc {nproc}, load average {}", load_average());
 
     let generated = Instant::now();
-    let project = reference::make(args.scale, args.seed).await;
+    let project = supascale_tests::refproject::make(args.scale, args.seed, false).await;
     let url = project.database.url.clone();
     let root = project.root.path().to_path_buf();
     let db_bytes: i64 = psql(&url, "SELECT pg_database_size(current_database())")

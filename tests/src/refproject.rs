@@ -254,7 +254,9 @@ fn write_storage(root: &Path, url: &str, scale: f64, seed: u64) -> Vec<(PathBuf,
         objects.push((path.strip_prefix(root).unwrap().to_path_buf(), size as u64));
     }
     std::fs::create_dir_all(store.join("documents/empty-folder")).unwrap();
-    psql(url, &rows);
+    // Through standard input: one `psql -c` argument of every row exceeds
+    // the kernel's argument limit from about scale 2.
+    run_psql_with_scale(url, &rows, scale);
     objects
 }
 
