@@ -89,7 +89,9 @@ async fn a_killed_workers_job_is_taken_over(deployment: Deployment) {
     let accepted = start_backup(&cluster.app, json!({"projectId": "p", "type": "full"})).await;
     let job_id = accepted["job"]["id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while job_sessions(&project.database.url, &job_id).await == 0 {
+    // `pg_dumpall --roles-only` connects first under the same name: wait
+    // for `pg_dump` itself, blocked behind the lock.
+    while dump_processes(&job_id) == 0 || job_sessions(&project.database.url, &job_id).await == 0 {
         assert!(Instant::now() < deadline, "pg_dump never connected");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
