@@ -13,7 +13,9 @@
 //!
 //! [`Ready::swap_in`] takes every top-level name present before or in the
 //! archive, moves the current child to `.supascale-old-<job>/<name>` and the
-//! staged one to `<name>`. On Linux the two trade places in one
+//! staged one to `<name>`. [`Ready::merge_in`] takes only the names in the
+//! archive, so the target's other children stay (an import adds functions
+//! or buckets to a project; a restore replaces the project). On Linux the two trade places in one
 //! `renameat2(RENAME_EXCHANGE)`, so the name never disappears; elsewhere (or
 //! on a filesystem without it) it is two renames with a moment in between.
 //!
@@ -266,6 +268,82 @@ impl StagedTree {
         &self.staging.target
     }
 
+    /// The folder being filled. A caller that writes into it itself (an
+    /// import setting a storage object's xattrs) must not follow symlinks
+    /// in it: only entries staged by [`add`](Self::add) were checked.
+    pub fn staging_dir(&self) -> &Path {
+        &self.staging.path
+    }
+
+    /// Stages the target's current child `name` as a hard-link copy: the
+    /// same folders (modes, owners, `user.*` xattrs and mtimes applied at
+    /// [`finish`](Self::finish)) whose files are hard links to the current
+    /// ones, so no byte is copied and each file keeps its inode, xattrs
+    /// included. Entries added afterwards replace files of the copy without
+    /// touching the originals (a staged name is unlinked, never written
+    /// through). Returns how many files were linked; none when `name` does
+    /// not exist.
+    pub fn link_from_target(&mut self, name: &OsStr) -> io::Result<u64> {
+        let rel = PathBuf::from(name);
+        if rel.components().count() != 1
+            || !matches!(rel.components().next(), Some(Component::Normal(_)))
+            || name == staging_name(&self.staging.job_id)
+            || name == old_name(&self.staging.job_id)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: not a child name of the target", rel.display()),
+            ));
+        }
+        let source = self.staging.target.join(&rel);
+        if !exists(&source)? {
+            return Ok(0);
+        }
+        let dest = self.staging.path.join(&rel);
+        self.clear(&dest, &rel, false)
+            .map_err(|e| about(&dest, e))?;
+        let mut linked = 0;
+        let mut stack = vec![rel];
+        while let Some(rel) = stack.pop() {
+            let from = self.staging.target.join(&rel);
+            let to = self.staging.path.join(&rel);
+            let metadata = fs::symlink_metadata(&from).map_err(|e| about(&from, e))?;
+            if !metadata.is_dir() {
+                // `link` does not follow a symlink: the link itself is shared.
+                fs::hard_link(&from, &to).map_err(|e| about(&from, e))?;
+                linked += 1;
+                continue;
+            }
+            DirBuilder::new()
+                .mode(0o700)
+                .create(&to)
+                .map_err(|e| about(&to, e))?;
+            let dir = open_dir_nofollow(&to).map_err(|e| about(&to, e))?;
+            chown_quietly(std::os::unix::fs::fchown(
+                &dir,
+                Some(metadata.uid()),
+                Some(metadata.gid()),
+            ))
+            .map_err(|e| about(&to, e))?;
+            for (xattr_name, value) in user_xattrs_nofollow(&from)? {
+                dir.set_xattr(&xattr_name, &value)
+                    .map_err(|e| about(&to, e))?;
+            }
+            self.dirs.insert(
+                rel.clone(),
+                DeferredDir {
+                    mode: dir_mode(metadata.mode()),
+                    mtime: u64::try_from(metadata.mtime()).unwrap_or(0),
+                },
+            );
+            for child in fs::read_dir(&from).map_err(|e| about(&from, e))? {
+                let child = child.map_err(|e| about(&from, e))?;
+                stack.push(rel.join(child.file_name()));
+            }
+        }
+        Ok(linked)
+    }
+
     /// Stages one entry. `relative` is its archive path without the
     /// component prefix; empty is the target folder itself.
     pub fn add<R: Read>(
@@ -473,7 +551,18 @@ impl Ready {
     /// Swaps every top-level child of the target with its staged version
     /// (a child absent from the archive is moved out; one new in it is moved
     /// in). On error, what was already swapped is put back.
-    pub fn swap_in(mut self) -> io::Result<Swapped> {
+    pub fn swap_in(self) -> io::Result<Swapped> {
+        self.swap(false)
+    }
+
+    /// Like [`swap_in`](Self::swap_in), but only the staged top-level
+    /// children: the target's children absent from the archive stay where
+    /// they are, untouched by the swap and by [`Swapped::roll_back`].
+    pub fn merge_in(self) -> io::Result<Swapped> {
+        self.swap(true)
+    }
+
+    fn swap(mut self, merge: bool) -> io::Result<Swapped> {
         let target = self.staging.target.clone();
         let staging = self.staging.path.clone();
         let job_id = self.staging.job_id.clone();
@@ -484,7 +573,11 @@ impl Ready {
             mtime: Some(self.staging.target_mtime),
             ..read_dir_state(&target).map_err(|e| about(&target, e))?
         };
-        let names = child_names(&target, &staging, &job_id)?;
+        let names = if merge {
+            child_names(&[&staging], &job_id)?
+        } else {
+            child_names(&[&target, &staging], &job_id)?
+        };
         DirBuilder::new()
             .mode(0o700)
             .create(&old)
@@ -616,12 +709,13 @@ fn undo_steps(target: &Path, trash: &Path, old: &Path, steps: &[Step]) -> io::Re
     first.map_or(Ok(()), Err)
 }
 
-/// Names to swap: the target's children (but this job's hidden folders) and
-/// the staged ones. Other jobs' leftovers are swapped out like any child.
-fn child_names(target: &Path, staging: &Path, job_id: &str) -> io::Result<BTreeSet<OsString>> {
+/// Names to swap: the children of `dirs` (the target's, but this job's
+/// hidden folders, and the staged ones). Other jobs' leftovers are swapped
+/// out like any child.
+fn child_names(dirs: &[&Path], job_id: &str) -> io::Result<BTreeSet<OsString>> {
     let skip = [staging_name(job_id), old_name(job_id)];
     let mut names = BTreeSet::new();
-    for dir in [target, staging] {
+    for dir in dirs.iter().copied() {
         for entry in fs::read_dir(dir).map_err(|e| about(dir, e))? {
             let name = entry.map_err(|e| about(dir, e))?.file_name();
             if !skip.contains(&name) {
@@ -1251,6 +1345,25 @@ fn write_dir_state(path: &Path, state: &DirState) -> io::Result<()> {
         File::open(path)?.set_times(FileTimes::new().set_modified(mtime))?;
     }
     Ok(())
+}
+
+/// The `user.*` xattrs of `path` itself, a folder of the target being
+/// copied.
+fn user_xattrs_nofollow(path: &Path) -> io::Result<Vec<(OsString, Vec<u8>)>> {
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
+        Err(e) => return Err(about(path, e)),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        if name.as_bytes().starts_with(b"user.")
+            && let Some(value) = xattr::get(path, &name).map_err(|e| about(path, e))?
+        {
+            out.push((name, value));
+        }
+    }
+    Ok(out)
 }
 
 fn user_xattrs(path: &Path) -> io::Result<Vec<(OsString, Vec<u8>)>> {
@@ -2593,5 +2706,127 @@ mod tests {
             assert!(expected(&e), "{e}");
             assert_eq!(snapshot(tmp.path(), false), before, "after {e}");
         }
+    }
+
+    #[test]
+    fn merge_in_swaps_only_the_staged_names_and_rolls_back_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_user_xattrs_work(tmp.path());
+        let target = tmp.path().join("functions");
+        populate(&target);
+        let before = snapshot(&target, true);
+        let archive = Archive::new()
+            .dir("storage/only new/", 0o755, T, &[])
+            .file("storage/only new/f", b"new", 0o644, T, &[])
+            .file("storage/only old/y", b"y", 0o644, T, &[])
+            .bytes();
+
+        let (tree, _) = stage(&target, Options::default(), &archive).unwrap();
+        let swapped = tree.finish().unwrap().merge_in().unwrap();
+        let after = snapshot(&target, false);
+        assert_eq!(fs::read(target.join("only new/f")).unwrap(), b"new");
+        // Brought by the archive: replaced wholesale.
+        assert_eq!(fs::read(target.join("only old/y")).unwrap(), b"y");
+        assert!(!target.join("only old/x").exists());
+        // Absent from the archive: not moved, not touched.
+        for (rel, node) in &after {
+            if rel.starts_with("stub") {
+                let was = &before[rel];
+                assert_eq!(
+                    (node.kind, node.mode, node.ino, &node.bytes, &node.xattrs),
+                    (was.kind, was.mode, was.ino, &was.bytes, &was.xattrs),
+                    "{}",
+                    rel.display()
+                );
+            }
+        }
+        assert_eq!(
+            mode(&target),
+            0o751,
+            "no root entry, so the folder keeps its mode"
+        );
+        swapped.roll_back().unwrap();
+        assert_eq!(snapshot(&target, true), before);
+
+        let (tree, _) = stage(&target, Options::default(), &archive).unwrap();
+        tree.finish().unwrap().merge_in().unwrap().commit().unwrap();
+        let mut names: Vec<_> = fs::read_dir(&target)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["only new", "only old", "stub"]);
+        assert_eq!(fs::read(target.join("only old/y")).unwrap(), b"y");
+        let stub = snapshot(&target.join("stub"), true);
+        for (rel, node) in stub {
+            assert_eq!(node.ino, before[&Path::new("stub").join(&rel)].ino);
+        }
+    }
+
+    #[test]
+    fn link_from_target_shares_inodes_and_new_entries_never_write_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_user_xattrs_work(tmp.path());
+        let target = tmp.path().join("storage");
+        populate(&target);
+        let before = snapshot(&target, true);
+        let archive = Archive::new()
+            .file(
+                "storage/stub/stub/old bucket/obj",
+                b"replaced",
+                0o644,
+                T,
+                &[],
+            )
+            .file("storage/stub/stub/new bucket/o", b"o", 0o644, T, &[])
+            .bytes();
+
+        let mut tree = StagedTree::begin(&target, JOB).unwrap();
+        assert_eq!(tree.link_from_target(OsStr::new("stub")).unwrap(), 2);
+        assert_eq!(tree.link_from_target(OsStr::new("absent")).unwrap(), 0);
+        assert!(tree.link_from_target(OsStr::new("..")).is_err());
+        assert!(tree.link_from_target(OsStr::new("a/b")).is_err());
+        let staged = tree.staging_dir().to_path_buf();
+        let link = fs::symlink_metadata(staged.join("stub/link")).unwrap();
+        assert!(link.file_type().is_symlink());
+        assert_eq!(link.ino(), before[Path::new("stub/link")].ino);
+        let mut archive = tar::Archive::new(archive.as_slice());
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().into_owned();
+            tree.add(path.strip_prefix("storage").unwrap(), &mut entry)
+                .unwrap();
+        }
+        let swapped = tree.finish().unwrap().merge_in().unwrap();
+        assert_eq!(
+            fs::read(target.join("stub/stub/old bucket/obj")).unwrap(),
+            b"replaced"
+        );
+        assert_eq!(
+            fs::read(target.join("stub/stub/new bucket/o")).unwrap(),
+            b"o"
+        );
+        let now = snapshot(&target, true);
+        for rel in ["stub", "stub/stub", "stub/stub/old bucket/empty"] {
+            let (was, is) = (&before[Path::new(rel)], &now[Path::new(rel)]);
+            assert_eq!(
+                (is.mode, is.owner, &is.xattrs),
+                (was.mode, was.owner, &was.xattrs),
+                "{rel}"
+            );
+            assert_ne!(is.ino, was.ino, "{rel}: a copy, not the folder itself");
+        }
+        assert_eq!(
+            now[Path::new("stub/stub/old bucket/empty")].mtime,
+            before[Path::new("stub/stub/old bucket/empty")].mtime
+        );
+        assert_eq!(now[Path::new("stub/link")], before[Path::new("stub/link")]);
+        assert!(
+            target.join("only old/x").exists(),
+            "merge leaves other children"
+        );
+        swapped.roll_back().unwrap();
+        // The original object's inode was never written through.
+        assert_eq!(snapshot(&target, true), before);
     }
 }
