@@ -8,6 +8,7 @@ pub mod control_plane;
 pub mod destinations;
 pub mod domain;
 pub mod entities;
+pub mod import;
 pub mod jobs;
 pub mod master_key;
 pub mod pgtools;
