@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod functions;
+pub mod storage;
 #[cfg(test)]
 mod testing;
 
