@@ -206,6 +206,8 @@ pub struct StagedTree {
     dirs: BTreeMap<PathBuf, DeferredDir>,
     root: Option<NodeMeta>,
     buffer: Vec<u8>,
+    /// Whether the archive's owners are applied (see [`StagedTree::ignore_owners`]).
+    owners: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -261,6 +263,7 @@ impl StagedTree {
             dirs: BTreeMap::new(),
             root: None,
             buffer: vec![0; COPY_BUFFER],
+            owners: true,
         })
     }
 
@@ -369,7 +372,7 @@ impl StagedTree {
                     kind: format!("{kind:?} as the restored folder itself"),
                 });
             }
-            self.root = Some(entry_meta(entry, &shown)?);
+            self.root = Some(self.meta(entry, &shown)?);
             return Ok(Added::Dir);
         }
         let root = self.staging.path.clone();
@@ -377,7 +380,7 @@ impl StagedTree {
         let dest = root.join(&rel);
         match kind {
             EntryType::Directory => {
-                let meta = entry_meta(entry, &shown)?;
+                let meta = self.meta(entry, &shown)?;
                 self.clear(&dest, &rel, true).map_err(io_at(&shown))?;
                 match DirBuilder::new().mode(0o755).create(&dest) {
                     Ok(()) => {}
@@ -397,7 +400,7 @@ impl StagedTree {
                 Ok(Added::Dir)
             }
             EntryType::Symlink => {
-                let meta = entry_meta(entry, &shown)?;
+                let meta = self.meta(entry, &shown)?;
                 let target = link_target(entry, &shown)?;
                 if self.options.symlinks == SymlinkPolicy::RejectEscaping
                     && !stays_inside(&rel, &target)
@@ -421,7 +424,7 @@ impl StagedTree {
                 Ok(Added::HardLink { to })
             }
             kind if is_file(kind) => {
-                let meta = entry_meta(entry, &shown)?;
+                let meta = self.meta(entry, &shown)?;
                 self.budget.would_fit(&shown, entry.size())?;
                 self.clear(&dest, &rel, false).map_err(io_at(&shown))?;
                 let written = write_file(
@@ -446,6 +449,26 @@ impl StagedTree {
                 kind: format!("{kind:?}"),
             }),
         }
+    }
+
+    /// Leaves the owners in the archive's headers unapplied: an upload's
+    /// user and group ids mean nothing on this host, and a root worker would
+    /// otherwise hand the files to whoever has those ids here.
+    pub fn ignore_owners(&mut self) {
+        self.owners = false;
+    }
+
+    fn meta<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        shown: &Path,
+    ) -> Result<NodeMeta, StageError> {
+        let mut meta = entry_meta(entry, shown)?;
+        if !self.owners {
+            meta.uid = None;
+            meta.gid = None;
+        }
+        Ok(meta)
     }
 
     /// Makes room at `dest` for a new entry; later entries win, as in tar.
@@ -2828,5 +2851,38 @@ mod tests {
         swapped.roll_back().unwrap();
         // The original object's inode was never written through.
         assert_eq!(snapshot(&target, true), before);
+    }
+
+    #[test]
+    fn ignore_owners_keeps_the_files_our_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("functions");
+        let archive = Archive::new()
+            .dir("storage/f/", 0o755, T, &[])
+            .file("storage/f/index.ts", b"x", 0o644, T, &[])
+            .symlink("storage/f/l", "index.ts")
+            .bytes();
+        let (mut tree, _) = stage(&target, Options::default(), b"").unwrap();
+        tree.ignore_owners();
+        let mut entries = tar::Archive::new(archive.as_slice());
+        for entry in entries.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().into_owned();
+            tree.add(path.strip_prefix("storage").unwrap(), &mut entry)
+                .unwrap();
+        }
+        tree.finish().unwrap().swap_in().unwrap().commit().unwrap();
+        // SAFETY: no arguments, cannot fail.
+        let me = unsafe { (libc::geteuid(), libc::getegid()) };
+        for path in ["f", "f/index.ts", "f/l"] {
+            let m = fs::symlink_metadata(target.join(path)).unwrap();
+            assert_eq!((m.uid(), m.gid()), me, "{path}");
+        }
+        if is_root() {
+            let (tree, _) = stage(&target, Options::default(), &archive).unwrap();
+            tree.finish().unwrap().swap_in().unwrap().commit().unwrap();
+            let m = fs::metadata(target.join("f/index.ts")).unwrap();
+            assert_eq!((u64::from(m.uid()), u64::from(m.gid())), (UID, GID));
+        }
     }
 }
