@@ -203,9 +203,10 @@ fn claim_of(file_name: &str) -> Option<(&'static [Detected], &'static str)> {
 /// is a gzip-compressed tar archive)`.
 pub fn check_claim(
     file_name: &str,
-    detected: Detected,
+    detected: &Detected,
     allowed: &[Detected],
 ) -> Result<(), String> {
+    let detected = *detected;
     if let Some((kinds, words)) = claim_of(file_name)
         && !kinds.contains(&detected)
     {
@@ -757,11 +758,11 @@ mod tests {
     fn claims_are_checked_against_the_content() {
         let archives = [Detected::Zip, Detected::Tar, Detected::TarGz];
         assert_eq!(
-            check_claim("photos.zip", Detected::TarGz, &archives).unwrap_err(),
+            check_claim("photos.zip", &Detected::TarGz, &archives).unwrap_err(),
             "photos.zip is not a ZIP archive (its content is a gzip-compressed tar archive)"
         );
         assert_eq!(
-            check_claim("f.tgz", Detected::Zip, &archives).unwrap_err(),
+            check_claim("f.tgz", &Detected::Zip, &archives).unwrap_err(),
             "f.tgz is not a gzip-compressed tar archive (its content is a ZIP archive)"
         );
         let dumps = [
@@ -771,22 +772,22 @@ mod tests {
             Detected::GzipPlainSql,
         ];
         assert!(
-            check_claim("backup.dump", Detected::Unknown, &dumps)
+            check_claim("backup.dump", &Detected::Unknown, &dumps)
                 .unwrap_err()
                 .starts_with(
                     "backup.dump is neither a PostgreSQL custom-format dump nor plain SQL"
                 )
         );
-        assert!(check_claim("backup.dump", Detected::CustomDump, &dumps).is_ok());
-        assert!(check_claim("backup.gz", Detected::GzipCustomDump, &dumps).is_ok());
-        assert!(check_claim("backup.gz", Detected::GzipPlainSql, &dumps).is_ok());
-        assert!(check_claim("BACKUP.SQL", Detected::PlainSql, &dumps).is_ok());
-        assert!(check_claim("backup.sql", Detected::CustomDump, &dumps).is_err());
+        assert!(check_claim("backup.dump", &Detected::CustomDump, &dumps).is_ok());
+        assert!(check_claim("backup.gz", &Detected::GzipCustomDump, &dumps).is_ok());
+        assert!(check_claim("backup.gz", &Detected::GzipPlainSql, &dumps).is_ok());
+        assert!(check_claim("BACKUP.SQL", &Detected::PlainSql, &dumps).is_ok());
+        assert!(check_claim("backup.sql", &Detected::CustomDump, &dumps).is_err());
         // No extension we know: the content alone decides.
-        assert!(check_claim("upload", Detected::TarGz, &archives).is_ok());
-        assert!(check_claim("photos.7z", Detected::Zip, &archives).is_ok());
+        assert!(check_claim("upload", &Detected::TarGz, &archives).is_ok());
+        assert!(check_claim("photos.7z", &Detected::Zip, &archives).is_ok());
         assert_eq!(
-            check_claim("upload", Detected::PlainSql, &archives).unwrap_err(),
+            check_claim("upload", &Detected::PlainSql, &archives).unwrap_err(),
             "upload is plain SQL; expected a ZIP archive or a tar archive or a gzip-compressed \
              tar archive"
         );

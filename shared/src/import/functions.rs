@@ -71,6 +71,7 @@ pub fn stage_functions(
         archive_prefix: Some(plan.prefix.clone()),
     };
     let mut tree = StagedTree::begin_with(functions_dir, job_id, options)?;
+    tree.ignore_owners();
     stage_entries(archive, *detected, &mut tree, stop, |info| {
         Ok(plan.place(info))
     })?;
@@ -591,6 +592,12 @@ mod tests {
                 whole[..whole.len() / 2].to_vec(),
                 vec!["at or after hello/index.ts", "deflate"],
             ),
+            (
+                "truncated tar",
+                "f.tar",
+                Tar::new().file("hello/index.ts", &[7; 5000]).bytes()[..3000].to_vec(),
+                vec!["hello/index.ts"],
+            ),
             ("corrupt zip", "f.zip", corrupt_zip, vec!["ZIP archive"]),
             (
                 "random bytes",
@@ -624,7 +631,7 @@ mod tests {
         let detected = detect(&archive).unwrap();
         let allowed = [Detected::Zip, Detected::Tar, Detected::TarGz];
         assert_eq!(
-            crate::import::archive::check_claim("photos.zip", detected, &allowed).unwrap_err(),
+            crate::import::archive::check_claim("photos.zip", &detected, &allowed).unwrap_err(),
             "photos.zip is not a ZIP archive (its content is a gzip-compressed tar archive)"
         );
     }

@@ -132,6 +132,7 @@ pub fn stage_storage(
         archive_prefix: plan.backend.then(|| plan.prefix.clone()),
     };
     let mut tree = StagedTree::begin_with(storage_dir, job_id, options)?;
+    tree.ignore_owners();
     tree.link_from_target(OsStr::new("stub"))?;
     let keys: BTreeSet<&(String, String)> = plan.objects.values().map(|o| &o.key).collect();
     for (bucket, key) in keys {
@@ -717,6 +718,50 @@ mod tests {
             .gz();
         let import = stage(&project, "b.tar.gz", &bytes, no_limits()).unwrap();
         assert_eq!(import.buckets, ["pics"]);
+    }
+
+    #[test]
+    fn buckets_tarred_by_the_real_tar_from_inside_their_folder() {
+        let project = project();
+        let src = tempfile::tempdir().unwrap();
+        for (path, data) in [("avatars/me/ça va.png", "png"), ("docs/readme.txt", "r")] {
+            let path = src.path().join(path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, data).unwrap();
+        }
+        fs::create_dir_all(src.path().join("docs/empty folder")).unwrap();
+        let archive = project.uploads.path().join("buckets.tar.gz");
+        let status = std::process::Command::new("tar")
+            .arg("-czf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(src.path())
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let detected = detect(&archive).unwrap();
+        let import = stage_storage(
+            &archive,
+            &detected,
+            &project.storage,
+            JOB,
+            no_limits(),
+            &existing(),
+            &GO,
+        )
+        .unwrap();
+        let names: Vec<(&str, &str)> = import
+            .objects
+            .iter()
+            .map(|o| (o.bucket.as_str(), o.name.as_str()))
+            .collect();
+        assert_eq!(names, [("avatars", "me/ça va.png"), ("docs", "readme.txt")]);
+        let png = object(&import.objects, "avatars", "me/ça va.png");
+        let path = format!("stub/stub/avatars/me/ça va.png/{}", png.version);
+        import.ready.merge_in().unwrap().commit().unwrap();
+        assert_eq!(fs::read(project.storage.join(path)).unwrap(), b"png");
+        assert!(!project.storage.join("stub/stub/docs/empty folder").exists());
     }
 
     #[test]
