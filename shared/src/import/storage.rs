@@ -158,11 +158,15 @@ pub fn stage_storage(
                 plan.backend,
                 existing,
             )
-            .map_err(|e| {
-                ImportError::Io(io::Error::new(
+            .map_err(|e| match e {
+                ObjectError::NotAFile => ImportError::Invalid(format!(
+                    "{}: refused: a later entry of the archive put a folder where this object is",
+                    entry.info.shown
+                )),
+                ObjectError::Io(e) => ImportError::Io(io::Error::new(
                     e.kind(),
                     format!("{}: {e}", entry.info.shown),
-                ))
+                )),
             })?;
             objects.push(stored);
         }
@@ -435,6 +439,17 @@ fn remove_versions(staging: &Path, bucket: &str, key: &str) -> io::Result<()> {
     Ok(())
 }
 
+enum ObjectError {
+    NotAFile,
+    Io(io::Error),
+}
+
+impl From<io::Error> for ObjectError {
+    fn from(e: io::Error) -> Self {
+        ObjectError::Io(e)
+    }
+}
+
 /// Sets the object's missing xattrs and reads what the row needs.
 fn finish_object(
     staging: &Path,
@@ -442,11 +457,11 @@ fn finish_object(
     object: &PlannedObject,
     backend: bool,
     existing: &HashMap<(String, String), ExistingObject>,
-) -> io::Result<StorageObject> {
+) -> Result<StorageObject, ObjectError> {
     let path = staging.join(rel);
     let metadata = fs::symlink_metadata(&path)?;
     if !metadata.is_file() {
-        return Err(io::Error::other("not a regular file"));
+        return Err(ObjectError::NotAFile);
     }
     let mode = metadata.mode() & 0o7777;
     let final_mode = if backend { mode } else { 0o644 };
