@@ -37,8 +37,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use flate2::read::MultiGzDecoder;
 use tar::{EntryType, Header};
 
-use super::{ImportError, reading};
+use super::ImportError;
 use crate::restore::staging::{Added, Limits, StagedTree};
+
+/// Whether an I/O error met while reading an archive and writing its
+/// entries is ours. Decoders (gzip, tar, zip) report broken input as errors
+/// without an OS error code; the kernel's codes are about our disk, except
+/// the few an entry's own name causes.
+pub(crate) fn is_ours(e: &io::Error) -> bool {
+    e.raw_os_error()
+        .is_some_and(|code| !matches!(code, libc::ENAMETOOLONG | libc::EILSEQ))
+}
+
+/// An error met while reading the archive, judged by [`is_ours`].
+pub(crate) fn reading(what: &str, e: io::Error) -> ImportError {
+    if is_ours(&e) {
+        ImportError::Io(io::Error::new(e.kind(), format!("{what}: {e}")))
+    } else {
+        ImportError::Invalid(format!("{what}: {e}"))
+    }
+}
 
 const SAMPLE: usize = 64 * 1024;
 /// Longest symlink target read from a ZIP entry's data (Linux's PATH_MAX).

@@ -31,28 +31,10 @@ pub enum ImportError {
 impl From<StageError> for ImportError {
     fn from(e: StageError) -> Self {
         match &e {
-            StageError::Io { source, .. } if is_ours(source) => {
+            StageError::Io { source, .. } if archive::is_ours(source) => {
                 ImportError::Io(io::Error::new(source.kind(), e.to_string()))
             }
             _ => ImportError::Invalid(e.to_string()),
         }
-    }
-}
-
-/// Whether an I/O error met while reading an archive and writing its
-/// entries is ours. Decoders (gzip, tar, zip) report broken input as errors
-/// without an OS error code; the kernel's codes are about our disk, except
-/// the few an entry's own name causes.
-pub(crate) fn is_ours(e: &io::Error) -> bool {
-    e.raw_os_error()
-        .is_some_and(|code| !matches!(code, libc::ENAMETOOLONG | libc::EILSEQ))
-}
-
-/// An error met while reading the archive, judged by [`is_ours`].
-pub(crate) fn reading(what: &str, e: io::Error) -> ImportError {
-    if is_ours(&e) {
-        ImportError::Io(io::Error::new(e.kind(), format!("{what}: {e}")))
-    } else {
-        ImportError::Invalid(format!("{what}: {e}"))
     }
 }
