@@ -73,6 +73,9 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::Conflict(Json(ErrorBody::new(message)))
     }
+    pub fn payload_too_large(message: impl Into<String>) -> Self {
+        Self::PayloadTooLarge(Json(ErrorBody::new(message)))
+    }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal(Json(ErrorBody::new(message)))
     }
@@ -160,7 +163,9 @@ pub fn error_response(status: StatusCode, message: &str) -> poem::Response {
         {
             "Missing or invalid API key (send it as X-API-Key)".to_string()
         }
-        StatusCode::PAYLOAD_TOO_LARGE => "Request body is too large".to_string(),
+        StatusCode::PAYLOAD_TOO_LARGE if message.is_empty() => {
+            "Request body is too large".to_string()
+        }
         _ if status.is_server_error() => "Internal error".to_string(),
         _ => describe_parse_error(message),
     };

@@ -26,6 +26,7 @@ use supascale_shared::Config;
 use tracing::Instrument;
 
 use crate::routes::backups::BackupsApi;
+use crate::routes::imports::ImportsApi;
 use crate::routes::restores::RestoresApi;
 use crate::routes::{
     api_keys::ApiKeysApi, download::DownloadApi, jobs::JobsApi, projects::ProjectsApi,
@@ -43,6 +44,7 @@ pub fn now() -> DateTime<Utc> {
 type Apis = (
     BackupsApi,
     RestoresApi,
+    ImportsApi,
     DownloadApi,
     ProjectsApi,
     ApiKeysApi,
@@ -54,6 +56,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
         (
             BackupsApi,
             RestoresApi,
+            ImportsApi,
             DownloadApi,
             ProjectsApi,
             ApiKeysApi,
@@ -81,6 +84,7 @@ pub fn app(state: AppState) -> impl Endpoint {
     let ui = service.swagger_ui();
     let spec = service.spec_yaml();
     let max_body = state.config.max_body_bytes as usize;
+    let max_upload = state.config.max_upload_bytes;
     Route::new()
         .at(
             "/api/v1/openapi.yaml",
@@ -92,7 +96,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         )
         .nest(
             API_PREFIX,
-            service.around(move |ep, req| limit_body(ep, req, max_body)),
+            service.around(move |ep, req| limit_body(ep, req, max_body, max_upload)),
         )
         .nest("/docs", ui)
         .at("/healthz", get(routes::ops::healthz))
@@ -118,6 +122,7 @@ async fn limit_body<E: Endpoint>(
     endpoint: Arc<E>,
     mut request: Request,
     max: usize,
+    max_upload: u64,
 ) -> poem::Result<Response> {
     // The unread rest of the body makes the connection unusable: tell the
     // client not to reuse it.
@@ -134,6 +139,31 @@ async fn limit_body<E: Endpoint>(
         .get(poem::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // Uploads stream to the upload area, which counts a chunked body itself.
+    let is_upload = request.method() == poem::http::Method::POST
+        && ["/import/database", "/import/storage", "/import/functions"]
+            .iter()
+            .any(|p| request.uri().path().ends_with(p));
+    if is_upload {
+        if declared.is_some_and(|length| length > max_upload) {
+            let mut response = error::error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "The file is larger than the limit of {max_upload} bytes \
+                     (SUPASCALE_MAX_UPLOAD_BYTES)"
+                ),
+            );
+            response.headers_mut().insert(
+                poem::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+            return Ok(response);
+        }
+        return endpoint
+            .call(request)
+            .await
+            .map(IntoResponse::into_response);
+    }
     match declared {
         Some(length) if length > max as u64 => return Ok(too_large()),
         Some(_) => {}
@@ -207,6 +237,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &config.destinations,
         &config.data_dir,
     )?;
+    // A wrong upload location fails at start, not at the first import.
+    supascale_shared::uploads::UploadStore::new(&config, &destinations)
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let (db, master_key) = supascale_shared::open_control_plane(&config).await?;
     let redis = match &config.redis_url {
         None => None,

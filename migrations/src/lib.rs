@@ -11,6 +11,7 @@ mod m20261127_000001_control_plane;
 mod m20261127_000002_job_events;
 mod m20261127_000003_waiting_jobs;
 mod m20261127_000004_backup_verification;
+mod m20261127_000005_import_errors;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000002_job_events::Migration),
             Box::new(m20261127_000003_waiting_jobs::Migration),
             Box::new(m20261127_000004_backup_verification::Migration),
+            Box::new(m20261127_000005_import_errors::Migration),
         ]
     }
 }

@@ -87,6 +87,18 @@ pub struct Config {
     /// How long a restore waits for other sessions' locks on the target
     /// database before it fails and names them.
     pub restore_lock_timeout_seconds: u64,
+    /// Largest file an import accepts, in bytes; a larger upload is refused
+    /// with 413 (by its `Content-Length` before it is read).
+    pub max_upload_bytes: u64,
+    /// Where uploads wait for their import job: the name of a configured
+    /// destination (`s3`, …; every worker must reach it), under
+    /// `.supascale-uploads/`. Unset: `<data dir>/uploads`, which only the
+    /// machine's own workers see.
+    pub upload_destination: Option<String>,
+    /// What an uploaded archive may expand to: bytes of all its files…
+    pub import_max_expanded_bytes: u64,
+    /// …and entries (files, folders, links).
+    pub import_max_entries: u64,
 }
 
 impl Default for Config {
@@ -116,6 +128,10 @@ impl Default for Config {
             verify_readback: true,
             encryption_identity_file: None,
             restore_lock_timeout_seconds: 10,
+            max_upload_bytes: 50 * 1024 * 1024 * 1024,
+            upload_destination: None,
+            import_max_expanded_bytes: 200 * 1024 * 1024 * 1024,
+            import_max_entries: 5_000_000,
         }
     }
 }

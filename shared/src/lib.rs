@@ -16,6 +16,7 @@ pub mod redact;
 pub mod restore;
 pub mod secret;
 pub mod telemetry;
+pub mod uploads;
 
 pub use config::{Config, Deployment};
 pub use master_key::MasterKey;

@@ -448,3 +448,20 @@ pub fn schema_of(url: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Registers `project` with the API as `id` (its folder and database).
+pub async fn register(app: &crate::TestApp, project: &RefProject, id: &str) {
+    let (status, body) = crate::status_and_body(
+        app.post("/api/v1/projects")
+            .json(
+                &serde_json::json!({"id": id, "name": format!("Project {id}"),
+                "rootDir": project.root.path().to_str().unwrap(),
+                "databaseUrl": project.database.url}),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+}

@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use serde_json::{Value, json};
-use supascale_tests::refproject::{self, RefProject, schema_of, table_fingerprints, tree_snapshot};
+use supascale_tests::refproject::{
+    self, RefProject, register, schema_of, table_fingerprints, tree_snapshot,
+};
 use supascale_tests::{Backend, TestApp, psql, status_and_body};
 
 /// What a user would compare: every table's rows, the schema, the files.
@@ -27,20 +29,6 @@ fn state_of(project: &RefProject) -> ProjectState {
         functions: tree_snapshot(&root.join("volumes/functions")),
         env: std::fs::read_to_string(root.join(".env")).unwrap(),
     }
-}
-
-async fn register(app: &TestApp, project: &RefProject, id: &str) {
-    let (status, body) = status_and_body(
-        app.post("/api/v1/projects")
-            .json(&json!({"id": id, "name": format!("Project {id}"),
-                "rootDir": project.root.path().to_str().unwrap(),
-                "databaseUrl": project.database.url}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
 }
 
 async fn backup(app: &TestApp, project_id: &str, kind: &str) -> String {

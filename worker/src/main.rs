@@ -44,6 +44,9 @@ async fn run(config: supascale_shared::Config) -> anyhow::Result<()> {
         &config.destinations,
         &config.data_dir,
     )?;
+    // A wrong upload location fails at start, not at the first import.
+    supascale_shared::uploads::UploadStore::new(&config, &destinations)
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let (db, master_key) = supascale_shared::open_control_plane(&config).await?;
     let queue = supascale_shared::jobs::JobQueue::open(&config, config.worker_concurrency).await?;
     let events = supascale_shared::jobs::events::EventBus::open(&config).await?;

@@ -527,6 +527,11 @@ pub async fn completed_body(state: &AppState, row: &job::Model) -> ApiResult<Val
             .to_json()
             .unwrap_or(Value::Null))
         }
+        kind if jobs::import::IMPORT_KINDS.contains(&kind) => {
+            Ok(super::imports::completed_envelope(row)
+                .to_json()
+                .unwrap_or(Value::Null))
+        }
         "restore" => {
             let restore = restore::Entity::find()
                 .filter(restore::Column::JobId.eq(row.id.clone()))

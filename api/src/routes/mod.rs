@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod backups;
 pub mod download;
+pub mod imports;
 pub mod jobs;
 pub mod ops;
 pub mod projects;

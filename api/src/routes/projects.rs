@@ -424,7 +424,7 @@ impl ProjectsApi {
 }
 
 /// A project the key may see, or `404 Project not found`.
-async fn find_visible(
+pub async fn find_visible(
     state: &AppState,
     principal: &Principal,
     id: &str,

@@ -17,6 +17,11 @@ pub struct Model {
     pub progress: Option<String>,
     pub warnings: String,
     pub error: Option<String>,
+    /// `invalid_input` when the job failed because of what the caller sent
+    /// (its waiting request answers 400); otherwise empty.
+    pub error_kind: Option<String>,
+    /// What a job without a row of its own (an import) found, as JSON.
+    pub result: Option<String>,
     pub worker_id: Option<String>,
     pub idempotency_key: Option<String>,
     /// What the idempotent request asked for, so that the same key with a

@@ -18,11 +18,16 @@
 //! - every change a client can see is also an event (`job_events`, see
 //!   [`events`]), appended by whoever made the change.
 //!
-//! One module per kind: [`backup`] so far.
+//! One module per kind: [`backup`], [`restore`], [`verify`],
+//! [`import_database`], [`import_storage`], [`import_functions`].
 
 pub mod backup;
 pub mod child;
 pub mod events;
+pub mod import;
+pub mod import_database;
+pub mod import_functions;
+pub mod import_storage;
 pub mod queue;
 pub mod reconciler;
 pub mod reporter;
@@ -62,10 +67,17 @@ pub enum JobError {
     /// Permanent: the input or the environment is wrong; retrying repeats it.
     #[error("{0}")]
     Abort(String),
+    /// Permanent, and the caller's fault: an upload that is not what it
+    /// claims, a hostile archive. The waiting request answers 400, not 500.
+    #[error("{0}")]
+    Invalid(String),
     /// Stopped on request (`POST /jobs/{id}/cancel`).
     #[error("Cancelled")]
     Cancelled,
 }
+
+/// `jobs.error_kind` of a job that failed with [`JobError::Invalid`].
+pub const ERROR_KIND_INVALID_INPUT: &str = "invalid_input";
 
 /// Every kind of job.
 pub const JOB_KINDS: &[&str] = &[
@@ -97,6 +109,9 @@ pub fn failure_prefix(kind: &str) -> &'static str {
         "restore" => "Restore failed",
         "lift_shift" => "Migration failed",
         "verify" => "Verification failed",
+        "import_database" => "Database import failed",
+        "import_storage" => "Storage import failed",
+        "import_functions" => "Functions import failed",
         _ => "Import failed",
     }
 }

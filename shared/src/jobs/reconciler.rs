@@ -58,6 +58,7 @@ const INCOMPLETE_AFTER: Duration = Duration::from_secs(3600);
 /// hour, are removed.
 async fn remove_leftovers(ctx: &JobContext) {
     remove_restore_leftovers(ctx).await;
+    remove_ended_uploads(ctx).await;
     match ctx.queue.vacuum().await {
         Ok(0) => {}
         Ok(n) => tracing::debug!(removed = n, "forgot finished queue entries"),
@@ -110,6 +111,31 @@ async fn job_is_alive(ctx: &JobContext, job_id: &str, or_pending: bool) -> bool 
         }
         Ok(None) => false,
         Err(_) => true,
+    }
+}
+
+/// Uploads whose import has ended (its worker died before removing it, or
+/// it was cancelled before it started), and uploads without a job an hour
+/// after they were written (the API died between the two).
+async fn remove_ended_uploads(ctx: &JobContext) {
+    let Ok(store) = crate::uploads::UploadStore::new(&ctx.config, &ctx.destinations) else {
+        return;
+    };
+    let Ok(job_ids) = store.list().await else {
+        return;
+    };
+    for job_id in job_ids {
+        let ended = match job::Entity::find_by_id(job_id.clone()).one(&ctx.db).await {
+            Ok(Some(row)) => row.status != STATUS_PENDING && row.status != STATUS_IN_PROGRESS,
+            Ok(None) => store
+                .age(&job_id)
+                .await
+                .is_some_and(|age| age >= INCOMPLETE_AFTER),
+            Err(_) => false,
+        };
+        if ended && store.remove(&job_id).await.is_ok() {
+            tracing::info!(job = %job_id, "removed an ended import's upload");
+        }
     }
 }
 

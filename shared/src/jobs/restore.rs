@@ -348,6 +348,7 @@ async fn restore_backup(
                 force,
                 lock_timeout: Duration::from_secs(ctx.config.restore_lock_timeout_seconds),
                 postgres_bin_dirs: ctx.config.postgres_bin_dirs.as_deref(),
+                mode: database::LoadMode::ReplaceAll,
             };
             let loaded = tokio::select! {
                 loaded = restore.load() => loaded?,

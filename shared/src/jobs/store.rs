@@ -37,6 +37,8 @@ pub fn new_job(
         progress: Set(None),
         warnings: Set("[]".into()),
         error: Set(None),
+        error_kind: Set(None),
+        result: Set(None),
         worker_id: Set(None),
         idempotency_key: Set(None),
         request_hash: Set(None),
@@ -230,14 +232,36 @@ pub async fn heartbeat(db: &impl ConnectionTrait, job_id: &str, worker: &str) ->
         .map(|_| ())
 }
 
+/// Records what a job found, for its waiting request and its `complete`
+/// event.
+pub async fn set_result(
+    db: &impl ConnectionTrait,
+    job_id: &str,
+    result: &serde_json::Value,
+) -> Result<(), DbErr> {
+    job::Entity::update_many()
+        .col_expr(job::Column::Result, Expr::value(result.to_string()))
+        .filter(job::Column::Id.eq(job_id))
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
 /// Ends the job: `completed`, or `failed` with `error`. Its secrets go.
 pub async fn finish(
     db: &impl ConnectionTrait,
     job_id: &str,
     worker: &str,
-    error: Option<&str>,
+    failure: Option<&super::JobError>,
 ) -> Result<(), DbErr> {
+    let error = failure.map(|e| e.to_string());
+    let error = error.as_deref();
+    let error_kind = match failure {
+        Some(super::JobError::Invalid(_)) => Some(super::ERROR_KIND_INVALID_INPUT),
+        _ => None,
+    };
     job::Entity::update_many()
+        .col_expr(job::Column::ErrorKind, Expr::value(error_kind))
         .col_expr(
             job::Column::Status,
             Expr::value(if error.is_some() {

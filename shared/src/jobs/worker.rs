@@ -270,6 +270,9 @@ async fn handle(envelope: JobEnvelope, ctx: Data<Arc<JobContext>>) -> Result<(),
             "backup" => backup::run(&ctx, &job, &reporter).await,
             "restore" => super::restore::run(&ctx, &job, &reporter).await,
             "verify" => super::verify::run(&ctx, &job, &reporter).await,
+            "import_database" => super::import_database::run(&ctx, &job, &reporter).await,
+            "import_storage" => super::import_storage::run(&ctx, &job, &reporter).await,
+            "import_functions" => super::import_functions::run(&ctx, &job, &reporter).await,
             other => Err(JobError::Abort(format!("unknown job kind {other}"))),
         };
         drop(watch);
@@ -321,12 +324,15 @@ async fn end(
             let wait = super::backoff(job.attempt);
             store::release(&ctx.db, &job.id, &ctx.worker_id, &e.to_string(), wait).await
         }
-        Err(e) => store::finish(&ctx.db, &job.id, &ctx.worker_id, Some(&e.to_string())).await,
+        Err(e) => store::finish(&ctx.db, &job.id, &ctx.worker_id, Some(e)).await,
     };
     if let Err(e) = ended {
         // The row stays in_progress; its heartbeat has stopped, so the job
         // is taken over once it is stale.
         return Err(format!("control plane: {e}").into());
+    }
+    if !matches!(&outcome, Err(e) if e.will_retry(job)) {
+        super::import::remove_upload(ctx, job).await;
     }
     match &outcome {
         Ok(()) => {

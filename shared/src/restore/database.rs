@@ -501,6 +501,124 @@ pub struct DatabaseRestore<'a> {
     pub force: bool,
     pub lock_timeout: Duration,
     pub postgres_bin_dirs: Option<&'a str>,
+    pub mode: LoadMode,
+}
+
+/// What a load does to what the target already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    /// A restore: everything the target has is dropped first.
+    ReplaceAll,
+    /// An import: decided from the dump's table of contents. A dump with
+    /// definitions replaces the schemas, extensions, event triggers and
+    /// publications it defines (the rest of the database stays); a
+    /// data-only dump empties the tables it fills and changes nothing else.
+    Import,
+}
+
+/// Whether a dump holds only data (`pg_dump --data-only`).
+pub fn is_data_only(toc: &[TocEntry]) -> bool {
+    const DATA: &[&str] = &[
+        "TABLE DATA",
+        "SEQUENCE SET",
+        "BLOB",
+        "BLOBS",
+        "BLOB DATA",
+        "BLOB METADATA",
+        "LARGE OBJECT",
+        "MATERIALIZED VIEW DATA",
+        "ENCODING",
+        "STDSTRINGS",
+        "SEARCHPATH",
+    ];
+    toc.iter().any(|e| e.desc == "TABLE DATA")
+        && toc.iter().all(|e| DATA.contains(&e.desc.as_str()))
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The import preamble: the same transaction settings as a restore's, then
+/// either the tables a data-only dump fills are emptied (in one statement,
+/// so foreign keys between them do not stop it) or what a dump with
+/// definitions defines is dropped.
+fn import_preamble(lock_timeout: Duration, facts: &TargetFacts, toc: &[TocEntry]) -> String {
+    let mut sql = format!(
+        "\\set ON_ERROR_STOP 1\nBEGIN;\nSET lock_timeout = '{}ms';\nSET session_replication_role = replica;\n",
+        lock_timeout.as_millis()
+    );
+    if is_data_only(toc) {
+        let tables: BTreeSet<String> = toc
+            .iter()
+            .filter(|e| e.desc == "TABLE DATA")
+            .map(|e| format!("{}.{}", quote_ident(&e.namespace), quote_ident(&e.tag)))
+            .collect();
+        if !tables.is_empty() {
+            sql.push_str(&format!(
+                "TRUNCATE TABLE {};\n",
+                tables.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        return sql;
+    }
+    let of = |desc: &str| -> BTreeSet<String> {
+        toc.iter()
+            .filter(|e| e.desc == desc)
+            .map(|e| e.tag.clone())
+            .collect()
+    };
+    let mut schemas = of("SCHEMA");
+    // pg_dump never creates `public`, only fills it: a dump with objects in
+    // it replaces it, and it comes back as PostgreSQL creates it.
+    let fills_public = toc
+        .iter()
+        .any(|e| e.namespace == "public" && e.desc != "ACL" && e.desc != "COMMENT");
+    schemas.remove("public");
+    for name in of("EVENT TRIGGER") {
+        sql.push_str(&format!(
+            "DROP EVENT TRIGGER IF EXISTS {} CASCADE;\n",
+            quote_ident(&name)
+        ));
+    }
+    for name in of("PUBLICATION") {
+        sql.push_str(&format!(
+            "DROP PUBLICATION IF EXISTS {};\n",
+            quote_ident(&name)
+        ));
+    }
+    for name in of("EXTENSION") {
+        if name != "plpgsql" {
+            sql.push_str(&format!(
+                "DROP EXTENSION IF EXISTS {} CASCADE;\n",
+                quote_ident(&name)
+            ));
+        }
+    }
+    for name in &schemas {
+        sql.push_str(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE;\n",
+            quote_ident(name)
+        ));
+    }
+    if fills_public {
+        let (owner, grant) = if facts.major >= 15 {
+            (
+                "pg_database_owner",
+                "GRANT USAGE ON SCHEMA public TO PUBLIC;",
+            )
+        } else {
+            (
+                "CURRENT_USER",
+                "GRANT CREATE, USAGE ON SCHEMA public TO PUBLIC;",
+            )
+        };
+        sql.push_str(&format!(
+            "DROP SCHEMA IF EXISTS public CASCADE;\nCREATE SCHEMA public AUTHORIZATION {owner};\n{grant}\nCOMMENT ON SCHEMA public IS 'standard public schema';\n"
+        ));
+    }
+    sql.push_str("SET lock_timeout = 0;\n");
+    sql
 }
 
 /// A loaded database with its transaction still open.
@@ -540,6 +658,19 @@ impl DatabaseRestore<'_> {
         })?;
         let toc = parse_toc(&listing);
         let mut plan = plan(&toc, self.facts, self.roles_sql, self.force)?;
+        let head = match self.mode {
+            LoadMode::ReplaceAll => preamble(self.lock_timeout, self.facts, self.force),
+            LoadMode::Import => {
+                if is_data_only(&toc) {
+                    plan.warnings.push(
+                        "The dump holds data only: the tables it fills were emptied first; \
+                         nothing else of the database changed"
+                            .into(),
+                    );
+                }
+                import_preamble(self.lock_timeout, self.facts, &toc)
+            }
+        };
         let spool = self.dump.with_extension("lists");
         std::fs::create_dir_all(&spool).map_err(crate::jobs::backup::io_error)?;
         let _cleanup = RemoveDir(spool.clone());
@@ -578,12 +709,153 @@ impl DatabaseRestore<'_> {
             kept
         };
 
-        let (address, password) = split_password(self.url)?;
-        let mut command = child::command(
-            psql.path.to_str().unwrap_or("psql"),
+        let mut loaded = Loaded::start(
+            &psql.path,
+            self.url,
             self.job_id,
-            password.as_deref(),
-        );
+            self.lock_timeout,
+            std::mem::take(&mut plan.warnings),
+        )?;
+        let mut head = head;
+        head.push_str(&plan.create_roles);
+        // pg_restore's own SETs follow; `session_replication_role` is not
+        // among them, so it holds for the whole load.
+        let fed = async {
+            loaded.stdin.write_all(head.as_bytes()).await?;
+            // `--single-transaction` keeps pg_restore from wrapping large
+            // objects in their own BEGIN/COMMIT (which would commit ours);
+            // its one final COMMIT is held back (`copy_without_final_commit`)
+            // and its opening BEGIN only warns inside our transaction.
+            let mut args: Vec<&std::ffi::OsStr> = vec![
+                "--single-transaction".as_ref(),
+                "-L".as_ref(),
+                main_list.as_os_str(),
+                "-f".as_ref(),
+                "-".as_ref(),
+            ];
+            if plan.no_owner {
+                args.push("--no-owner".as_ref());
+            }
+            args.push(self.dump.as_os_str());
+            let mut restore = child::command(
+                pg_restore.path.to_str().unwrap_or("pg_restore"),
+                self.job_id,
+                None,
+            );
+            restore
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut restore = restore.spawn()?;
+            let out = restore.stdout.take().expect("piped");
+            let mut err = restore.stderr.take().expect("piped");
+            // Drained beside stdout: a full stderr pipe would stall both.
+            let errors = tokio::spawn(async move {
+                let mut text = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut err, &mut text).await;
+                text
+            });
+            copy_without_final_commit(out, &mut loaded.stdin).await?;
+            let status = restore.wait().await?;
+            let errors = errors.await.unwrap_or_default();
+            if !status.success() {
+                return Err(std::io::Error::other(format!(
+                    "pg_restore: {}",
+                    String::from_utf8_lossy(&errors)
+                        .lines()
+                        .rfind(|l| !l.trim().is_empty())
+                        .unwrap_or("failed")
+                )));
+            }
+            loaded.stdin.write_all(b"\n").await?;
+            loaded.stdin.write_all(grants.as_bytes()).await?;
+            Ok::<(), std::io::Error>(())
+        }
+        .await;
+        loaded.finish_load(fed).await
+    }
+}
+
+/// Loads a plain-SQL dump (`pg_dump` without `-Fc`, or any SQL script),
+/// as it is, on top of the target, in one open transaction like a
+/// restore's: `ON_ERROR_STOP`, `session_replication_role = replica`, and
+/// the lock timeout for every statement. `sql` yields the script's bytes
+/// (decompressed already). Transaction statements of the script (`BEGIN;`,
+/// `COMMIT;` lines, which `pg_dump` writes around large objects) are left
+/// out so that it cannot commit half of itself, and so are lines older
+/// servers refuse that change nothing (`SET transaction_timeout`, psql's
+/// `\\restrict`).
+#[allow(clippy::too_many_arguments)]
+pub async fn load_plain_sql<R: tokio::io::AsyncRead + Unpin>(
+    url: &str,
+    job_id: &str,
+    sql: R,
+    facts: &TargetFacts,
+    lock_timeout: Duration,
+    postgres_bin_dirs: Option<&str>,
+) -> Result<Loaded, JobError> {
+    let psql = pgtools::tool_for("psql", facts.major, postgres_bin_dirs)
+        .await
+        .map_err(JobError::Abort)?;
+    let mut loaded = Loaded::start(&psql.path, url, job_id, lock_timeout, Vec::new())?;
+    let head = format!(
+        "\\set ON_ERROR_STOP 1\nBEGIN;\nSET lock_timeout = '{}ms';\nSET session_replication_role = replica;\n",
+        lock_timeout.as_millis()
+    );
+    let major = facts.major;
+    let fed = async {
+        loaded.stdin.write_all(head.as_bytes()).await?;
+        let mut reader = BufReader::with_capacity(256 * 1024, sql);
+        let mut in_copy = false;
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).await? == 0 {
+                break;
+            }
+            if in_copy {
+                if line == b"\\.\n" || line == b"\\." || line == b"\\.\r\n" {
+                    in_copy = false;
+                }
+                loaded.stdin.write_all(&line).await?;
+                continue;
+            }
+            let text = String::from_utf8_lossy(&line);
+            let trimmed = text.trim();
+            let upper = trimmed.to_ascii_uppercase();
+            if matches!(
+                upper.as_str(),
+                "BEGIN;" | "COMMIT;" | "END;" | "START TRANSACTION;" | "ROLLBACK;"
+            ) || trimmed.starts_with("\\restrict")
+                || trimmed.starts_with("\\unrestrict")
+                || (major < 17 && upper.starts_with("SET TRANSACTION_TIMEOUT"))
+            {
+                continue;
+            }
+            if upper.starts_with("COPY ") && upper.ends_with("FROM STDIN;") {
+                in_copy = true;
+            }
+            loaded.stdin.write_all(&line).await?;
+        }
+        loaded.stdin.write_all(b"\n").await?;
+        Ok::<(), std::io::Error>(())
+    }
+    .await;
+    loaded.finish_load(fed).await
+}
+
+impl Loaded {
+    /// Starts the `psql` session a load is fed through.
+    fn start(
+        psql: &Path,
+        url: &str,
+        job_id: &str,
+        lock_timeout: Duration,
+        warnings: Vec<String>,
+    ) -> Result<Loaded, JobError> {
+        let (address, password) = split_password(url)?;
+        let mut command =
+            child::command(psql.to_str().unwrap_or("psql"), job_id, password.as_deref());
         command
             .args([
                 "-X",
@@ -638,89 +910,39 @@ impl DatabaseRestore<'_> {
             }
             tail.join("; ")
         });
-        let mut loaded = Loaded {
+        Ok(Loaded {
             psql: psql_child,
             stdin,
             lines,
             stderr,
-            url: self.url.to_string(),
-            lock_timeout: self.lock_timeout,
-            warnings: std::mem::take(&mut plan.warnings),
-        };
+            url: url.to_string(),
+            lock_timeout,
+            warnings,
+        })
+    }
 
-        let mut head = preamble(self.lock_timeout, self.facts, self.force);
-        head.push_str(&plan.create_roles);
-        // pg_restore's own SETs follow; `session_replication_role` is not
-        // among them, so it holds for the whole load.
-        let fed = async {
-            loaded.stdin.write_all(head.as_bytes()).await?;
-            // `--single-transaction` keeps pg_restore from wrapping large
-            // objects in their own BEGIN/COMMIT (which would commit ours);
-            // its one final COMMIT is held back (`copy_without_final_commit`)
-            // and its opening BEGIN only warns inside our transaction.
-            let mut args: Vec<&std::ffi::OsStr> = vec![
-                "--single-transaction".as_ref(),
-                "-L".as_ref(),
-                main_list.as_os_str(),
-                "-f".as_ref(),
-                "-".as_ref(),
-            ];
-            if plan.no_owner {
-                args.push("--no-owner".as_ref());
+    /// After the load's statements: PostgREST reloads its schema cache at
+    /// the commit, and the marker says everything ran.
+    async fn finish_load(mut self, fed: std::io::Result<()>) -> Result<Loaded, JobError> {
+        let fed = match fed {
+            Ok(()) => {
+                let tail = format!("NOTIFY pgrst, 'reload schema';\n\\echo {READY}\n");
+                match self.stdin.write_all(tail.as_bytes()).await {
+                    Ok(()) => self.stdin.flush().await,
+                    Err(e) => Err(e),
+                }
             }
-            args.push(self.dump.as_os_str());
-            let mut restore = child::command(
-                pg_restore.path.to_str().unwrap_or("pg_restore"),
-                self.job_id,
-                None,
-            );
-            restore
-                .args(&args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            let mut restore = restore.spawn()?;
-            let out = restore.stdout.take().expect("piped");
-            let mut err = restore.stderr.take().expect("piped");
-            // Drained beside stdout: a full stderr pipe would stall both.
-            let errors = tokio::spawn(async move {
-                let mut text = Vec::new();
-                let _ = tokio::io::AsyncReadExt::read_to_end(&mut err, &mut text).await;
-                text
-            });
-            copy_without_final_commit(out, &mut loaded.stdin).await?;
-            let status = restore.wait().await?;
-            let errors = errors.await.unwrap_or_default();
-            if !status.success() {
-                return Err(std::io::Error::other(format!(
-                    "pg_restore: {}",
-                    String::from_utf8_lossy(&errors)
-                        .lines()
-                        .rfind(|l| !l.trim().is_empty())
-                        .unwrap_or("failed")
-                )));
-            }
-            loaded.stdin.write_all(b"\n").await?;
-            loaded.stdin.write_all(grants.as_bytes()).await?;
-            loaded
-                .stdin
-                .write_all(format!("NOTIFY pgrst, 'reload schema';\n\\echo {READY}\n").as_bytes())
-                .await?;
-            loaded.stdin.flush().await?;
-            Ok::<(), std::io::Error>(())
-        }
-        .await;
+            Err(e) => Err(e),
+        };
         let ready = match fed {
-            Ok(()) => loaded.lines.recv().await.as_deref() == Some(READY),
+            Ok(()) => self.lines.recv().await.as_deref() == Some(READY),
             Err(_) => false,
         };
         if !ready {
-            return Err(loaded.failure(fed.err()).await);
+            return Err(self.failure(fed.err()).await);
         }
-        Ok(loaded)
+        Ok(self)
     }
-}
-
-impl Loaded {
     /// Makes the restore permanent.
     pub async fn commit(mut self) -> Result<(), JobError> {
         let sent = self

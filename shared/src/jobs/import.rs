@@ -1,0 +1,205 @@
+//! What the three import jobs share: the payload, the upload as a local
+//! file, the target project and its database, and how the job's result is
+//! recorded (imports have no row of their own; `jobs.result` holds it).
+//!
+//! The upload belongs to the job until the job ends, whatever the outcome:
+//! the worker removes it then ([`remove_upload`]), not the job module, so a
+//! retry still finds it.
+
+use std::path::PathBuf;
+
+use sea_orm::EntityTrait;
+
+use super::worker::JobContext;
+use super::{JobError, child};
+use crate::entities::{job, project};
+use crate::import::archive::Detected;
+use crate::restore::database::{self, TargetFacts};
+use crate::uploads::{LocalUpload, UploadStore};
+
+/// What the API puts in an import job's row.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportPayload {
+    /// The name the client gave the file (its extension is a claim the
+    /// content must agree with).
+    pub file_name: String,
+    pub size: u64,
+}
+
+/// What `POST /import/database` takes (gzip of either too).
+pub const DATABASE_FORMATS: &[Detected] = &[
+    Detected::CustomDump,
+    Detected::GzipCustomDump,
+    Detected::PlainSql,
+    Detected::GzipPlainSql,
+];
+
+/// What storage and functions imports take.
+pub const ARCHIVE_FORMATS: &[Detected] = &[Detected::Zip, Detected::TarGz, Detected::Tar];
+
+/// Every import kind.
+pub const IMPORT_KINDS: &[&str] = &["import_database", "import_storage", "import_functions"];
+
+/// The import's job row, the project and the upload, ready to work on.
+pub struct ImportStart {
+    pub payload: ImportPayload,
+    pub project: project::Model,
+    pub upload: LocalUpload,
+    pub spool: PathBuf,
+}
+
+pub async fn start(ctx: &JobContext, job: &job::Model) -> Result<ImportStart, JobError> {
+    let payload: ImportPayload = serde_json::from_str(&job.payload)
+        .map_err(|e| JobError::Abort(format!("bad job payload: {e}")))?;
+    let project_id = job
+        .project_id
+        .clone()
+        .ok_or_else(|| JobError::Abort("the import names no project".into()))?;
+    let project = project::Entity::find_by_id(project_id)
+        .one(&ctx.db)
+        .await
+        .map_err(|e| JobError::Retry(format!("control plane: {e}")))?
+        .ok_or_else(|| JobError::Abort("Project not found".into()))?;
+    let spool = ctx.config.data_dir.join("tmp");
+    let store = UploadStore::new(&ctx.config, &ctx.destinations).map_err(JobError::Abort)?;
+    let upload = store
+        .local(&job.id, &spool)
+        .await
+        .map_err(JobError::Abort)?;
+    Ok(ImportStart {
+        payload,
+        project,
+        upload,
+        spool,
+    })
+}
+
+/// The project's database: it must answer and its role must be allowed to
+/// load a dump (as for a restore). A retry first ends what a dead attempt
+/// left running.
+pub async fn target_database(
+    ctx: &JobContext,
+    job: &job::Model,
+    project: &project::Model,
+) -> Result<(String, TargetFacts), JobError> {
+    let url = ctx
+        .master_key
+        .decrypt(&project.database_url_enc)
+        .map_err(|e| JobError::Abort(e.to_string()))?;
+    let facts = database::target_facts(&url).await.map_err(|cause| {
+        JobError::Abort(format!("Project {} is not running: {cause}", project.id))
+    })?;
+    if let Some(missing) = database::missing_privilege(&facts) {
+        return Err(JobError::Abort(missing));
+    }
+    if job.attempt > 1 {
+        child::end_leftover_sessions(&url, &job.id).await;
+    }
+    Ok((url, facts))
+}
+
+/// Removes an ended import's upload (the worker calls it once the job will
+/// not run again).
+pub async fn remove_upload(ctx: &JobContext, job: &job::Model) {
+    if !IMPORT_KINDS.contains(&job.kind.as_str()) {
+        return;
+    }
+    let removed = match UploadStore::new(&ctx.config, &ctx.destinations) {
+        Ok(store) => store.remove(&job.id).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = removed {
+        tracing::warn!(job = %job.id, error = %e, "cannot remove the job's upload; the reconciler will");
+    }
+}
+
+/// Records the result and sends the warnings as events.
+pub async fn finish(
+    ctx: &JobContext,
+    job: &job::Model,
+    reporter: &super::reporter::Reporter,
+    mut result: serde_json::Value,
+    warnings: &[String],
+) -> Result<(), JobError> {
+    for warning in warnings {
+        reporter.warning(warning).await;
+    }
+    result["warnings"] = serde_json::json!(warnings);
+    super::store::set_result(&ctx.db, &job.id, &result)
+        .await
+        .map_err(|e| JobError::Retry(format!("control plane: {e}")))
+}
+
+/// A previous attempt of this job that died left its staging folder in
+/// `dir` (and, if it died between swapping in and committing, the content
+/// it replaced): the replaced content comes back first, then this attempt
+/// starts over. Returns a warning when something was put back.
+pub fn recover_dead_attempt(
+    dir: &std::path::Path,
+    job_id: &str,
+) -> Result<Option<String>, JobError> {
+    use crate::restore::staging;
+    let mut warning = None;
+    for (owner, path, old) in staging::leftovers_by_job(dir) {
+        if owner != job_id {
+            continue;
+        }
+        if old {
+            staging::put_back(dir, &path).map_err(super::backup::io_error)?;
+            warning = Some(
+                "An earlier attempt of this job stopped after swapping its files in; they were \
+                 put back and the job done again from the start"
+                    .to_string(),
+            );
+        } else {
+            staging::remove_leftover(&path).map_err(super::backup::io_error)?;
+        }
+    }
+    Ok(warning)
+}
+
+/// What an uploaded archive may expand to.
+pub fn limits(ctx: &JobContext) -> crate::restore::staging::Limits {
+    crate::restore::staging::Limits {
+        max_bytes: Some(ctx.config.import_max_expanded_bytes),
+        max_entries: Some(ctx.config.import_max_entries),
+    }
+}
+
+/// An archive import's own failure, in the job's terms; a problem of the
+/// upload names it.
+pub fn archive_error(e: crate::import::ImportError, file_name: &str) -> JobError {
+    match e {
+        crate::import::ImportError::Invalid(message) => {
+            JobError::Invalid(format!("{file_name}: {message}"))
+        }
+        crate::import::ImportError::Cancelled => JobError::Cancelled,
+        crate::import::ImportError::Io(e) => super::backup::io_error(e),
+    }
+}
+
+/// Runs `stage` (reading the archive, writing the staging folder) on a
+/// blocking thread; a cancel raises its stop flag, so it ends at the next
+/// entry and its staging folder goes with it. A problem of the upload
+/// names `file_name`.
+pub async fn stage_off_thread<T: Send + 'static>(
+    reporter: &super::reporter::Reporter,
+    file_name: &str,
+    stage: impl FnOnce(&std::sync::atomic::AtomicBool) -> Result<T, crate::import::ImportError>
+    + Send
+    + 'static,
+) -> Result<T, JobError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let work = tokio::task::spawn_blocking(move || stage(&flag));
+    let staged = tokio::select! {
+        staged = work => staged.map_err(|e| JobError::Abort(e.to_string()))?,
+        _ = reporter.cancelled() => {
+            stop.store(true, Ordering::Relaxed);
+            return Err(JobError::Cancelled);
+        }
+    };
+    staged.map_err(|e| archive_error(e, file_name))
+}

@@ -1,0 +1,69 @@
+//! The `import_functions` job: Edge Functions from an uploaded archive into
+//! the project's functions folder. The archive's layout rules are
+//! [`crate::import::functions`]'s; the functions it holds replace those of
+//! the same name, the project's others (the `main` router among them) stay.
+//! Staged beside the folder and swapped in, so a failure changes nothing.
+
+use std::time::Instant;
+
+use super::reporter::Reporter;
+use super::worker::JobContext;
+use super::{JobError, import};
+use crate::entities::job;
+use crate::import::{archive, functions};
+
+pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
+    let started = Instant::now();
+    reporter.step("check", "Checking the upload", 1, 3).await;
+    let start = import::start(ctx, job).await?;
+    let dir = std::path::PathBuf::from(&start.project.functions_dir);
+    let path = start.upload.path.clone();
+    let detected = tokio::task::spawn_blocking(move || archive::detect(&path))
+        .await
+        .map_err(|e| JobError::Abort(e.to_string()))?
+        .map_err(|e| JobError::Abort(format!("cannot read the upload: {e}")))?;
+    archive::check_claim(&start.payload.file_name, &detected, import::ARCHIVE_FORMATS)
+        .map_err(JobError::Invalid)?;
+    let mut warnings: Vec<String> = import::recover_dead_attempt(&dir, &job.id)?
+        .into_iter()
+        .collect();
+    reporter
+        .step("read", "Unpacking the functions beside the project's", 2, 3)
+        .await;
+    let staged = {
+        let (path, dir, job_id, limits) = (
+            start.upload.path.clone(),
+            dir.clone(),
+            job.id.clone(),
+            import::limits(ctx),
+        );
+        import::stage_off_thread(reporter, &start.payload.file_name, move |stop| {
+            functions::stage_functions(&path, &detected, &dir, &job_id, limits, stop)
+        })
+        .await?
+    };
+    warnings.extend(staged.warnings.iter().cloned());
+    reporter
+        .step("swap", "Swapping the functions in", 3, 3)
+        .await;
+    let swapped = staged
+        .ready
+        .merge_in()
+        .map_err(|e| JobError::Abort(format!("cannot swap in the functions: {e}")))?;
+    if let Err(e) = swapped.commit() {
+        warnings.push(format!(
+            "The replaced functions could not all be removed: {e}"
+        ));
+    }
+    import::finish(
+        ctx,
+        job,
+        reporter,
+        serde_json::json!({
+            "durationMs": started.elapsed().as_millis() as u64,
+            "functions": staged.functions,
+        }),
+        &warnings,
+    )
+    .await
+}

@@ -1,0 +1,154 @@
+//! Uploads waiting for their import job.
+//!
+//! The API streams the multipart part straight into an OpenDAL location
+//! (never whole into memory) under `.supascale-uploads/<job id>`; the worker
+//! that runs the job reads it from there, so any worker can. In the embedded
+//! default that location is `<data dir>/uploads` and the worker reads the
+//! file in place; elsewhere (`SUPASCALE_UPLOAD_DESTINATION=s3`, …) it copies
+//! it to its own spool first, since `pg_restore` and zip need to seek.
+//!
+//! An upload is removed when its job ends, whatever the outcome (the worker
+//! does it; the reconciler sweeps what a dead process left).
+
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+
+use crate::config::Config;
+use crate::destinations::{Destination, DestinationConfig, DestinationError, Destinations};
+
+const PREFIX: &str = ".supascale-uploads/";
+
+/// Where uploads are kept.
+#[derive(Clone, Debug)]
+pub struct UploadStore {
+    destination: Destination,
+}
+
+/// An upload as a local file the job may read and seek.
+pub struct LocalUpload {
+    pub path: PathBuf,
+    /// A copy made for this job (removed with it), not the upload itself.
+    copied: bool,
+}
+
+impl Drop for LocalUpload {
+    fn drop(&mut self) {
+        if self.copied {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl UploadStore {
+    /// The configured location; an unknown destination name is an error
+    /// that names the setting.
+    pub fn new(config: &Config, destinations: &Destinations) -> Result<Self, String> {
+        let destination = match config.upload_destination.as_deref() {
+            Some(name) => destinations
+                .get(name)
+                .map_err(|e| format!("SUPASCALE_UPLOAD_DESTINATION: {e}"))?
+                .clone(),
+            None => {
+                let root = config.data_dir.join("uploads");
+                std::fs::create_dir_all(&root)
+                    .map_err(|e| format!("uploads folder {}: {e}", root.display()))?;
+                let local = DestinationConfig {
+                    root: Some(root.to_string_lossy().into_owned()),
+                    ..Default::default()
+                };
+                Destination::new("local", &local, &config.data_dir).map_err(|e| e.to_string())?
+            }
+        };
+        Ok(Self { destination })
+    }
+
+    pub fn key(job_id: &str) -> String {
+        format!("{PREFIX}{job_id}")
+    }
+
+    /// A streaming writer for `job_id`'s upload: nothing is visible until
+    /// `close()`, and `abort()` leaves nothing.
+    pub async fn writer(&self, job_id: &str) -> Result<opendal::Writer, DestinationError> {
+        self.destination.writer(&Self::key(job_id)).await
+    }
+
+    /// The upload's size, if it is there.
+    pub async fn size(&self, job_id: &str) -> Result<Option<u64>, DestinationError> {
+        Ok(self
+            .destination
+            .stat(&Self::key(job_id))
+            .await?
+            .map(|s| s.size))
+    }
+
+    /// The upload as a local file: in place when the store is a local
+    /// folder, else copied into `spool`.
+    pub async fn local(&self, job_id: &str, spool: &Path) -> Result<LocalUpload, String> {
+        let key = Self::key(job_id);
+        if let Some(root) = self.destination.local_root() {
+            let path = root.join(&key);
+            return if path.is_file() {
+                Ok(LocalUpload {
+                    path,
+                    copied: false,
+                })
+            } else {
+                Err("the uploaded file is gone from the upload area".into())
+            };
+        }
+        std::fs::create_dir_all(spool).map_err(|e| e.to_string())?;
+        let path = spool.join(format!("{job_id}.upload"));
+        let copy = LocalUpload { path, copied: true };
+        let reader = self
+            .destination
+            .reader(&key)
+            .await
+            .map_err(|e| format!("cannot read the upload: {e}"))?;
+        let stream = reader
+            .into_bytes_stream(..)
+            .await
+            .map_err(|e| format!("cannot read the upload: {e}"))?;
+        let mut file = tokio::fs::File::create(&copy.path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
+        tokio::io::copy(&mut reader, &mut file)
+            .await
+            .map_err(|e| format!("cannot copy the upload: {e}"))?;
+        Ok(copy)
+    }
+
+    /// How long ago `job_id`'s upload was written, when the store says.
+    pub async fn age(&self, job_id: &str) -> Option<std::time::Duration> {
+        let meta = self
+            .destination
+            .operator()
+            .stat(&Self::key(job_id))
+            .await
+            .ok()?;
+        let modified: std::time::SystemTime = meta.last_modified()?.into();
+        modified.elapsed().ok()
+    }
+
+    /// Removes `job_id`'s upload; one already gone is fine.
+    pub async fn remove(&self, job_id: &str) -> Result<(), DestinationError> {
+        self.destination.delete(&Self::key(job_id)).await
+    }
+
+    /// The job ids that have an upload here.
+    pub async fn list(&self) -> Result<Vec<String>, DestinationError> {
+        let entries = match self.destination.operator().list(PREFIX).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| {
+                let name = e.name().trim_end_matches('/');
+                (!name.is_empty() && !e.path().ends_with('/')).then(|| name.to_string())
+            })
+            .collect())
+    }
+}
