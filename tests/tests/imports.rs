@@ -585,3 +585,71 @@ async fn hostile_archives_answer_400_and_change_nothing() {
     assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
     assert!(uploads(&app).is_empty(), "{:?}", uploads(&app));
 }
+
+/// Scale-out: the API streams the upload to the shared location (here S3,
+/// on moto) and a worker with a data dir of its own reads it from there;
+/// afterwards the upload is gone from the bucket.
+#[tokio::test]
+async fn a_worker_elsewhere_reads_the_upload_from_the_shared_location() {
+    let emulator = supascale_tests::emulators::s3("uploads").await;
+    let target = refproject::make(0.0, 81, true).await;
+    let queue = supascale_tests::RedisQueue::new();
+    let shared = Launch::default()
+        .env("SUPASCALE_REDIS_URL", "redis://127.0.0.1:6379")
+        .env("SUPASCALE_QUEUE_NAME", queue.name.clone())
+        .env("SUPASCALE_DESTINATIONS__S3__BUCKET", "uploads")
+        .env(
+            "SUPASCALE_DESTINATIONS__S3__ENDPOINT",
+            emulator.endpoint.clone(),
+        )
+        .env("SUPASCALE_DESTINATIONS__S3__ACCESS_KEY_ID", "test")
+        .env("SUPASCALE_DESTINATIONS__S3__SECRET_ACCESS_KEY", "test")
+        .env("SUPASCALE_UPLOAD_DESTINATION", "s3");
+    let app = TestApp::spawn_with(
+        Backend::Postgres,
+        shared.clone().env("SUPASCALE_WORKERS", "0"),
+    )
+    .await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let _worker = app.start_worker(
+        shared
+            .clone()
+            .env("SUPASCALE_DATA_DIR", elsewhere.path().to_str().unwrap()),
+    );
+    register(&app, &target, "t").await;
+    let work = tempfile::tempdir().unwrap();
+    let functions = work.path().join("functions/hello");
+    std::fs::create_dir_all(&functions).unwrap();
+    std::fs::write(
+        functions.join("index.ts"),
+        "Deno.serve(() => new Response('hi'));\n",
+    )
+    .unwrap();
+    let archive = work.path().join("functions.tar.gz");
+    run(Command::new("tar")
+        .arg("-czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(work.path())
+        .arg("functions"));
+    let (status, body) = import(&app, "t", "functions", &archive).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["functions"], json!(["hello"]), "{body}");
+    assert!(
+        target
+            .root
+            .path()
+            .join("volumes/functions/hello/index.ts")
+            .is_file()
+    );
+    // The API kept nothing locally, and the bucket holds no upload.
+    assert!(uploads(&app).is_empty());
+    let listing = reqwest::get(format!("{}/uploads?list-type=2", emulator.endpoint))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!listing.contains("supascale-uploads"), "{listing}");
+    assert!(listing.contains("ListBucketResult"), "{listing}");
+}
