@@ -653,3 +653,80 @@ async fn a_worker_elsewhere_reads_the_upload_from_the_shared_location() {
     assert!(!listing.contains("supascale-uploads"), "{listing}");
     assert!(listing.contains("ListBucketResult"), "{listing}");
 }
+
+/// A copy of another project's `volumes/storage` (what `tar --xattrs`
+/// makes of it) is kept as it is: same paths, same attributes, and a row
+/// for every object. Asked for with `?async=true`, the import answers 202
+/// and its `complete` event carries the body the waiting request answers.
+#[tokio::test]
+async fn a_copy_of_a_storage_folder_is_kept_as_it_is() {
+    let source = refproject::make(0.02, 91, false).await;
+    let target = refproject::make(0.0, 92, true).await;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    register(&app, &target, "t").await;
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("storage.tar.gz");
+    run(Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=user.*", "-czf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(source.root.path().join("volumes"))
+        .arg("storage"));
+    let name = archive.file_name().unwrap().to_string_lossy().into_owned();
+    let part = reqwest::multipart::Part::bytes(std::fs::read(&archive).unwrap()).file_name(name);
+    let (status, accepted) = status_and_body(
+        app.post("/api/v1/projects/t/import/storage?async=true")
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let events = app
+        .get(accepted["job"]["eventsUrl"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let events = supascale_tests::read_events(events, std::time::Duration::from_secs(60), |e| {
+        e.event == "complete" || e.event == "error"
+    })
+    .await;
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "complete", "{events:?}");
+    assert_eq!(last.data["message"], "Storage files imported successfully");
+    assert_eq!(
+        last.data["data"]["objects"],
+        source.objects.len(),
+        "{:?}",
+        last.data
+    );
+
+    for (path, size) in &source.objects {
+        let (from, to) = (source.root.path().join(path), target.root.path().join(path));
+        assert_eq!(
+            std::fs::metadata(&to).unwrap().len(),
+            *size,
+            "{}",
+            path.display()
+        );
+        assert_eq!(std::fs::read(&from).unwrap(), std::fs::read(&to).unwrap());
+        for attr in [
+            "user.supabase.content-type",
+            "user.supabase.cache-control",
+            "user.supabase.etag",
+        ] {
+            assert_eq!(
+                xattr::get(&from, attr).unwrap(),
+                xattr::get(&to, attr).unwrap(),
+                "{attr} of {}",
+                path.display()
+            );
+        }
+    }
+    let rows = psql(
+        &target.database.url,
+        "SELECT count(*) FROM storage.objects o WHERE o.metadata->>'eTag' IS NOT NULL",
+    );
+    assert_eq!(rows.trim(), source.objects.len().to_string());
+}
