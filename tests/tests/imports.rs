@@ -730,3 +730,48 @@ async fn a_copy_of_a_storage_folder_is_kept_as_it_is() {
     );
     assert_eq!(rows.trim(), source.objects.len().to_string());
 }
+
+/// A retried request with the same `Idempotency-Key` gets the first
+/// import back instead of importing again.
+#[tokio::test]
+async fn an_idempotency_key_returns_the_first_import() {
+    let target = refproject::make(0.0, 101, true).await;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    register(&app, &target, "t").await;
+    let work = tempfile::tempdir().unwrap();
+    let send = |version: &'static str| {
+        let work = work.path().to_path_buf();
+        let app = &app;
+        async move {
+            let dir = work.join(version).join("hello");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("index.ts"), version).unwrap();
+            let archive = work.join(format!("{version}.tar.gz"));
+            run(Command::new("tar")
+                .arg("-czf")
+                .arg(&archive)
+                .arg("-C")
+                .arg(work.join(version))
+                .arg("hello"));
+            let part = reqwest::multipart::Part::bytes(std::fs::read(&archive).unwrap())
+                .file_name("functions.tar.gz");
+            status_and_body(
+                app.post("/api/v1/projects/t/import/functions")
+                    .header("Idempotency-Key", "import-1")
+                    .multipart(reqwest::multipart::Form::new().part("file", part))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let (status, first) = send("v1").await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = send("v2").await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(first["data"]["jobId"], again["data"]["jobId"]);
+    let index = target.root.path().join("volumes/functions/hello/index.ts");
+    assert_eq!(std::fs::read_to_string(index).unwrap(), "v1");
+    assert!(uploads(&app).is_empty(), "{:?}", uploads(&app));
+}

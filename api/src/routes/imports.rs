@@ -200,20 +200,21 @@ impl ImportsApi {
         /// `respond-async` to get 202 at once.
         #[oai(name = "Prefer")]
         prefer: Header<Option<String>>,
+        /// The same key (from the same API key) within 24 hours returns
+        /// the first request's import of this project, without reading the
+        /// file again.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
         /// `true` to get 202 at once.
         #[oai(name = "async")]
         run_async: Query<Option<bool>>,
     ) -> ApiResult<StartedImport> {
-        start_import(
-            &state,
-            &auth,
-            "import_database",
-            &id.0,
-            file,
-            prefer.0,
-            run_async.0,
-        )
-        .await
+        let request = Started {
+            prefer: prefer.0,
+            run_async: run_async.0,
+            idempotency_key: idempotency_key.0,
+        };
+        start_import(&state, &auth, "import_database", &id.0, file, request).await
     }
 
     /// Import storage files
@@ -240,20 +241,21 @@ impl ImportsApi {
         /// `respond-async` to get 202 at once.
         #[oai(name = "Prefer")]
         prefer: Header<Option<String>>,
+        /// The same key (from the same API key) within 24 hours returns
+        /// the first request's import of this project, without reading the
+        /// file again.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
         /// `true` to get 202 at once.
         #[oai(name = "async")]
         run_async: Query<Option<bool>>,
     ) -> ApiResult<StartedImport> {
-        start_import(
-            &state,
-            &auth,
-            "import_storage",
-            &id.0,
-            file,
-            prefer.0,
-            run_async.0,
-        )
-        .await
+        let request = Started {
+            prefer: prefer.0,
+            run_async: run_async.0,
+            idempotency_key: idempotency_key.0,
+        };
+        start_import(&state, &auth, "import_storage", &id.0, file, request).await
     }
 
     /// Import Edge Functions
@@ -278,38 +280,60 @@ impl ImportsApi {
         /// `respond-async` to get 202 at once.
         #[oai(name = "Prefer")]
         prefer: Header<Option<String>>,
+        /// The same key (from the same API key) within 24 hours returns
+        /// the first request's import of this project, without reading the
+        /// file again.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
         /// `true` to get 202 at once.
         #[oai(name = "async")]
         run_async: Query<Option<bool>>,
     ) -> ApiResult<StartedImport> {
-        start_import(
-            &state,
-            &auth,
-            "import_functions",
-            &id.0,
-            file,
-            prefer.0,
-            run_async.0,
-        )
-        .await
+        let request = Started {
+            prefer: prefer.0,
+            run_async: run_async.0,
+            idempotency_key: idempotency_key.0,
+        };
+        start_import(&state, &auth, "import_functions", &id.0, file, request).await
     }
 }
 
 /// Checks the request, streams the file to the upload area, writes the job
 /// and waits for it.
+/// How the caller wants a started import answered.
+struct Started {
+    prefer: Option<String>,
+    run_async: Option<bool>,
+    idempotency_key: Option<String>,
+}
+
 async fn start_import(
     state: &AppState,
     auth: &Auth,
     kind: &str,
     project_id: &str,
     file: FileUpload,
-    prefer: Option<String>,
-    run_async: Option<bool>,
+    request: Started,
 ) -> ApiResult<StartedImport> {
     let principal = auth.principal();
     principal.require(Permission::BackupsWrite)?;
-    let wants_async = super::jobs::wants_async(prefer.as_deref(), run_async);
+    let wants_async = super::jobs::wants_async(request.prefer.as_deref(), request.run_async);
     let project = super::projects::find_visible(state, principal, project_id).await?;
+    // The key stands for "this import into this project": the file is not
+    // read (hashing it would mean receiving it again).
+    let idempotency = match request.idempotency_key.as_deref() {
+        Some(key) => Some(crate::idempotency::Idempotency::new(
+            principal,
+            key,
+            &format!("{kind}\n{}", project.id),
+        )?),
+        None => None,
+    };
+    if let Some(idempotency) = &idempotency
+        && let Some(first) = idempotency.find(&state.db).await?
+    {
+        return answer(state, &first, wants_async).await;
+    }
     if kind == "import_database" || kind == "import_storage" {
         // Both write rows into the project's database: refuse at once when
         // it does not answer, before the upload is read.
@@ -341,10 +365,20 @@ async fn start_import(
     job.payload = sea_orm::ActiveValue::Set(
         serde_json::to_string(&ImportPayload { file_name, size }).unwrap_or_default(),
     );
+    if let Some(idempotency) = &idempotency {
+        idempotency.stamp(&mut job);
+    }
     let job = match job.insert(&state.db).await {
         Ok(job) => job,
         Err(e) => {
             let _ = store.remove(&job_id).await;
+            // Another request with the same key won the race.
+            if let Some(idempotency) = &idempotency
+                && crate::idempotency::is_conflict(&e)
+                && let Some(first) = idempotency.find(&state.db).await?
+            {
+                return answer(state, &first, wants_async).await;
+            }
             return Err(e.into());
         }
     };
