@@ -560,7 +560,8 @@ pub(super) async fn read_artifact(
     plan: UnpackPlan,
     reporter: &Reporter,
 ) -> Result<Unpacked, JobError> {
-    let (download, raw) = source::download(artifact.destination, artifact.key, artifact.size);
+    let (download, raw, failed) =
+        source::download(artifact.destination, artifact.key, artifact.size);
     let stop = plan.stop.clone();
     let (compression, encrypted, identities) = (
         artifact.compression,
@@ -581,7 +582,14 @@ pub(super) async fn read_artifact(
         }
     };
     download.abort();
-    unpacked
+    match (unpacked, failed.get()) {
+        // Whatever the layers above made of it, the destination failed,
+        // not the artifact: worth another attempt.
+        (Err(JobError::Abort(_)), Some(cause)) => Err(JobError::Retry(format!(
+            "destination: reading the artifact failed: {cause}"
+        ))),
+        (unpacked, _) => unpacked,
+    }
 }
 
 /// A pass that only checks the artifact of `backup_row` against `manifest`

@@ -30,6 +30,21 @@ pub struct ChannelReader {
     current: Bytes,
     /// Bytes handed out so far.
     pub read: u64,
+    /// The destination's error, once one came: the layers above (age,
+    /// gzip, tar) report it as their own, but it says nothing about the
+    /// artifact, and trying again may well work.
+    failed: DownloadFailure,
+}
+
+/// Where a download's failure is kept for whoever reads the error.
+#[derive(Clone, Default)]
+pub struct DownloadFailure(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl DownloadFailure {
+    /// The destination's error, if the download failed.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().expect("not poisoned").clone()
+    }
 }
 
 impl Read for ChannelReader {
@@ -37,7 +52,10 @@ impl Read for ChannelReader {
         while self.current.is_empty() {
             match self.receiver.recv() {
                 Ok(Ok(chunk)) => self.current = chunk,
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => {
+                    *self.failed.0.lock().expect("not poisoned") = Some(e.to_string());
+                    return Err(e);
+                }
                 // The download ended (it sends its error before it ends).
                 Err(_) => return Ok(0),
             }
@@ -51,12 +69,13 @@ impl Read for ChannelReader {
 }
 
 /// Starts reading `key` (`size` bytes) from `destination`; the returned
-/// reader gets its bytes. Dropping the reader stops the download.
+/// reader gets its bytes, and the [`DownloadFailure`] says whether an error
+/// was the destination's. Dropping the reader stops the download.
 pub fn download(
     destination: Destination,
     key: String,
     size: u64,
-) -> (tokio::task::JoinHandle<()>, ChannelReader) {
+) -> (tokio::task::JoinHandle<()>, ChannelReader, DownloadFailure) {
     let (sender, receiver) = mpsc::sync_channel::<io::Result<Bytes>>(IN_FLIGHT);
     let task = tokio::spawn(async move {
         let stream = match destination.reader(&key).await {
@@ -89,13 +108,16 @@ pub fn download(
             }
         }
     });
+    let failed = DownloadFailure::default();
     (
         task,
         ChannelReader {
             receiver,
             current: Bytes::new(),
             read: 0,
+            failed: failed.clone(),
         },
+        failed,
     )
 }
 
@@ -162,4 +184,63 @@ pub fn open(
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(compressed)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(compressed)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A destination error in the middle of a gzip stream comes out of the
+    /// decoder as the decoder's error; the failure handle still says it was
+    /// the download's.
+    #[test]
+    fn a_download_error_under_the_decoder_is_known_as_such() {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let text: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        gz.write_all(&text).unwrap();
+        let gz = gz.finish().unwrap();
+        let (sender, receiver) = mpsc::sync_channel(4);
+        let failed = DownloadFailure::default();
+        let reader = ChannelReader {
+            receiver,
+            current: Bytes::new(),
+            read: 0,
+            failed: failed.clone(),
+        };
+        let half = gz.len() / 2;
+        std::thread::spawn(move || {
+            sender.send(Ok(Bytes::from(gz[..half].to_vec()))).unwrap();
+            sender
+                .send(Err(io::Error::other("connection reset by peer")))
+                .unwrap();
+        });
+        let mut decoded = Vec::new();
+        let error = flate2::read::MultiGzDecoder::new(reader)
+            .read_to_end(&mut decoded)
+            .unwrap_err();
+        assert!(error.to_string().contains("connection reset"), "{error}");
+        assert_eq!(failed.get().as_deref(), Some("connection reset by peer"));
+
+        // A stream that is merely cut (a truncated artifact) is not the
+        // destination's failure.
+        let (sender, receiver) = mpsc::sync_channel(4);
+        let clean = DownloadFailure::default();
+        let reader = ChannelReader {
+            receiver,
+            current: Bytes::new(),
+            read: 0,
+            failed: clean.clone(),
+        };
+        sender
+            .send(Ok(Bytes::from_static(b"\x1f\x8b\x08\x00")))
+            .unwrap();
+        drop(sender);
+        assert!(
+            flate2::read::MultiGzDecoder::new(reader)
+                .read_to_end(&mut Vec::new())
+                .is_err()
+        );
+        assert_eq!(clean.get(), None);
+    }
 }
