@@ -230,6 +230,25 @@ pub fn plan(
     }
     let known = |role: &str| facts.roles.contains(role) || created.contains(role);
     plan.created_roles = created.clone();
+    // Memberships that concern a created role come back with it (`GRANT
+    // reader TO app_user`), when both roles exist by then. `GRANTED BY`
+    // names a grantor the target may not have: the restoring role grants.
+    for line in roles_sql.lines() {
+        let Some((granted, member)) = membership(line) else {
+            continue;
+        };
+        if (created.contains(&granted) || created.contains(&member))
+            && known(&granted)
+            && known(&member)
+        {
+            let statement = match line.find(" GRANTED BY ") {
+                Some(at) => format!("{};", &line[..at]),
+                None => line.to_string(),
+            };
+            plan.create_roles.push_str(&statement);
+            plan.create_roles.push('\n');
+        }
+    }
 
     let mut left_out_extensions = BTreeSet::new();
     for entry in toc {
@@ -307,6 +326,26 @@ fn roles_in(roles_sql: &str) -> BTreeMap<String, String> {
         }
     }
     roles
+}
+
+/// `(granted role, member)` of a role membership line of `pg_dumpall
+/// --roles-only` (`GRANT reader TO app_user …;`); `None` for anything else
+/// (privileges on objects are not in that output).
+fn membership(line: &str) -> Option<(String, String)> {
+    let rest = line.strip_prefix("GRANT ")?;
+    let granted = first_identifier(rest)?;
+    let after = &rest[quoted_len(rest, &granted)..];
+    let member = first_identifier(after.strip_prefix(" TO ")?)?;
+    Some((granted, member))
+}
+
+/// How many bytes `name` takes at the start of `text`, quoted or not.
+fn quoted_len(text: &str, name: &str) -> usize {
+    if text.starts_with('"') {
+        name.len() + 2 + name.matches('"').count()
+    } else {
+        name.len()
+    }
 }
 
 /// The first SQL identifier of `text` (quoted or not), unquoted.
@@ -1164,6 +1203,36 @@ mod tests {
             "CREATE ROLE app_owner;\nALTER ROLE app_owner WITH NOSUPERUSER LOGIN;\n"
         );
         assert!(plan.warnings[0].contains("app_owner"));
+    }
+
+    #[test]
+    fn memberships_of_created_roles_come_back_without_their_grantor() {
+        let toc = parse_toc("4; 1259 2 TABLE public t app_owner\n");
+        let roles = "CREATE ROLE app_owner;\nCREATE ROLE \"Read Only\";\n\
+                     GRANT \"Read Only\" TO app_owner GRANTED BY postgres;\n\
+                     GRANT authenticated TO app_owner;\n\
+                     GRANT ghost TO app_owner;\n\
+                     GRANT authenticated TO present;\n";
+        let plan = plan(
+            &toc,
+            &facts(&["present", "authenticated"], &[]),
+            roles,
+            false,
+        )
+        .unwrap();
+        assert!(
+            plan.create_roles
+                .contains("GRANT \"Read Only\" TO app_owner;\n"),
+            "{}",
+            plan.create_roles
+        );
+        assert!(
+            plan.create_roles
+                .contains("GRANT authenticated TO app_owner;\n")
+        );
+        // A role the target lacks, and a membership of roles it had already.
+        assert!(!plan.create_roles.contains("ghost"));
+        assert!(!plan.create_roles.contains("TO present"));
     }
 
     #[test]
