@@ -99,6 +99,10 @@ pub struct Config {
     pub import_max_expanded_bytes: u64,
     /// …and entries (files, folders, links).
     pub import_max_entries: u64,
+    /// A multipart upload on an S3-kind destination that was started, and
+    /// last received a part, this long ago belongs to a worker that died:
+    /// the reconciler aborts it so its parts stop being billed.
+    pub stale_upload_seconds: u64,
 }
 
 impl Default for Config {
@@ -132,6 +136,7 @@ impl Default for Config {
             upload_destination: None,
             import_max_expanded_bytes: 200 * 1024 * 1024 * 1024,
             import_max_entries: 5_000_000,
+            stale_upload_seconds: crate::destinations::multipart::STALE_UPLOAD_AFTER.as_secs(),
         }
     }
 }

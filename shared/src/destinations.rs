@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 use crate::domain::DESTINATIONS;
 use crate::secret::Secret;
 
+pub mod multipart;
+
+use multipart::{PendingUpload, S3Target};
+
 /// Default upload chunk: 8 MiB parts, 4 in flight (S3 allows 10,000 parts,
 /// so 80 GB before the chunk must grow; see `chunk_bytes`).
 pub const DEFAULT_CHUNK_BYTES: usize = 8 * 1024 * 1024;
@@ -65,6 +69,8 @@ pub enum DestinationError {
     NotConfigured { name: String, configured: String },
     #[error("{0}")]
     Storage(#[from] opendal::Error),
+    #[error("{0}")]
+    Multipart(#[from] multipart::MultipartError),
 }
 
 impl DestinationError {
@@ -92,6 +98,9 @@ pub struct Destination {
     url_base: String,
     chunk_bytes: usize,
     concurrency: usize,
+    /// S3-kind destinations: the bucket as S3 sees it, for what OpenDAL
+    /// cannot do (abandoned multipart uploads).
+    s3: Option<S3Target>,
 }
 
 fn install_transport() {
@@ -137,6 +146,7 @@ impl Destination {
         } else {
             format!("/{prefix}/")
         };
+        let mut s3 = None;
         let (operator, url_base) = match name {
             "local" => {
                 let dir = match &config.root {
@@ -164,13 +174,14 @@ impl Destination {
                     .bucket
                     .as_deref()
                     .ok_or_else(|| bad("bucket is required"))?;
+                let region = config.region.as_deref().unwrap_or(match name {
+                    "r2" => "auto",
+                    _ => "us-east-1",
+                });
                 let mut builder = opendal::services::S3::default()
                     .bucket(bucket)
                     .root(&root)
-                    .region(config.region.as_deref().unwrap_or(match name {
-                        "r2" => "auto",
-                        _ => "us-east-1",
-                    }));
+                    .region(region);
                 match (&config.endpoint, name) {
                     (Some(endpoint), _) => builder = builder.endpoint(endpoint),
                     (None, "s3") => {}
@@ -179,14 +190,23 @@ impl Destination {
                 if let Some(id) = &config.access_key_id {
                     builder = builder.access_key_id(id);
                 }
-                if let Some(secret) = read_secret(
+                let secret = read_secret(
                     name,
                     &config.secret_access_key,
                     &config.secret_access_key_file,
                     "secret_access_key",
-                )? {
-                    builder = builder.secret_access_key(&secret);
+                )?
+                .map(Secret::new);
+                if let Some(secret) = &secret {
+                    builder = builder.secret_access_key(secret.expose());
                 }
+                s3 = Some(S3Target::new(
+                    config.endpoint.as_deref(),
+                    bucket,
+                    region,
+                    prefix,
+                    config.access_key_id.as_deref().zip(secret.as_ref()),
+                ));
                 // Only what the configuration says: never the ambient
                 // ~/.aws profile or the EC2 metadata of the host.
                 builder = builder.disable_config_load().disable_ec2_metadata();
@@ -280,6 +300,7 @@ impl Destination {
                 .unwrap_or(DEFAULT_CHUNK_BYTES)
                 .max(5 * 1024 * 1024),
             concurrency: config.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1),
+            s3,
         })
     }
 
@@ -346,6 +367,28 @@ impl Destination {
 
     pub fn operator(&self) -> &Operator {
         &self.operator
+    }
+
+    /// The bucket of an S3-kind destination (`s3`, `r2`, `minio`,
+    /// `backblaze`) as S3 itself sees it; `None` for the others.
+    pub fn s3_target(&self) -> Option<&S3Target> {
+        self.s3.as_ref()
+    }
+
+    /// Aborts the multipart uploads under this destination's prefix that
+    /// were started, and last received a part, more than `older_than` ago:
+    /// uploads of workers that died. Returns those aborted, and what went
+    /// wrong with the others. Only S3-kind destinations keep such uploads
+    /// forever: Azure drops uncommitted blocks after 7 days and GCS expires
+    /// a resumable upload after a week, so for them this does nothing.
+    pub async fn abort_stale_uploads(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<(Vec<PendingUpload>, Vec<multipart::MultipartError>), DestinationError> {
+        match &self.s3 {
+            Some(target) => Ok(target.abort_stale(older_than).await?),
+            None => Ok((Vec::new(), Vec::new())),
+        }
     }
 }
 

@@ -59,6 +59,7 @@ const INCOMPLETE_AFTER: Duration = Duration::from_secs(3600);
 async fn remove_leftovers(ctx: &JobContext) {
     remove_restore_leftovers(ctx).await;
     remove_ended_uploads(ctx).await;
+    abort_stale_multipart_uploads(ctx).await;
     match ctx.queue.vacuum().await {
         Ok(0) => {}
         Ok(n) => tracing::debug!(removed = n, "forgot finished queue entries"),
@@ -135,6 +136,39 @@ async fn remove_ended_uploads(ctx: &JobContext) {
         };
         if ended && store.remove(&job_id).await.is_ok() {
             tracing::info!(job = %job_id, "removed an ended import's upload");
+        }
+    }
+}
+
+/// Multipart uploads that dead workers started on S3-kind destinations and
+/// that nothing will finish: their parts are billed until aborted. (Azure
+/// drops uncommitted blocks after 7 days and GCS resumable uploads expire
+/// after a week: nothing to do there.) Several workers may sweep at once;
+/// an upload another one aborted first is not an error.
+async fn abort_stale_multipart_uploads(ctx: &JobContext) {
+    let older_than = Duration::from_secs(ctx.config.stale_upload_seconds);
+    for name in ctx.destinations.names() {
+        let Ok(destination) = ctx.destinations.get(name) else {
+            continue;
+        };
+        match destination.abort_stale_uploads(older_than).await {
+            Ok((aborted, errors)) => {
+                for upload in aborted {
+                    tracing::info!(
+                        destination = name,
+                        key = %upload.key,
+                        upload_id = %upload.upload_id,
+                        initiated = %upload.initiated,
+                        "aborted an abandoned multipart upload"
+                    );
+                }
+                for e in errors {
+                    tracing::warn!(destination = name, error = %e, "cannot abort a multipart upload");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(destination = name, error = %e, "cannot list multipart uploads")
+            }
         }
     }
 }
