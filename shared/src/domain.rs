@@ -20,6 +20,27 @@ pub const CONFIG_ALLOWLIST: [&str; 7] = [
     "volumes/pooler/pooler.exs",
 ];
 
+/// The folders config files live in (where a restore stages them, beside
+/// themselves): the allowlist's, under `root`, and those of the project's
+/// extra config paths.
+pub fn config_dirs(root: &std::path::Path, extra: &[String]) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<std::path::PathBuf> = CONFIG_ALLOWLIST
+        .iter()
+        .map(|pattern| match pattern.rsplit_once('/') {
+            Some((dir, _)) => root.join(dir),
+            None => root.to_path_buf(),
+        })
+        .chain(
+            extra
+                .iter()
+                .filter_map(|p| std::path::Path::new(p).parent().map(|d| d.to_path_buf())),
+        )
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
 /// A project id: 1 to 63 lowercase letters, digits and hyphens, starting and
 /// ending with a letter or digit (it names folders and object prefixes).
 pub fn valid_project_id(id: &str) -> bool {

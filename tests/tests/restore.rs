@@ -772,9 +772,15 @@ async fn dead_restores_staging_folders_are_removed_and_replaced_content_kept() {
     let kept = storage.join(".supascale-old-job-0123456789abcdef");
     std::fs::create_dir_all(staging.join("stub/stub")).unwrap();
     std::fs::create_dir_all(kept.join("stub")).unwrap();
+    // Config files are staged beside themselves.
+    let kong = project.root.path().join("volumes/api");
+    let staged_file = kong.join(".kong.yml.supascale-job-0123456789abcdef");
+    let kept_file = kong.join(".kong.yml.supascale-old-job-0123456789abcdef");
+    std::fs::write(&staged_file, "staged").unwrap();
+    std::fs::write(&kept_file, "the only copy").unwrap();
     app.restart();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while staging.exists() {
+    while staging.exists() || staged_file.exists() {
         assert!(
             std::time::Instant::now() < deadline,
             "the staging folder stayed"
@@ -787,6 +793,17 @@ async fn dead_restores_staging_folders_are_removed_and_replaced_content_kept() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(kept.join("stub").is_dir());
+    while !app
+        .logs()
+        .contains(".kong.yml.supascale-old-job-0123456789abcdef")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", app.logs());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&kept_file).unwrap(),
+        "the only copy"
+    );
 }
 
 /// `POST /backups/{id}/verify` reads the artifact back and checks every

@@ -199,6 +199,24 @@ async fn remove_restore_leftovers(ctx: &JobContext) {
                 }
             }
         }
+        let extra: Vec<String> = serde_json::from_str(&project.config_paths).unwrap_or_default();
+        for dir in crate::domain::config_dirs(Path::new(&project.root_dir), &extra) {
+            for (job_id, path, old) in crate::restore::staging::file_leftovers_by_job(&dir) {
+                if job_is_alive(ctx, &job_id, true).await {
+                    continue;
+                }
+                if old {
+                    tracing::warn!(
+                        file = %path.display(),
+                        job = %job_id,
+                        "an interrupted restore left the config file it replaced here; \
+                         remove it once the project is checked"
+                    );
+                } else if std::fs::remove_file(&path).is_ok() {
+                    tracing::info!(file = %path.display(), "removed a dead restore's staged config file");
+                }
+            }
+        }
     }
 }
 

@@ -250,6 +250,20 @@ async fn restore_backup(
             }
         }
     }
+    // The same for config files, staged beside themselves.
+    let extra: Vec<String> = serde_json::from_str(&target.config_paths).unwrap_or_default();
+    for dir in crate::domain::config_dirs(Path::new(&target.root_dir), &extra) {
+        for (owner, path, old) in crate::restore::staging::file_leftovers_by_job(&dir) {
+            if owner != job.id {
+                continue;
+            }
+            if old {
+                crate::restore::staging::put_back_file(&path).map_err(io_error)?;
+            } else {
+                std::fs::remove_file(&path).map_err(io_error)?;
+            }
+        }
+    }
     let spool_dir = ctx.config.data_dir.join("tmp");
     std::fs::create_dir_all(&spool_dir).map_err(io_error)?;
     let entries: HashMap<String, ManifestEntry> = manifest

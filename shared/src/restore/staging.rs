@@ -822,6 +822,55 @@ pub fn put_back(target: &Path, old: &Path) -> io::Result<()> {
     fs::remove_dir(old).map_err(|e| about(old, e))
 }
 
+/// What interrupted restores left among the files of `dir` (config files
+/// are staged beside themselves): `(job id, file, kept previous content?)`
+/// for each `.<name>.supascale-<job>` (a staged file, never the only copy of
+/// anything) and `.<name>.supascale-old-<job>` (the file a swap replaced).
+pub fn file_leftovers_by_job(dir: &Path) -> Vec<(String, PathBuf, bool)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                return None;
+            }
+            let (_, suffix) = name.rsplit_once(".supascale-")?;
+            let (job, old) = match suffix.strip_prefix("old-") {
+                Some(job) => (job, true),
+                None => (suffix, false),
+            };
+            job.starts_with("job-")
+                .then(|| (job.to_string(), entry.path(), old))
+        })
+        .collect()
+}
+
+/// Puts a file a dead swap replaced (`.<name>.supascale-old-<job>`) back
+/// at `<name>`, over whatever the swap put there.
+pub fn put_back_file(old: &Path) -> io::Result<()> {
+    let name = old
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let live = name
+        .strip_prefix('.')
+        .and_then(|n| n.rsplit_once(".supascale-old-"))
+        .map(|(live, _)| live.to_string())
+        .filter(|live| !live.is_empty())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: not a kept file", old.display()),
+            )
+        })?;
+    let live = old.with_file_name(live);
+    fs::rename(old, &live).map_err(|e| about(&live, e))
+}
+
 /// Removes one leftover folder of [`leftovers_by_job`].
 pub fn remove_leftover(path: &Path) -> io::Result<()> {
     remove_tree(path).map_err(|e| about(path, e))
@@ -2884,5 +2933,39 @@ mod tests {
             let m = fs::metadata(target.join("f/index.ts")).unwrap();
             assert_eq!((u64::from(m.uid()), u64::from(m.gid())), (UID, GID));
         }
+    }
+
+    /// A dead restore's config leftovers are found by job, and the file a
+    /// swap replaced goes back over the one it put there.
+    #[test]
+    fn config_file_leftovers_are_found_and_put_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join(".env");
+        fs::write(&live, "restored").unwrap();
+        fs::write(dir.path().join("..env.supascale-old-job-abc"), "previous").unwrap();
+        fs::write(dir.path().join("..env.supascale-job-abc"), "staged").unwrap();
+        fs::write(dir.path().join("kong.yml.supascale-job-abc"), "not hidden").unwrap();
+        fs::write(dir.path().join(".other.supascale-old-notajob"), "x").unwrap();
+        let mut found = file_leftovers_by_job(dir.path());
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                (
+                    "job-abc".to_string(),
+                    dir.path().join("..env.supascale-job-abc"),
+                    false
+                ),
+                (
+                    "job-abc".to_string(),
+                    dir.path().join("..env.supascale-old-job-abc"),
+                    true
+                ),
+            ]
+        );
+        put_back_file(&dir.path().join("..env.supascale-old-job-abc")).unwrap();
+        assert_eq!(fs::read_to_string(&live).unwrap(), "previous");
+        assert!(!dir.path().join("..env.supascale-old-job-abc").exists());
+        assert!(put_back_file(&dir.path().join("kong.yml.supascale-job-abc")).is_err());
     }
 }
