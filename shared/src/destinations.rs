@@ -322,10 +322,16 @@ impl Destination {
         )
     }
 
-    /// A streaming writer: chunks of `chunk_bytes`, `concurrency` in flight.
+    /// A streaming writer: chunks of `chunk_bytes`, `concurrency` in flight
+    /// (an object store's multipart upload); a local folder is written
+    /// straight through, since buffering chunks there only costs memory
+    /// (8 MiB × 4 of a backup's peak RSS, measured with `bench-backup`).
     /// Nothing is visible under `key` until `close()` succeeds; `abort()`
     /// (or an error) leaves nothing behind.
     pub async fn writer(&self, key: &str) -> Result<opendal::Writer, DestinationError> {
+        if self.local_root().is_some() {
+            return Ok(self.operator.writer(key).await?);
+        }
         Ok(self
             .operator
             .writer_with(key)

@@ -76,11 +76,12 @@ impl UploadStore {
     /// than a backup's writer (measured with `bench-upload`).
     pub async fn writer(&self, job_id: &str) -> Result<opendal::Writer, DestinationError> {
         let key = Self::key(job_id);
-        let operator = self.destination.operator();
         if self.destination.local_root().is_some() {
-            return Ok(operator.writer(&key).await?);
+            return self.destination.writer(&key).await;
         }
-        Ok(operator
+        Ok(self
+            .destination
+            .operator()
             .writer_with(&key)
             .chunk(UPLOAD_PART)
             .concurrent(2)
