@@ -368,7 +368,21 @@ async fn end(
     if let Some(project) = &job.project_id {
         wake_waiting(ctx, project).await;
     }
+    give_back_freed_memory();
     Ok(())
+}
+
+/// Returns what the ended job freed to the system. glibc keeps freed
+/// memory in each thread's arena, so a worker's RSS otherwise climbs with
+/// every job it has run (measured with `bench-backup`: 32 → 163 MiB over
+/// seven backups) and one job's peak sits on top of all the earlier ones.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it takes no
+    // pointers and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// How soon a job that waits behind another is looked at again.
