@@ -46,10 +46,19 @@ pub struct ImportStart {
     pub payload: ImportPayload,
     pub project: project::Model,
     pub upload: LocalUpload,
+    /// What the upload is, read from its content and one of the formats
+    /// the import takes.
+    pub detected: Detected,
     pub spool: PathBuf,
 }
 
-pub async fn start(ctx: &JobContext, job: &job::Model) -> Result<ImportStart, JobError> {
+/// Reads the payload, the project and the upload, and checks that the
+/// upload is one of `formats` and what its name claims (400 otherwise).
+pub async fn start(
+    ctx: &JobContext,
+    job: &job::Model,
+    formats: &[Detected],
+) -> Result<ImportStart, JobError> {
     let payload: ImportPayload = serde_json::from_str(&job.payload)
         .map_err(|e| JobError::Abort(format!("bad job payload: {e}")))?;
     let project_id = job
@@ -67,10 +76,18 @@ pub async fn start(ctx: &JobContext, job: &job::Model) -> Result<ImportStart, Jo
         .local(&job.id, &spool)
         .await
         .map_err(JobError::Abort)?;
+    let path = upload.path.clone();
+    let detected = tokio::task::spawn_blocking(move || crate::import::archive::detect(&path))
+        .await
+        .map_err(|e| JobError::Abort(e.to_string()))?
+        .map_err(|e| JobError::Abort(format!("cannot read the upload: {e}")))?;
+    crate::import::archive::check_claim(&payload.file_name, &detected, formats)
+        .map_err(JobError::Invalid)?;
     Ok(ImportStart {
         payload,
         project,
         upload,
+        detected,
         spool,
     })
 }
@@ -129,34 +146,6 @@ pub async fn finish(
     super::store::set_result(&ctx.db, &job.id, &result)
         .await
         .map_err(|e| JobError::Retry(format!("control plane: {e}")))
-}
-
-/// A previous attempt of this job that died left its staging folder in
-/// `dir` (and, if it died between swapping in and committing, the content
-/// it replaced): the replaced content comes back first, then this attempt
-/// starts over. Returns a warning when something was put back.
-pub fn recover_dead_attempt(
-    dir: &std::path::Path,
-    job_id: &str,
-) -> Result<Option<String>, JobError> {
-    use crate::restore::staging;
-    let mut warning = None;
-    for (owner, path, old) in staging::leftovers_by_job(dir) {
-        if owner != job_id {
-            continue;
-        }
-        if old {
-            staging::put_back(dir, &path).map_err(super::backup::io_error)?;
-            warning = Some(
-                "An earlier attempt of this job stopped after swapping its files in; they were \
-                 put back and the job done again from the start"
-                    .to_string(),
-            );
-        } else {
-            staging::remove_leftover(&path).map_err(super::backup::io_error)?;
-        }
-    }
-    Ok(warning)
 }
 
 /// What an uploaded archive may expand to.

@@ -23,7 +23,7 @@ use super::reporter::Reporter;
 use super::worker::JobContext;
 use super::{JobError, import};
 use crate::entities::job;
-use crate::import::archive::{self, Detected};
+use crate::import::archive::Detected;
 use crate::restore::database::{self, DatabaseRestore, LoadMode};
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
@@ -31,19 +31,9 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     reporter
         .step("check", "Checking the upload and the project", 1, 3)
         .await;
-    let start = import::start(ctx, job).await?;
+    let start = import::start(ctx, job, import::DATABASE_FORMATS).await?;
     let (url, facts) = import::target_database(ctx, job, &start.project).await?;
-    let path = start.upload.path.clone();
-    let detected = tokio::task::spawn_blocking(move || archive::detect(&path))
-        .await
-        .map_err(|e| JobError::Abort(e.to_string()))?
-        .map_err(|e| JobError::Abort(format!("cannot read the upload: {e}")))?;
-    archive::check_claim(
-        &start.payload.file_name,
-        &detected,
-        import::DATABASE_FORMATS,
-    )
-    .map_err(JobError::Invalid)?;
+    let detected = start.detected;
     if reporter.is_cancelled() {
         return Err(JobError::Cancelled);
     }

@@ -10,21 +10,15 @@ use super::reporter::Reporter;
 use super::worker::JobContext;
 use super::{JobError, import};
 use crate::entities::job;
-use crate::import::{archive, functions};
+use crate::import::functions;
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
     let started = Instant::now();
     reporter.step("check", "Checking the upload", 1, 3).await;
-    let start = import::start(ctx, job).await?;
+    let start = import::start(ctx, job, import::ARCHIVE_FORMATS).await?;
     let dir = std::path::PathBuf::from(&start.project.functions_dir);
-    let path = start.upload.path.clone();
-    let detected = tokio::task::spawn_blocking(move || archive::detect(&path))
-        .await
-        .map_err(|e| JobError::Abort(e.to_string()))?
-        .map_err(|e| JobError::Abort(format!("cannot read the upload: {e}")))?;
-    archive::check_claim(&start.payload.file_name, &detected, import::ARCHIVE_FORMATS)
-        .map_err(JobError::Invalid)?;
-    let mut warnings: Vec<String> = import::recover_dead_attempt(&dir, &job.id)?
+    let detected = start.detected;
+    let mut warnings: Vec<String> = super::restore::recover_dead_attempt(&dir, &job.id, "import")?
         .into_iter()
         .collect();
     reporter

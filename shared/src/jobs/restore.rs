@@ -231,24 +231,7 @@ async fn restore_backup(
     // (and, if it died between swapping its files in and committing, the
     // content it replaced): this attempt does the whole restore again.
     for dir in [&target.storage_dir, &target.functions_dir] {
-        for (owner, path, old) in crate::restore::staging::leftovers_by_job(Path::new(dir)) {
-            if owner != job.id {
-                continue;
-            }
-            if old {
-                // The dead attempt swapped its files in: the content it
-                // replaced comes back first, so that a failure of this
-                // attempt leaves the project's own files.
-                crate::restore::staging::put_back(Path::new(dir), &path).map_err(io_error)?;
-                warnings.push(
-                    "An earlier attempt of this restore stopped after swapping its files in; \
-                     they were put back and the restore done again from the start"
-                        .into(),
-                );
-            } else {
-                crate::restore::staging::remove_leftover(&path).map_err(io_error)?;
-            }
-        }
+        warnings.extend(recover_dead_attempt(Path::new(dir), &job.id, "restore")?);
     }
     // The same for config files, staged beside themselves.
     let extra: Vec<String> = serde_json::from_str(&target.config_paths).unwrap_or_default();
@@ -490,6 +473,36 @@ async fn restore_backup(
         reporter.warning(warning).await;
     }
     Ok(warnings)
+}
+
+/// A previous attempt of `job_id` that died left its staging folder in
+/// `dir` (and, if it died between swapping in and committing, the content
+/// it replaced): the replaced content comes back first, so that a failure
+/// of this attempt leaves the project's own files, then this attempt starts
+/// over. Returns a warning (`what` names the job: restore, import) when
+/// something was put back.
+pub(super) fn recover_dead_attempt(
+    dir: &Path,
+    job_id: &str,
+    what: &str,
+) -> Result<Option<String>, JobError> {
+    use crate::restore::staging;
+    let mut warning = None;
+    for (owner, path, old) in staging::leftovers_by_job(dir) {
+        if owner != job_id {
+            continue;
+        }
+        if old {
+            staging::put_back(dir, &path).map_err(io_error)?;
+            warning = Some(format!(
+                "An earlier attempt of this {what} stopped after swapping its files in; they \
+                 were put back and the {what} done again from the start"
+            ));
+        } else {
+            staging::remove_leftover(&path).map_err(io_error)?;
+        }
+    }
+    Ok(warning)
 }
 
 /// How long the post-restore command may run.
