@@ -34,6 +34,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use serde_json::{Value, json};
+use supascale_bench::{count_files, cpu_seconds, load_average, status_kib};
 use supascale_tests::refproject;
 use supascale_tests::{Backend, Launch, PG_ADMIN_URL, TestApp, psql};
 
@@ -217,67 +218,6 @@ fn file_size(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
-/// Files under `dir`: (count, bytes).
-fn count_files(dir: &Path) -> (u64, u64) {
-    let mut count = 0;
-    let mut bytes = 0;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return (0, 0);
-    };
-    for entry in entries.flatten() {
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        if kind.is_dir() {
-            let (c, b) = count_files(&entry.path());
-            count += c;
-            bytes += b;
-        } else if kind.is_file() {
-            count += 1;
-            bytes += entry.metadata().map_or(0, |m| m.len());
-        }
-    }
-    (count, bytes)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// A line of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// CPU seconds of a process, its own user + system plus that of the
-/// children it has waited for.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis start at `state`
-    // (field 3): utime is 14, stime 15, cutime 16, cstime 17.
-    let fields: Vec<f64> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or("")
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0.0))
-        .collect();
-    let tick = 100.0; // USER_HZ on Linux
-    (14..=17)
-        .map(|n| fields.get(n - 3).copied().unwrap_or(0.0) / tick)
-        .sum()
-}
-
 /// The `pg_dump` of the server's major version (what ours uses), else the
 /// one on the PATH.
 fn pg_dump_path(url: &str) -> String {
@@ -309,7 +249,7 @@ async fn ours(app: &TestApp, label: &str, body: Value) -> Result<Row, String> {
     // Writing 5 to clear_refs resets the peak to the current RSS.
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
     let rss_before = status_kib(pid, "VmRSS");
-    let cpu_before = cpu_seconds(pid);
+    let cpu_before = cpu_total(pid);
     let started = Instant::now();
     let response = app
         .post("/api/v1/backups")
@@ -321,7 +261,7 @@ async fn ours(app: &TestApp, label: &str, body: Value) -> Result<Row, String> {
     let answer: Value = response.json().await.map_err(|e| e.to_string())?;
     let wall = started.elapsed().as_secs_f64();
     let peak_kib = status_kib(pid, "VmHWM");
-    let cpu = cpu_seconds(pid) - cpu_before;
+    let cpu = cpu_total(pid) - cpu_before;
     let backup = &answer["backup"];
     if status != 200 || backup["status"] != "completed" {
         return Err(format!("the backup did not complete ({status}): {answer}"));
@@ -884,4 +824,10 @@ fn cluster_settings() -> BTreeMap<String, String> {
     .filter_map(|l| l.split_once('='))
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
+}
+
+/// CPU seconds of a process and of the children it has waited for.
+fn cpu_total(pid: u32) -> f64 {
+    let (own, children) = cpu_seconds(pid);
+    own + children
 }

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use supascale_bench::{count_files, cpu_seconds, load_average, status_kib};
 use supascale_shared::artifact::Manifest;
 use supascale_tests::refproject::{RefProject, table_fingerprints, tree_snapshot};
 use supascale_tests::{Backend, ControlPlane, Launch, PG_ADMIN_URL, TestApp, psql};
@@ -246,33 +247,6 @@ fn same_tables(url: &str, before: &[String]) -> bool {
     std::panic::catch_unwind(|| table_fingerprints(url)).is_ok_and(|now| now == before)
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn count_files(dir: &Path) -> (u64, u64) {
-    let mut count = 0;
-    let mut bytes = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let kind = entry.file_type().unwrap();
-        if kind.is_dir() {
-            let (c, b) = count_files(&entry.path());
-            count += c;
-            bytes += b;
-        } else if kind.is_file() {
-            count += 1;
-            bytes += entry.metadata().unwrap().len();
-        }
-    }
-    (count, bytes)
-}
-
 fn print_first_difference(before: &[String], after: &[String]) {
     let missing = before.iter().find(|l| !after.contains(l));
     let extra = after.iter().find(|l| !before.contains(l));
@@ -311,34 +285,6 @@ async fn download(app: &TestApp, backup_id: &str, to: &Path) {
         file.write_all(&chunk).unwrap();
     }
     file.flush().unwrap();
-}
-
-/// A line of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// CPU seconds of a process: (its own user + system, that of its children
-/// it has waited for).
-fn cpu_seconds(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis, starting at `state`
-    // (field 3): utime is 14, stime 15, cutime 16, cstime 17.
-    let fields: Vec<f64> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or("")
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0.0))
-        .collect();
-    let tick = 100.0; // USER_HZ on Linux
-    let get = |n: usize| fields.get(n - 3).copied().unwrap_or(0.0) / tick;
-    (get(14) + get(15), get(16) + get(17))
 }
 
 /// One sample of a process's memory, KiB: seconds from the start, `VmRSS`,

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use supascale_bench::status_kib;
 use supascale_tests::{Backend, TestApp, refproject};
 
 const CHUNK: usize = 1024 * 1024;
@@ -36,16 +37,6 @@ fn parse_args() -> (u64, usize) {
         }
     }
     (gib, runs)
-}
-
-/// A line of `/proc/<pid>/status` in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn mib(kib: u64) -> f64 {

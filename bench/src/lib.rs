@@ -1,0 +1,65 @@
+//! What the benchmark binaries share: readings of `/proc` and of the
+//! project folder, taken the same way by each, so their figures compare.
+
+use std::path::Path;
+
+/// A line of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`, `RssAnon`, …).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU seconds of a process: (its own user + system, that of its children
+/// it has waited for).
+pub fn cpu_seconds(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis, starting at `state`
+    // (field 3): utime is 14, stime 15, cutime 16, cstime 17.
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or("")
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    let tick = 100.0; // USER_HZ on Linux
+    let get = |n: usize| fields.get(n - 3).copied().unwrap_or(0.0) / tick;
+    (get(14) + get(15), get(16) + get(17))
+}
+
+/// The machine's load average over 1, 5 and 15 minutes.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Files under `dir`: (count, bytes).
+pub fn count_files(dir: &Path) -> (u64, u64) {
+    let mut count = 0;
+    let mut bytes = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            let (c, b) = count_files(&entry.path());
+            count += c;
+            bytes += b;
+        } else if kind.is_file() {
+            count += 1;
+            bytes += entry.metadata().map_or(0, |m| m.len());
+        }
+    }
+    (count, bytes)
+}
