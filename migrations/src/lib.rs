@@ -12,6 +12,7 @@ mod m20261127_000002_job_events;
 mod m20261127_000003_waiting_jobs;
 mod m20261127_000004_backup_verification;
 mod m20261127_000005_import_errors;
+mod m20261127_000006_claim_function;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000003_waiting_jobs::Migration),
             Box::new(m20261127_000004_backup_verification::Migration),
             Box::new(m20261127_000005_import_errors::Migration),
+            Box::new(m20261127_000006_claim_function::Migration),
         ]
     }
 }

@@ -477,3 +477,70 @@ async fn a_backup_waits_for_a_restore_of_its_project() {
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["attempt"], 1);
 }
+
+/// On PostgreSQL a claim is one call of `supascale_claim`, which takes the
+/// project's lock before it looks for conflicting jobs: a restore and a
+/// backup of one project claimed at the same instant by two workers never
+/// both start, and two backups of a project (readers) both do.
+#[tokio::test]
+async fn conflicting_jobs_claimed_at_once_never_both_start() {
+    use supascale_shared::jobs::store::{self, Claim};
+    let app = TestApp::spawn_with(
+        Backend::Postgres,
+        Launch::default().env("SUPASCALE_WORKERS", "0"),
+    )
+    .await;
+    let url = app.database.as_ref().unwrap().url.clone();
+    let db = sea_orm::Database::connect(&url).await.unwrap();
+    let control = app.control_plane().await;
+    let insert = |id: String, kind: &str| {
+        format!(
+            "INSERT INTO jobs (id, kind, project_id, status, attempt, max_attempts, payload, \
+             warnings, enqueued_at, cancel_requested) \
+             VALUES ('{id}', '{kind}', 'p', 'pending', 0, 3, '{{}}', '[]', now(), false)"
+        )
+    };
+    let taken = |claim: &Claim| matches!(claim, Claim::Taken(_));
+    let mut restores_won = 0;
+    for round in 0..60 {
+        let (restore, backup) = (format!("job-r{round}"), format!("job-b{round}"));
+        control.execute(&insert(restore.clone(), "restore")).await;
+        control.execute(&insert(backup.clone(), "backup")).await;
+        let (a, b) = tokio::join!(
+            store::claim(&db, &restore, "worker-a"),
+            store::claim(&db, &backup, "worker-b"),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(
+            !(taken(&a) && taken(&b)),
+            "round {round}: a restore and a backup of one project both started"
+        );
+        assert!(taken(&a) || taken(&b), "round {round}: neither started");
+        if taken(&a) {
+            restores_won += 1;
+            // The loser is told what it waits for.
+            assert!(
+                matches!(&b, Claim::Busy { blocker } if blocker.id == restore),
+                "round {round}"
+            );
+        }
+        control
+            .execute("UPDATE jobs SET status = 'completed' WHERE status <> 'completed'")
+            .await;
+    }
+    eprintln!("the restore won {restores_won} of 60 races");
+
+    for n in 0..2 {
+        control
+            .execute(&insert(format!("job-reader{n}"), "backup"))
+            .await;
+    }
+    let (a, b) = tokio::join!(
+        store::claim(&db, "job-reader0", "worker-a"),
+        store::claim(&db, "job-reader1", "worker-b"),
+    );
+    assert!(
+        taken(&a.unwrap()) && taken(&b.unwrap()),
+        "two backups of a project both run"
+    );
+}

@@ -15,8 +15,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sea_orm::sea_query::{Expr, ExprTrait, IntoCondition};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use supascale_shared::api_key::Permission;
 use supascale_shared::artifact::Compression;
@@ -366,22 +365,18 @@ impl BackupsApi {
             idempotency.stamp(&mut job);
         }
         // The rows exist before the queue entry: the job row is the record.
-        let txn = state.db.begin().await?;
-        let inserted = job.insert(&txn).await;
+        let inserted = super::jobs::insert_job_and_row(&state.db, job, row).await;
         if let (Err(e), Some(idempotency)) = (&inserted, &idempotency)
             && crate::idempotency::is_conflict(e)
         {
             // A concurrent request with the same key won: answer with its job.
-            txn.rollback().await?;
             let first = idempotency
                 .find(&state.db)
                 .await?
                 .ok_or_else(|| ApiError::conflict("Idempotency-Key is in use"))?;
             return BackupsApi::answer(&state, &first, wants_async, None).await;
         }
-        let job = inserted?;
-        let inserted = row.insert(&txn).await?;
-        txn.commit().await?;
+        let (job, inserted) = inserted?;
         super::jobs::enqueue(&state, &job).await?;
         BackupsApi::answer(&state, &job, wants_async, Some(inserted)).await
     }

@@ -16,7 +16,11 @@ use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveModelBehavior, ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    DbBackend, DbErr, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, Statement, TransactionTrait, TryIntoModel,
+};
 use serde_json::{Value, json};
 use supascale_shared::api_key::Permission;
 use supascale_shared::entities::{backup, job, job_event, restore};
@@ -153,6 +157,72 @@ pub fn job_ref(job: &job::Model, status: &str) -> super::backups::JobRef {
         job_url: job_url(&job.id),
         events_url: events_url(&job.id),
     }
+}
+
+/// Writes a new job and the row it works for (its backup, its restore) in
+/// one commit; on PostgreSQL in one statement, since this is on every
+/// request that starts a job. Returns both as written.
+pub async fn insert_job_and_row<A>(
+    db: &DatabaseConnection,
+    job: job::ActiveModel,
+    row: A,
+) -> Result<(job::Model, <A::Entity as EntityTrait>::Model), DbErr>
+where
+    A: ActiveModelTrait
+        + ActiveModelBehavior
+        + Send
+        + TryIntoModel<<A::Entity as EntityTrait>::Model>,
+    <A::Entity as EntityTrait>::Model: IntoActiveModel<A>,
+{
+    if db.get_database_backend() != DbBackend::Postgres {
+        let txn = db.begin().await?;
+        let job = job.insert(&txn).await?;
+        let row = row.insert(&txn).await?;
+        txn.commit().await?;
+        return Ok((job, row));
+    }
+    let job_model = job.clone().try_into_model()?;
+    let row_model = row.clone().try_into_model()?;
+    let first = job::Entity::insert(job).build(DbBackend::Postgres);
+    let second = <A::Entity as EntityTrait>::insert(row).build(DbBackend::Postgres);
+    let mut values = first.values.map(|v| v.0).unwrap_or_default();
+    let sql = format!(
+        "WITH job AS ({}) {}",
+        first.sql,
+        shift_placeholders(&second.sql, values.len())
+    );
+    values.extend(second.values.map(|v| v.0).unwrap_or_default());
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        values,
+    ))
+    .await?;
+    Ok((job_model, row_model))
+}
+
+/// `$1 … $n` of a PostgreSQL statement as `$(1 + by) … $(n + by)`, for
+/// a statement that follows another's parameters. Our statements carry
+/// every value as a parameter, so a `$` is always a placeholder.
+fn shift_placeholders(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let mut digits = String::new();
+        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            digits.push(*d);
+            chars.next();
+        }
+        match digits.parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&digits),
+        }
+    }
+    out
 }
 
 /// Pushes a job whose rows are written. If the queue cannot take it, the
@@ -694,5 +764,18 @@ impl Cursor {
                 _ = &mut timer => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shift_placeholders;
+
+    #[test]
+    fn placeholders_shift_past_the_first_statement() {
+        assert_eq!(
+            shift_placeholders("INSERT INTO b (x, y) VALUES ($1, $10) WHERE a = $2", 12),
+            "INSERT INTO b (x, y) VALUES ($13, $22) WHERE a = $14"
+        );
     }
 }

@@ -5,9 +5,7 @@
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use supascale_shared::api_key::Permission;
 use supascale_shared::artifact::Manifest;
 use supascale_shared::entities::{backup, job, project, restore};
@@ -194,21 +192,17 @@ impl RestoresApi {
         let job_id = job.id.clone().unwrap();
         let mut row = row;
         row.job_id = Set(Some(job_id.clone()));
-        let txn = state.db.begin().await?;
-        let inserted = job.insert(&txn).await;
+        let inserted = super::jobs::insert_job_and_row(&state.db, job, row).await;
         if let (Err(e), Some(idempotency)) = (&inserted, &idempotency)
             && crate::idempotency::is_conflict(e)
         {
-            txn.rollback().await?;
             let first = idempotency
                 .find(&state.db)
                 .await?
                 .ok_or_else(|| ApiError::conflict("Idempotency-Key is in use"))?;
             return answer(&state, &first, wants_async).await;
         }
-        let job = inserted?;
-        row.insert(&txn).await?;
-        txn.commit().await?;
+        let (job, _) = inserted?;
         super::jobs::enqueue(&state, &job).await?;
         answer(&state, &job, wants_async).await
     }

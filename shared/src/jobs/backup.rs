@@ -83,6 +83,10 @@ async fn set_backup(
     changes: Vec<(backup::Column, sea_orm::sea_query::SimpleExpr)>,
 ) -> Result<(), JobError> {
     let mut update = backup::Entity::update_many().filter(backup::Column::Id.eq(id));
+    // The job's end follows and commits durably.
+    if let Some(relaxed) = super::store::relaxed_commit(ctx.db.get_database_backend()) {
+        update = update.filter(relaxed);
+    }
     for (column, value) in changes {
         update = update.col_expr(column, value);
     }
@@ -97,13 +101,18 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     let payload: Payload = serde_json::from_str(&job.payload)
         .map_err(|e| JobError::Abort(format!("bad job payload: {e}")))?;
     let started = Instant::now();
-    // Marked running and read in one statement.
-    let row = backup::Entity::update_many()
+    // Marked running and read in one statement, whose commit need not wait
+    // for the disk (the job's end does).
+    let mut running = backup::Entity::update_many()
         .col_expr(
             backup::Column::Status,
             Expr::value(super::STATUS_IN_PROGRESS),
         )
-        .filter(backup::Column::Id.eq(payload.backup_id.clone()))
+        .filter(backup::Column::Id.eq(payload.backup_id.clone()));
+    if let Some(relaxed) = super::store::relaxed_commit(ctx.db.get_database_backend()) {
+        running = running.filter(relaxed);
+    }
+    let row = running
         .exec_with_returning(&ctx.db)
         .await
         .map_err(|e| JobError::Retry(format!("control plane: {e}")))?

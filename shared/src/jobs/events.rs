@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -175,6 +176,74 @@ pub enum Durability {
     Progress,
 }
 
+/// An event that has happened and is not written yet.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event: String,
+    /// One line of JSON.
+    pub data: String,
+    /// When it happened (its `created_at`), not when it is written.
+    pub at: DateTime<Utc>,
+}
+
+impl NewEvent {
+    pub fn now(event: &str, data: &serde_json::Value) -> Self {
+        Self {
+            event: event.to_string(),
+            data: data.to_string(),
+            at: store::now(),
+        }
+    }
+}
+
+/// Events of one job written in one commit, with what they change in the
+/// job's row.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub events: Vec<NewEvent>,
+    /// The job's `progress` after these events.
+    pub progress: Option<String>,
+    /// The job's whole `warnings` list after these events.
+    pub warnings: Option<String>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.progress.is_none() && self.warnings.is_none()
+    }
+
+    /// The events as one JSON array, for PostgreSQL's `jsonb_array_elements`.
+    pub(crate) fn events_json(&self) -> String {
+        serde_json::Value::Array(
+            self.events
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "event": e.event,
+                        "data": e.data,
+                        "at": e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    })
+                })
+                .collect(),
+        )
+        .to_string()
+    }
+}
+
+/// PostgreSQL: the CTEs that number and insert a [`Batch`]'s events after
+/// the job's last one: `$1` is the job, `${events}` the events as JSON;
+/// `gate` names CTEs the insert waits on (their rows multiply it, so each
+/// must yield one row or none).
+pub(crate) fn insert_events_cte(events: usize, gate: &str) -> String {
+    format!(
+        "next AS (SELECT COALESCE(MAX(seq), 0) AS seq FROM job_events WHERE job_id = $1), \
+         ins AS (INSERT INTO job_events (job_id, seq, event, data, created_at) \
+                 SELECT $1, next.seq + e.ord, e.v->>'event', e.v->>'data', (e.v->>'at')::timestamptz \
+                 FROM next{gate}, jsonb_array_elements(${events}::jsonb) WITH ORDINALITY AS e(v, ord) \
+                 RETURNING seq)"
+    )
+}
+
 /// Appends an event to `job_id`'s record (with the job's new `progress`,
 /// when given, in the same commit) and wakes its streams. Returns the
 /// event's sequence number.
@@ -187,14 +256,37 @@ pub async fn append(
     progress: Option<String>,
     durability: Durability,
 ) -> Result<i64, DbErr> {
-    let data = data.to_string();
+    let batch = Batch {
+        events: vec![NewEvent::now(event, &data)],
+        progress,
+        warnings: None,
+    };
+    append_batch(db, bus, job_id, &batch, durability).await
+}
+
+/// Appends the batch's events in one commit (one statement on PostgreSQL)
+/// and wakes the job's streams. Returns the last event's sequence number.
+pub async fn append_batch(
+    db: &DatabaseConnection,
+    bus: &EventBus,
+    job_id: &str,
+    batch: &Batch,
+    durability: Durability,
+) -> Result<i64, DbErr> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
     let mut tries = 0;
     let seq = loop {
         let appended = match db.get_database_backend() {
-            DbBackend::Postgres => {
-                append_postgres(db, job_id, event, &data, &progress, durability).await
+            DbBackend::Postgres => append_postgres(db, job_id, batch, durability).await,
+            backend => {
+                let txn = db.begin().await?;
+                match append_sqlite(&txn, backend, job_id, batch).await {
+                    Ok(seq) => txn.commit().await.map(|_| seq),
+                    Err(e) => Err(e),
+                }
             }
-            backend => append_sqlite(db, backend, job_id, event, &data, &progress).await,
         };
         match appended {
             Ok(seq) => break seq,
@@ -211,27 +303,29 @@ pub async fn append(
             Err(e) => return Err(e),
         }
     };
-    bus.publish(job_id).await;
+    if !batch.events.is_empty() {
+        bus.publish(job_id).await;
+    }
     Ok(seq)
 }
 
-/// PostgreSQL: one statement (one round trip) numbers and inserts the event,
-/// updates the job's progress, and, for progress, sets `synchronous_commit`
-/// for its own implicit transaction only.
+/// PostgreSQL: one statement (one round trip) numbers and inserts the
+/// events, updates the job's progress and warnings, and, for progress, sets
+/// `synchronous_commit` for its own implicit transaction only.
 async fn append_postgres(
     db: &DatabaseConnection,
     job_id: &str,
-    event: &str,
-    data: &str,
-    progress: &Option<String>,
+    batch: &Batch,
     durability: Durability,
 ) -> Result<i64, DbErr> {
-    const SQL: &str = "WITH relaxed AS (SELECT set_config('synchronous_commit', $6, true)), \
-         next AS (SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM job_events WHERE job_id = $1), \
-         ins AS (INSERT INTO job_events (job_id, seq, event, data, created_at) \
-                 SELECT $1, next.seq, $2, $3, $4 FROM next, relaxed RETURNING seq), \
-         upd AS (UPDATE jobs SET progress = $5::text WHERE id = $1 AND $5::text IS NOT NULL) \
-         SELECT seq FROM ins";
+    let sql = format!(
+        "WITH relaxed AS (SELECT set_config('synchronous_commit', $5, true)), {}, \
+         upd AS (UPDATE jobs SET progress = COALESCE($3::text, progress), \
+                 warnings = COALESCE($4::text, warnings) \
+                 WHERE id = $1 AND ($3::text IS NOT NULL OR $4::text IS NOT NULL)) \
+         SELECT COALESCE(MAX(seq), 0) FROM ins",
+        insert_events_cte(2, ", relaxed")
+    );
     let commit = match durability {
         Durability::Durable => "on",
         Durability::Progress => "off",
@@ -239,13 +333,12 @@ async fn append_postgres(
     let row = db
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            SQL,
+            sql,
             [
                 job_id.into(),
-                event.into(),
-                data.into(),
-                store::now().into(),
-                progress.clone().into(),
+                batch.events_json().into(),
+                batch.progress.clone().into(),
+                batch.warnings.clone().into(),
                 commit.into(),
             ],
         ))
@@ -254,42 +347,45 @@ async fn append_postgres(
     row.try_get_by_index(0)
 }
 
-/// SQLite (embedded; commits do not wait for the disk): the insert and the
-/// progress in one transaction.
-async fn append_sqlite(
-    db: &DatabaseConnection,
+/// SQLite (embedded; commits do not wait for the disk): the inserts and the
+/// row's changes, in the caller's transaction. Returns the last sequence
+/// number.
+pub(crate) async fn append_sqlite(
+    txn: &impl ConnectionTrait,
     backend: DbBackend,
     job_id: &str,
-    event: &str,
-    data: &str,
-    progress: &Option<String>,
+    batch: &Batch,
 ) -> Result<i64, DbErr> {
     const SQL: &str = "INSERT INTO job_events (job_id, seq, event, data, created_at) \
          SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4 FROM job_events WHERE job_id = ?1 \
          RETURNING seq";
-    let txn = db.begin().await?;
-    let row = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
-            SQL,
-            [
-                job_id.into(),
-                event.into(),
-                data.into(),
-                store::now().into(),
-            ],
-        ))
-        .await?
-        .ok_or(DbErr::RecordNotInserted)?;
-    let seq: i64 = row.try_get_by_index(0)?;
-    if let Some(progress) = progress {
-        job::Entity::update_many()
-            .col_expr(job::Column::Progress, Expr::value(progress.clone()))
-            .filter(job::Column::Id.eq(job_id))
-            .exec(&txn)
-            .await?;
+    let mut seq = 0;
+    for event in &batch.events {
+        let row = txn
+            .query_one_raw(Statement::from_sql_and_values(
+                backend,
+                SQL,
+                [
+                    job_id.into(),
+                    event.event.clone().into(),
+                    event.data.clone().into(),
+                    event.at.into(),
+                ],
+            ))
+            .await?
+            .ok_or(DbErr::RecordNotInserted)?;
+        seq = row.try_get_by_index(0)?;
     }
-    txn.commit().await?;
+    let mut update = job::Entity::update_many().filter(job::Column::Id.eq(job_id));
+    if let Some(progress) = &batch.progress {
+        update = update.col_expr(job::Column::Progress, Expr::value(progress.clone()));
+    }
+    if let Some(warnings) = &batch.warnings {
+        update = update.col_expr(job::Column::Warnings, Expr::value(warnings.clone()));
+    }
+    if batch.progress.is_some() || batch.warnings.is_some() {
+        update.exec(txn).await?;
+    }
     Ok(seq)
 }
 

@@ -2,20 +2,25 @@
 //! `progress` and a `step` event), its warnings (the row's `warnings` and a
 //! `warning` event), and whether it has been asked to stop.
 //!
-//! Only the worker holding the job uses its reporter. A report that cannot
-//! be written is logged, never fatal: losing a progress line must not fail
-//! a backup.
+//! Only the worker holding the job uses its reporter. Reports are not
+//! written one by one: they wait up to [`FLUSH_AFTER`] and go together in
+//! one statement, and whatever is still waiting when the job ends goes with
+//! its end ([`Reporter::take`]). A short job thus writes its `start`, its
+//! steps and its `complete` in one commit instead of one each (measured:
+//! that sequence of round trips was most of a short job's time). Each event
+//! keeps the time it happened as its `created_at`.
+//!
+//! A report that cannot be written is logged, never fatal: losing a
+//! progress line must not fail a backup.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::DatabaseConnection;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::events::{self, Durability, EventBus};
-use crate::entities::job;
+use super::events::{self, Batch, Durability, EventBus, NewEvent};
 
 pub struct Reporter {
     db: DatabaseConnection,
@@ -25,21 +30,45 @@ pub struct Reporter {
     cancel: CancellationToken,
     /// When the last byte-count step was sent (they are throttled).
     last_bytes: Mutex<Option<Instant>>,
+    /// Reports not written yet.
+    pending: Mutex<Batch>,
+    /// Held while a batch is written, so that batches (and the job's end)
+    /// are numbered in the order their events happened.
+    writing: tokio::sync::Mutex<()>,
+    /// Wakes the flusher when the first report of a batch arrives.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// How often a long step reports its byte count.
 const BYTES_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a report may wait for others to be written with it: well
+/// under what a person watching notices, and longer than a short job's
+/// steps are apart.
+pub const FLUSH_AFTER: Duration = Duration::from_millis(25);
+
 impl Reporter {
-    pub fn new(db: DatabaseConnection, bus: EventBus, job_id: &str, warnings: Vec<String>) -> Self {
-        Self {
+    /// A reporter with its flusher, which stops when the reporter is
+    /// dropped.
+    pub fn start(
+        db: DatabaseConnection,
+        bus: EventBus,
+        job_id: &str,
+        warnings: Vec<String>,
+    ) -> Arc<Self> {
+        let reporter = Arc::new(Self {
             db,
             bus,
             job_id: job_id.to_string(),
             warnings: Mutex::new(warnings),
             cancel: CancellationToken::new(),
             last_bytes: Mutex::new(None),
-        }
+            pending: Mutex::new(Batch::default()),
+            writing: tokio::sync::Mutex::new(()),
+            wake: Arc::new(tokio::sync::Notify::new()),
+        });
+        tokio::spawn(flusher(Arc::downgrade(&reporter), reporter.wake.clone()));
+        reporter
     }
 
     pub fn job_id(&self) -> &str {
@@ -54,7 +83,7 @@ impl Reporter {
             "current": current,
             "total": total,
         });
-        self.progress(progress).await;
+        self.progress(progress);
     }
 
     /// Bytes done within a step; sent at most once a second.
@@ -76,26 +105,16 @@ impl Reporter {
             "total": total,
             "bytesDone": bytes,
         });
-        self.progress(progress).await;
+        self.progress(progress);
     }
 
     /// The row's `progress` and a `step` event, in one commit.
-    async fn progress(&self, progress: serde_json::Value) {
+    fn progress(&self, progress: serde_json::Value) {
         let mut data = progress.clone();
         data["status"] = json!("running");
-        let appended = events::append(
-            &self.db,
-            &self.bus,
-            &self.job_id,
-            events::STEP,
-            data,
-            Some(progress.to_string()),
-            Durability::Progress,
-        )
-        .await;
-        if let Err(e) = appended {
-            tracing::warn!(job = %self.job_id, error = %e, "cannot record progress");
-        }
+        self.report(NewEvent::now(events::STEP, &data), |batch| {
+            batch.progress = Some(progress.to_string())
+        });
     }
 
     /// Something the user should know that does not stop the job.
@@ -105,16 +124,57 @@ impl Reporter {
             warnings.push(message.to_string());
             serde_json::to_string(&*warnings).unwrap_or_else(|_| "[]".into())
         };
-        let saved = job::Entity::update_many()
-            .col_expr(job::Column::Warnings, Expr::value(all))
-            .filter(job::Column::Id.eq(self.job_id.clone()))
-            .exec(&self.db)
-            .await;
-        if let Err(e) = saved {
-            tracing::warn!(job = %self.job_id, error = %e, "cannot record a warning");
+        self.report(
+            NewEvent::now(events::WARNING, &json!({ "message": message })),
+            |batch| batch.warnings = Some(all),
+        );
+    }
+
+    /// Records an event that does not end the job (those go with the
+    /// job's end: see [`Reporter::take`]).
+    pub(crate) fn event(&self, event: &str, data: serde_json::Value) {
+        debug_assert!(!events::is_final(event));
+        self.report(NewEvent::now(event, &data), |_| {});
+    }
+
+    fn report(&self, event: NewEvent, change: impl FnOnce(&mut Batch)) {
+        let first = {
+            let mut pending = self.pending.lock().expect("reporter lock");
+            pending.events.push(event);
+            change(&mut pending);
+            pending.events.len() == 1
+        };
+        if first {
+            self.wake.notify_one();
         }
-        self.event(events::WARNING, json!({ "message": message }))
-            .await;
+    }
+
+    /// Writes what waits now.
+    pub async fn flush(&self) {
+        let _writing = self.writing.lock().await;
+        let batch = std::mem::take(&mut *self.pending.lock().expect("reporter lock"));
+        if batch.is_empty() {
+            return;
+        }
+        let written = events::append_batch(
+            &self.db,
+            &self.bus,
+            &self.job_id,
+            &batch,
+            Durability::Progress,
+        )
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(job = %self.job_id, error = %e, "cannot record progress");
+        }
+    }
+
+    /// Takes what waits, to be written with the job's end; the returned
+    /// guard keeps the flusher from writing anything until that is done.
+    pub(crate) async fn take(&self) -> (Batch, tokio::sync::MutexGuard<'_, ()>) {
+        let writing = self.writing.lock().await;
+        let batch = std::mem::take(&mut *self.pending.lock().expect("reporter lock"));
+        (batch, writing)
     }
 
     pub fn warnings(&self) -> Vec<String> {
@@ -133,26 +193,23 @@ impl Reporter {
     pub(crate) fn cancel(&self) {
         self.cancel.cancel()
     }
+}
 
-    /// Records an event; the ones that end a job are durable.
-    pub(crate) async fn event(&self, event: &str, data: serde_json::Value) {
-        let durability = if events::is_final(event) {
-            Durability::Durable
-        } else {
-            Durability::Progress
+/// Writes a reporter's reports [`FLUSH_AFTER`] after the first of each
+/// batch, until the reporter is gone (its drop wakes this one last time).
+async fn flusher(reporter: Weak<Reporter>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        wake.notified().await;
+        tokio::time::sleep(FLUSH_AFTER).await;
+        let Some(reporter) = reporter.upgrade() else {
+            return;
         };
-        let appended = events::append(
-            &self.db,
-            &self.bus,
-            &self.job_id,
-            event,
-            data,
-            None,
-            durability,
-        )
-        .await;
-        if let Err(e) = appended {
-            tracing::warn!(job = %self.job_id, error = %e, "cannot record a job event");
-        }
+        reporter.flush().await;
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.wake.notify_one();
     }
 }

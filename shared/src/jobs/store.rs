@@ -51,6 +51,16 @@ pub fn new_job(
     }
 }
 
+/// A condition that holds for every row and makes its statement's commit
+/// not wait for the disk (PostgreSQL; nothing elsewhere). For the writes of
+/// a running job: its end commits durably after them, and the write-ahead
+/// log is written in order, so that commit makes them durable too; a crash
+/// of the server before it leaves the job to be taken over and run again.
+pub fn relaxed_commit(backend: DbBackend) -> Option<sea_orm::sea_query::SimpleExpr> {
+    (backend == DbBackend::Postgres)
+        .then(|| Expr::cust("set_config('synchronous_commit', 'off', true) = 'off'"))
+}
+
 /// What a delivery found.
 pub enum Claim {
     /// The job is this worker's now.
@@ -74,6 +84,9 @@ pub enum Claim {
 /// writes the project), so the `NOT EXISTS` of one conflicting claim sees
 /// the other.
 pub async fn claim(db: &DatabaseConnection, job_id: &str, worker: &str) -> Result<Claim, DbErr> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        return claim_postgres(db, job_id, worker).await;
+    }
     let Some(row) = job::Entity::find_by_id(job_id.to_string()).one(db).await? else {
         return Ok(Claim::NotNow);
     };
@@ -152,6 +165,51 @@ pub async fn claim(db: &DatabaseConnection, job_id: &str, worker: &str) -> Resul
     }
     txn.commit().await?;
     Ok(taken.map(Claim::Taken).unwrap_or(Claim::NotNow))
+}
+
+/// PostgreSQL: the same rules in one round trip (the `supascale_claim`
+/// function, migration 000006). Only a job that is not taken costs more:
+/// the reason is looked up then.
+async fn claim_postgres(
+    db: &DatabaseConnection,
+    job_id: &str,
+    worker: &str,
+) -> Result<Claim, DbErr> {
+    let now = now();
+    let stale = now - chrono::Duration::from_std(STALE_AFTER).expect("small duration");
+    let taken = job::Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT * FROM supascale_claim($1, $2, $3, $4, string_to_array($5, ','))",
+            [
+                job_id.into(),
+                worker.into(),
+                now.into(),
+                stale.into(),
+                EXCLUSIVE_KINDS.join(",").into(),
+            ],
+        ))
+        .one(db)
+        .await?;
+    if let Some(job) = taken {
+        return Ok(Claim::Taken(job));
+    }
+    let Some(row) = job::Entity::find_by_id(job_id.to_string()).one(db).await? else {
+        return Ok(Claim::NotNow);
+    };
+    let blocker = match (&row.project_id, row.status == STATUS_PENDING) {
+        (Some(project), true) => {
+            job::Entity::find()
+                .filter(job::Column::Id.in_subquery(conflicting(&row, project, now)))
+                .one(db)
+                .await?
+        }
+        _ => None,
+    };
+    Ok(match blocker {
+        Some(blocker) => Claim::Busy { blocker },
+        None => Claim::NotNow,
+    })
 }
 
 /// The running jobs of `project` that `row` may not run beside: any job
@@ -248,18 +306,16 @@ pub async fn set_result(
 }
 
 /// Ends the job: `completed`, or `failed` with `error`. Its secrets go.
-pub async fn finish(
+/// Returns 1, or 0 when the job is no longer `worker`'s.
+async fn finish(
     db: &impl ConnectionTrait,
     job_id: &str,
     worker: &str,
     failure: Option<&super::JobError>,
-) -> Result<(), DbErr> {
+) -> Result<u64, DbErr> {
     let error = failure.map(|e| e.to_string());
     let error = error.as_deref();
-    let error_kind = match failure {
-        Some(super::JobError::Invalid(_)) => Some(super::ERROR_KIND_INVALID_INPUT),
-        _ => None,
-    };
+    let error_kind = error_kind(failure);
     job::Entity::update_many()
         .col_expr(job::Column::ErrorKind, Expr::value(error_kind))
         .col_expr(
@@ -277,7 +333,16 @@ pub async fn finish(
         .filter(job::Column::WorkerId.eq(worker))
         .exec(db)
         .await
-        .map(|_| ())
+        .map(|r| r.rows_affected)
+}
+
+/// `jobs.error_kind` of a failure: `invalid_input` when the caller's
+/// input was at fault (the waiting request answers 400, not 500).
+fn error_kind(failure: Option<&super::JobError>) -> Option<&'static str> {
+    match failure {
+        Some(super::JobError::Invalid(_)) => Some(super::ERROR_KIND_INVALID_INPUT),
+        _ => None,
+    }
 }
 
 /// Fails the row a job works for (its backup, its restore) when the job
@@ -315,13 +380,13 @@ pub async fn fail_owned_row(
 }
 
 /// Hands a job back for another attempt after `wait`, keeping the cause.
-pub async fn release(
+async fn release(
     db: &impl ConnectionTrait,
     job_id: &str,
     worker: &str,
     error: &str,
     wait: std::time::Duration,
-) -> Result<(), DbErr> {
+) -> Result<u64, DbErr> {
     let run_after = now() + chrono::Duration::from_std(wait).expect("small duration");
     job::Entity::update_many()
         .col_expr(job::Column::Status, Expr::value(STATUS_PENDING))
@@ -332,7 +397,7 @@ pub async fn release(
         .filter(job::Column::WorkerId.eq(worker))
         .exec(db)
         .await
-        .map(|_| ())
+        .map(|r| r.rows_affected)
 }
 
 /// Gives back the jobs `worker` still holds as it stops: `pending` again,
@@ -348,4 +413,133 @@ pub async fn hand_back(db: &impl ConnectionTrait, worker: &str) -> Result<u64, D
         .exec(db)
         .await
         .map(|r| r.rows_affected)
+}
+
+/// How a job's attempt ends.
+pub enum Ending<'a> {
+    /// `completed`, or `failed` with the error. Its secrets go.
+    Finish(Option<&'a super::JobError>),
+    /// `pending` again after `wait`, keeping the cause.
+    Release {
+        error: &'a str,
+        wait: std::time::Duration,
+    },
+}
+
+/// What ending a job did.
+pub struct Ended {
+    /// False when the job was no longer this worker's (taken over after
+    /// its heartbeat went stale): nothing was written.
+    pub ours: bool,
+    /// The project's jobs that waited behind this one and are due now
+    /// (to be delivered again).
+    pub woken: Vec<String>,
+}
+
+/// Ends the attempt, writes its last events (`batch`) and makes the
+/// project's waiting jobs due, in one commit: on PostgreSQL one statement,
+/// since this is on every job's path. The events are written only if the
+/// job was still `worker`'s.
+pub async fn end_job(
+    db: &DatabaseConnection,
+    job: &job::Model,
+    worker: &str,
+    ending: Ending<'_>,
+    batch: &super::events::Batch,
+) -> Result<Ended, DbErr> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        return end_job_postgres(db, job, worker, ending, batch).await;
+    }
+    let txn = db.begin().await?;
+    let ours = match ending {
+        Ending::Finish(failure) => finish(&txn, &job.id, worker, failure).await?,
+        Ending::Release { error, wait } => release(&txn, &job.id, worker, error, wait).await?,
+    } > 0;
+    let mut woken = Vec::new();
+    if ours {
+        super::events::append_sqlite(&txn, txn.get_database_backend(), &job.id, batch).await?;
+        if let Some(project) = &job.project_id {
+            woken = wake_waiting(&txn, project).await?;
+        }
+    }
+    txn.commit().await?;
+    Ok(Ended { ours, woken })
+}
+
+async fn end_job_postgres(
+    db: &DatabaseConnection,
+    job: &job::Model,
+    worker: &str,
+    ending: Ending<'_>,
+    batch: &super::events::Batch,
+) -> Result<Ended, DbErr> {
+    let now = now();
+    let (status, error, error_kind, run_after) = match ending {
+        Ending::Finish(failure) => (
+            if failure.is_some() {
+                STATUS_FAILED
+            } else {
+                STATUS_COMPLETED
+            },
+            failure.map(|e| e.to_string()),
+            error_kind(failure),
+            None,
+        ),
+        Ending::Release { error, wait } => (
+            STATUS_PENDING,
+            Some(error.to_string()),
+            None,
+            Some(now + chrono::Duration::from_std(wait).expect("small duration")),
+        ),
+    };
+    // `fin` ends the row if it is still ours; the events and the wake-up
+    // hang on it. A released job keeps its secrets and `finished_at`.
+    let sql = format!(
+        "WITH fin AS (UPDATE jobs SET \
+             status = $4, error = $5, error_kind = $6, run_after = $7, \
+             finished_at = CASE WHEN $4 = '{STATUS_PENDING}' THEN finished_at ELSE $3 END, \
+             secrets_enc = CASE WHEN $4 = '{STATUS_PENDING}' THEN secrets_enc END, \
+             worker_id = CASE WHEN $4 = '{STATUS_PENDING}' THEN NULL ELSE worker_id END, \
+             progress = COALESCE($9::text, progress), \
+             warnings = COALESCE($10::text, warnings) \
+             WHERE id = $1 AND worker_id = $8 RETURNING id, project_id), \
+         {}, \
+         woke AS (UPDATE jobs w SET run_after = $3 \
+             WHERE w.status = '{STATUS_PENDING}' AND w.id IN ( \
+                 SELECT o.id FROM jobs o, fin \
+                 WHERE o.project_id = fin.project_id AND o.status = '{STATUS_PENDING}' \
+                   AND o.run_after IS NOT NULL AND o.progress LIKE $11 \
+                 ORDER BY o.enqueued_at LIMIT 50) \
+             RETURNING w.id) \
+         SELECT (SELECT COUNT(*) FROM fin), (SELECT string_agg(id, ' ') FROM woke)",
+        super::events::insert_events_cte(2, ", fin")
+    );
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            [
+                job.id.clone().into(),
+                batch.events_json().into(),
+                now.into(),
+                status.into(),
+                error.into(),
+                error_kind.into(),
+                run_after.into(),
+                worker.into(),
+                batch.progress.clone().into(),
+                batch.warnings.clone().into(),
+                format!("%\"step\":\"{WAITING_STEP}\"%").into(),
+            ],
+        ))
+        .await?
+        .ok_or(DbErr::RecordNotUpdated)?;
+    let ours: i64 = row.try_get_by_index(0)?;
+    let woken: Option<String> = row.try_get_by_index(1)?;
+    Ok(Ended {
+        ours: ours > 0,
+        woken: woken
+            .map(|ids| ids.split(' ').map(str::to_string).collect())
+            .unwrap_or_default(),
+    })
 }

@@ -14,10 +14,11 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ExprTrait, QueryFilter};
 use serde_json::json;
 
+use super::events::NewEvent;
 use super::events::{self, EventBus};
 use super::queue::POLL;
 use super::reporter::Reporter;
-use super::store::Claim;
+use super::store::{Claim, Ending};
 use super::{HEARTBEAT, JobEnvelope, JobError, JobQueue, backup, store};
 use crate::config::Config;
 use crate::destinations::Destinations;
@@ -221,12 +222,7 @@ async fn handle(envelope: JobEnvelope, ctx: Data<Arc<JobContext>>) -> Result<(),
         Err(e) => return Err(format!("control plane: {e}").into()),
     };
     let warnings = serde_json::from_str(&job.warnings).unwrap_or_default();
-    let reporter = Arc::new(Reporter::new(
-        ctx.db.clone(),
-        ctx.events.clone(),
-        &job.id,
-        warnings,
-    ));
+    let reporter = Reporter::start(ctx.db.clone(), ctx.events.clone(), &job.id, warnings);
     tracing::info!(job = %job.id, kind = %job.kind, attempt = job.attempt, "job started");
     let outcome = if job.cancel_requested {
         Err(JobError::Cancelled)
@@ -243,19 +239,17 @@ async fn handle(envelope: JobEnvelope, ctx: Data<Arc<JobContext>>) -> Result<(),
         )))
     } else {
         if job.attempt == 1 {
-            reporter
-                .event(
-                    events::START,
-                    json!({
-                        "message": format!("Starting {}...", job.kind.replace('_', " ")),
-                        "jobId": job.id,
-                        "kind": job.kind,
-                        "projectId": job.project_id,
-                        "attempt": job.attempt,
-                        "maxAttempts": job.max_attempts,
-                    }),
-                )
-                .await;
+            reporter.event(
+                events::START,
+                json!({
+                    "message": format!("Starting {}...", job.kind.replace('_', " ")),
+                    "jobId": job.id,
+                    "kind": job.kind,
+                    "projectId": job.project_id,
+                    "attempt": job.attempt,
+                    "maxAttempts": job.max_attempts,
+                }),
+            );
         } else {
             let message = format!("Attempt {} of {}", job.attempt, job.max_attempts);
             reporter.step("attempt", &message, 0, 0).await;
@@ -306,8 +300,9 @@ async fn watch_job(ctx: Arc<JobContext>, job_id: String, reporter: Arc<Reporter>
 /// How often a running job looks for a cancel request.
 const CANCEL_CHECK: Duration = Duration::from_millis(500);
 
-/// Ends the row (done, retry later, or failed), says so as an event, and
-/// wakes the jobs of the project that waited for this one.
+/// Ends the row (done, retry later, or failed) together with the job's
+/// last events, and delivers again the jobs of the project that waited for
+/// this one.
 async fn end(
     ctx: &JobContext,
     job: &job::Model,
@@ -318,57 +313,73 @@ async fn end(
         .started_at
         .map(|at| (store::now() - at).num_milliseconds())
         .unwrap_or(0);
-    let ended = match &outcome {
-        Ok(()) => store::finish(&ctx.db, &job.id, &ctx.worker_id, None).await,
-        Err(e) if e.will_retry(job) => {
-            let wait = super::backoff(job.attempt);
-            store::release(&ctx.db, &job.id, &ctx.worker_id, &e.to_string(), wait).await
-        }
-        Err(e) => store::finish(&ctx.db, &job.id, &ctx.worker_id, Some(e)).await,
-    };
-    if let Err(e) = ended {
-        // The row stays in_progress; its heartbeat has stopped, so the job
-        // is taken over once it is stale.
-        return Err(format!("control plane: {e}").into());
-    }
-    if !matches!(&outcome, Err(e) if e.will_retry(job)) {
-        super::import::remove_upload(ctx, job).await;
-    }
-    match &outcome {
-        Ok(()) => {
-            tracing::info!(job = %job.id, duration_ms, "job completed");
-            reporter
-                .event(events::COMPLETE, json!({ "durationMs": duration_ms }))
-                .await;
-        }
-        Err(e) if e.will_retry(job) => {
-            tracing::warn!(job = %job.id, cause = %e, "job failed; it will be retried");
+    let retry = matches!(&outcome, Err(e) if e.will_retry(job));
+    let cause = outcome.as_ref().err().map(|e| e.to_string());
+    match (&outcome, &cause) {
+        (Ok(()), _) => tracing::info!(job = %job.id, duration_ms, "job completed"),
+        (Err(_), Some(cause)) if retry => {
+            tracing::warn!(job = %job.id, cause = %cause, "job failed; it will be retried");
             reporter
                 .warning(&format!(
-                    "Attempt {} of {} failed: {e}; trying again in {} s",
+                    "Attempt {} of {} failed: {cause}; trying again in {} s",
                     job.attempt,
                     job.max_attempts,
                     super::backoff(job.attempt).as_secs()
                 ))
                 .await;
         }
-        Err(e) => {
-            tracing::warn!(job = %job.id, cause = %e, "job failed");
-            if let Err(db) = store::fail_owned_row(&ctx.db, job, &e.to_string()).await {
+        (Err(_), cause) => {
+            let cause = cause.as_deref().unwrap_or_default();
+            tracing::warn!(job = %job.id, cause = %cause, "job failed");
+            // Before the end is told: a waiting request reads this row.
+            if let Err(db) = store::fail_owned_row(&ctx.db, job, cause).await {
                 tracing::warn!(job = %job.id, error = %db, "cannot fail the job's own row");
             }
-            reporter
-                .event(
-                    events::ERROR,
-                    events::failure(&job.kind, &e.to_string(), duration_ms),
-                )
-                .await;
         }
     }
-    if let Some(project) = &job.project_id {
-        wake_waiting(ctx, project).await;
+    let (mut batch, writing) = reporter.take().await;
+    let ending = match &outcome {
+        Ok(()) => {
+            batch.events.push(NewEvent::now(
+                events::COMPLETE,
+                &json!({ "durationMs": duration_ms }),
+            ));
+            Ending::Finish(None)
+        }
+        Err(_) if retry => Ending::Release {
+            error: cause.as_deref().unwrap_or_default(),
+            wait: super::backoff(job.attempt),
+        },
+        Err(e) => {
+            batch.events.push(NewEvent::now(
+                events::ERROR,
+                &events::failure(&job.kind, &e.to_string(), duration_ms),
+            ));
+            Ending::Finish(Some(e))
+        }
+    };
+    let ended = store::end_job(&ctx.db, job, &ctx.worker_id, ending, &batch).await;
+    drop(writing);
+    let ended = match ended {
+        Ok(ended) => ended,
+        // The row stays in_progress; its heartbeat has stopped, so the job
+        // is taken over once it is stale.
+        Err(e) => return Err(format!("control plane: {e}").into()),
+    };
+    if !ended.ours {
+        tracing::warn!(job = %job.id, "the job was taken over by another worker; its end is theirs");
+    } else if !batch.events.is_empty() {
+        ctx.events.publish(&job.id).await;
     }
-    give_back_freed_memory();
+    if !retry {
+        super::import::remove_upload(ctx, job).await;
+    }
+    for id in ended.woken {
+        if let Err(e) = ctx.queue.push(&id).await {
+            tracing::warn!(job = %id, error = %e, "cannot re-deliver a waiting job");
+        }
+    }
+    give_back_freed_memory(duration_ms);
     Ok(())
 }
 
@@ -376,7 +387,20 @@ async fn end(
 /// memory in each thread's arena, so a worker's RSS otherwise climbs with
 /// every job it has run (measured with `bench-backup`: 32 → 163 MiB over
 /// seven backups) and one job's peak sits on top of all the earlier ones.
-fn give_back_freed_memory() {
+/// Short jobs free little and come many a second: for them, once a second
+/// is enough.
+fn give_back_freed_memory(duration_ms: i64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_TRIM_MS: AtomicU64 = AtomicU64::new(0);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let last = LAST_TRIM_MS.load(Ordering::Relaxed);
+    if duration_ms < 1000 && now_ms.saturating_sub(last) < 1000 {
+        return;
+    }
+    LAST_TRIM_MS.store(now_ms, Ordering::Relaxed);
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free heap pages; it takes no
     // pointers and is safe to call from any thread at any time.
@@ -442,10 +466,6 @@ async fn wait_behind(ctx: &JobContext, job_id: &str, blocker: &job::Model) {
             tracing::warn!(job = %job_id, error = %e, "cannot record a job event");
         }
     }
-}
-
-async fn wake_waiting(ctx: &JobContext, project: &str) {
-    redeliver_waiting(&ctx.db, &ctx.queue, project).await
 }
 
 /// Delivers again the project's jobs that waited behind another one: the
