@@ -249,6 +249,7 @@ async fn ours(app: &TestApp, label: &str, body: Value) -> Result<Row, String> {
     // Writing 5 to clear_refs resets the peak to the current RSS.
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
     let rss_before = status_kib(pid, "VmRSS");
+    let anon_before = status_kib(pid, "RssAnon");
     let cpu_before = cpu_total(pid);
     let started = Instant::now();
     let response = app
@@ -284,8 +285,10 @@ async fn ours(app: &TestApp, label: &str, body: Value) -> Result<Row, String> {
         peak_kib,
         artifact,
         note: format!(
-            "API process (runs the worker; pg_dump is a child, not in it), {:.1} MiB before",
-            rss_before as f64 / 1024.0
+            "API process (runs the worker; pg_dump is a child, not in it), {:.1} MiB before \
+             ({:.1} of it anonymous)",
+            rss_before as f64 / 1024.0,
+            anon_before as f64 / 1024.0
         ),
     })
 }
