@@ -7,7 +7,8 @@
 //! 1. ours, `full` with gzip (`POST /api/v1/backups`; the embedded default
 //!    runs the workers in the API process, so its `VmHWM`, reset just
 //!    before, is the worker's peak RSS: `pg_dump` is a child process, not
-//!    in it);
+//!    in it; the RSS before is printed beside it, with its anonymous part,
+//!    which is what earlier jobs can leave behind);
 //! 2. `pg_dump -Fc -f db.dump` then `tar -czf files.tar.gz` of the project
 //!    folder (without `volumes/db/data`), one after the other;
 //! 3. ours, `full` with zstd;
