@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    supascale_shared::memory::tune_allocator();
     match std::env::args().nth(1).as_deref() {
         Some("openapi") => {
             print!("{}", supascale_api::spec_yaml());

@@ -7,7 +7,8 @@
 //! 1. ours, `full` with gzip (`POST /api/v1/backups`; the embedded default
 //!    runs the workers in the API process, so its `VmHWM`, reset just
 //!    before, is the worker's peak RSS: `pg_dump` is a child process, not
-//!    in it);
+//!    in it; the RSS before is printed beside it, with its anonymous part,
+//!    which is what earlier jobs can leave behind);
 //! 2. `pg_dump -Fc -f db.dump` then `tar -czf files.tar.gz` of the project
 //!    folder (without `volumes/db/data`), one after the other;
 //! 3. ours, `full` with zstd;
@@ -249,6 +250,7 @@ async fn ours(app: &TestApp, label: &str, body: Value) -> Result<Row, String> {
     // Writing 5 to clear_refs resets the peak to the current RSS.
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
     let rss_before = status_kib(pid, "VmRSS");
+    let anon_before = status_kib(pid, "RssAnon");
     let cpu_before = cpu_total(pid);
     let started = Instant::now();
     let response = app
@@ -284,8 +286,10 @@ async fn ours(app: &TestApp, label: &str, body: Value) -> Result<Row, String> {
         peak_kib,
         artifact,
         note: format!(
-            "API process (runs the worker; pg_dump is a child, not in it), {:.1} MiB before",
-            rss_before as f64 / 1024.0
+            "API process (runs the worker; pg_dump is a child, not in it), {:.1} MiB before \
+             ({:.1} of it anonymous)",
+            rss_before as f64 / 1024.0,
+            anon_before as f64 / 1024.0
         ),
     })
 }

@@ -11,6 +11,7 @@ pub mod entities;
 pub mod import;
 pub mod jobs;
 pub mod master_key;
+pub mod memory;
 pub mod pgtools;
 pub mod redact;
 pub mod restore;

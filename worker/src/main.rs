@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    supascale_shared::memory::tune_allocator();
     if matches!(
         std::env::args().nth(1).as_deref(),
         Some("--help" | "-h" | "help")

@@ -3,8 +3,9 @@
 //! confirmed by the destination before the row says `completed`.
 //!
 //! Memory stays flat: the builder hands 1 MiB chunks through a channel of
-//! four. The database dump is spooled to a temporary file first, because a
-//! tar entry needs its size up front; the file is removed afterwards.
+//! four. The database dump is spooled to a temporary file, because a tar
+//! entry needs its size up front; the file is removed afterwards. The files
+//! are archived while `pg_dump` runs, and the database entries come last.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,20 @@ pub fn components(backup_type: &str) -> &'static [&'static str] {
         "config" => &["config"],
         _ => &[],
     }
+}
+
+/// The order of the components inside the artifact: the database last,
+/// so that the files are archived while it is being dumped.
+fn artifact_order(wanted: &[&'static str]) -> Vec<&'static str> {
+    let mut order: Vec<_> = wanted
+        .iter()
+        .copied()
+        .filter(|c| *c != "database")
+        .collect();
+    if wanted.contains(&"database") {
+        order.push("database");
+    }
+    order
 }
 
 /// Where a backup's artifact lives inside its destination:
@@ -205,10 +220,15 @@ async fn produce(
         Vec::new()
     };
     let wanted = components(&row.backup_type);
+    // The files go into the artifact while `pg_dump` writes its spool, and
+    // the database comes last, once its size is known: dump and archiving
+    // overlap instead of following each other (restores do not depend on
+    // entry order).
+    let order = artifact_order(wanted);
     // One step per component, then the destination's confirmation.
     let total = wanted.len() as u32 + 1;
     let step_of = |component: &str| {
-        wanted
+        order
             .iter()
             .position(|c| *c == component)
             .map(|i| i as u32 + 1)
@@ -218,32 +238,42 @@ async fn produce(
     let spool_dir = ctx.config.data_dir.join("tmp");
     std::fs::create_dir_all(&spool_dir)
         .map_err(|e| JobError::Abort(format!("cannot create {}: {e}", spool_dir.display())))?;
-    let mut dump: Option<SpooledDump> = None;
     let mut roles: Option<SpooledDump> = None;
     let mut postgres_version = None;
+    // The running dump and, for the builder, the word that it has ended.
+    let mut dumping = None;
+    let mut dump_ready = None;
+    let mut ready_rx = None;
+    let mut dump_url = None;
+    let mut database_reported = false;
     if wanted.contains(&"database") {
         let url = ctx
             .master_key
             .decrypt(&project.database_url_enc)
             .map_err(|e| JobError::Abort(e.to_string()))?;
-        reporter
-            .step(
-                "database",
-                "Dumping the database",
-                step_of("database"),
-                total,
-            )
-            .await;
+        if order.first() == Some(&"database") {
+            reporter
+                .step(
+                    "database",
+                    "Dumping the database",
+                    step_of("database"),
+                    total,
+                )
+                .await;
+            database_reported = true;
+        }
         let server = server_facts(&url).await?;
         postgres_version = Some(server.version.clone());
         // Before any work: the right programs, and room for the dump.
         let configured = ctx.config.postgres_bin_dirs.as_deref();
-        let pg_dump = pgtools::tool_for("pg_dump", server.major, configured)
-            .await
-            .map_err(JobError::Abort)?;
-        let pg_dumpall = pgtools::tool_for("pg_dumpall", server.major, configured)
-            .await
-            .map_err(JobError::Abort)?;
+        // Each lookup runs every candidate's `--version`: both at once,
+        // pg_dump's answer first.
+        let (pg_dump, pg_dumpall) = tokio::join!(
+            pgtools::tool_for("pg_dump", server.major, configured),
+            pgtools::tool_for("pg_dumpall", server.major, configured),
+        );
+        let pg_dump = pg_dump.map_err(JobError::Abort)?;
+        let pg_dumpall = pg_dumpall.map_err(JobError::Abort)?;
         let mut needs = vec![(spool_dir.clone(), server.database_bytes)];
         if let Some(root) = destination.local_root() {
             needs.push((root, server.database_bytes));
@@ -253,16 +283,17 @@ async fn produce(
             child::end_leftover_sessions(&url, &job.id).await;
         }
         roles = Some(dump_roles(&pg_dumpall.path, &url, &spool_dir, &job.id).await?);
-        dump = Some(tokio::select! {
-            dumped = dump_database(&pg_dump.path, &url, &spool_dir, &job.id) => dumped?,
-            // Dropping the dump ends pg_dump and removes its file; its
-            // server session may live on (a backend waiting for a lock does
-            // not notice its client is gone), so it is ended too.
-            _ = reporter.cancelled() => {
-                child::end_leftover_sessions(&url, &job.id).await;
-                return Err(JobError::Cancelled);
-            }
-        });
+        let (ready_tx, ready) = tokio::sync::oneshot::channel::<PathBuf>();
+        dump_ready = Some(ready_tx);
+        ready_rx = Some(ready);
+        let pg_dump_path = pg_dump.path.clone();
+        let dump_dir = spool_dir.clone();
+        let dump_job = job.id.clone();
+        let dump_from = url.clone();
+        dumping = Some(Box::pin(async move {
+            dump_database(&pg_dump_path, &dump_from, &dump_dir, &dump_job).await
+        }));
+        dump_url = Some(url);
     }
 
     let meta = ManifestMeta {
@@ -281,23 +312,31 @@ async fn produce(
         storage: PathBuf::from(&project.storage_dir),
         functions: PathBuf::from(&project.functions_dir),
         extra_config: serde_json::from_str(&project.config_paths).unwrap_or_default(),
-        dump: dump.as_ref().map(|d| d.path.clone()),
+        dump: ready_rx,
         roles: roles.as_ref().map(|d| d.path.clone()),
-        components: wanted,
+        components: order.clone(),
         started: started_tx,
     };
 
-    let mut writer = destination
-        .writer(&key)
-        .await
-        .map_err(|e| destination_error(&e))?;
+    let mut writer = match destination.writer(&key).await {
+        Ok(writer) => writer,
+        Err(e) => {
+            // Dropping the dump ends pg_dump and removes its file.
+            drop(dumping.take());
+            if let Some(url) = &dump_url {
+                child::end_leftover_sessions(url, &job.id).await;
+            }
+            return Err(destination_error(&e));
+        }
+    };
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let builder = tokio::task::spawn_blocking(move || {
         build_artifact(sources, meta, compression, &recipients, sender)
     });
+    let mut dump: Option<SpooledDump> = None;
     let mut upload_error = None;
     let mut uploaded = 0u64;
-    let mut step = (wanted.first().copied().unwrap_or("archive"), 1u32);
+    let mut step = (order.first().copied().unwrap_or("archive"), 1u32);
     loop {
         tokio::select! {
             chunk = receiver.recv() => {
@@ -313,11 +352,33 @@ async fn produce(
             }
             Some(component) = started_rx.recv() => {
                 step = (component, step_of(component));
-                // The database step began with its dump.
                 if component != "database" {
                     reporter
                         .step(component, &format!("Archiving {component}"), step.1, total)
                         .await;
+                } else if !database_reported {
+                    database_reported = true;
+                    let message = if dumping.is_some() {
+                        "Dumping the database"
+                    } else {
+                        "Archiving the database dump"
+                    };
+                    reporter.step(component, message, step.1, total).await;
+                }
+            }
+            dumped = async { dumping.as_mut().expect("guarded").await }, if dumping.is_some() => {
+                dumping = None;
+                match dumped {
+                    Ok(spooled) => {
+                        if let Some(ready) = dump_ready.take() {
+                            let _ = ready.send(spooled.path.clone());
+                        }
+                        dump = Some(spooled);
+                    }
+                    Err(e) => {
+                        upload_error = Some(e);
+                        break;
+                    }
                 }
             }
             _ = reporter.cancelled() => {
@@ -326,7 +387,19 @@ async fn produce(
             }
         }
     }
+    // The builder may be waiting for the dump: this tells it there will be
+    // none (it then fails, and the error above is the one reported).
+    drop(dump_ready);
     drop(receiver);
+    if dumping.is_some() {
+        // Dropping the dump ends pg_dump and removes its file; its server
+        // session may live on (a backend waiting for a lock does not notice
+        // its client is gone), so it is ended too.
+        drop(dumping.take());
+        if let Some(url) = &dump_url {
+            child::end_leftover_sessions(url, &job.id).await;
+        }
+    }
     let built = builder
         .await
         .map_err(|e| JobError::Abort(format!("artifact builder panicked: {e}")))?;
@@ -451,10 +524,12 @@ struct Sources {
     storage: PathBuf,
     functions: PathBuf,
     extra_config: Vec<String>,
-    dump: Option<PathBuf>,
+    /// The spooled dump's path, sent once `pg_dump` has finished (dropped
+    /// unsent when it fails or the job is cancelled).
+    dump: Option<tokio::sync::oneshot::Receiver<PathBuf>>,
     /// The cluster's own roles (`pg_dumpall --roles-only`, Supabase's left out).
     roles: Option<PathBuf>,
-    components: &'static [&'static str],
+    components: Vec<&'static str>,
     /// Told each component as the builder starts it.
     started: tokio::sync::mpsc::UnboundedSender<&'static str>,
 }
@@ -488,7 +563,7 @@ impl Write for ChannelWriter {
 }
 
 fn build_artifact(
-    sources: Sources,
+    mut sources: Sources,
     meta: ManifestMeta,
     compression: Compression,
     recipients: &[age::x25519::Recipient],
@@ -499,16 +574,19 @@ fn build_artifact(
         sender,
     };
     let mut builder = ArtifactBuilder::sealed(sink, compression, recipients)?;
-    for component in sources.components {
+    for component in std::mem::take(&mut sources.components) {
         let _ = sources.started.send(component);
-        match *component {
+        match component {
             "database" => {
                 if let Some(path) = &sources.roles {
                     let file = std::fs::File::open(path)?;
                     let size = file.metadata()?.len();
                     builder.add_reader("database/roles.sql", file, size, None)?;
                 }
-                if let Some(path) = &sources.dump {
+                if let Some(ready) = sources.dump.take() {
+                    let path = ready
+                        .blocking_recv()
+                        .map_err(|_| std::io::Error::other("the database dump did not finish"))?;
                     let file = std::fs::File::open(path)?;
                     let size = file.metadata()?.len();
                     builder.add_reader("database/database.dump", file, size, None)?;
