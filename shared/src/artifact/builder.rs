@@ -128,10 +128,15 @@ impl<W: Write> Encoder<W> {
 
 /// The compressing threads of one artifact: every core, at most 8.
 fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(1, 8)
+    // Read once: on Linux it reads the cgroup's files each time, which was
+    // measurable on the path of short jobs (bench-jobs-pipeline).
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(1, 8)
+    })
 }
 
 /// Writes an artifact into `W` (a file, or a pipe to the destination).
