@@ -353,7 +353,7 @@ async fn end(
         Err(e) => {
             batch.events.push(NewEvent::now(
                 events::ERROR,
-                &events::failure(&job.kind, &e.to_string(), duration_ms),
+                &events::failure(&job.kind, cause.as_deref().unwrap_or_default(), duration_ms),
             ));
             Ending::Finish(Some(e))
         }
@@ -366,13 +366,15 @@ async fn end(
         // is taken over once it is stale.
         Err(e) => return Err(format!("control plane: {e}").into()),
     };
+    // The upload goes before anyone is told the job ended: a client that
+    // hears of the end finds nothing of it left.
+    if !retry {
+        super::import::remove_upload(ctx, job).await;
+    }
     if !ended.ours {
         tracing::warn!(job = %job.id, "the job was taken over by another worker; its end is theirs");
     } else if !batch.events.is_empty() {
         ctx.events.publish(&job.id).await;
-    }
-    if !retry {
-        super::import::remove_upload(ctx, job).await;
     }
     for id in ended.woken {
         if let Err(e) = ctx.queue.push(&id).await {
