@@ -321,11 +321,7 @@ async fn produce(
     let mut writer = match destination.writer(&key).await {
         Ok(writer) => writer,
         Err(e) => {
-            // Dropping the dump ends pg_dump and removes its file.
-            drop(dumping.take());
-            if let Some(url) = &dump_url {
-                child::end_leftover_sessions(url, &job.id).await;
-            }
+            stop_dump(&mut dumping, dump_url.as_deref(), &job.id).await;
             return Err(destination_error(&e));
         }
     };
@@ -391,15 +387,7 @@ async fn produce(
     // none (it then fails, and the error above is the one reported).
     drop(dump_ready);
     drop(receiver);
-    if dumping.is_some() {
-        // Dropping the dump ends pg_dump and removes its file; its server
-        // session may live on (a backend waiting for a lock does not notice
-        // its client is gone), so it is ended too.
-        drop(dumping.take());
-        if let Some(url) = &dump_url {
-            child::end_leftover_sessions(url, &job.id).await;
-        }
-    }
+    stop_dump(&mut dumping, dump_url.as_deref(), &job.id).await;
     let built = builder
         .await
         .map_err(|e| JobError::Abort(format!("artifact builder panicked: {e}")))?;
@@ -472,6 +460,18 @@ async fn produce(
             "the destination does not show the artifact".into(),
         )),
         Err(e) => Err(destination_error(&e)),
+    }
+}
+
+/// Stops a dump that is still running: dropping it ends `pg_dump` and
+/// removes its file; its server session may live on (a backend waiting for
+/// a lock does not notice its client is gone), so it is ended too.
+async fn stop_dump<F>(dumping: &mut Option<F>, url: Option<&str>, job_id: &str) {
+    if dumping.take().is_none() {
+        return;
+    }
+    if let Some(url) = url {
+        child::end_leftover_sessions(url, job_id).await;
     }
 }
 

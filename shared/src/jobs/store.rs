@@ -79,10 +79,10 @@ pub enum Claim {
 ///
 /// One UPDATE decides, so two workers cannot both take a job, nor two
 /// conflicting jobs of a project both start: SQLite runs one writer at a
-/// time, and on PostgreSQL every claim for a project first takes that
-/// project's advisory lock (shared for a backup, exclusive for a job that
-/// writes the project), so the `NOT EXISTS` of one conflicting claim sees
-/// the other.
+/// time, and on PostgreSQL (the `supascale_claim` function) every claim
+/// for a project first takes that project's advisory lock (shared for a
+/// backup, exclusive for a job that writes the project), so the
+/// `NOT EXISTS` of one conflicting claim sees the other.
 pub async fn claim(db: &DatabaseConnection, job_id: &str, worker: &str) -> Result<Claim, DbErr> {
     if db.get_database_backend() == DbBackend::Postgres {
         return claim_postgres(db, job_id, worker).await;
@@ -93,21 +93,6 @@ pub async fn claim(db: &DatabaseConnection, job_id: &str, worker: &str) -> Resul
     let now = now();
     let stale = now - chrono::Duration::from_std(STALE_AFTER).expect("small duration");
     let txn = db.begin().await?;
-    if let (Some(project), DbBackend::Postgres) = (&row.project_id, txn.get_database_backend()) {
-        // Readers share the lock (backups of one project never wait for
-        // each other to be claimed); a writer's claim excludes all others.
-        let lock = if EXCLUSIVE_KINDS.contains(&row.kind.as_str()) {
-            "SELECT pg_advisory_xact_lock(hashtext($1))"
-        } else {
-            "SELECT pg_advisory_xact_lock_shared(hashtext($1))"
-        };
-        txn.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            lock,
-            [format!("supascale-project:{project}").into()],
-        ))
-        .await?;
-    }
     let mut update = job::Entity::update_many()
         .col_expr(job::Column::Status, Expr::value(STATUS_IN_PROGRESS))
         .col_expr(job::Column::Attempt, Expr::col(job::Column::Attempt).add(1))
@@ -140,31 +125,31 @@ pub async fn claim(db: &DatabaseConnection, job_id: &str, worker: &str) -> Resul
         update = update.filter(Expr::not_exists(conflicting(&row, project, now)));
     }
     let taken = update.exec_with_returning(&txn).await?.pop();
-    if taken.is_none() {
-        let blocker = match &row.project_id {
-            Some(project) => {
-                let ids: Vec<String> = job::Entity::find()
-                    .select_only()
-                    .column(job::Column::Id)
-                    .filter(job::Column::Id.in_subquery(conflicting(&row, project, now)))
-                    .into_tuple()
-                    .all(&txn)
-                    .await?;
-                match ids.first() {
-                    Some(id) => job::Entity::find_by_id(id.clone()).one(&txn).await?,
-                    None => None,
-                }
-            }
-            None => None,
-        };
-        txn.commit().await?;
-        return Ok(match blocker {
-            Some(blocker) if row.status == STATUS_PENDING => Claim::Busy { blocker },
-            _ => Claim::NotNow,
-        });
-    }
+    let claim = match taken {
+        Some(job) => Claim::Taken(job),
+        None => not_taken(&txn, &row, now).await?,
+    };
     txn.commit().await?;
-    Ok(taken.map(Claim::Taken).unwrap_or(Claim::NotNow))
+    Ok(claim)
+}
+
+/// Why `row` was not taken: `Busy` with the running job it must wait for,
+/// or `NotNow`.
+async fn not_taken(
+    db: &impl ConnectionTrait,
+    row: &job::Model,
+    now: DateTime<Utc>,
+) -> Result<Claim, DbErr> {
+    let blocker = match (&row.project_id, row.status == STATUS_PENDING) {
+        (Some(project), true) => {
+            job::Entity::find()
+                .filter(job::Column::Id.in_subquery(conflicting(row, project, now)))
+                .one(db)
+                .await?
+        }
+        _ => None,
+    };
+    Ok(blocker.map_or(Claim::NotNow, |blocker| Claim::Busy { blocker }))
 }
 
 /// PostgreSQL: the same rules in one round trip (the `supascale_claim`
@@ -194,22 +179,10 @@ async fn claim_postgres(
     if let Some(job) = taken {
         return Ok(Claim::Taken(job));
     }
-    let Some(row) = job::Entity::find_by_id(job_id.to_string()).one(db).await? else {
-        return Ok(Claim::NotNow);
-    };
-    let blocker = match (&row.project_id, row.status == STATUS_PENDING) {
-        (Some(project), true) => {
-            job::Entity::find()
-                .filter(job::Column::Id.in_subquery(conflicting(&row, project, now)))
-                .one(db)
-                .await?
-        }
-        _ => None,
-    };
-    Ok(match blocker {
-        Some(blocker) => Claim::Busy { blocker },
-        None => Claim::NotNow,
-    })
+    match job::Entity::find_by_id(job_id.to_string()).one(db).await? {
+        Some(row) => not_taken(db, &row, now).await,
+        None => Ok(Claim::NotNow),
+    }
 }
 
 /// The running jobs of `project` that `row` may not run beside: any job
@@ -237,6 +210,11 @@ fn conflicting(row: &job::Model, project: &str, now: DateTime<Utc>) -> SelectSta
 /// its `progress` (see the worker's `wait_behind`).
 pub const WAITING_STEP: &str = "waiting";
 
+/// A `LIKE` pattern that matches the `progress` of a waiting job.
+fn waiting_progress() -> String {
+    format!("%\"step\":\"{WAITING_STEP}\"%")
+}
+
 /// Makes the jobs of `project` that wait behind another job due now, and
 /// returns them (to be delivered again): called when a job of the project
 /// ends. Other pending jobs are left alone; they are in the queue already.
@@ -250,7 +228,7 @@ pub async fn wake_waiting(db: &impl ConnectionTrait, project: &str) -> Result<Ve
         // without this, each ending job would read all of its project's
         // pending jobs.
         .filter(job::Column::RunAfter.is_not_null())
-        .filter(job::Column::Progress.like(format!("%\"step\":\"{WAITING_STEP}\"%")))
+        .filter(job::Column::Progress.like(waiting_progress()))
         .order_by_asc(job::Column::EnqueuedAt)
         .limit(50)
         .into_tuple()
@@ -493,7 +471,7 @@ async fn end_job_postgres(
         ),
     };
     // `fin` ends the row if it is still ours; the events and the wake-up
-    // hang on it. A released job keeps its secrets and `finished_at`.
+    // (`woke`: the rules of `wake_waiting`) hang on it. A released job keeps its secrets and `finished_at`.
     let sql = format!(
         "WITH fin AS (UPDATE jobs SET \
              status = $4, error = $5, error_kind = $6, run_after = $7, \
@@ -529,7 +507,7 @@ async fn end_job_postgres(
                 worker.into(),
                 batch.progress.clone().into(),
                 batch.warnings.clone().into(),
-                format!("%\"step\":\"{WAITING_STEP}\"%").into(),
+                waiting_progress().into(),
             ],
         ))
         .await?
