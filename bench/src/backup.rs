@@ -326,22 +326,14 @@ async fn main() {
     );
     println!("machine: nproc {nproc}, load average {}", load_average());
 
-    let generated = Instant::now();
-    let project = refproject::make(args.scale, args.seed, false).await;
+    let supascale_bench::Reference {
+        project,
+        database_bytes: db_bytes,
+        file_count,
+        file_bytes,
+    } = supascale_bench::make_reference(args.scale, args.seed).await;
     let url = project.database.url.clone();
     let root = project.root.path().to_path_buf();
-    let db_bytes: u64 = psql(&url, "SELECT pg_database_size(current_database())")
-        .parse()
-        .unwrap();
-    let (file_count, file_bytes) = count_files(&root);
-    println!(
-        "project: database {:.1} MiB, {} files ({:.1} MiB) in {} (generated in {:.1} s)",
-        db_bytes as f64 / MIB,
-        file_count,
-        file_bytes as f64 / MIB,
-        root.display(),
-        generated.elapsed().as_secs_f64()
-    );
 
     let pg_dump = pg_dump_path(&url);
     let zstd = zstd_path();

@@ -63,3 +63,40 @@ pub fn count_files(dir: &Path) -> (u64, u64) {
     }
     (count, bytes)
 }
+
+/// The reference project a benchmark works on, with its sizes.
+pub struct Reference {
+    pub project: supascale_tests::refproject::RefProject,
+    pub database_bytes: u64,
+    pub file_count: u64,
+    pub file_bytes: u64,
+}
+
+/// Builds the reference project (`refproject::make`) and prints its sizes
+/// and how long it took, the same line for every benchmark.
+pub async fn make_reference(scale: f64, seed: u64) -> Reference {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let generated = std::time::Instant::now();
+    let project = supascale_tests::refproject::make(scale, seed, false).await;
+    let database_bytes: u64 = supascale_tests::psql(
+        &project.database.url,
+        "SELECT pg_database_size(current_database())",
+    )
+    .parse()
+    .expect("a database size");
+    let (file_count, file_bytes) = count_files(project.root.path());
+    println!(
+        "project: database {:.1} MiB, {} files ({:.1} MiB) in {} (generated in {:.1} s)",
+        database_bytes as f64 / MIB,
+        file_count,
+        file_bytes as f64 / MIB,
+        project.root.path().display(),
+        generated.elapsed().as_secs_f64()
+    );
+    Reference {
+        project,
+        database_bytes,
+        file_count,
+        file_bytes,
+    }
+}

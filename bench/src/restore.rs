@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use supascale_bench::{count_files, cpu_seconds, load_average, status_kib};
+use supascale_bench::{cpu_seconds, load_average, status_kib};
 use supascale_shared::artifact::Manifest;
 use supascale_tests::refproject::{RefProject, table_fingerprints, tree_snapshot};
 use supascale_tests::{Backend, ControlPlane, Launch, PG_ADMIN_URL, TestApp, psql};
@@ -78,22 +78,15 @@ async fn main() {
     );
     println!("machine: nproc {nproc}, load average {}", load_average());
 
-    let generated = Instant::now();
-    let project = supascale_tests::refproject::make(args.scale, args.seed, false).await;
+    let supascale_bench::Reference {
+        project,
+        database_bytes,
+        file_count,
+        file_bytes,
+    } = supascale_bench::make_reference(args.scale, args.seed).await;
     let url = project.database.url.clone();
     let root = project.root.path().to_path_buf();
-    let db_bytes: i64 = psql(&url, "SELECT pg_database_size(current_database())")
-        .parse()
-        .unwrap();
-    let (file_count, file_bytes) = count_files(&root);
-    println!(
-        "project: database {:.1} MiB, {} files ({:.1} MiB) in {} (generated in {:.1} s)",
-        db_bytes as f64 / MIB,
-        file_count,
-        file_bytes as f64 / MIB,
-        root.display(),
-        generated.elapsed().as_secs_f64()
-    );
+    let db_bytes = database_bytes as i64;
     let tables_before = table_fingerprints(&url);
     let tree_before = tree_snapshot(&root);
 
