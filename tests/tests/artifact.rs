@@ -242,3 +242,91 @@ fn a_source_that_changes_size_never_corrupts_the_archive() {
         vec![7u8; 20]
     );
 }
+
+/// The database dump is compressed on its own while `pg_dump` runs and its
+/// blocks are copied into the artifact: the system `tar` must still read
+/// every entry around it, at any size (the 512-byte padding included).
+fn precompressed_round_trip(compression: Compression) {
+    use supascale_shared::artifact::compress_stream;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("project");
+    make_tree(&source);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    // Random bytes, then text: blocks that compress and blocks that do not.
+    let mut big = vec![0u8; 1_300_001];
+    rng.fill(&mut big[..]);
+    big.extend(b"COPY public.t (id, name) FROM stdin;\n".repeat(90_000));
+    let dumps: Vec<(String, Vec<u8>)> = [vec![], vec![b'x'], vec![7u8; 512], vec![9u8; 513], big]
+        .into_iter()
+        .enumerate()
+        .map(|(i, bytes)| (format!("database/part-{i}.dump"), bytes))
+        .collect();
+
+    let artifact = work.path().join(format!("a.{}", compression.extension()));
+    let mut builder =
+        ArtifactBuilder::new(std::fs::File::create(&artifact).unwrap(), compression).unwrap();
+    builder
+        .add_tree(&source.join("storage"), "storage")
+        .unwrap();
+    for (name, bytes) in &dumps {
+        let (entry, compressed) =
+            compress_stream(bytes.as_slice(), Vec::new(), compression).unwrap();
+        assert_eq!(entry.size, bytes.len() as u64);
+        builder
+            .add_precompressed(name, compressed.as_slice(), &entry)
+            .unwrap();
+    }
+    builder
+        .add_tree(&source.join("functions"), "functions")
+        .unwrap();
+    let (_, summary) = builder.finish(meta()).unwrap();
+
+    let out = work.path().join("out");
+    extract(&artifact, &out, compression);
+    for (name, bytes) in &dumps {
+        assert_eq!(&std::fs::read(out.join(name)).unwrap(), bytes, "{name}");
+        let entry = summary
+            .manifest
+            .entries
+            .iter()
+            .find(|e| &e.path == name)
+            .expect(name);
+        assert_eq!(entry.size, bytes.len() as u64);
+        assert_eq!(
+            entry.sha256.as_deref(),
+            Some(hex::encode(Sha256::digest(bytes)).as_str())
+        );
+    }
+    // What follows the spliced entries is intact too.
+    assert_eq!(
+        std::fs::read(out.join("functions/hello-world/index.ts")).unwrap(),
+        std::fs::read(source.join("functions/hello-world/index.ts")).unwrap()
+    );
+    assert!(out.join("manifest.json").is_file());
+    assert_eq!(
+        summary.bytes,
+        std::fs::metadata(&artifact).unwrap().len(),
+        "the summary counts the copied blocks"
+    );
+}
+
+#[test]
+fn a_gzip_artifact_with_a_precompressed_dump_opens_with_tar() {
+    precompressed_round_trip(Compression::Gzip);
+}
+
+#[test]
+fn a_zstd_artifact_with_a_precompressed_dump_opens_with_tar() {
+    precompressed_round_trip(Compression::Zstd);
+}
+
+#[test]
+fn a_dump_compressed_otherwise_is_refused() {
+    use supascale_shared::artifact::compress_stream;
+    let (entry, compressed) = compress_stream(&b"dump"[..], Vec::new(), Compression::Zstd).unwrap();
+    let mut builder = ArtifactBuilder::new(Vec::new(), Compression::Gzip).unwrap();
+    let error = builder
+        .add_precompressed("database/database.dump", compressed.as_slice(), &entry)
+        .unwrap_err();
+    assert!(error.to_string().contains("compressed with"), "{error}");
+}

@@ -68,14 +68,27 @@ async fn a_job_survives_redis_losing_everything() {
     worker.wait_exit(Duration::from_secs(30));
 }
 
-/// `pg_dump` processes of `job_id` on this machine (their `--file` names
-/// the job).
+/// `pg_dump` processes of `job_id` on this machine: their environment
+/// names the job's session (`PGAPPNAME`).
 fn dump_processes(job_id: &str) -> usize {
-    let out = Command::new("pgrep")
-        .args(["-f", &format!("pg_dump.*{job_id}")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().count()
+    let wanted = format!("PGAPPNAME=supascale-job-{job_id}");
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    processes
+        .filter_map(|p| p.ok())
+        .filter(|p| {
+            let dir = p.path();
+            let is_dump = std::fs::read_to_string(dir.join("comm"))
+                .map(|name| name.trim() == "pg_dump")
+                .unwrap_or(false);
+            // A process that is gone, or not ours, has no environment to read.
+            is_dump
+                && std::fs::read(dir.join("environ"))
+                    .map(|env| env.split(|b| *b == 0).any(|v| v == wanted.as_bytes()))
+                    .unwrap_or(false)
+        })
+        .count()
 }
 
 /// A worker killed with SIGKILL in the middle of a backup: its `pg_dump`

@@ -7,6 +7,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
+use super::compress::{Compressor, Precompressed};
 use super::manifest::{FORMAT_VERSION, Manifest, ManifestEntry, ManifestMeta};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,14 @@ impl Compression {
             "gzip" => Some(Self::Gzip),
             "zstd" => Some(Self::Zstd),
             _ => None,
+        }
+    }
+
+    /// `gz` / `zst`
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Self::Gzip => "gz",
+            Self::Zstd => "zst",
         }
     }
 
@@ -96,52 +105,9 @@ impl<W: Write> Sealed<W> {
     }
 }
 
-enum Encoder<W: Write> {
-    Gzip(super::ParallelGzip<Sealed<W>>),
-    Zstd(zstd::stream::write::Encoder<'static, Sealed<W>>),
-}
-
-impl<W: Write> Write for Encoder<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Self::Gzip(e) => e.write(buf),
-            Self::Zstd(e) => e.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Self::Gzip(e) => e.flush(),
-            Self::Zstd(e) => e.flush(),
-        }
-    }
-}
-
-impl<W: Write> Encoder<W> {
-    fn finish(self) -> io::Result<Tally<W>> {
-        match self {
-            Self::Gzip(e) => e.finish()?.finish(),
-            Self::Zstd(e) => e.finish()?.finish(),
-        }
-    }
-}
-
-/// The compressing threads of one artifact: every core, at most 8.
-fn cores() -> usize {
-    // Read once: on Linux it reads the cgroup's files each time, which was
-    // measurable on the path of short jobs (bench-jobs-pipeline).
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CORES.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(1, 8)
-    })
-}
-
 /// Writes an artifact into `W` (a file, or a pipe to the destination).
 pub struct ArtifactBuilder<W: Write> {
-    tar: tar::Builder<Encoder<W>>,
+    tar: tar::Builder<Compressor<Sealed<W>>>,
     entries: Vec<ManifestEntry>,
     warnings: Vec<String>,
     pax_sequence: u64,
@@ -174,19 +140,7 @@ impl<W: Write> ArtifactBuilder<W> {
             .map_err(io::Error::other)?;
             Sealed::Age(Box::new(encryptor.wrap_output(tally)?))
         };
-        let encoder = match compression {
-            // Every core (see `pargz`); `pigz` does the same.
-            Compression::Gzip => Encoder::Gzip(super::ParallelGzip::new(sealed, 6, cores())),
-            Compression::Zstd => {
-                let mut encoder = zstd::stream::write::Encoder::new(sealed, 3)?;
-                // Every core: zstd's own worker threads, on 2 MiB jobs (the
-                // default at level 3 is 8 MiB, each held in and out per
-                // worker: most of a zstd backup's peak RSS).
-                encoder.multithread(cores() as u32)?;
-                encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(2 << 20))?;
-                Encoder::Zstd(encoder)
-            }
-        };
+        let encoder = Compressor::new(sealed, compression)?;
         let mut tar = tar::Builder::new(encoder);
         tar.follow_symlinks(false);
         Ok(Self {
@@ -291,19 +245,7 @@ impl<W: Write> ArtifactBuilder<W> {
     ) -> io::Result<()> {
         let mut header = match metadata {
             Some(m) => self.header(m, EntryType::Regular, size),
-            None => {
-                let mut h = Header::new_gnu();
-                h.set_entry_type(EntryType::Regular);
-                h.set_size(size);
-                h.set_mode(0o600);
-                h.set_mtime(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0),
-                );
-                h
-            }
+            None => produced_file_header(size, 0o600),
         };
         let mut exact = ExactLength {
             inner: reader,
@@ -329,6 +271,43 @@ impl<W: Write> ArtifactBuilder<W> {
             kind: "file".into(),
             size,
             sha256: Some(hex::encode(exact.hasher.finalize())),
+            link: None,
+        });
+        Ok(())
+    }
+
+    /// Adds a file of ours (`0600`, the time now) whose bytes were
+    /// compressed on their own ([`super::compress_stream`], with the
+    /// artifact's compression), read from `compressed`: they are copied in
+    /// between two blocks of the artifact, not compressed again. The
+    /// archive path must fit a plain tar header (100 bytes).
+    pub fn add_precompressed(
+        &mut self,
+        archive_path: &str,
+        mut compressed: impl Read,
+        entry: &Precompressed,
+    ) -> io::Result<()> {
+        let compressor = self.tar.get_mut();
+        if compressor.compression() != entry.compression {
+            return Err(io::Error::other(format!(
+                "{archive_path} was compressed with {:?}, the artifact with {:?}",
+                entry.compression,
+                compressor.compression()
+            )));
+        }
+        let mut header = produced_file_header(entry.size, 0o600);
+        header.set_path(archive_path)?;
+        header.set_cksum();
+        compressor.write_all(header.as_bytes())?;
+        io::copy(&mut compressed, compressor.end_block()?)?;
+        // The entry's data is padded to whole 512-byte records.
+        let padding = (512 - entry.size % 512) % 512;
+        compressor.write_all(&[0u8; 512][..padding as usize])?;
+        self.entries.push(ManifestEntry {
+            path: archive_path.to_string(),
+            kind: "file".into(),
+            size: entry.size,
+            sha256: Some(entry.sha256.clone()),
             link: None,
         });
         Ok(())
@@ -404,20 +383,11 @@ impl<W: Write> ArtifactBuilder<W> {
             warnings: std::mem::take(&mut self.warnings),
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
-        let mut header = Header::new_gnu();
-        header.set_entry_type(EntryType::Regular);
-        header.set_size(json.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        );
+        let mut header = produced_file_header(json.len() as u64, 0o644);
         self.tar
             .append_data(&mut header, "manifest.json", json.as_slice())?;
         let encoder = self.tar.into_inner()?;
-        let mut tally = encoder.finish()?;
+        let mut tally = encoder.finish()?.finish()?;
         tally.flush()?;
         let summary = ArtifactSummary {
             bytes: tally.bytes,
@@ -430,6 +400,22 @@ impl<W: Write> ArtifactBuilder<W> {
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
+}
+
+/// The header of a file the backup produced (a dump, the manifest): no
+/// source metadata, so `mode` and the time now.
+fn produced_file_header(size: u64, mode: u32) -> Header {
+    let mut header = Header::new_gnu();
+    header.set_entry_type(EntryType::Regular);
+    header.set_size(size);
+    header.set_mode(mode);
+    header.set_mtime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    );
+    header
 }
 
 /// One PAX record: `"<len> <key>=<value>\n"`, where `<len>` counts the

@@ -12,9 +12,11 @@
 //! streams: no file is held in memory, whatever its size.
 
 mod builder;
+mod compress;
 mod manifest;
 mod pargz;
 
 pub use builder::{ArtifactBuilder, ArtifactSummary, Compression};
+pub use compress::{Compressor, Precompressed, compress_stream};
 pub use manifest::{Manifest, ManifestEntry, ManifestMeta};
 pub use pargz::ParallelGzip;

@@ -110,6 +110,17 @@ impl<W: Write> ParallelGzip<W> {
             .ok_or_else(|| io::Error::other("finished"))
     }
 
+    /// Compresses what is written so far as whole members, writes them all,
+    /// and gives the sink (what is written there directly must be whole
+    /// members too). The next write starts a new block.
+    pub fn end_member(&mut self) -> io::Result<&mut W> {
+        self.dispatch()?;
+        while self.next < self.sent {
+            self.collect_one()?;
+        }
+        self.sink()
+    }
+
     /// Compresses what is left, writes every member in order, and returns
     /// the sink.
     pub fn finish(mut self) -> io::Result<W> {

@@ -6,6 +6,9 @@
 //! four. The database dump is spooled to a temporary file, because a tar
 //! entry needs its size up front; the file is removed afterwards. The files
 //! are archived while `pg_dump` runs, and the database entries come last.
+//! The spool is compressed as `pg_dump` writes it, with the artifact's own
+//! compression, so that compressing the dump overlaps dumping it; its
+//! blocks are then copied into the artifact as they are.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,7 +21,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use super::reporter::Reporter;
 use super::worker::JobContext;
 use super::{JobError, child};
-use crate::artifact::{ArtifactBuilder, ArtifactSummary, Compression, ManifestMeta};
+use crate::artifact::{ArtifactBuilder, ArtifactSummary, Compression, ManifestMeta, Precompressed};
 use crate::domain::CONFIG_ALLOWLIST;
 use crate::entities::{backup, job, project};
 use crate::pgtools;
@@ -283,7 +286,7 @@ async fn produce(
             child::end_leftover_sessions(&url, &job.id).await;
         }
         roles = Some(dump_roles(&pg_dumpall.path, &url, &spool_dir, &job.id).await?);
-        let (ready_tx, ready) = tokio::sync::oneshot::channel::<PathBuf>();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel::<(PathBuf, Precompressed)>();
         dump_ready = Some(ready_tx);
         ready_rx = Some(ready);
         let pg_dump_path = pg_dump.path.clone();
@@ -291,7 +294,7 @@ async fn produce(
         let dump_job = job.id.clone();
         let dump_from = url.clone();
         dumping = Some(Box::pin(async move {
-            dump_database(&pg_dump_path, &dump_from, &dump_dir, &dump_job).await
+            dump_database(&pg_dump_path, &dump_from, &dump_dir, &dump_job, compression).await
         }));
         dump_url = Some(url);
     }
@@ -329,7 +332,7 @@ async fn produce(
     let builder = tokio::task::spawn_blocking(move || {
         build_artifact(sources, meta, compression, &recipients, sender)
     });
-    let mut dump: Option<SpooledDump> = None;
+    let mut dump: Option<CompressedDump> = None;
     let mut upload_error = None;
     let mut uploaded = 0u64;
     let mut step = (order.first().copied().unwrap_or("archive"), 1u32);
@@ -367,7 +370,7 @@ async fn produce(
                 match dumped {
                     Ok(spooled) => {
                         if let Some(ready) = dump_ready.take() {
-                            let _ = ready.send(spooled.path.clone());
+                            let _ = ready.send((spooled.spool.path.clone(), spooled.entry.clone()));
                         }
                         dump = Some(spooled);
                     }
@@ -526,7 +529,7 @@ struct Sources {
     extra_config: Vec<String>,
     /// The spooled dump's path, sent once `pg_dump` has finished (dropped
     /// unsent when it fails or the job is cancelled).
-    dump: Option<tokio::sync::oneshot::Receiver<PathBuf>>,
+    dump: Option<tokio::sync::oneshot::Receiver<(PathBuf, Precompressed)>>,
     /// The cluster's own roles (`pg_dumpall --roles-only`, Supabase's left out).
     roles: Option<PathBuf>,
     components: Vec<&'static str>,
@@ -584,12 +587,12 @@ fn build_artifact(
                     builder.add_reader("database/roles.sql", file, size, None)?;
                 }
                 if let Some(ready) = sources.dump.take() {
-                    let path = ready
+                    let (path, entry) = ready
                         .blocking_recv()
                         .map_err(|_| std::io::Error::other("the database dump did not finish"))?;
-                    let file = std::fs::File::open(path)?;
-                    let size = file.metadata()?.len();
-                    builder.add_reader("database/database.dump", file, size, None)?;
+                    let file =
+                        std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(path)?);
+                    builder.add_precompressed("database/database.dump", file, &entry)?;
                 }
             }
             "storage" => builder.add_tree(&sources.storage, "storage")?,
@@ -765,16 +768,15 @@ async fn dump_roles(
     Ok(spooled)
 }
 
-/// Runs a Postgres client program of the job against `url` (the password in
-/// the environment, never the command line; see [`child::command`]); a
-/// failure is its last line of stderr, without any URL.
-async fn run_pg_tool(
+/// A Postgres client program of the job set up against `url` (the password
+/// in the environment, never the command line; see [`child::command`]),
+/// with its name for messages.
+fn pg_tool_command(
     program: &Path,
     url: &str,
     job_id: &str,
     args: &[&std::ffi::OsStr],
-    stdout: std::process::Stdio,
-) -> Result<std::process::Output, JobError> {
+) -> Result<(tokio::process::Command, String), JobError> {
     let name = program
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
@@ -790,16 +792,34 @@ async fn run_pg_tool(
         .arg("--no-password")
         .arg("--dbname")
         .arg(&address)
-        .stdout(stdout)
         .stderr(std::process::Stdio::piped());
+    Ok((command, name))
+}
+
+/// A failed run of `name`: its last line of stderr, without any URL.
+fn pg_tool_failed(name: &str, stderr: &[u8]) -> JobError {
+    let stderr = String::from_utf8_lossy(stderr);
+    let message = crate::redact::redact_urls(stderr.lines().last().unwrap_or("failed"));
+    JobError::Abort(format!("{name}: {message}"))
+}
+
+/// Runs a Postgres client program of the job against `url`
+/// ([`pg_tool_command`]); a failure is [`pg_tool_failed`].
+async fn run_pg_tool(
+    program: &Path,
+    url: &str,
+    job_id: &str,
+    args: &[&std::ffi::OsStr],
+    stdout: std::process::Stdio,
+) -> Result<std::process::Output, JobError> {
+    let (mut command, name) = pg_tool_command(program, url, job_id, args)?;
     let output = command
+        .stdout(stdout)
         .output()
         .await
         .map_err(|e| JobError::Abort(format!("cannot run {name}: {e}")))?;
     if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let message = crate::redact::redact_urls(stderr.lines().last().unwrap_or("failed"));
-        return Err(JobError::Abort(format!("{name}: {message}")));
+        return Err(pg_tool_failed(&name, &output.stderr));
     }
     Ok(output)
 }
@@ -818,34 +838,71 @@ pub(crate) fn split_password(url: &str) -> Result<(String, Option<String>), JobE
     Ok((parsed.to_string(), password))
 }
 
-/// `pg_dump -Fc` into the spool directory. The password goes through the
+/// The database dump, compressed as `pg_dump` wrote it, in the spool.
+struct CompressedDump {
+    spool: SpooledDump,
+    entry: Precompressed,
+}
+
+/// `pg_dump -Fc -Z0` into a pipe, compressed as it comes with the
+/// artifact's own compression into the spool directory: compressing the
+/// dump overlaps dumping it (as `pg_dump | zstd` does), and the artifact
+/// then copies the compressed blocks in. The password goes through the
 /// environment, never the command line, and the session is named after the
 /// job so that a retry can find what a dead attempt left open.
+///
+/// Written to a pipe, the dump's table of contents holds no data offsets;
+/// `pg_restore` finds the data by reading the file in order instead (the
+/// restore tests read these dumps with `-L` lists).
 async fn dump_database(
     pg_dump: &Path,
     url: &str,
     spool: &Path,
     job_id: &str,
-) -> Result<SpooledDump, JobError> {
+    compression: Compression,
+) -> Result<CompressedDump, JobError> {
     let dump = SpooledDump {
-        path: spool.join(format!("{job_id}.dump")),
+        path: spool.join(format!("{job_id}.dump.{}", compression.suffix())),
     };
-    run_pg_tool(
+    let file = std::fs::File::create(&dump.path).map_err(io_error)?;
+    let (pipe, pipe_input) = std::io::pipe().map_err(io_error)?;
+    let (mut command, name) = pg_tool_command(
         pg_dump,
         url,
         job_id,
-        &[
-            "--format=custom".as_ref(),
-            // The artifact compresses the whole stream; compressing twice
-            // costs CPU for nothing.
-            "--compress=0".as_ref(),
-            "--file".as_ref(),
-            dump.path.as_os_str(),
-        ],
-        std::process::Stdio::null(),
-    )
-    .await?;
-    Ok(dump)
+        &["--format=custom".as_ref(), "--compress=0".as_ref()],
+    )?;
+    command.stdout(pipe_input);
+    let spawned = command.spawn();
+    // The command holds our copy of the pipe's input: without dropping it,
+    // the compressing side would never see the end of the dump.
+    drop(command);
+    let mut dumping = spawned.map_err(|e| JobError::Abort(format!("cannot run {name}: {e}")))?;
+    let mut stderr = dumping.stderr.take().expect("piped");
+    let compressing = tokio::task::spawn_blocking(move || {
+        let sink = std::io::BufWriter::with_capacity(256 * 1024, file);
+        crate::artifact::compress_stream(pipe, sink, compression)
+    });
+    let finished = async {
+        let mut errors = Vec::new();
+        // Read beside the wait: a full stderr pipe would stall pg_dump.
+        let (status, _) = tokio::join!(
+            dumping.wait(),
+            tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut errors)
+        );
+        (status, errors)
+    };
+    let ((status, errors), compressed) = tokio::join!(finished, compressing);
+    // A spool that could not be written is the cause (pg_dump then fails
+    // on its closed pipe).
+    let (entry, _) = compressed
+        .map_err(|e| JobError::Abort(format!("the dump's compression panicked: {e}")))?
+        .map_err(io_error)?;
+    let status = status.map_err(|e| JobError::Abort(format!("cannot run {name}: {e}")))?;
+    if !status.success() {
+        return Err(pg_tool_failed(&name, &errors));
+    }
+    Ok(CompressedDump { spool: dump, entry })
 }
 
 #[cfg(test)]
