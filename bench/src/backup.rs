@@ -19,6 +19,10 @@
 //!    the whole cluster (`compress-type=gz` and `zst`), online, run as the
 //!    `postgres` user with a repository in a temporary folder.
 //!
+//! Variants 1 to 4 take turns `--runs` times (3 by default) and the
+//! summary takes each one's run of median wall time: on a shared machine a
+//! single run of either side can be off by a second.
+//!
 //! Then, unless `--skip-s3`, a `full` gzip backup to moto (S3) as MB/s.
 //! The external tools' CPU and peak RSS come from `wait4` (the peak is that
 //! of the largest single process of the pipeline).
@@ -26,7 +30,7 @@
 //! Build and run (release):
 //!   cargo build --release -p supascale-api -p supascale-worker -p supascale-bench
 //!   scripts/install-bench-tools   # pgBackRest (and zstd if missing) into target/bench-tools
-//!   target/release/bench-backup [--scale 10] [--seed 7] [--skip-pgbackrest] [--skip-s3]
+//!   target/release/bench-backup [--scale 10] [--seed 7] [--runs 3] [--skip-pgbackrest] [--skip-s3]
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -44,6 +48,7 @@ struct Args {
     seed: u64,
     skip_pgbackrest: bool,
     skip_s3: bool,
+    runs: usize,
 }
 
 fn parse_args() -> Args {
@@ -52,22 +57,24 @@ fn parse_args() -> Args {
         seed: 7,
         skip_pgbackrest: false,
         skip_s3: false,
+        runs: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
             "--skip-pgbackrest" => args.skip_pgbackrest = true,
             "--skip-s3" => args.skip_s3 = true,
-            "--scale" | "--seed" => {
+            "--scale" | "--seed" | "--runs" => {
                 let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-                if flag == "--scale" {
-                    args.scale = value.parse().expect("--scale X");
-                } else {
-                    args.seed = value.parse().expect("--seed N");
+                match flag.as_str() {
+                    "--scale" => args.scale = value.parse().expect("--scale X"),
+                    "--seed" => args.seed = value.parse().expect("--seed N"),
+                    _ => args.runs = value.parse::<usize>().expect("--runs N").max(1),
                 }
             }
             other => panic!(
-                "unknown flag {other} (flags: --scale X, --seed N, --skip-pgbackrest, --skip-s3)"
+                "unknown flag {other} (flags: --scale X, --seed N, --runs N, --skip-pgbackrest, \
+                 --skip-s3)"
             ),
         }
     }
@@ -269,6 +276,26 @@ async fn ours(app: &TestApp, label: &str, body: Value) -> Result<Row, String> {
         return Err(format!("the backup did not complete ({status}): {answer}"));
     }
     let artifact = backup["size"].as_u64().unwrap_or(0);
+    // With `BENCH_LOG=supascale_shared::jobs::backup=debug`: where the time went.
+    let logs = strip_ansi(&app.logs());
+    if let Some(job) = logs
+        .lines()
+        .rev()
+        .find(|l| l.contains("backup timeline"))
+        .and_then(|l| l.split("job=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+    {
+        for line in logs.lines().filter(|l| l.contains(job)) {
+            println!("  ({label}) {}", line.trim());
+        }
+        if let Some(line) = logs
+            .lines()
+            .rev()
+            .find(|l| l.contains("method=POST path=/api/v1/backups "))
+        {
+            println!("  ({label}) {}", line.trim());
+        }
+    }
     if let Some(id) = backup["id"].as_str() {
         let deleted = app
             .delete(&format!("/api/v1/backups/{id}"))
@@ -292,6 +319,37 @@ async fn ours(app: &TestApp, label: &str, body: Value) -> Result<Row, String> {
             anon_before as f64 / 1024.0
         ),
     })
+}
+
+/// The log without its terminal colours.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The run of median wall time; an error if any run failed.
+fn median_row(mut rows: Vec<Result<Row, String>>) -> Result<Row, String> {
+    if let Some(failed) = rows.iter().position(|r| r.is_err()) {
+        return rows.swap_remove(failed);
+    }
+    let mut rows: Vec<Row> = rows.into_iter().map(|r| r.expect("checked")).collect();
+    rows.sort_by(|a, b| a.wall.total_cmp(&b.wall));
+    let middle = rows.len() / 2;
+    rows.into_iter()
+        .nth(middle)
+        .ok_or_else(|| "no run".to_string())
 }
 
 fn print_header() {
@@ -411,69 +469,98 @@ async fn main() {
         std::fs::create_dir_all(&out).unwrap();
     };
 
-    // 1. Ours, full, gzip.
-    let label = "1 ours: full, gzip";
-    let ours_gzip = ours(&app, label, json!({"projectId": "bench", "type": "full"})).await;
-    print_row(&ours_gzip, label);
+    // 1-4 take turns `--runs` times (the machine's other load comes and
+    // goes); each figure below is the run of median wall time.
+    let (mut ours_gzip, mut pipeline_gzip, mut ours_zstd, mut pipeline_zstd) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=args.runs {
+        let run_label = |label: &str| {
+            if args.runs > 1 {
+                format!("{label} [run {run}]")
+            } else {
+                label.to_string()
+            }
+        };
+        // 1. Ours, full, gzip.
+        let label = "1 ours: full, gzip";
+        let row = ours(&app, label, json!({"projectId": "bench", "type": "full"})).await;
+        print_row(&row, &run_label(label));
+        ours_gzip.push(row);
 
-    // 2. The shell pipeline, one after the other.
-    let label = "2 pg_dump -Fc, then tar -czf (sequential)";
-    fresh_out();
-    let pipeline_gzip = sequential_gzip(label, &pg_dump, &url, root_s, &out, &logs);
-    print_row(&pipeline_gzip, label);
+        // 2. The shell pipeline, one after the other.
+        let label = "2 pg_dump -Fc, then tar -czf (sequential)";
+        fresh_out();
+        let row = sequential_gzip(label, &pg_dump, &url, root_s, &out, &logs);
+        print_row(&row, &run_label(label));
+        pipeline_gzip.push(row);
 
-    // 3. Ours, full, zstd.
-    let label = "3 ours: full, zstd";
-    let ours_zstd = ours(
-        &app,
-        label,
-        json!({"projectId": "bench", "type": "full", "compression": "zstd"}),
-    )
-    .await;
-    print_row(&ours_zstd, label);
+        // 3. Ours, full, zstd.
+        let label = "3 ours: full, zstd";
+        let row = ours(
+            &app,
+            label,
+            json!({"projectId": "bench", "type": "full", "compression": "zstd"}),
+        )
+        .await;
+        print_row(&row, &run_label(label));
+        ours_zstd.push(row);
 
-    // 4. The two zstd pipelines at once.
-    let label = "4 pg_dump -Z0 | zstd -3 -T2 & tar | zstd -3 -T2";
-    fresh_out();
-    let pipeline_zstd = match &zstd {
-        None => Err("no zstd: run scripts/install-bench-tools".to_string()),
-        Some(zstd) => {
-            let db = out.join("db.zst");
-            let files = out.join("files.tar.zst");
-            run_together(
-                vec![
-                    (
-                        shell(
-                            "\"$1\" -Fc -Z0 \"$2\" | \"$3\" -q -3 -T2 > \"$4\"",
-                            &[&pg_dump, &url, zstd, db.to_str().unwrap()],
+        // 4. The two zstd pipelines at once.
+        let label = "4 pg_dump -Z0 | zstd -3 -T2 & tar | zstd -3 -T2";
+        fresh_out();
+        let row = match &zstd {
+            None => Err("no zstd: run scripts/install-bench-tools".to_string()),
+            Some(zstd) => {
+                let db = out.join("db.zst");
+                let files = out.join("files.tar.zst");
+                run_together(
+                    vec![
+                        (
+                            shell(
+                                "\"$1\" -Fc -Z0 \"$2\" | \"$3\" -q -3 -T2 > \"$4\"",
+                                &[&pg_dump, &url, zstd, db.to_str().unwrap()],
+                            ),
+                            "pg_dump | zstd",
                         ),
-                        "pg_dump | zstd",
-                    ),
-                    (
-                        shell(
-                            "tar -cf - \"$1\" -C \"$2\" . | \"$3\" -q -3 -T2 > \"$4\"",
-                            &[exclude, root_s, zstd, files.to_str().unwrap()],
+                        (
+                            shell(
+                                "tar -cf - \"$1\" -C \"$2\" . | \"$3\" -q -3 -T2 > \"$4\"",
+                                &[exclude, root_s, zstd, files.to_str().unwrap()],
+                            ),
+                            "tar | zstd",
                         ),
-                        "tar | zstd",
+                    ],
+                    &logs,
+                )
+                .map(|(wall, usage)| Row {
+                    label: label.into(),
+                    wall,
+                    cpu: usage.cpu,
+                    peak_kib: usage.peak_kib,
+                    artifact: file_size(&db) + file_size(&files),
+                    note: format!(
+                        "largest process; db.zst {:.1} MiB + files.tar.zst {:.1} MiB",
+                        file_size(&db) as f64 / MIB,
+                        file_size(&files) as f64 / MIB
                     ),
-                ],
-                &logs,
-            )
-            .map(|(wall, usage)| Row {
-                label: label.into(),
-                wall,
-                cpu: usage.cpu,
-                peak_kib: usage.peak_kib,
-                artifact: file_size(&db) + file_size(&files),
-                note: format!(
-                    "largest process; db.zst {:.1} MiB + files.tar.zst {:.1} MiB",
-                    file_size(&db) as f64 / MIB,
-                    file_size(&files) as f64 / MIB
-                ),
-            })
+                })
+            }
+        };
+        print_row(&row, &run_label(label));
+        pipeline_zstd.push(row);
+    }
+    let ours_gzip = median_row(ours_gzip);
+    let pipeline_gzip = median_row(pipeline_gzip);
+    let ours_zstd = median_row(ours_zstd);
+    let pipeline_zstd = median_row(pipeline_zstd);
+    if args.runs > 1 {
+        println!("  medians of {} runs:", args.runs);
+        for row in [&ours_gzip, &pipeline_gzip, &ours_zstd, &pipeline_zstd] {
+            if let Ok(r) = row {
+                print_row(row, &r.label);
+            }
         }
-    };
-    print_row(&pipeline_zstd, label);
+    }
 
     // 5. The floor.
     let label = "5 floor: pg_dump -Fc -Z0 > /dev/null";

@@ -238,6 +238,9 @@ async fn produce(
             .unwrap_or(0)
     };
 
+    // Where the time goes, for the log (`debug`): `bench-backup` prints it.
+    let started = Instant::now();
+    let mut dumped_after = None;
     let spool_dir = ctx.config.data_dir.join("tmp");
     std::fs::create_dir_all(&spool_dir)
         .map_err(|e| JobError::Abort(format!("cannot create {}: {e}", spool_dir.display())))?;
@@ -285,7 +288,6 @@ async fn produce(
         if job.attempt > 1 {
             child::end_leftover_sessions(&url, &job.id).await;
         }
-        roles = Some(dump_roles(&pg_dumpall.path, &url, &spool_dir, &job.id).await?);
         let (ready_tx, ready) = tokio::sync::oneshot::channel::<(PathBuf, Precompressed)>();
         dump_ready = Some(ready_tx);
         ready_rx = Some(ready);
@@ -293,10 +295,26 @@ async fn produce(
         let dump_dir = spool_dir.clone();
         let dump_job = job.id.clone();
         let dump_from = url.clone();
-        dumping = Some(Box::pin(async move {
+        // Started now, not when first polled: the roles are dumped (and the
+        // destination opened) while it runs.
+        dumping = Some(Dumping(tokio::spawn(async move {
             dump_database(&pg_dump_path, &dump_from, &dump_dir, &dump_job, compression).await
-        }));
+        })));
         dump_url = Some(url);
+        match dump_roles(
+            &pg_dumpall.path,
+            dump_url.as_deref().unwrap_or_default(),
+            &spool_dir,
+            &job.id,
+        )
+        .await
+        {
+            Ok(spooled) => roles = Some(spooled),
+            Err(e) => {
+                stop_dump(&mut dumping, dump_url.as_deref(), &job.id).await;
+                return Err(e);
+            }
+        }
     }
 
     let meta = ManifestMeta {
@@ -365,8 +383,11 @@ async fn produce(
                     reporter.step(component, message, step.1, total).await;
                 }
             }
+            // In an `async` block: select! evaluates every branch's
+            // expression, even one whose condition is false.
             dumped = async { dumping.as_mut().expect("guarded").await }, if dumping.is_some() => {
                 dumping = None;
+                dumped_after = Some(started.elapsed());
                 match dumped {
                     Ok(spooled) => {
                         if let Some(ready) = dump_ready.take() {
@@ -391,6 +412,7 @@ async fn produce(
     drop(dump_ready);
     drop(receiver);
     stop_dump(&mut dumping, dump_url.as_deref(), &job.id).await;
+    let uploaded_after = started.elapsed();
     let built = builder
         .await
         .map_err(|e| JobError::Abort(format!("artifact builder panicked: {e}")))?;
@@ -410,6 +432,7 @@ async fn produce(
     if let Err(e) = writer.close().await {
         return Err(destination_error(&e.into()));
     }
+    let closed_after = started.elapsed();
     reporter
         .step(
             "verify",
@@ -450,6 +473,14 @@ async fn produce(
                     }
                 }
             }
+            tracing::debug!(
+                job = %job.id,
+                dumped_ms = dumped_after.map(|d| d.as_millis() as u64),
+                uploaded_ms = uploaded_after.as_millis() as u64,
+                closed_ms = closed_after.as_millis() as u64,
+                confirmed_ms = started.elapsed().as_millis() as u64,
+                "backup timeline"
+            );
             Ok(summary)
         }
         Ok(Some(stored)) => {
@@ -466,6 +497,30 @@ async fn produce(
     }
 }
 
+/// The running dump: a task of its own, so that `pg_dump` starts at once;
+/// dropping it aborts the task, which ends `pg_dump` (`kill_on_drop`) and
+/// removes the spool.
+struct Dumping(tokio::task::JoinHandle<Result<CompressedDump, JobError>>);
+
+impl std::future::Future for Dumping {
+    type Output = Result<CompressedDump, JobError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|joined| {
+            joined.unwrap_or_else(|e| Err(JobError::Abort(format!("the dump task failed: {e}"))))
+        })
+    }
+}
+
+impl Drop for Dumping {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Stops a dump that is still running: dropping it ends `pg_dump` and
 /// removes its file; its server session may live on (a backend waiting for
 /// a lock does not notice its client is gone), so it is ended too.
@@ -478,7 +533,9 @@ async fn stop_dump<F>(dumping: &mut Option<F>, url: Option<&str>, job_id: &str) 
     }
 }
 
-/// SHA-256 of the object as the destination serves it.
+/// SHA-256 of the object as the destination serves it. The hashing runs on
+/// a thread of its own, so that reading the next chunk overlaps hashing
+/// this one.
 async fn read_back_sha256(
     destination: &crate::destinations::Destination,
     key: &str,
@@ -486,7 +543,14 @@ async fn read_back_sha256(
 ) -> Result<String, crate::destinations::DestinationError> {
     use futures::StreamExt;
     use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
+    let (chunks, mut to_hash) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    let hashing = tokio::task::spawn_blocking(move || {
+        let mut hasher = sha2::Sha256::new();
+        while let Some(chunk) = to_hash.blocking_recv() {
+            hasher.update(&chunk);
+        }
+        hex::encode(hasher.finalize())
+    });
     let mut stream = destination
         .reader(key)
         .await?
@@ -500,9 +564,17 @@ async fn read_back_sha256(
                 e.to_string(),
             ))
         })?;
-        hasher.update(&chunk);
+        if chunks.send(chunk).await.is_err() {
+            break;
+        }
     }
-    Ok(hex::encode(hasher.finalize()))
+    drop(chunks);
+    hashing.await.map_err(|e| {
+        crate::destinations::DestinationError::from(opendal::Error::new(
+            opendal::ErrorKind::Unexpected,
+            format!("hashing the read-back failed: {e}"),
+        ))
+    })
 }
 
 pub(crate) fn destination_error(e: &crate::destinations::DestinationError) -> JobError {
