@@ -295,6 +295,15 @@ async fn ours(app: &TestApp, label: &str, body: Value) -> Result<Row, String> {
         {
             println!("  ({label}) {}", line.trim());
         }
+        if let Ok(response) = app.get(&format!("/api/v1/jobs/{job}")).send().await
+            && let Ok(row) = response.json::<Value>().await
+        {
+            let row = row.get("job").unwrap_or(&row);
+            println!(
+                "  ({label}) job row: enqueued {} started {} finished {}",
+                row["enqueuedAt"], row["startedAt"], row["finishedAt"]
+            );
+        }
     }
     if let Some(id) = backup["id"].as_str() {
         let deleted = app

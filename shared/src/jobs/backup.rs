@@ -535,7 +535,9 @@ async fn stop_dump<F>(dumping: &mut Option<F>, url: Option<&str>, job_id: &str) 
 
 /// SHA-256 of the object as the destination serves it. The hashing runs on
 /// a thread of its own, so that reading the next chunk overlaps hashing
-/// this one.
+/// this one; one chunk waits between them at most (a chunk is the
+/// destination's `chunk_bytes`, 8 MiB by default: more would show in the
+/// worker's peak RSS).
 async fn read_back_sha256(
     destination: &crate::destinations::Destination,
     key: &str,
@@ -543,7 +545,7 @@ async fn read_back_sha256(
 ) -> Result<String, crate::destinations::DestinationError> {
     use futures::StreamExt;
     use sha2::Digest;
-    let (chunks, mut to_hash) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    let (chunks, mut to_hash) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
     let hashing = tokio::task::spawn_blocking(move || {
         let mut hasher = sha2::Sha256::new();
         while let Some(chunk) = to_hash.blocking_recv() {
