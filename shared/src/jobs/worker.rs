@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::events::NewEvent;
 use super::events::{self, EventBus};
-use super::queue::POLL;
+use super::queue::EveryPoll;
 use super::reporter::Reporter;
 use super::store::{Claim, Ending};
 use super::{HEARTBEAT, JobEnvelope, JobError, JobQueue, backup, store};
@@ -145,7 +145,7 @@ async fn run_monitor(
             Monitor::new()
                 .register(move |_| {
                     WorkerBuilder::new(name.clone())
-                        .backend(storage.clone().poll_with_interval(POLL))
+                        .backend(storage.clone().poll_with_strategy(EveryPoll::new()))
                         .concurrency(concurrency)
                         .data(ctx.clone())
                         .build(handle)
@@ -158,7 +158,7 @@ async fn run_monitor(
             Monitor::new()
                 .register(move |_| {
                     WorkerBuilder::new(name.clone())
-                        .backend(storage.clone().poll_with_interval(POLL))
+                        .backend(storage.clone().poll_with_strategy(EveryPoll::new()))
                         .concurrency(concurrency)
                         .data(ctx.clone())
                         .build(handle)
