@@ -114,7 +114,8 @@ pub struct ArtifactBuilder<W: Write> {
     copy_buffer: Vec<u8>,
 }
 
-const COPY_BUFFER: usize = 256 * 1024;
+/// The size of one read of a source (a file, the dump's pipe).
+pub(super) const COPY_BUFFER: usize = 256 * 1024;
 
 impl<W: Write> ArtifactBuilder<W> {
     pub fn new(sink: W, compression: Compression) -> io::Result<Self> {

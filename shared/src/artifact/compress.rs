@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
 
-use super::builder::Compression;
+use super::builder::{COPY_BUFFER, Compression};
 
 const GZIP_LEVEL: u32 = 6;
 const ZSTD_LEVEL: i32 = 3;
@@ -136,7 +136,7 @@ pub fn compress_stream<W: Write>(
     let mut compressor = Compressor::new(sink, compression)?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    let mut buffer = vec![0u8; 256 * 1024];
+    let mut buffer = vec![0u8; COPY_BUFFER];
     loop {
         let n = match source.read(&mut buffer) {
             Ok(0) => break,

@@ -20,7 +20,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use super::reporter::Reporter;
 use super::worker::JobContext;
-use super::{JobError, child};
+use super::{AbortOnDrop, JobError, child};
 use crate::artifact::{ArtifactBuilder, ArtifactSummary, Compression, ManifestMeta, Precompressed};
 use crate::domain::CONFIG_ALLOWLIST;
 use crate::entities::{backup, job, project};
@@ -295,20 +295,16 @@ async fn produce(
         let dump_dir = spool_dir.clone();
         let dump_job = job.id.clone();
         let dump_from = url.clone();
-        // Started now, not when first polled: the roles are dumped (and the
-        // destination opened) while it runs.
-        dumping = Some(Dumping(tokio::spawn(async move {
+        // A task, so that it starts now, not when first polled: the roles
+        // are dumped (and the destination opened) while it runs. Dropping it
+        // aborts the task, which ends `pg_dump` (`kill_on_drop`) and removes
+        // the spool.
+        dumping = Some(AbortOnDrop(tokio::spawn(async move {
             dump_database(&pg_dump_path, &dump_from, &dump_dir, &dump_job, compression).await
         })));
+        let dumped_roles = dump_roles(&pg_dumpall.path, &url, &spool_dir, &job.id).await;
         dump_url = Some(url);
-        match dump_roles(
-            &pg_dumpall.path,
-            dump_url.as_deref().unwrap_or_default(),
-            &spool_dir,
-            &job.id,
-        )
-        .await
-        {
+        match dumped_roles {
             Ok(spooled) => roles = Some(spooled),
             Err(e) => {
                 stop_dump(&mut dumping, dump_url.as_deref(), &job.id).await;
@@ -388,6 +384,9 @@ async fn produce(
             dumped = async { dumping.as_mut().expect("guarded").await }, if dumping.is_some() => {
                 dumping = None;
                 dumped_after = Some(started.elapsed());
+                let dumped = dumped.unwrap_or_else(|e| {
+                    Err(JobError::Abort(format!("the dump task failed: {e}")))
+                });
                 match dumped {
                     Ok(spooled) => {
                         if let Some(ready) = dump_ready.take() {
@@ -494,30 +493,6 @@ async fn produce(
             "the destination does not show the artifact".into(),
         )),
         Err(e) => Err(destination_error(&e)),
-    }
-}
-
-/// The running dump: a task of its own, so that `pg_dump` starts at once;
-/// dropping it aborts the task, which ends `pg_dump` (`kill_on_drop`) and
-/// removes the spool.
-struct Dumping(tokio::task::JoinHandle<Result<CompressedDump, JobError>>);
-
-impl std::future::Future for Dumping {
-    type Output = Result<CompressedDump, JobError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(|joined| {
-            joined.unwrap_or_else(|e| Err(JobError::Abort(format!("the dump task failed: {e}"))))
-        })
-    }
-}
-
-impl Drop for Dumping {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -42,6 +42,28 @@ use serde::{Deserialize, Serialize};
 
 pub use queue::JobQueue;
 
+/// A spawned task that is aborted when its handle is dropped: what a job
+/// or a worker starts beside itself must not outlive it. Awaiting it gives
+/// the task's output (or why it did not finish).
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How often a running job proves its worker alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A running job without a heartbeat for this long has lost its worker.

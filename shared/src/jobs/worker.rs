@@ -19,7 +19,7 @@ use super::events::{self, EventBus};
 use super::queue::EveryPoll;
 use super::reporter::Reporter;
 use super::store::{Claim, Ending};
-use super::{HEARTBEAT, JobEnvelope, JobError, JobQueue, backup, store};
+use super::{AbortOnDrop, HEARTBEAT, JobEnvelope, JobError, JobQueue, backup, store};
 use crate::config::Config;
 use crate::destinations::Destinations;
 use crate::entities::{job, worker};
@@ -195,14 +195,6 @@ async fn announce(ctx: Arc<JobContext>, concurrency: usize) {
             tracing::warn!(error = %e, "cannot update the worker registry");
         }
         tokio::time::sleep(HEARTBEAT).await;
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
