@@ -106,9 +106,20 @@ async fn main() {
         .unwrap();
     let mut ours_rates = Vec::new();
     let mut bare_rates = Vec::new();
+    // Bare apalis' artifacts stay until the end, as ours do. This machine's
+    // ext4 has no journal, and without one every file created scans past
+    // the inodes of its group deleted in the last minutes: removing 2,000
+    // artifacts between two runs made the next run's file creations a
+    // fifth of a worker's CPU (`find_inode_bit`/`recently_deleted`).
+    let mut kept = Vec::new();
     for run in 1..=args.runs {
+        let meter = CpuMeter::start();
         let ours = ours_throughput(&app, &client, &db, args.jobs, run).await;
-        let bare = bare_apalis(args.jobs, project.root.path().to_path_buf()).await;
+        meter.report("ours", args.jobs);
+        let meter = CpuMeter::start();
+        let (bare, written) = bare_apalis(args.jobs, project.root.path().to_path_buf()).await;
+        kept.push(written);
+        meter.report("bare apalis", args.jobs);
         let (ours_rate, bare_rate) = (
             args.jobs as f64 / ours.as_secs_f64(),
             args.jobs as f64 / bare.as_secs_f64(),
@@ -216,6 +227,59 @@ async fn main() {
         percentile(&sse_ms, 0.99),
         sse_ms.len()
     );
+}
+
+/// With `BENCH_CPU`, where a phase's CPU went: per program, in CPU
+/// milliseconds per job (the machine's 2 cores give 2,000 ms a second).
+struct CpuMeter(Option<(Vec<f64>, u64)>);
+
+/// Context switches on the whole machine since boot (`ctxt` in /proc/stat).
+fn context_switches() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("ctxt ")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `/proc/<pid>/comm` is cut to 15 characters.
+const PROGRAMS: [&str; 5] = [
+    "postgres",
+    "supascale-api",
+    "supascale-worke",
+    "redis-server",
+    "bench-jobs-pipe",
+];
+
+impl CpuMeter {
+    fn start() -> Self {
+        CpuMeter(std::env::var("BENCH_CPU").is_ok().then(|| {
+            (
+                supascale_bench::cpu_seconds_of_programs(&PROGRAMS),
+                context_switches(),
+            )
+        }))
+    }
+
+    fn report(self, phase: &str, jobs: u64) {
+        let Some((before, switches_before)) = self.0 else {
+            return;
+        };
+        let after = supascale_bench::cpu_seconds_of_programs(&PROGRAMS);
+        let switches = context_switches() - switches_before;
+        let parts: Vec<String> = PROGRAMS
+            .iter()
+            .zip(after.iter().zip(&before))
+            .map(|(name, (a, b))| format!("{name} {:.2}", (a - b) * 1000.0 / jobs as f64))
+            .collect();
+        let total: f64 = after.iter().sum::<f64>() - before.iter().sum::<f64>();
+        println!(
+            "    {phase}: CPU ms per job: {} = {:.2}; {:.0} context switches per job",
+            parts.join(", "),
+            total * 1000.0 / jobs as f64,
+            switches as f64 / jobs as f64
+        );
+    }
 }
 
 /// `jobs` config-only backups through the API with 16 clients, until all
@@ -369,8 +433,9 @@ async fn bare_handle(job: BareJob, ctx: Data<Arc<BareContext>>) -> Result<(), Bo
     Ok(())
 }
 
-/// `jobs` bare apalis jobs through 2 workers of concurrency 2 on Redis.
-async fn bare_apalis(jobs: u64, root: PathBuf) -> Duration {
+/// `jobs` bare apalis jobs through 2 workers of concurrency 2 on Redis;
+/// the time, and the folder they wrote (for the caller to remove).
+async fn bare_apalis(jobs: u64, root: PathBuf) -> (Duration, tempfile::TempDir) {
     let queue = RedisQueue::new();
     let data = tempfile::tempdir().unwrap();
     let conn = apalis_redis::Client::open("redis://127.0.0.1:6379")
@@ -436,5 +501,5 @@ async fn bare_apalis(jobs: u64, root: PathBuf) -> Duration {
     for m in monitors {
         let _ = m.await;
     }
-    elapsed
+    (elapsed, data)
 }
