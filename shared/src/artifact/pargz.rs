@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 const BLOCK: usize = 1024 * 1024;
 
 type Compressed = (u64, io::Result<Vec<u8>>);
+type JobReceiver = Arc<Mutex<mpsc::Receiver<(u64, Vec<u8>)>>>;
 
 pub struct ParallelGzip<W: Write> {
     /// `None` once finished.
@@ -22,6 +23,9 @@ pub struct ParallelGzip<W: Write> {
     level: u32,
     block: Vec<u8>,
     jobs: Option<mpsc::Sender<(u64, Vec<u8>)>>,
+    /// The threads' ends of the channels until they are started.
+    idle: Option<(JobReceiver, mpsc::Sender<Compressed>)>,
+    thread_count: usize,
     results: mpsc::Receiver<Compressed>,
     threads: Vec<JoinHandle<()>>,
     /// Blocks handed out, and the next one to write.
@@ -31,14 +35,47 @@ pub struct ParallelGzip<W: Write> {
     in_flight_limit: u64,
 }
 
+/// One block as a complete gzip member.
+fn compress(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 2),
+        flate2::Compression::new(level),
+    );
+    encoder.write_all(data)?;
+    encoder.finish()
+}
+
 impl<W: Write> ParallelGzip<W> {
-    /// `threads` compressing threads (at least one) at gzip `level`.
+    /// Up to `threads` compressing threads (at least one) at gzip `level`.
+    /// They start with the second block: a stream that fits in one block
+    /// (a config-only backup) is compressed on the caller's thread, since
+    /// starting and ending threads for it cost more than compressing it.
     pub fn new(inner: W, level: u32, threads: usize) -> Self {
         let threads = threads.max(1);
         let (job_tx, job_rx) = mpsc::channel::<(u64, Vec<u8>)>();
         let (result_tx, results) = mpsc::channel::<Compressed>();
-        let job_rx = Arc::new(Mutex::new(job_rx));
-        let handles = (0..threads)
+        Self {
+            inner: Some(inner),
+            level,
+            block: Vec::with_capacity(BLOCK),
+            jobs: Some(job_tx),
+            idle: Some((Arc::new(Mutex::new(job_rx)), result_tx)),
+            thread_count: threads,
+            results,
+            threads: Vec::new(),
+            sent: 0,
+            next: 0,
+            done: BTreeMap::new(),
+            in_flight_limit: 2 * threads as u64,
+        }
+    }
+
+    fn start_threads(&mut self) {
+        let Some((job_rx, result_tx)) = self.idle.take() else {
+            return;
+        };
+        let level = self.level;
+        self.threads = (0..self.thread_count)
             .map(|_| {
                 let job_rx = job_rx.clone();
                 let result_tx = result_tx.clone();
@@ -46,30 +83,33 @@ impl<W: Write> ParallelGzip<W> {
                     loop {
                         let job = job_rx.lock().map(|rx| rx.recv());
                         let Ok(Ok((seq, data))) = job else { return };
-                        let mut encoder = flate2::write::GzEncoder::new(
-                            Vec::with_capacity(data.len() / 2),
-                            flate2::Compression::new(level),
-                        );
-                        let member = encoder.write_all(&data).and_then(|()| encoder.finish());
-                        if result_tx.send((seq, member)).is_err() {
+                        if result_tx.send((seq, compress(&data, level))).is_err() {
                             return;
                         }
                     }
                 })
             })
             .collect();
-        Self {
-            inner: Some(inner),
-            level,
-            block: Vec::with_capacity(BLOCK),
-            jobs: Some(job_tx),
-            results,
-            threads: handles,
-            sent: 0,
-            next: 0,
-            done: BTreeMap::new(),
-            in_flight_limit: 2 * threads as u64,
+    }
+
+    /// The block as the next member: on the threads when the stream goes
+    /// on (`more`) or they are running already, here otherwise.
+    fn dispatch_block(&mut self, more: bool) -> io::Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
         }
+        if more {
+            self.start_threads();
+        }
+        if self.threads.is_empty() {
+            let member = compress(&self.block, self.level)?;
+            self.block.clear();
+            self.sink()?.write_all(&member)?;
+            self.sent += 1;
+            self.next += 1;
+            return Ok(());
+        }
+        self.dispatch()
     }
 
     fn dispatch(&mut self) -> io::Result<()> {
@@ -114,7 +154,7 @@ impl<W: Write> ParallelGzip<W> {
     /// and gives the sink (what is written there directly must be whole
     /// members too). The next write starts a new block.
     pub fn end_member(&mut self) -> io::Result<&mut W> {
-        self.dispatch()?;
+        self.dispatch_block(false)?;
         while self.next < self.sent {
             self.collect_one()?;
         }
@@ -131,7 +171,7 @@ impl<W: Write> ParallelGzip<W> {
                     .finish()?;
             self.sink()?.write_all(&empty)?;
         }
-        self.dispatch()?;
+        self.dispatch_block(false)?;
         while self.next < self.sent {
             self.collect_one()?;
         }
@@ -154,7 +194,7 @@ impl<W: Write> Write for ParallelGzip<W> {
         let n = room.min(buf.len());
         self.block.extend_from_slice(&buf[..n]);
         if self.block.len() == BLOCK {
-            self.dispatch()?;
+            self.dispatch_block(true)?;
         }
         Ok(n)
     }
@@ -201,6 +241,27 @@ mod tests {
         }
         assert_eq!(round_trip(b"", 2), b"");
         assert_eq!(round_trip(b"x", 2), b"x");
+    }
+
+    #[test]
+    fn threads_start_only_for_a_second_block() {
+        let data: Vec<u8> = (0..3 * BLOCK).map(|i| (i % 253) as u8).collect();
+        let mut gz = ParallelGzip::new(Vec::new(), 6, 2);
+        gz.write_all(&data[..BLOCK / 2]).unwrap();
+        gz.end_member().unwrap();
+        assert!(gz.threads.is_empty(), "half a block, ended: no thread");
+        gz.write_all(&data[BLOCK / 2..]).unwrap();
+        assert_eq!(gz.threads.len(), 2, "more than a block: the threads run");
+        let compressed = gz.finish().unwrap();
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(compressed.as_slice())
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, data);
+        // Compressed here or on a thread, a member is the same bytes.
+        let mut alone = ParallelGzip::new(Vec::new(), 6, 2);
+        alone.write_all(&data[..1000]).unwrap();
+        assert_eq!(alone.finish().unwrap(), compress(&data[..1000], 6).unwrap());
     }
 
     #[test]
