@@ -336,11 +336,170 @@ async fn jobs_are_listed_with_filters(backend: Backend) {
     }
 }
 
+/// A backup's `completed` is written by its job's end, in the same
+/// commit, and only by the worker that still holds the job: a worker whose
+/// job was taken over records nothing, and neither does a job that failed.
+async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backend: Backend) {
+    use sea_orm::{
+        ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryTrait,
+        sea_query::Expr,
+    };
+    use supascale_shared::entities::{backup, job};
+    use supascale_shared::jobs::events::Batch;
+    use supascale_shared::jobs::store::{self, Claim, Ending};
+    use supascale_shared::jobs::{JobError, STATUS_COMPLETED, STATUS_FAILED, STATUS_IN_PROGRESS};
+
+    let app = TestApp::spawn_with(backend, Launch::default().env("SUPASCALE_WORKERS", "0")).await;
+    let url = match &app.database {
+        Some(database) => database.url.clone(),
+        None => format!(
+            "sqlite://{}",
+            app.data_dir.path().join("supascale.db").display()
+        ),
+    };
+    let db = sea_orm::Database::connect(&url).await.unwrap();
+    let control = app.control_plane().await;
+    let backup_of = |id: &str, job_id: &str| backup::ActiveModel {
+        id: Set(id.into()),
+        project_id: Set("p".into()),
+        project_name: Set("p".into()),
+        backup_type: Set("config".into()),
+        status: Set(STATUS_IN_PROGRESS.into()),
+        destination: Set("local".into()),
+        path: Set(format!("/backups/{id}.tar.gz")),
+        size: Set(0),
+        encrypted: Set(false),
+        compression: Set("gzip".into()),
+        sha256: Set(None),
+        duration_secs: Set(None),
+        error: Set(None),
+        manifest: Set(None),
+        job_id: Set(Some(job_id.into())),
+        created_at: Set(store::now()),
+        completed_at: Set(None),
+        verified_at: Set(None),
+        verify_error: Set(None),
+    };
+    let completed = |id: &str| {
+        backup::Entity::update_many()
+            .col_expr(backup::Column::Status, Expr::value(STATUS_COMPLETED))
+            .col_expr(backup::Column::Size, Expr::value(42i64))
+            .filter(backup::Column::Id.eq(id))
+            .into_query()
+    };
+    let row = |id: &'static str| {
+        let db = db.clone();
+        async move {
+            backup::Entity::find_by_id(id)
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let claimed = |id: String| {
+        let db = db.clone();
+        async move {
+            match store::claim(&db, &id, "worker-a").await.unwrap() {
+                Claim::Taken(job) => job,
+                _ => panic!("the job was not taken"),
+            }
+        }
+    };
+
+    let first = store::new_job("backup", Some("p"), json!({}), 3)
+        .insert(&db)
+        .await
+        .unwrap();
+    backup_of("backup-taken-over", &first.id)
+        .insert(&db)
+        .await
+        .unwrap();
+    let held = claimed(first.id.clone()).await;
+    // Its heartbeat went stale and worker-b took it over.
+    control
+        .execute(&format!(
+            "UPDATE jobs SET worker_id = 'worker-b' WHERE id = '{}'",
+            first.id
+        ))
+        .await;
+    let late = Ending::Finish(None);
+    let ended = store::end_job(
+        &db,
+        &held,
+        "worker-a",
+        late,
+        &Batch::default(),
+        Some(completed("backup-taken-over")),
+    )
+    .await
+    .unwrap();
+    assert!(!ended.ours);
+    let untouched = row("backup-taken-over").await;
+    assert_eq!(
+        (untouched.status.as_str(), untouched.size),
+        (STATUS_IN_PROGRESS, 0),
+        "a worker that lost its job recorded a result"
+    );
+    let ended = store::end_job(
+        &db,
+        &held,
+        "worker-b",
+        Ending::Finish(None),
+        &Batch::default(),
+        Some(completed("backup-taken-over")),
+    )
+    .await
+    .unwrap();
+    assert!(ended.ours);
+    let recorded = row("backup-taken-over").await;
+    assert_eq!(
+        (recorded.status.as_str(), recorded.size),
+        (STATUS_COMPLETED, 42)
+    );
+    let job_row = job::Entity::find_by_id(first.id.clone())
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job_row.status, STATUS_COMPLETED);
+
+    let second = store::new_job("backup", Some("p"), json!({}), 3)
+        .insert(&db)
+        .await
+        .unwrap();
+    backup_of("backup-failed", &second.id)
+        .insert(&db)
+        .await
+        .unwrap();
+    let held = claimed(second.id.clone()).await;
+    let failure = JobError::Abort("the destination is full".into());
+    let ended = store::end_job(
+        &db,
+        &held,
+        "worker-a",
+        Ending::Finish(Some(&failure)),
+        &Batch::default(),
+        Some(completed("backup-failed")),
+    )
+    .await
+    .unwrap();
+    assert!(ended.ours);
+    assert_eq!(row("backup-failed").await.status, STATUS_IN_PROGRESS);
+    let job_row = job::Entity::find_by_id(second.id.clone())
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job_row.status, STATUS_FAILED);
+}
+
 both_backends!(
     events_stream_a_running_backup_and_resume,
     cancelling_stops_pending_and_running_jobs,
     an_idempotency_key_returns_the_first_job,
     jobs_are_listed_with_filters,
+    a_backup_is_recorded_completed_only_by_the_worker_holding_its_job,
 );
 
 /// A job whose cause does not go away ends `failed` after the configured

@@ -189,7 +189,7 @@ where
     let sql = format!(
         "WITH job AS ({}) {}",
         first.sql,
-        shift_placeholders(&second.sql, values.len())
+        jobs::store::shift_placeholders(&second.sql, values.len())
     );
     values.extend(second.values.map(|v| v.0).unwrap_or_default());
     db.execute_raw(Statement::from_sql_and_values(
@@ -199,30 +199,6 @@ where
     ))
     .await?;
     Ok((job_model, row_model))
-}
-
-/// `$1 … $n` of a PostgreSQL statement as `$(1 + by) … $(n + by)`, for
-/// a statement that follows another's parameters. Our statements carry
-/// every value as a parameter, so a `$` is always a placeholder.
-fn shift_placeholders(sql: &str, by: usize) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        out.push(c);
-        if c != '$' {
-            continue;
-        }
-        let mut digits = String::new();
-        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-            digits.push(*d);
-            chars.next();
-        }
-        match digits.parse::<usize>() {
-            Ok(n) => out.push_str(&(n + by).to_string()),
-            Err(_) => out.push_str(&digits),
-        }
-    }
-    out
 }
 
 /// Pushes a job whose rows are written. If the queue cannot take it, the
@@ -764,18 +740,5 @@ impl Cursor {
                 _ = &mut timer => return,
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shift_placeholders;
-
-    #[test]
-    fn placeholders_shift_past_the_first_statement() {
-        assert_eq!(
-            shift_placeholders("INSERT INTO b (x, y) VALUES ($1, $10) WHERE a = $2", 12),
-            "INSERT INTO b (x, y) VALUES ($13, $22) WHERE a = $14"
-        );
     }
 }

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryTrait};
 
 use super::reporter::Reporter;
 use super::worker::JobContext;
@@ -143,26 +143,24 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
                 reporter.warning(warning).await;
             }
             let manifest = serde_json::to_string(&summary.manifest).unwrap_or_default();
-            set_backup(
-                ctx,
-                &row.id,
-                vec![
-                    (backup::Column::Status, Expr::value(super::STATUS_COMPLETED)),
-                    (backup::Column::Size, Expr::value(summary.bytes as i64)),
-                    (backup::Column::Sha256, Expr::value(summary.sha256.clone())),
-                    (backup::Column::Manifest, Expr::value(manifest)),
-                    (backup::Column::Error, Expr::value(Option::<String>::None)),
-                    (
-                        backup::Column::DurationSecs,
-                        Expr::value(started.elapsed().as_secs() as i64),
-                    ),
-                    (
-                        backup::Column::CompletedAt,
-                        Expr::value(super::store::now()),
-                    ),
-                ],
-            )
-            .await
+            // Written with the job's end, in its commit.
+            let completed = backup::Entity::update_many()
+                .col_expr(backup::Column::Status, Expr::value(super::STATUS_COMPLETED))
+                .col_expr(backup::Column::Size, Expr::value(summary.bytes as i64))
+                .col_expr(backup::Column::Sha256, Expr::value(summary.sha256.clone()))
+                .col_expr(backup::Column::Manifest, Expr::value(manifest))
+                .col_expr(backup::Column::Error, Expr::value(Option::<String>::None))
+                .col_expr(
+                    backup::Column::DurationSecs,
+                    Expr::value(started.elapsed().as_secs() as i64),
+                )
+                .col_expr(
+                    backup::Column::CompletedAt,
+                    Expr::value(super::store::now()),
+                )
+                .filter(backup::Column::Id.eq(row.id.clone()));
+            reporter.record_with_end(completed.into_query());
+            Ok(())
         }
         Err(e) => {
             let status = if e.will_retry(job) {

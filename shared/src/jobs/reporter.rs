@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sea_orm::DatabaseConnection;
+use sea_orm::sea_query::UpdateStatement;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +38,8 @@ pub struct Reporter {
     writing: tokio::sync::Mutex<()>,
     /// Wakes the flusher when the first report of a batch arrives.
     wake: Arc<tokio::sync::Notify>,
+    /// See [`Reporter::record_with_end`].
+    result_write: Mutex<Option<UpdateStatement>>,
 }
 
 /// How often a long step reports its byte count.
@@ -66,6 +69,7 @@ impl Reporter {
             pending: Mutex::new(Batch::default()),
             writing: tokio::sync::Mutex::new(()),
             wake: Arc::new(tokio::sync::Notify::new()),
+            result_write: Mutex::new(None),
         });
         tokio::spawn(flusher(Arc::downgrade(&reporter), reporter.wake.clone()));
         reporter
@@ -73,6 +77,20 @@ impl Reporter {
 
     pub fn job_id(&self) -> &str {
         &self.job_id
+    }
+
+    /// The write that records a successful job's result in the row it
+    /// works for (a backup's `completed`), to be made by the job's end in
+    /// the same commit, and only if the job is still this worker's: the row
+    /// and the job end together, and a worker whose job was taken over
+    /// does not overwrite what the new one records.
+    pub fn record_with_end(&self, update: UpdateStatement) {
+        *self.result_write.lock().expect("reporter lock") = Some(update);
+    }
+
+    /// What [`Reporter::record_with_end`] left for the job's end.
+    pub fn take_result_write(&self) -> Option<UpdateStatement> {
+        self.result_write.lock().expect("reporter lock").take()
     }
 
     /// Step `current` of `total`: `step` names it, `message` says it to a person.

@@ -2,7 +2,7 @@
 //! workers that receive the same envelope cannot both run it.
 
 use chrono::{DateTime, SubsecRound, Utc};
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement, UpdateStatement};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
@@ -414,19 +414,22 @@ pub struct Ended {
     pub woken: Vec<String>,
 }
 
-/// Ends the attempt, writes its last events (`batch`) and makes the
-/// project's waiting jobs due, in one commit: on PostgreSQL one statement,
-/// since this is on every job's path. The events are written only if the
-/// job was still `worker`'s.
+/// Ends the attempt, writes its last events (`batch`) and, for a job that
+/// completed, its `result` write (see [`super::reporter::Reporter::record_with_end`]),
+/// and makes the project's waiting jobs due, in one commit: on PostgreSQL
+/// one statement, since this is on every job's path. The events and the
+/// result are written only if the job was still `worker`'s.
 pub async fn end_job(
     db: &DatabaseConnection,
     job: &job::Model,
     worker: &str,
     ending: Ending<'_>,
     batch: &super::events::Batch,
+    result: Option<UpdateStatement>,
 ) -> Result<Ended, DbErr> {
+    let result = result.filter(|_| matches!(ending, Ending::Finish(None)));
     if db.get_database_backend() == DbBackend::Postgres {
-        return end_job_postgres(db, job, worker, ending, batch).await;
+        return end_job_postgres(db, job, worker, ending, batch, result).await;
     }
     let txn = db.begin().await?;
     let ours = match ending {
@@ -435,6 +438,9 @@ pub async fn end_job(
     } > 0;
     let mut woken = Vec::new();
     if ours {
+        if let Some(result) = &result {
+            txn.execute(result).await?;
+        }
         super::events::append_sqlite(&txn, txn.get_database_backend(), &job.id, batch).await?;
         if let Some(project) = &job.project_id {
             woken = wake_waiting(&txn, project).await?;
@@ -450,6 +456,7 @@ async fn end_job_postgres(
     worker: &str,
     ending: Ending<'_>,
     batch: &super::events::Batch,
+    result: Option<UpdateStatement>,
 ) -> Result<Ended, DbErr> {
     let now = now();
     let (status, error, error_kind, run_after) = match ending {
@@ -470,8 +477,37 @@ async fn end_job_postgres(
             Some(now + chrono::Duration::from_std(wait).expect("small duration")),
         ),
     };
-    // `fin` ends the row if it is still ours; the events and the wake-up
-    // (`woke`: the rules of `wake_waiting`) hang on it. A released job keeps its secrets and `finished_at`.
+    // `fin` ends the row if it is still ours; the events, the result and
+    // the wake-up (`woke`: the rules of `wake_waiting`) hang on it. A
+    // released job keeps its secrets and `finished_at`.
+    let mut values: Vec<sea_orm::Value> = vec![
+        job.id.clone().into(),
+        batch.events_json().into(),
+        now.into(),
+        status.into(),
+        error.into(),
+        error_kind.into(),
+        run_after.into(),
+        worker.into(),
+        batch.progress.clone().into(),
+        batch.warnings.clone().into(),
+        waiting_progress().into(),
+    ];
+    let recorded = match result {
+        Some(mut update) => {
+            update.and_where(Expr::exists(
+                Query::select()
+                    .expr(Expr::val(1))
+                    .from(Alias::new("fin"))
+                    .to_owned(),
+            ));
+            let built = DbBackend::Postgres.build(&update);
+            let sql = shift_placeholders(&built.sql, values.len());
+            values.extend(built.values.map(|v| v.0).unwrap_or_default());
+            format!("recorded AS ({sql}), ")
+        }
+        None => String::new(),
+    };
     let sql = format!(
         "WITH fin AS (UPDATE jobs SET \
              status = $4, error = $5, error_kind = $6, run_after = $7, \
@@ -481,7 +517,7 @@ async fn end_job_postgres(
              progress = COALESCE($9::text, progress), \
              warnings = COALESCE($10::text, warnings) \
              WHERE id = $1 AND worker_id = $8 RETURNING id, project_id), \
-         {}, \
+         {recorded}{}, \
          woke AS (UPDATE jobs w SET run_after = $3 \
              WHERE w.status = '{STATUS_PENDING}' AND w.id IN ( \
                  SELECT o.id FROM jobs o, fin \
@@ -496,19 +532,7 @@ async fn end_job_postgres(
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             sql,
-            [
-                job.id.clone().into(),
-                batch.events_json().into(),
-                now.into(),
-                status.into(),
-                error.into(),
-                error_kind.into(),
-                run_after.into(),
-                worker.into(),
-                batch.progress.clone().into(),
-                batch.warnings.clone().into(),
-                waiting_progress().into(),
-            ],
+            values,
         ))
         .await?
         .ok_or(DbErr::RecordNotUpdated)?;
@@ -520,4 +544,41 @@ async fn end_job_postgres(
             .map(|ids| ids.split(' ').map(str::to_string).collect())
             .unwrap_or_default(),
     })
+}
+
+/// `$1 … $n` of a PostgreSQL statement as `$(1 + by) … $(n + by)`, for
+/// a statement that follows another's parameters. Our statements carry
+/// every value as a parameter, so a `$` is always a placeholder.
+pub fn shift_placeholders(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let mut digits = String::new();
+        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            digits.push(*d);
+            chars.next();
+        }
+        match digits.parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&digits),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shift_placeholders;
+
+    #[test]
+    fn placeholders_shift_past_the_first_statement() {
+        assert_eq!(
+            shift_placeholders("INSERT INTO b (x, y) VALUES ($1, $10) WHERE a = $2", 12),
+            "INSERT INTO b (x, y) VALUES ($13, $22) WHERE a = $14"
+        );
+    }
 }

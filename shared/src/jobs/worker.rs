@@ -350,7 +350,8 @@ async fn end(
             Ending::Finish(Some(e))
         }
     };
-    let ended = store::end_job(&ctx.db, job, &ctx.worker_id, ending, &batch).await;
+    let result = reporter.take_result_write();
+    let ended = store::end_job(&ctx.db, job, &ctx.worker_id, ending, &batch, result).await;
     drop(writing);
     let ended = match ended {
         Ok(ended) => ended,
