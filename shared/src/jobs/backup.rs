@@ -506,6 +506,9 @@ async fn stop_dump<F>(dumping: &mut Option<F>, url: Option<&str>, job_id: &str) 
     }
 }
 
+/// Up to this size a read-back is hashed on the task that reads it.
+const HASH_HERE_UP_TO: u64 = 1024 * 1024;
+
 /// SHA-256 of the object as the destination serves it. The hashing runs on
 /// a thread of its own, so that reading the next chunk overlaps hashing
 /// this one; one chunk waits between them at most (a chunk is the
@@ -518,6 +521,20 @@ async fn read_back_sha256(
 ) -> Result<String, crate::destinations::DestinationError> {
     use futures::StreamExt;
     use sha2::Digest;
+    let reader = destination.reader(key).await?;
+    if size <= HASH_HERE_UP_TO {
+        // A small artifact (a config-only backup) is hashed where it is
+        // read: handing it to a hashing thread costs more than hashing it.
+        let read = reader
+            .read(0..size)
+            .await
+            .map_err(crate::destinations::DestinationError::from)?;
+        let mut hasher = sha2::Sha256::new();
+        for chunk in read {
+            hasher.update(&chunk);
+        }
+        return Ok(hex::encode(hasher.finalize()));
+    }
     let (chunks, mut to_hash) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
     let hashing = tokio::task::spawn_blocking(move || {
         let mut hasher = sha2::Sha256::new();
@@ -526,9 +543,7 @@ async fn read_back_sha256(
         }
         hex::encode(hasher.finalize())
     });
-    let mut stream = destination
-        .reader(key)
-        .await?
+    let mut stream = reader
         .into_bytes_stream(0..size)
         .await
         .map_err(crate::destinations::DestinationError::from)?;
