@@ -336,9 +336,10 @@ async fn jobs_are_listed_with_filters(backend: Backend) {
     }
 }
 
-/// A backup's `completed` is written by its job's end, in the same
-/// commit, and only by the worker that still holds the job: a worker whose
-/// job was taken over records nothing, and neither does a job that failed.
+/// A backup's `completed` (or `failed`) is written by its job's end, in
+/// the same commit, and only by the worker that still holds the job: a
+/// worker whose job was taken over records nothing, and neither does an
+/// attempt released for a retry.
 async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backend: Backend) {
     use sea_orm::{
         ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryTrait,
@@ -464,6 +465,7 @@ async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backe
         .unwrap();
     assert_eq!(job_row.status, STATUS_COMPLETED);
 
+    // Released for another attempt: nothing is recorded; failed: it is.
     let second = store::new_job("backup", Some("p"), json!({}), 3)
         .insert(&db)
         .await
@@ -472,20 +474,54 @@ async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backe
         .insert(&db)
         .await
         .unwrap();
+    let failed = || {
+        backup::Entity::update_many()
+            .col_expr(backup::Column::Status, Expr::value(STATUS_FAILED))
+            .col_expr(
+                backup::Column::Error,
+                Expr::value("the destination is full"),
+            )
+            .filter(backup::Column::Id.eq("backup-failed"))
+            .into_query()
+    };
     let held = claimed(second.id.clone()).await;
-    let failure = JobError::Abort("the destination is full".into());
+    let released = Ending::Release {
+        error: "the destination is full",
+        wait: Duration::from_secs(1),
+    };
     let ended = store::end_job(
         &db,
         &held,
         "worker-a",
-        Ending::Finish(Some(&failure)),
+        released,
         &Batch::default(),
-        Some(completed("backup-failed")),
+        Some(failed()),
     )
     .await
     .unwrap();
     assert!(ended.ours);
     assert_eq!(row("backup-failed").await.status, STATUS_IN_PROGRESS);
+    control
+        .execute(&format!(
+            "UPDATE jobs SET run_after = NULL WHERE id = '{}'",
+            second.id
+        ))
+        .await;
+    let held = claimed(second.id.clone()).await;
+    let failure = JobError::Abort("the destination is full".into());
+    store::end_job(
+        &db,
+        &held,
+        "worker-a",
+        Ending::Finish(Some(&failure)),
+        &Batch::default(),
+        Some(failed()),
+    )
+    .await
+    .unwrap();
+    let recorded = row("backup-failed").await;
+    assert_eq!(recorded.status, STATUS_FAILED);
+    assert_eq!(recorded.error.as_deref(), Some("the destination is full"));
     let job_row = job::Entity::find_by_id(second.id.clone())
         .one(&db)
         .await

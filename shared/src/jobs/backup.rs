@@ -16,7 +16,10 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryTrait};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, IdenStatic,
+    Iterable, QueryFilter, QueryTrait, Statement,
+};
 
 use super::reporter::Reporter;
 use super::worker::JobContext;
@@ -119,24 +122,11 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     let payload: Payload = serde_json::from_str(&job.payload)
         .map_err(|e| JobError::Abort(format!("bad job payload: {e}")))?;
     let started = Instant::now();
-    // Marked running and read in one statement, whose commit need not wait
-    // for the disk (the job's end does).
-    let mut running = backup::Entity::update_many()
-        .col_expr(
-            backup::Column::Status,
-            Expr::value(super::STATUS_IN_PROGRESS),
-        )
-        .filter(backup::Column::Id.eq(payload.backup_id.clone()));
-    if let Some(relaxed) = super::store::relaxed_commit(ctx.db.get_database_backend()) {
-        running = running.filter(relaxed);
-    }
-    let row = running
-        .exec_with_returning(&ctx.db)
-        .await
-        .map_err(|e| JobError::Retry(format!("control plane: {e}")))?
-        .pop()
-        .ok_or_else(|| JobError::Abort("the backup row is gone".into()))?;
-    let result = produce(ctx, job, &row, reporter).await;
+    let (row, project) = start(ctx, &payload.backup_id).await?;
+    let result = match &project {
+        Some(project) => produce(ctx, job, &row, project, reporter).await,
+        None => Err(JobError::Abort("the project no longer exists".into())),
+    };
     match result {
         Ok(summary) => {
             for warning in &summary.manifest.warnings {
@@ -162,17 +152,12 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
             reporter.record_with_end(completed.into_query());
             Ok(())
         }
-        Err(e) => {
-            let status = if e.will_retry(job) {
-                super::STATUS_PENDING
-            } else {
-                super::STATUS_FAILED
-            };
+        Err(e) if e.will_retry(job) => {
             set_backup(
                 ctx,
                 &row.id,
                 vec![
-                    (backup::Column::Status, Expr::value(status)),
+                    (backup::Column::Status, Expr::value(super::STATUS_PENDING)),
                     (backup::Column::Error, Expr::value(e.to_string())),
                     (
                         backup::Column::DurationSecs,
@@ -183,7 +168,88 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
             .await?;
             Err(e)
         }
+        Err(e) => {
+            // Written with the job's end, in its commit.
+            let failed = backup::Entity::update_many()
+                .col_expr(backup::Column::Status, Expr::value(super::STATUS_FAILED))
+                .col_expr(backup::Column::Error, Expr::value(e.to_string()))
+                .col_expr(
+                    backup::Column::DurationSecs,
+                    Expr::value(started.elapsed().as_secs() as i64),
+                )
+                .filter(backup::Column::Id.eq(row.id.clone()));
+            reporter.record_with_end(failed.into_query());
+            Err(e)
+        }
     }
+}
+
+/// Marks the backup running and reads it with its project (`None` when the
+/// project is gone). On PostgreSQL that is one round trip, the UPDATE's
+/// returned row joined to the project; its commit need not wait for the
+/// disk (the job's end does).
+async fn start(
+    ctx: &JobContext,
+    backup_id: &str,
+) -> Result<(backup::Model, Option<project::Model>), JobError> {
+    let control_plane = |e: DbErr| JobError::Retry(format!("control plane: {e}"));
+    let gone = || JobError::Abort("the backup row is gone".into());
+    let backend = ctx.db.get_database_backend();
+    if backend == DbBackend::Postgres {
+        // Prefixed as sea-orm reads two models from one row.
+        let sql = format!(
+            "WITH b AS (UPDATE backups SET status = $1 WHERE id = $2 \
+                 AND set_config('synchronous_commit', 'off', true) = 'off' RETURNING *) \
+             SELECT {}, {} FROM b LEFT JOIN projects p ON p.id = b.project_id",
+            prefixed("b", "A_", backup::Column::iter().map(|c| c.as_str())),
+            prefixed("p", "B_", project::Column::iter().map(|c| c.as_str())),
+        );
+        let found = ctx
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                backend,
+                sql,
+                [super::STATUS_IN_PROGRESS.into(), backup_id.into()],
+            ))
+            .await
+            .map_err(control_plane)?
+            .ok_or_else(gone)?;
+        let row = backup::Model::from_query_result(&found, "A_").map_err(control_plane)?;
+        let project = match found
+            .try_get::<Option<String>>("", "B_id")
+            .map_err(control_plane)?
+        {
+            Some(_) => {
+                Some(project::Model::from_query_result(&found, "B_").map_err(control_plane)?)
+            }
+            None => None,
+        };
+        return Ok((row, project));
+    }
+    let row = backup::Entity::update_many()
+        .col_expr(
+            backup::Column::Status,
+            Expr::value(super::STATUS_IN_PROGRESS),
+        )
+        .filter(backup::Column::Id.eq(backup_id))
+        .exec_with_returning(&ctx.db)
+        .await
+        .map_err(control_plane)?
+        .pop()
+        .ok_or_else(gone)?;
+    let project = project::Entity::find_by_id(row.project_id.clone())
+        .one(&ctx.db)
+        .await
+        .map_err(control_plane)?;
+    Ok((row, project))
+}
+
+/// `table.col AS "<prefix>col", …`
+fn prefixed<'a>(table: &str, prefix: &str, columns: impl Iterator<Item = &'a str>) -> String {
+    columns
+        .map(|c| format!("{table}.\"{c}\" AS \"{prefix}{c}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Builds and uploads the artifact; the object exists and is confirmed on
@@ -192,13 +258,9 @@ async fn produce(
     ctx: &JobContext,
     job: &job::Model,
     row: &backup::Model,
+    project: &project::Model,
     reporter: &Reporter,
 ) -> Result<ArtifactSummary, JobError> {
-    let project = project::Entity::find_by_id(row.project_id.clone())
-        .one(&ctx.db)
-        .await
-        .map_err(|e| JobError::Retry(format!("control plane: {e}")))?
-        .ok_or_else(|| JobError::Abort("the project no longer exists".into()))?;
     // The API accepts only gzip and zstd.
     let (key, compression) = artifact_of(row);
     let destination = ctx

@@ -5,7 +5,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement, UpdateStatement};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement, TransactionTrait,
 };
 
 use super::{
@@ -331,30 +331,36 @@ pub async fn fail_owned_row(
     job: &job::Model,
     cause: &str,
 ) -> Result<(), DbErr> {
+    if let Some(update) = owned_row_failure(job, cause) {
+        db.execute(&update).await?;
+    }
+    Ok(())
+}
+
+/// The write of [`fail_owned_row`], for a job's end to make (`None` for a
+/// kind without a row of its own).
+pub fn owned_row_failure(job: &job::Model, cause: &str) -> Option<UpdateStatement> {
     use crate::entities::{backup, restore};
     let open = [STATUS_PENDING, STATUS_IN_PROGRESS];
     match job.kind.as_str() {
-        "backup" => {
+        "backup" => Some(
             backup::Entity::update_many()
                 .col_expr(backup::Column::Status, Expr::value(STATUS_FAILED))
                 .col_expr(backup::Column::Error, Expr::value(cause))
                 .filter(backup::Column::JobId.eq(job.id.clone()))
                 .filter(backup::Column::Status.is_in(open))
-                .exec(db)
-                .await?;
-        }
-        "restore" => {
+                .into_query(),
+        ),
+        "restore" => Some(
             restore::Entity::update_many()
                 .col_expr(restore::Column::Status, Expr::value(STATUS_FAILED))
                 .col_expr(restore::Column::Error, Expr::value(cause))
                 .filter(restore::Column::JobId.eq(job.id.clone()))
                 .filter(restore::Column::Status.is_in(open))
-                .exec(db)
-                .await?;
-        }
-        _ => {}
+                .into_query(),
+        ),
+        _ => None,
     }
-    Ok(())
 }
 
 /// Hands a job back for another attempt after `wait`, keeping the cause.
@@ -415,7 +421,8 @@ pub struct Ended {
 }
 
 /// Ends the attempt, writes its last events (`batch`) and, for a job that
-/// completed, its `result` write (see [`super::reporter::Reporter::record_with_end`]),
+/// finished (not one released for another attempt), its `result` write
+/// (see [`super::reporter::Reporter::record_with_end`]),
 /// and makes the project's waiting jobs due, in one commit: on PostgreSQL
 /// one statement, since this is on every job's path. The events and the
 /// result are written only if the job was still `worker`'s.
@@ -427,7 +434,7 @@ pub async fn end_job(
     batch: &super::events::Batch,
     result: Option<UpdateStatement>,
 ) -> Result<Ended, DbErr> {
-    let result = result.filter(|_| matches!(ending, Ending::Finish(None)));
+    let result = result.filter(|_| matches!(ending, Ending::Finish(_)));
     if db.get_database_backend() == DbBackend::Postgres {
         return end_job_postgres(db, job, worker, ending, batch, result).await;
     }

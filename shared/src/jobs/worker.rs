@@ -323,12 +323,18 @@ async fn end(
         (Err(_), cause) => {
             let cause = cause.as_deref().unwrap_or_default();
             tracing::warn!(job = %job.id, cause = %cause, "job failed");
-            // Before the end is told: a waiting request reads this row.
-            if let Err(db) = store::fail_owned_row(&ctx.db, job, cause).await {
-                tracing::warn!(job = %job.id, error = %db, "cannot fail the job's own row");
-            }
         }
     }
+    // The row the job works for ends with the job, in its commit: what the
+    // module recorded, or, when it recorded nothing (a failure it did not
+    // see, such as a cancel), that row failed with the cause. A waiting
+    // request that reads that row then always finds the job over too.
+    let result = reporter
+        .take_result_write()
+        .or_else(|| match (&outcome, &cause) {
+            (Err(_), Some(cause)) if !retry => store::owned_row_failure(job, cause),
+            _ => None,
+        });
     let (mut batch, writing) = reporter.take().await;
     let ending = match &outcome {
         Ok(()) => {
@@ -350,7 +356,6 @@ async fn end(
             Ending::Finish(Some(e))
         }
     };
-    let result = reporter.take_result_write();
     let ended = store::end_job(&ctx.db, job, &ctx.worker_id, ending, &batch, result).await;
     drop(writing);
     let ended = match ended {
