@@ -166,9 +166,7 @@ impl<W: Write> ParallelGzip<W> {
     pub fn finish(mut self) -> io::Result<W> {
         if self.sent == 0 && self.block.is_empty() {
             // An empty stream is still one (empty) member.
-            let empty =
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(self.level))
-                    .finish()?;
+            let empty = compress(&[], self.level)?;
             self.sink()?.write_all(&empty)?;
         }
         self.dispatch_block(false)?;

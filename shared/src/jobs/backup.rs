@@ -98,20 +98,38 @@ struct Payload {
     backup_id: String,
 }
 
+/// An UPDATE of the backup row `id` with `changes`.
+fn backup_update(
+    id: &str,
+    changes: Vec<(backup::Column, sea_orm::sea_query::SimpleExpr)>,
+) -> sea_orm::UpdateMany<backup::Entity> {
+    changes.into_iter().fold(
+        backup::Entity::update_many().filter(backup::Column::Id.eq(id)),
+        |update, (column, value)| update.col_expr(column, value),
+    )
+}
+
+/// [`backup_update`] for a write made while the job runs: its commit need
+/// not wait for the disk, since the job's end follows and commits durably.
+fn running_update(
+    backend: DbBackend,
+    id: &str,
+    changes: Vec<(backup::Column, sea_orm::sea_query::SimpleExpr)>,
+) -> sea_orm::UpdateMany<backup::Entity> {
+    let update = backup_update(id, changes);
+    match super::store::relaxed_commit(backend) {
+        Some(relaxed) => update.filter(relaxed),
+        None => update,
+    }
+}
+
+/// Writes the backup row now (see [`running_update`]).
 async fn set_backup(
     ctx: &JobContext,
     id: &str,
     changes: Vec<(backup::Column, sea_orm::sea_query::SimpleExpr)>,
 ) -> Result<(), JobError> {
-    let mut update = backup::Entity::update_many().filter(backup::Column::Id.eq(id));
-    // The job's end follows and commits durably.
-    if let Some(relaxed) = super::store::relaxed_commit(ctx.db.get_database_backend()) {
-        update = update.filter(relaxed);
-    }
-    for (column, value) in changes {
-        update = update.col_expr(column, value);
-    }
-    update
+    running_update(ctx.db.get_database_backend(), id, changes)
         .exec(&ctx.db)
         .await
         .map(|_| ())
@@ -133,52 +151,47 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
                 reporter.warning(warning).await;
             }
             let manifest = serde_json::to_string(&summary.manifest).unwrap_or_default();
-            // Written with the job's end, in its commit.
-            let completed = backup::Entity::update_many()
-                .col_expr(backup::Column::Status, Expr::value(super::STATUS_COMPLETED))
-                .col_expr(backup::Column::Size, Expr::value(summary.bytes as i64))
-                .col_expr(backup::Column::Sha256, Expr::value(summary.sha256.clone()))
-                .col_expr(backup::Column::Manifest, Expr::value(manifest))
-                .col_expr(backup::Column::Error, Expr::value(Option::<String>::None))
-                .col_expr(
+            let completed = vec![
+                (backup::Column::Status, Expr::value(super::STATUS_COMPLETED)),
+                (backup::Column::Size, Expr::value(summary.bytes as i64)),
+                (backup::Column::Sha256, Expr::value(summary.sha256.clone())),
+                (backup::Column::Manifest, Expr::value(manifest)),
+                (backup::Column::Error, Expr::value(Option::<String>::None)),
+                (
                     backup::Column::DurationSecs,
                     Expr::value(started.elapsed().as_secs() as i64),
-                )
-                .col_expr(
+                ),
+                (
                     backup::Column::CompletedAt,
                     Expr::value(super::store::now()),
-                )
-                .filter(backup::Column::Id.eq(row.id.clone()));
-            reporter.record_with_end(completed.into_query());
+                ),
+            ];
+            // Written with the job's end, in its commit.
+            reporter.record_with_end(backup_update(&row.id, completed).into_query());
             Ok(())
         }
-        Err(e) if e.will_retry(job) => {
-            set_backup(
-                ctx,
-                &row.id,
-                vec![
-                    (backup::Column::Status, Expr::value(super::STATUS_PENDING)),
-                    (backup::Column::Error, Expr::value(e.to_string())),
-                    (
-                        backup::Column::DurationSecs,
-                        Expr::value(started.elapsed().as_secs() as i64),
-                    ),
-                ],
-            )
-            .await?;
-            Err(e)
-        }
         Err(e) => {
-            // Written with the job's end, in its commit.
-            let failed = backup::Entity::update_many()
-                .col_expr(backup::Column::Status, Expr::value(super::STATUS_FAILED))
-                .col_expr(backup::Column::Error, Expr::value(e.to_string()))
-                .col_expr(
+            let retry = e.will_retry(job);
+            let status = if retry {
+                super::STATUS_PENDING
+            } else {
+                super::STATUS_FAILED
+            };
+            let ended = vec![
+                (backup::Column::Status, Expr::value(status)),
+                (backup::Column::Error, Expr::value(e.to_string())),
+                (
                     backup::Column::DurationSecs,
                     Expr::value(started.elapsed().as_secs() as i64),
-                )
-                .filter(backup::Column::Id.eq(row.id.clone()));
-            reporter.record_with_end(failed.into_query());
+                ),
+            ];
+            if retry {
+                // Back to pending at once; the job is released after this.
+                set_backup(ctx, &row.id, ended).await?;
+            } else {
+                // Failed for good with the job's end, in its commit.
+                reporter.record_with_end(backup_update(&row.id, ended).into_query());
+            }
             Err(e)
         }
     }
@@ -186,8 +199,8 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
 
 /// Marks the backup running and reads it with its project (`None` when the
 /// project is gone). On PostgreSQL that is one round trip, the UPDATE's
-/// returned row joined to the project; its commit need not wait for the
-/// disk (the job's end does).
+/// returned row joined to the project, in a commit that need not wait for
+/// the disk (the job's end does).
 async fn start(
     ctx: &JobContext,
     backup_id: &str,
@@ -195,52 +208,53 @@ async fn start(
     let control_plane = |e: DbErr| JobError::Retry(format!("control plane: {e}"));
     let gone = || JobError::Abort("the backup row is gone".into());
     let backend = ctx.db.get_database_backend();
-    if backend == DbBackend::Postgres {
-        // Prefixed as sea-orm reads two models from one row.
-        let sql = format!(
-            "WITH b AS (UPDATE backups SET status = $1 WHERE id = $2 \
-                 AND set_config('synchronous_commit', 'off', true) = 'off' RETURNING *) \
-             SELECT {}, {} FROM b LEFT JOIN projects p ON p.id = b.project_id",
-            prefixed("b", "A_", backup::Column::iter().map(|c| c.as_str())),
-            prefixed("p", "B_", project::Column::iter().map(|c| c.as_str())),
-        );
-        let found = ctx
-            .db
-            .query_one_raw(Statement::from_sql_and_values(
-                backend,
-                sql,
-                [super::STATUS_IN_PROGRESS.into(), backup_id.into()],
-            ))
-            .await
-            .map_err(control_plane)?
-            .ok_or_else(gone)?;
-        let row = backup::Model::from_query_result(&found, "A_").map_err(control_plane)?;
-        let project = match found
-            .try_get::<Option<String>>("", "B_id")
-            .map_err(control_plane)?
-        {
-            Some(_) => {
-                Some(project::Model::from_query_result(&found, "B_").map_err(control_plane)?)
-            }
-            None => None,
-        };
-        return Ok((row, project));
-    }
-    let row = backup::Entity::update_many()
-        .col_expr(
+    let running = running_update(
+        backend,
+        backup_id,
+        vec![(
             backup::Column::Status,
             Expr::value(super::STATUS_IN_PROGRESS),
-        )
-        .filter(backup::Column::Id.eq(backup_id))
-        .exec_with_returning(&ctx.db)
+        )],
+    );
+    if backend != DbBackend::Postgres {
+        let row = running
+            .exec_with_returning(&ctx.db)
+            .await
+            .map_err(control_plane)?
+            .pop()
+            .ok_or_else(gone)?;
+        let project = project::Entity::find_by_id(row.project_id.clone())
+            .one(&ctx.db)
+            .await
+            .map_err(control_plane)?;
+        return Ok((row, project));
+    }
+    let update = backend.build(running.into_query().returning_all());
+    // Prefixed as sea-orm reads two models from one row.
+    let sql = format!(
+        "WITH b AS ({}) SELECT {}, {} FROM b LEFT JOIN projects p ON p.id = b.project_id",
+        update.sql,
+        prefixed("b", "A_", backup::Column::iter().map(|c| c.as_str())),
+        prefixed("p", "B_", project::Column::iter().map(|c| c.as_str())),
+    );
+    let found = ctx
+        .db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            update.values.map(|v| v.0).unwrap_or_default(),
+        ))
         .await
         .map_err(control_plane)?
-        .pop()
         .ok_or_else(gone)?;
-    let project = project::Entity::find_by_id(row.project_id.clone())
-        .one(&ctx.db)
-        .await
-        .map_err(control_plane)?;
+    let row = backup::Model::from_query_result(&found, "A_").map_err(control_plane)?;
+    let project = match found
+        .try_get::<Option<String>>("", "B_id")
+        .map_err(control_plane)?
+    {
+        Some(_) => Some(project::Model::from_query_result(&found, "B_").map_err(control_plane)?),
+        None => None,
+    };
     Ok((row, project))
 }
 
