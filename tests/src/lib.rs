@@ -637,6 +637,24 @@ impl ControlPlane {
         }
     }
 
+    /// The first column of the first row of `sql`, as text (`None` when
+    /// there is no row or it is NULL).
+    pub async fn text(&self, sql: &str) -> Option<String> {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match self {
+            ControlPlane::Sqlite(pool) => sqlx::query_scalar::<_, Option<String>>(sql)
+                .fetch_optional(pool)
+                .await
+                .expect("sql")
+                .flatten(),
+            ControlPlane::Postgres(pool) => sqlx::query_scalar::<_, Option<String>>(sql)
+                .fetch_optional(pool)
+                .await
+                .expect("sql")
+                .flatten(),
+        }
+    }
+
     pub async fn execute(&self, sql: &str) {
         match self {
             ControlPlane::Sqlite(pool) => {

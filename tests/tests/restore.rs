@@ -423,6 +423,93 @@ async fn a_database_that_goes_away_mid_restore_leaves_the_project_as_it_was() {
     assert!(leftovers(&root.join("volumes/storage")).is_empty());
 }
 
+/// A restore ends with its job, and only by the worker that holds the job.
+/// Here the job is taken from its worker while the restore waits for a
+/// lock (as when its heartbeat goes stale): that worker finishes the
+/// restore but records nothing, and the restore is never `completed` while
+/// its job is not. The worker that takes the job over restores again and
+/// records both.
+#[tokio::test]
+async fn a_restore_is_recorded_only_by_the_worker_holding_its_job() {
+    let project = refproject::make(0.02, 23, false).await;
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        supascale_tests::Launch::default().env("SUPASCALE_RESTORE_LOCK_TIMEOUT_SECONDS", "60"),
+    )
+    .await;
+    register(&app, &project, "handover").await;
+    let before = state_of(&project);
+    let backup_id = backup(&app, "handover", "full").await;
+    change_everything(&project);
+    let lock = supascale_tests::TableLock::hold_shared(&project.database.url).await;
+    let (status, accepted) = status_and_body(
+        app.post(&format!("/api/v1/backups/{backup_id}/restore?async=true"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let job_id = accepted["job"]["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while supascale_tests::job_sessions(&project.database.url, &job_id).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restore never connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let control = app.control_plane().await;
+    control
+        .execute(&format!(
+            "UPDATE jobs SET worker_id = 'a-worker-that-died' WHERE id = '{job_id}'"
+        ))
+        .await;
+    lock.release().await;
+
+    let state = format!(
+        "SELECT r.status || ' ' || j.status || ' ' || COALESCE(j.worker_id, '-') \
+         FROM restores r JOIN jobs j ON j.id = r.job_id WHERE r.job_id = '{job_id}'"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut seen = Vec::new();
+    loop {
+        let now = control.text(&state).await.expect("the restore row");
+        let fields: Vec<&str> = now.split(' ').collect();
+        let (restore_status, job_status) = (fields[0], fields[1]);
+        assert!(
+            restore_status != "completed" || job_status == "completed",
+            "the restore was recorded completed while its job was {job_status} (held by {}); seen: {seen:?}",
+            fields[2]
+        );
+        if seen.last() != Some(&now) {
+            seen.push(now.clone());
+        }
+        if job_status == "completed" || job_status == "failed" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job never ended: {seen:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let job = app
+        .wait_for_job(
+            &format!("/api/v1/jobs/{job_id}"),
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(job["status"], "completed", "{job}; seen: {seen:?}");
+    assert_eq!(job["attempt"], 2, "{job}; seen: {seen:?}");
+    assert!(
+        seen.iter().any(|s| s.ends_with("a-worker-that-died")),
+        "{seen:?}"
+    );
+    assert_eq!(state_of(&project), before);
+}
+
 /// Every check that needs no artifact answers at once, in the contract's
 /// error shape, and starts nothing.
 #[tokio::test]

@@ -79,9 +79,9 @@ impl Reporter {
         &self.job_id
     }
 
-    /// The write that records a successful job's result in the row it
-    /// works for (a backup's `completed`), to be made by the job's end in
-    /// the same commit, and only if the job is still this worker's: the row
+    /// The write that ends the row a job works for (a backup or a restore,
+    /// `completed` or failed for good), to be made by the job's end in the
+    /// same commit, and only if the job is still this worker's: the row
     /// and the job end together, and a worker whose job was taken over
     /// does not overwrite what the new one records.
     pub fn record_with_end(&self, update: UpdateStatement) {

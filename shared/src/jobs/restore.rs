@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryTrait};
 use sha2::Digest;
 
 use super::backup::{SpooledDump, artifact_of, check_free_space, destination_error, io_error};
@@ -107,7 +107,17 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
             .col_expr(restore::Column::Error, Expr::value(e.to_string()))
             .col_expr(restore::Column::DurationSecs, Expr::value(duration)),
     };
-    update.exec(&ctx.db).await.map_err(control_plane)?;
+    match &result {
+        // Back to pending at once; the job is released after this.
+        Err(e) if e.will_retry(job) => {
+            update.exec(&ctx.db).await.map_err(control_plane)?;
+        }
+        // Completed, or failed for good, with the job's end and in its
+        // commit, as a backup is: a waiting request that finds the restore
+        // over finds its job over too, and a worker whose job was taken
+        // over cannot overwrite what the one holding it records.
+        _ => reporter.record_with_end(update.into_query()),
+    }
     result.map(|_| ())
 }
 
