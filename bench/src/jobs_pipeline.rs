@@ -94,6 +94,16 @@ async fn main() {
     let db = sqlx::PgPool::connect(&app.database.as_ref().unwrap().url)
         .await
         .unwrap();
+    // An experiment's change to the control plane (a trigger, an index),
+    // made before the first run: `BENCH_SQL_FILE=change.sql`.
+    if let Ok(file) = std::env::var("BENCH_SQL_FILE") {
+        let sql = std::fs::read_to_string(&file).expect("BENCH_SQL_FILE");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&db)
+            .await
+            .expect("BENCH_SQL_FILE runs");
+        println!("ran {file} on the control plane");
+    }
     println!(
         "jobs pipeline: PostgreSQL + Redis, 2 supascale-worker processes (concurrency 2 each), \
          config-only backups of a small project to the local destination"
