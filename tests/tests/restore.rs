@@ -363,23 +363,14 @@ async fn sessions_that_hold_locks_are_named_or_ended_with_force() {
     drop(lock);
 }
 
-/// The target's database connection dies half-way through the load (its
-/// backend is ended while the restore waits for a lock): the transaction
-/// is gone, and so is every staged file.
-#[tokio::test]
-async fn a_database_that_goes_away_mid_restore_leaves_the_project_as_it_was() {
-    let project = refproject::make(0.05, 17, false).await;
-    let app = TestApp::spawn_with(
-        Backend::Sqlite,
-        supascale_tests::Launch::default().env("SUPASCALE_RESTORE_LOCK_TIMEOUT_SECONDS", "60"),
-    )
-    .await;
-    register(&app, &project, "vanishing").await;
-    let backup_id = backup(&app, "vanishing", "full").await;
-    change_everything(&project);
-    let before = state_of(&project);
-    let lock = supascale_tests::TableLock::hold_shared(&project.database.url).await;
-
+/// Starts a restore with `?async=true` and returns (its 202 body, its job
+/// id) once its session on the project database is there, waiting for the
+/// lock the caller holds.
+async fn start_restore_behind_lock(
+    app: &TestApp,
+    project: &RefProject,
+    backup_id: &str,
+) -> (Value, String) {
     let (status, accepted) = status_and_body(
         app.post(&format!("/api/v1/backups/{backup_id}/restore?async=true"))
             .json(&json!({}))
@@ -399,6 +390,27 @@ async fn a_database_that_goes_away_mid_restore_leaves_the_project_as_it_was() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    (accepted, job_id)
+}
+
+/// The target's database connection dies half-way through the load (its
+/// backend is ended while the restore waits for a lock): the transaction
+/// is gone, and so is every staged file.
+#[tokio::test]
+async fn a_database_that_goes_away_mid_restore_leaves_the_project_as_it_was() {
+    let project = refproject::make(0.05, 17, false).await;
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        supascale_tests::Launch::default().env("SUPASCALE_RESTORE_LOCK_TIMEOUT_SECONDS", "60"),
+    )
+    .await;
+    register(&app, &project, "vanishing").await;
+    let backup_id = backup(&app, "vanishing", "full").await;
+    change_everything(&project);
+    let before = state_of(&project);
+    let lock = supascale_tests::TableLock::hold_shared(&project.database.url).await;
+
+    let (accepted, job_id) = start_restore_behind_lock(&app, &project, &backup_id).await;
     psql(
         &project.database.url,
         &format!(
@@ -442,24 +454,7 @@ async fn a_restore_is_recorded_only_by_the_worker_holding_its_job() {
     let backup_id = backup(&app, "handover", "full").await;
     change_everything(&project);
     let lock = supascale_tests::TableLock::hold_shared(&project.database.url).await;
-    let (status, accepted) = status_and_body(
-        app.post(&format!("/api/v1/backups/{backup_id}/restore?async=true"))
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 202, "{accepted}");
-    let job_id = accepted["job"]["id"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while supascale_tests::job_sessions(&project.database.url, &job_id).await == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the restore never connected"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let (_, job_id) = start_restore_behind_lock(&app, &project, &backup_id).await;
     let control = app.control_plane().await;
     control
         .execute(&format!(
