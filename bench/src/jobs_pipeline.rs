@@ -156,6 +156,9 @@ async fn main() {
         bare_rate,
         100.0 * ours_rate / bare_rate
     );
+    if std::env::var("BENCH_FLOOR").is_ok() {
+        job_row_floor(&db, args.jobs).await;
+    }
     if std::env::var("BENCH_PHASES").is_ok() {
         let phases: Vec<(String, f64)> = sqlx::query_as(
             "SELECT e.event || ':' || coalesce(e.data::json->>'step', ''), \
@@ -263,12 +266,18 @@ const PROGRAMS: [&str; 5] = [
 
 impl CpuMeter {
     fn start() -> Self {
-        CpuMeter(std::env::var("BENCH_CPU").is_ok().then(|| {
-            (
-                supascale_bench::cpu_seconds_of_programs(&PROGRAMS),
-                context_switches(),
-            )
-        }))
+        if std::env::var("BENCH_CPU").is_ok() {
+            Self::always()
+        } else {
+            CpuMeter(None)
+        }
+    }
+
+    fn always() -> Self {
+        CpuMeter(Some((
+            supascale_bench::cpu_seconds_of_programs(&PROGRAMS),
+            context_switches(),
+        )))
     }
 
     fn report(self, phase: &str, jobs: u64) {
@@ -290,6 +299,79 @@ impl CpuMeter {
             switches as f64 / jobs as f64
         );
     }
+}
+
+/// What PostgreSQL needs for a job row alone, with nothing of ours in the
+/// loop: `jobs` rows written the way a job's life writes them at the
+/// least (inserted `pending`; taken; ended with three events: `start`, a
+/// `step`, `complete`), from 4 connections at once (the two workers'
+/// concurrency), each write its own durable commit. No backup row, no
+/// summary, no HTTP, no queue. The rows are removed after.
+async fn job_row_floor(db: &sqlx::PgPool, jobs: u64) {
+    let meter = CpuMeter::always();
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (db, next) = (db.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= jobs {
+                    break;
+                }
+                let id = format!("floor-{n}");
+                sqlx::query(
+                    "INSERT INTO jobs (id, kind, project_id, status, attempt, max_attempts, \
+                     payload, warnings, enqueued_at) \
+                     VALUES ($1, 'backup', 'bench', 'pending', 0, 3, '{}', '[]', now())",
+                )
+                .bind(&id)
+                .execute(&db)
+                .await
+                .unwrap();
+                sqlx::query(
+                    "UPDATE jobs SET status = 'in_progress', attempt = attempt + 1, \
+                     worker_id = 'floor', started_at = now(), heartbeat_at = now() \
+                     WHERE id = $1 AND status = 'pending'",
+                )
+                .bind(&id)
+                .execute(&db)
+                .await
+                .unwrap();
+                sqlx::query(
+                    "WITH fin AS (UPDATE jobs SET status = 'completed', finished_at = now() \
+                     WHERE id = $1 AND worker_id = 'floor' RETURNING id) \
+                     INSERT INTO job_events (job_id, seq, event, data, created_at) \
+                     SELECT fin.id, e.seq, e.event, '{}', now() FROM fin, \
+                     (VALUES (1, 'start'), (2, 'step'), (3, 'complete')) AS e(seq, event)",
+                )
+                .bind(&id)
+                .execute(&db)
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "  job-row floor (PostgreSQL alone: insert, take, end with 3 events; 4 connections): \
+         {jobs} in {:.2} s = {:.1} jobs/s",
+        elapsed.as_secs_f64(),
+        jobs as f64 / elapsed.as_secs_f64()
+    );
+    meter.report("job-row floor", jobs);
+    sqlx::query("DELETE FROM job_events WHERE job_id LIKE 'floor-%'")
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM jobs WHERE id LIKE 'floor-%'")
+        .execute(db)
+        .await
+        .unwrap();
 }
 
 /// `jobs` config-only backups through the API with 16 clients, until all
