@@ -103,6 +103,20 @@ pub struct Config {
     /// last received a part, this long ago belongs to a worker that died:
     /// the reconciler aborts it so its parts stop being billed.
     pub stale_upload_seconds: u64,
+    /// Folders under which projects may live (`:`-separated). When set, a
+    /// project's folders must lie under one of them; when unset, only an
+    /// admin key that is not limited to projects may set a project's
+    /// folders or database URL.
+    pub project_roots: Option<String>,
+    /// What an uploaded archive may expand to, as a multiple of its
+    /// compressed size (a bomb fails within seconds, naming the entry).
+    pub import_max_expansion_ratio: u64,
+    /// How long a client may take to send a request's headers.
+    pub http_header_timeout_seconds: u64,
+    /// How long a request body may go without a byte arriving.
+    pub http_body_timeout_seconds: u64,
+    /// How long an idle keep-alive connection is kept open.
+    pub http_idle_timeout_seconds: u64,
 }
 
 impl Default for Config {
@@ -137,6 +151,11 @@ impl Default for Config {
             import_max_expanded_bytes: 200 * 1024 * 1024 * 1024,
             import_max_entries: 5_000_000,
             stale_upload_seconds: crate::destinations::multipart::STALE_UPLOAD_AFTER.as_secs(),
+            project_roots: None,
+            import_max_expansion_ratio: 200,
+            http_header_timeout_seconds: 30,
+            http_body_timeout_seconds: 60,
+            http_idle_timeout_seconds: 120,
         }
     }
 }
@@ -252,6 +271,35 @@ impl Config {
         if self.workers > 256 {
             return Err(ConfigError("SUPASCALE_WORKERS must be at most 256".into()));
         }
+        if let Some(root) = self.project_roots().iter().find(|r| !r.is_absolute()) {
+            return Err(ConfigError(format!(
+                "SUPASCALE_PROJECT_ROOTS: {} is not an absolute path",
+                root.display()
+            )));
+        }
+        if self.import_max_expansion_ratio == 0 {
+            return Err(ConfigError(
+                "SUPASCALE_IMPORT_MAX_EXPANSION_RATIO must be at least 1".into(),
+            ));
+        }
+        for (setting, value) in [
+            (
+                "SUPASCALE_HTTP_HEADER_TIMEOUT_SECONDS",
+                self.http_header_timeout_seconds,
+            ),
+            (
+                "SUPASCALE_HTTP_BODY_TIMEOUT_SECONDS",
+                self.http_body_timeout_seconds,
+            ),
+            (
+                "SUPASCALE_HTTP_IDLE_TIMEOUT_SECONDS",
+                self.http_idle_timeout_seconds,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError(format!("{setting} must be at least 1")));
+            }
+        }
         self.recipients()?;
         self.identities()?;
         Ok(())
@@ -354,6 +402,18 @@ impl Config {
                 self.data_dir.join("supascale.db").display()
             ),
         }
+    }
+
+    /// `project_roots` as paths (none when unset).
+    pub fn project_roots(&self) -> Vec<PathBuf> {
+        self.project_roots
+            .as_deref()
+            .unwrap_or("")
+            .split(':')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(PathBuf::from)
+            .collect()
     }
 
     pub fn master_key_path(&self) -> PathBuf {
