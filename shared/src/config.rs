@@ -557,5 +557,6 @@ mod tests {
         let config = load(&[("SUPASCALE_CONFIG", path)]).unwrap();
         assert_eq!(config.listen, "0.0.0.0:8080");
         assert_eq!(config.log_format, "json");
+        assert_eq!(config.project_roots(), vec![PathBuf::from("/srv/supabase")]);
     }
 }

@@ -124,3 +124,58 @@ pub async fn check_master_key(
 pub async fn ping(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     db.execute_unprepared("SELECT 1").await.map(|_| ())
 }
+
+/// True when the connected database holds a Supascale control plane: our
+/// tables side by side in one schema (a project may well have a `jobs` or
+/// `backups` table of its own, not all four of these).
+pub const HOLDS_OUR_TABLES: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class \
+     WHERE relkind IN ('r', 'p') \
+       AND relname IN ('seaql_migrations', 'job_events', 'api_keys', 'backup_totals') \
+     GROUP BY relnamespace HAVING count(DISTINCT relname) = 4)";
+
+/// Whether `target` names this deployment's own control-plane database:
+/// the same database name on the same server, hosts compared by address
+/// (any address of this machine counts as the same machine, so neither
+/// `localhost`, `127.0.0.2` nor the machine's LAN address gets round it).
+pub async fn is_control_plane_address(
+    config: &Config,
+    target: &crate::domain::DatabaseTarget,
+) -> bool {
+    let url = config.database_url();
+    if url.starts_with("sqlite:") {
+        return false;
+    }
+    let Ok(ours) = crate::domain::parse_database_url(&url) else {
+        return false;
+    };
+    ours.database == target.database
+        && same_server(&ours.host, ours.port, &target.host, target.port).await
+}
+
+/// Whether two `host:port` pairs reach the same server.
+pub async fn same_server(a_host: &str, a_port: u16, b_host: &str, b_port: u16) -> bool {
+    if a_port != b_port {
+        return false;
+    }
+    if a_host.eq_ignore_ascii_case(b_host) {
+        return true;
+    }
+    let (a, b) = tokio::join!(addresses(a_host, a_port), addresses(b_host, b_port));
+    a.iter().any(|x| b.contains(x))
+        || (a.iter().any(|ip| is_this_machine(*ip)) && b.iter().any(|ip| is_this_machine(*ip)))
+}
+
+async fn addresses(host: &str, port: u16) -> Vec<std::net::IpAddr> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let lookup = tokio::net::lookup_host((host, port));
+    match tokio::time::timeout(Duration::from_secs(3), lookup).await {
+        Ok(Ok(found)) => found.map(|a| a.ip().to_canonical()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// An address this machine answers on: loopback, unspecified, or one a
+/// socket can bind to.
+fn is_this_machine(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}

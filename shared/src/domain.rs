@@ -74,6 +74,47 @@ pub struct DatabaseTarget {
     pub user: String,
 }
 
+/// Query parameters a project's database URL may carry. The others would
+/// let a URL say one server or database and connect to another (`host`,
+/// `hostaddr`, `port`, `dbname`, `service`), or read files of the server
+/// (`passfile`, `sslkey`, `sslpassword`).
+pub const URL_PARAMETERS: [&str; 7] = [
+    "sslmode",
+    "sslrootcert",
+    "connect_timeout",
+    "application_name",
+    "target_session_attrs",
+    "password",
+    "options",
+];
+
+/// Splits a database URL into the URL a child program may see (no password,
+/// in the user info or in a `password` parameter) and the password, which
+/// goes to it through the environment (`PGPASSWORD`), never its command
+/// line, where `ps` shows it.
+pub fn split_password(raw: &str) -> Result<(String, Option<String>), String> {
+    let mut url = url::Url::parse(raw).map_err(|_| "is not a valid URL".to_string())?;
+    let mut password = url.password().map(percent_decode);
+    let _ = url.set_password(None);
+    let mut kept = Vec::new();
+    let mut had_query = false;
+    for (name, value) in url.query_pairs() {
+        had_query = true;
+        if name == "password" {
+            password = Some(value.into_owned());
+        } else {
+            kept.push((name.into_owned(), value.into_owned()));
+        }
+    }
+    if had_query {
+        url.set_query(None);
+        if !kept.is_empty() {
+            url.query_pairs_mut().extend_pairs(kept);
+        }
+    }
+    Ok((url.to_string(), password))
+}
+
 /// Checks a `postgres://` URL and returns its public parts; the error says
 /// what is wrong without repeating the URL (it may hold a password).
 pub fn parse_database_url(raw: &str) -> Result<DatabaseTarget, String> {
@@ -90,6 +131,16 @@ pub fn parse_database_url(raw: &str) -> Result<DatabaseTarget, String> {
     if user.is_empty() {
         return Err("must name a user (postgres://USER:PASSWORD@HOST:PORT/DATABASE)".into());
     }
+    if let Some((name, _)) = url
+        .query_pairs()
+        .find(|(name, _)| !URL_PARAMETERS.contains(&name.as_ref()))
+    {
+        return Err(format!(
+            "may not set the parameter {name:?}: only {} are accepted (the host, port, \
+             database and user go in the URL itself)",
+            URL_PARAMETERS.join(", ")
+        ));
+    }
     let database = url.path().trim_start_matches('/');
     Ok(DatabaseTarget {
         host,
@@ -103,11 +154,13 @@ pub fn parse_database_url(raw: &str) -> Result<DatabaseTarget, String> {
     })
 }
 
+/// Percent-decoding as in a URL's user info and path (`+` stays `+`).
 fn percent_decode(s: &str) -> String {
+    let s = s.replace('+', "%2B");
     url::form_urlencoded::parse(format!("x={s}").as_bytes())
         .next()
         .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_string())
+        .unwrap_or(s)
 }
 
 /// Reads a docker-compose `.env` file: `KEY=VALUE` lines, `#` comments,
@@ -203,6 +256,33 @@ mod tests {
         let e = parse_database_url("mysql://u:secretpw@h/db").unwrap_err();
         assert!(!e.contains("secretpw"));
         assert!(parse_database_url("postgres://h/db").is_err());
+    }
+
+    #[test]
+    fn database_urls_cannot_point_elsewhere_through_parameters() {
+        for bad in [
+            "postgres://u:p@h/db?host=/var/run/postgresql",
+            "postgres://u:p@h/db?sslmode=disable&dbname=supascale",
+            "postgres://u:p@h/db?port=6000",
+            "postgres://u:p@h/db?passfile=/root/.pgpass",
+        ] {
+            let e = parse_database_url(bad).unwrap_err();
+            assert!(e.contains("may not set the parameter"), "{bad}: {e}");
+        }
+        assert!(parse_database_url("postgres://u@h/db?sslmode=require&password=x").is_ok());
+    }
+
+    #[test]
+    fn passwords_leave_the_url_wherever_they_were() {
+        let (url, password) =
+            split_password("postgres://u:p%40ss@h:5/db?sslmode=require&password=q%20s").unwrap();
+        assert_eq!(url, "postgres://u@h:5/db?sslmode=require");
+        assert_eq!(password.as_deref(), Some("q s"));
+        let (url, password) = split_password("postgres://u:p%40ss@h/db").unwrap();
+        assert_eq!(url, "postgres://u@h/db");
+        assert_eq!(password.as_deref(), Some("p@ss"));
+        let (_, password) = split_password("postgres://u:a+b@h/db").unwrap();
+        assert_eq!(password.as_deref(), Some("a+b"));
     }
 
     #[test]

@@ -701,7 +701,10 @@ pub async fn make_project() -> Project {
     let database = TempDatabase::create("supascale_project").await;
     psql(
         &database.url,
-        "CREATE TABLE public.posts (id bigserial PRIMARY KEY, title text); \
+        // A Supabase project always has its auth and storage schemas: a
+        // restore checks for them before it replaces anything.
+        "CREATE SCHEMA auth; CREATE SCHEMA storage; \
+         CREATE TABLE public.posts (id bigserial PRIMARY KEY, title text); \
          INSERT INTO public.posts (title) SELECT 'post ' || g FROM generate_series(1, 500) g;",
     );
     Project { root, database }

@@ -108,7 +108,9 @@ async fn permissions_are_enforced_with_403(backend: Backend) {
             "/api/v1/projects",
             Some(json!({"id": "p1", "name": "P", "rootDir": "/srv/p1",
                         "databaseUrl": "postgres://u:p@127.0.0.1:1/db"})),
-            true,
+            // Folders and database URLs are an admin's to name unless the
+            // operator set SUPASCALE_PROJECT_ROOTS (tests/tests/security.rs).
+            false,
         ),
         (
             &projects,
@@ -257,7 +259,7 @@ async fn keys_limited_to_projects_see_nothing_else(backend: Backend) {
             .post("/api/v1/projects")
             .json(
                 &json!({"id": id, "name": id, "rootDir": format!("/srv/{id}"),
-                          "databaseUrl": "postgres://u:p@127.0.0.1:1/db"}),
+                          "databaseUrl": format!("postgres://u:p@127.0.0.1:1/{id}")}),
             )
             .send()
             .await

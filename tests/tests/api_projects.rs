@@ -35,7 +35,7 @@ async fn a_project_is_registered_without_showing_its_password(backend: Backend) 
     let (status, body) = create(
         &app,
         json!({"id": "my-project", "name": "My Project", "rootDir": "/srv/supabase/my-project",
-               "databaseUrl": format!("postgres://supabase_admin:{PASSWORD}@10.1.2.3:6543/app"),
+               "databaseUrl": format!("postgres://supabase_admin:{PASSWORD}@127.0.0.3:6543/app"),
                "configPaths": ["/srv/db-config"]}),
     )
     .await;
@@ -55,13 +55,13 @@ async fn a_project_is_registered_without_showing_its_password(backend: Backend) 
     assert_eq!(project["configPaths"], json!(["/srv/db-config"]));
     assert_eq!(
         project["database"],
-        json!({"host": "10.1.2.3", "port": 6543, "database": "app", "user": "supabase_admin"})
+        json!({"host": "127.0.0.3", "port": 6543, "database": "app", "user": "supabase_admin"})
     );
     assert!(project.get("databaseUrl").is_none());
     for path in ["/api/v1/projects", "/api/v1/projects/my-project"] {
         let text = app.get(path).send().await.unwrap().text().await.unwrap();
         assert!(!text.contains(PASSWORD), "{path} shows the password");
-        assert!(text.contains("10.1.2.3"));
+        assert!(text.contains("127.0.0.3"));
     }
     // At rest the URL is sealed; the logs never saw it.
     let cp = app.control_plane().await;
@@ -283,14 +283,14 @@ async fn updates_change_only_what_is_given(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (status, _) = create(
         &app,
-        json!({"id": "p", "name": "Old", "rootDir": "/srv/old", "functionsDir": "/opt/functions",
+        json!({"id": "p", "name": "Old", "rootDir": "/srv/old", "functionsDir": "/srv/old/app/functions",
                "databaseUrl": "postgres://u:p@127.0.0.1:5432/db"}),
     )
     .await;
     assert_eq!(status, 201);
     let (status, body) = status_and_body(
         app.patch("/api/v1/projects/p")
-            .json(&json!({"name": "New", "rootDir": "/srv/new"}))
+            .json(&json!({"name": "New", "rootDir": "/srv/old/app"}))
             .send()
             .await
             .unwrap(),
@@ -299,13 +299,13 @@ async fn updates_change_only_what_is_given(backend: Backend) {
     assert_eq!(status, 200, "{body}");
     let project = &body["project"];
     assert_eq!(project["name"], "New");
-    assert_eq!(project["rootDir"], "/srv/new");
+    assert_eq!(project["rootDir"], "/srv/old/app");
     assert_eq!(
-        project["storageDir"], "/srv/new/volumes/storage",
+        project["storageDir"], "/srv/old/app/volumes/storage",
         "a default path follows the root"
     );
     assert_eq!(
-        project["functionsDir"], "/opt/functions",
+        project["functionsDir"], "/srv/old/app/functions",
         "an explicit path stays"
     );
     assert_eq!(project["database"]["database"], "db");
@@ -324,7 +324,7 @@ async fn updates_change_only_what_is_given(backend: Backend) {
 
     let (status, body) = status_and_body(
         app.patch("/api/v1/projects/p")
-            .json(&json!({"databaseUrl": "postgres://admin:x@db.internal:5433/other"}))
+            .json(&json!({"databaseUrl": "postgres://admin:x@127.0.0.5:5433/other"}))
             .send()
             .await
             .unwrap(),
@@ -333,7 +333,7 @@ async fn updates_change_only_what_is_given(backend: Backend) {
     assert_eq!(status, 200);
     assert_eq!(
         body["project"]["database"],
-        json!({"host": "db.internal", "port": 5433, "database": "other", "user": "admin"})
+        json!({"host": "127.0.0.5", "port": 5433, "database": "other", "user": "admin"})
     );
     let (status, _) = status_and_body(
         app.patch("/api/v1/projects/nope")

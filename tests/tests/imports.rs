@@ -247,10 +247,11 @@ async fn checks_that_need_no_job_answer_at_once() {
     );
 
     // A project whose database does not answer.
+    let down_root = tempfile::tempdir().unwrap();
     let (status, body) = status_and_body(
         app.post("/api/v1/projects")
             .json(&json!({"id": "down", "name": "Down",
-                "rootDir": target.root.path().to_str().unwrap(),
+                "rootDir": down_root.path().to_str().unwrap(),
                 "databaseUrl": "postgres://postgres@127.0.0.1:1/none"}))
             .send()
             .await

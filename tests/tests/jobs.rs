@@ -283,9 +283,10 @@ async fn an_idempotency_key_returns_the_first_job(backend: Backend) {
 
 async fn jobs_are_listed_with_filters(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let project = make_project().await;
+    // Two projects never share folders or a database.
+    let (project, other) = (make_project().await, make_project().await);
     register(&app, &project, "p").await;
-    register(&app, &project, "q").await;
+    register(&app, &other, "q").await;
     for id in ["p", "q", "p"] {
         let (status, body) = status_and_body(
             app.post("/api/v1/backups")

@@ -661,6 +661,17 @@ async fn a_role_without_superuser_is_refused_with_what_it_lacks() {
         .database
         .url
         .replace("postgres://postgres@", &format!("postgres://{role}@"));
+    // The same project, registered as a superuser first, makes the backup;
+    // then it is registered again with the owner role (two projects never
+    // share folders or a database).
+    register(&app, &project, "owned-admin").await;
+    let backup_id = backup(&app, "owned-admin", "full").await;
+    let response = app
+        .delete("/api/v1/projects/owned-admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
     let (status, body) = status_and_body(
         app.post("/api/v1/projects")
             .json(&json!({"id": "owned", "name": "Owned",
@@ -671,9 +682,6 @@ async fn a_role_without_superuser_is_refused_with_what_it_lacks() {
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    // The same project, registered as a superuser too, makes the backup.
-    register(&app, &project, "owned-admin").await;
-    let backup_id = backup(&app, "owned-admin", "full").await;
     let (status, body) = restore(
         &app,
         &backup_id,

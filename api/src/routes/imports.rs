@@ -208,11 +208,17 @@ impl ImportsApi {
         /// `true` to get 202 at once.
         #[oai(name = "async")]
         run_async: Query<Option<bool>>,
+        /// `true` to load into a database that does not look like a
+        /// Supabase project's (no `auth` and `storage` schemas, yet tables
+        /// in it); never into Supascale's own control plane.
+        #[oai(name = "forceRestore")]
+        force_restore: Query<Option<bool>>,
     ) -> ApiResult<StartedImport> {
         let request = Started {
             prefer: prefer.0,
             run_async: run_async.0,
             idempotency_key: idempotency_key.0,
+            force: force_restore.0.unwrap_or(false),
         };
         start_import(&state, &auth, "import_database", &id.0, file, request).await
     }
@@ -254,6 +260,7 @@ impl ImportsApi {
             prefer: prefer.0,
             run_async: run_async.0,
             idempotency_key: idempotency_key.0,
+            force: false,
         };
         start_import(&state, &auth, "import_storage", &id.0, file, request).await
     }
@@ -293,6 +300,7 @@ impl ImportsApi {
             prefer: prefer.0,
             run_async: run_async.0,
             idempotency_key: idempotency_key.0,
+            force: false,
         };
         start_import(&state, &auth, "import_functions", &id.0, file, request).await
     }
@@ -305,6 +313,8 @@ struct Started {
     prefer: Option<String>,
     run_async: Option<bool>,
     idempotency_key: Option<String>,
+    /// `forceRestore` (database imports).
+    force: bool,
 }
 
 async fn start_import(
@@ -352,6 +362,16 @@ async fn start_import(
                 project.id
             )));
         }
+        // A storage import only adds rows to the storage schema: only the
+        // control plane is refused for it.
+        let force = request.force || kind == "import_storage";
+        if let Some(problem) = supascale_shared::restore::database::identity_problem(&facts, force)
+        {
+            return Err(ApiError::bad_request(format!(
+                "Project {}: {problem}",
+                project.id
+            )));
+        }
     }
     let store = UploadStore::new(&state.config, &state.destinations).map_err(ApiError::internal)?;
     let mut job = jobs::store::new_job(
@@ -363,7 +383,12 @@ async fn start_import(
     let job_id = job.id.clone().unwrap();
     let (file_name, size) = receive(state, &store, &job_id, file.0).await?;
     job.payload = sea_orm::ActiveValue::Set(
-        serde_json::to_string(&ImportPayload { file_name, size }).unwrap_or_default(),
+        serde_json::to_string(&ImportPayload {
+            file_name,
+            size,
+            force: request.force,
+        })
+        .unwrap_or_default(),
     );
     if let Some(idempotency) = &idempotency {
         idempotency.stamp(&mut job);

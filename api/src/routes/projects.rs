@@ -16,6 +16,7 @@ use sqlx::{ConnectOptions, Connection};
 use supascale_shared::api_key::Permission;
 use supascale_shared::domain::{self, DatabaseTarget};
 use supascale_shared::entities::project;
+use supascale_shared::project_folders::{FolderRules, ProjectFolders, Refusal};
 
 use super::{ApiTags, page_window};
 use crate::auth::{Auth, Principal};
@@ -200,12 +201,14 @@ impl ProjectsApi {
             .unwrap_or_else(|| root.join("volumes/functions"));
         let config_paths = config_paths(input.config_paths.unwrap_or_default())?;
         let post_restore = post_restore_command(principal, input.post_restore_command)?;
-        let url = match input.database_url {
-            Some(url) => url,
-            None => database_url_from_project_env(&root)?,
+        let given_url = match input.database_url {
+            Some(url) => {
+                may_set_database_url(principal)?;
+                database_target(&url)?;
+                Some(url)
+            }
+            None => None,
         };
-        let target = database_target(&url)?;
-
         if project::Entity::find_by_id(input.id.clone())
             .one(&state.db)
             .await?
@@ -216,6 +219,25 @@ impl ProjectsApi {
                 input.id
             )));
         }
+        let folders = check_folders(
+            &state,
+            principal,
+            &input.id,
+            ProjectFolders {
+                root,
+                storage,
+                functions,
+                config: config_paths,
+            },
+        )
+        .await?;
+        let url = match given_url {
+            Some(url) => url,
+            None => database_url_from_project_env(&folders.root)?,
+        };
+        let target = database_target(&url)?;
+        check_database_identity(&state, &input.id, &url, &target).await?;
+
         let now = crate::now();
         let row = project::ActiveModel {
             id: Set(input.id),
@@ -225,10 +247,10 @@ impl ProjectsApi {
             db_port: Set(target.port.into()),
             db_name: Set(target.database),
             db_user: Set(target.user),
-            root_dir: Set(path_string(&root)),
-            storage_dir: Set(path_string(&storage)),
-            functions_dir: Set(path_string(&functions)),
-            config_paths: Set(serde_json::to_string(&config_paths).expect("strings serialise")),
+            root_dir: Set(path_string(&folders.root)),
+            storage_dir: Set(path_string(&folders.storage)),
+            functions_dir: Set(path_string(&folders.functions)),
+            config_paths: Set(config_json(&folders.config)),
             post_restore_command: Set(post_restore.flatten()),
             created_at: Set(now),
             updated_at: Set(now),
@@ -350,37 +372,43 @@ impl ProjectsApi {
         let post_restore = post_restore_command(principal, input.post_restore_command)?;
         let url = input.database_url;
         let target = url.as_deref().map(database_target).transpose()?;
+        if url.is_some() {
+            may_set_database_url(principal)?;
+        }
 
         let mut active: project::ActiveModel = row.clone().into();
         if let Some(name) = name {
             active.name = Set(name);
         }
-        if let Some(root) = &root {
-            active.root_dir = Set(path_string(root));
-            if storage.is_none()
-                && row.storage_dir == path_string(&old_root.join("volumes/storage"))
-            {
-                active.storage_dir = Set(path_string(&root.join("volumes/storage")));
+        let moves_folders =
+            root.is_some() || storage.is_some() || functions.is_some() || config_paths.is_some();
+        if moves_folders {
+            // The folders as they will be, checked as a whole: moving the
+            // root moves the default storage and functions folders with it.
+            let mut folders = ProjectFolders::of(&row);
+            if let Some(root) = root {
+                if row.storage_dir == path_string(&old_root.join("volumes/storage")) {
+                    folders.storage = root.join("volumes/storage");
+                }
+                if row.functions_dir == path_string(&old_root.join("volumes/functions")) {
+                    folders.functions = root.join("volumes/functions");
+                }
+                folders.root = root;
             }
-            if functions.is_none()
-                && row.functions_dir == path_string(&old_root.join("volumes/functions"))
-            {
-                active.functions_dir = Set(path_string(&root.join("volumes/functions")));
-            }
-        }
-        if let Some(storage) = storage {
-            active.storage_dir = Set(path_string(&storage));
-        }
-        if let Some(functions) = functions {
-            active.functions_dir = Set(path_string(&functions));
-        }
-        if let Some(paths) = config_paths {
-            active.config_paths = Set(serde_json::to_string(&paths).expect("strings serialise"));
+            folders.storage = storage.unwrap_or(folders.storage);
+            folders.functions = functions.unwrap_or(folders.functions);
+            folders.config = config_paths.unwrap_or(folders.config);
+            let folders = check_folders(&state, principal, &row.id, folders).await?;
+            active.root_dir = Set(path_string(&folders.root));
+            active.storage_dir = Set(path_string(&folders.storage));
+            active.functions_dir = Set(path_string(&folders.functions));
+            active.config_paths = Set(config_json(&folders.config));
         }
         if let Some(command) = post_restore {
             active.post_restore_command = Set(command);
         }
         if let (Some(url), Some(target)) = (url, target) {
+            check_database_identity(&state, &row.id, &url, &target).await?;
             active.database_url_enc = Set(state.master_key.encrypt(&url));
             active.db_host = Set(target.host);
             active.db_port = Set(target.port.into());
@@ -484,11 +512,115 @@ fn post_restore_command(
     )))
 }
 
-fn config_paths(paths: Vec<String>) -> ApiResult<Vec<String>> {
+fn config_paths(paths: Vec<String>) -> ApiResult<Vec<PathBuf>> {
     paths
         .iter()
-        .map(|p| absolute_dir("configPaths", p).map(|p| path_string(&p)))
+        .map(|p| absolute_dir("configPaths", p))
         .collect()
+}
+
+fn config_json(paths: &[PathBuf]) -> String {
+    let paths: Vec<String> = paths.iter().map(|p| path_string(p)).collect();
+    serde_json::to_string(&paths).expect("strings serialise")
+}
+
+/// The folders `asked` for project `id`, resolved, or why not (see
+/// `project_folders`): who may name folders, where they may be, and that
+/// no other project has them.
+async fn check_folders(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    asked: ProjectFolders,
+) -> ApiResult<ProjectFolders> {
+    let others: Vec<(String, ProjectFolders)> = project::Entity::find()
+        .filter(project::Column::Id.ne(id))
+        .all(&state.db)
+        .await?
+        .iter()
+        .map(|p| (p.id.clone(), ProjectFolders::of(p)))
+        .collect();
+    let admin = principal.require_unrestricted_admin().is_ok();
+    FolderRules::from_config(&state.config)
+        .check(&asked, admin, &others)
+        .map_err(|refusal| match refusal {
+            Refusal::Forbidden(m) => ApiError::forbidden(m),
+            Refusal::Invalid(m) => ApiError::bad_request(m),
+        })
+}
+
+/// A database URL given outright can name any server the workers reach:
+/// only an admin key that is not limited to projects may give one. Others
+/// register projects whose URL comes from the project's own `.env`.
+fn may_set_database_url(principal: &Principal) -> ApiResult<()> {
+    principal.require_unrestricted_admin().map_err(|_| {
+        ApiError::forbidden(
+            "Setting databaseUrl needs the admin permission on a key that is not limited to \
+             projects; leave it out to use the database the project's .env describes",
+        )
+    })
+}
+
+/// Refuses a database that is the control plane's (by address, or by the
+/// tables it holds when it answers) or another project's.
+async fn check_database_identity(
+    state: &AppState,
+    id: &str,
+    url: &str,
+    target: &DatabaseTarget,
+) -> ApiResult<()> {
+    use supascale_shared::control_plane;
+    let ours = || {
+        ApiError::bad_request(
+            "databaseUrl names Supascale's own control-plane database; a project's database \
+             must be another one",
+        )
+    };
+    if control_plane::is_control_plane_address(&state.config, target).await {
+        return Err(ours());
+    }
+    let namesakes = project::Entity::find()
+        .filter(project::Column::Id.ne(id))
+        .filter(project::Column::DbName.eq(target.database.clone()))
+        .filter(project::Column::DbPort.eq(i32::from(target.port)))
+        .all(&state.db)
+        .await?;
+    for other in namesakes {
+        if control_plane::same_server(&other.db_host, target.port, &target.host, target.port).await
+        {
+            return Err(ApiError::bad_request(
+                "databaseUrl names the database of another project; two projects never share a \
+                 database",
+            ));
+        }
+    }
+    // A database that does not answer now is checked again by every job
+    // that writes into it.
+    if holds_control_plane(url).await {
+        return Err(ours());
+    }
+    Ok(())
+}
+
+async fn holds_control_plane(url: &str) -> bool {
+    let Ok(options) = sqlx::postgres::PgConnectOptions::from_str(url) else {
+        return false;
+    };
+    let options = options
+        .application_name("supascale-identity-check")
+        .disable_statement_logging();
+    let check = async {
+        let mut conn = options.connect().await?;
+        let ours: bool = sqlx::query_scalar(supascale_shared::control_plane::HOLDS_OUR_TABLES)
+            .fetch_one(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        Ok::<_, sqlx::Error>(ours)
+    };
+    matches!(
+        tokio::time::timeout(STATUS_CHECK_TIMEOUT, check).await,
+        Ok(Ok(true))
+    )
 }
 
 fn path_string(path: &FsPath) -> String {

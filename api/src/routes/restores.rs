@@ -470,6 +470,12 @@ async fn check(
                 target.id
             )));
         }
+        if let Some(problem) = database::identity_problem(&facts, force) {
+            return Err(ApiError::bad_request(format!(
+                "Project {}: {problem}",
+                target.id
+            )));
+        }
         let backup_major = backup_row
             .manifest
             .as_deref()

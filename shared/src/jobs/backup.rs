@@ -297,6 +297,11 @@ async fn produce(
         Vec::new()
     };
     let wanted = components(&row.backup_type);
+    if wanted.iter().any(|c| *c != "database") {
+        crate::project_folders::FolderRules::from_config(&ctx.config)
+            .at_use(project)
+            .map_err(JobError::Abort)?;
+    }
     // The files go into the artifact while `pg_dump` writes its spool, and
     // the database comes last, once its size is known: dump and archiving
     // overlap instead of following each other (restores do not depend on
@@ -342,7 +347,7 @@ async fn produce(
                 .await;
             database_reported = true;
         }
-        let server = server_facts(&url).await?;
+        let server = server_facts(&ctx.config, &url).await?;
         postgres_version = Some(server.version.clone());
         // Before any work: the right programs, and room for the dump.
         let configured = ctx.config.postgres_bin_dirs.as_deref();
@@ -817,8 +822,23 @@ struct ServerFacts {
     database_bytes: u64,
 }
 
-async fn server_facts(url: &str) -> Result<ServerFacts, JobError> {
+/// The project's server, and a refusal when its database is this
+/// deployment's control plane (its dump would hold every sealed secret and
+/// key hash): by address before connecting, by its tables after.
+async fn server_facts(config: &crate::Config, url: &str) -> Result<ServerFacts, JobError> {
     use sqlx::Connection;
+    let control_plane = || {
+        JobError::Abort(
+            "the project's database is Supascale's own control plane; it is never backed up \
+             as a project"
+                .into(),
+        )
+    };
+    let target = crate::domain::parse_database_url(url)
+        .map_err(|_| JobError::Abort("the project's database URL is invalid".into()))?;
+    if crate::control_plane::is_control_plane_address(config, &target).await {
+        return Err(control_plane());
+    }
     let mut conn = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         sqlx::PgConnection::connect(url),
@@ -840,7 +860,14 @@ async fn server_facts(url: &str) -> Result<ServerFacts, JobError> {
     .fetch_one(&mut conn)
     .await
     .map_err(|e| JobError::Retry(format!("project database: {e}")))?;
+    let ours: bool = sqlx::query_scalar(crate::control_plane::HOLDS_OUR_TABLES)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| JobError::Retry(format!("project database: {e}")))?;
     let _ = conn.close().await;
+    if ours {
+        return Err(control_plane());
+    }
     Ok(ServerFacts {
         version,
         major: number.parse::<u32>().unwrap_or(0) / 10_000,
@@ -962,18 +989,10 @@ async fn run_pg_tool(
     Ok(output)
 }
 
-/// The URL without its password, and the password (percent-decoded).
+/// The URL without its password, and the password ([`crate::domain::split_password`]).
 pub(crate) fn split_password(url: &str) -> Result<(String, Option<String>), JobError> {
-    let mut parsed = url::Url::parse(url)
-        .map_err(|_| JobError::Abort("the project's database URL is invalid".into()))?;
-    let password = parsed.password().map(|p| {
-        url::form_urlencoded::parse(format!("p={p}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    });
-    let _ = parsed.set_password(None);
-    Ok((parsed.to_string(), password))
+    crate::domain::split_password(url)
+        .map_err(|_| JobError::Abort("the project's database URL is invalid".into()))
 }
 
 /// The database dump, compressed as `pg_dump` wrote it, in the spool.

@@ -25,6 +25,10 @@ pub struct ImportPayload {
     /// content must agree with).
     pub file_name: String,
     pub size: u64,
+    /// Write into a database that does not look like a Supabase project's
+    /// (`forceRestore`).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// What `POST /import/database` takes (gzip of either too).
@@ -99,6 +103,7 @@ pub async fn target_database(
     ctx: &JobContext,
     job: &job::Model,
     project: &project::Model,
+    force: bool,
 ) -> Result<(String, TargetFacts), JobError> {
     let url = ctx
         .master_key
@@ -109,6 +114,12 @@ pub async fn target_database(
     })?;
     if let Some(missing) = database::missing_privilege(&facts) {
         return Err(JobError::Abort(missing));
+    }
+    if let Some(problem) = database::identity_problem(&facts, force) {
+        return Err(JobError::Invalid(format!(
+            "Project {}: {problem}",
+            project.id
+        )));
     }
     if job.attempt > 1 {
         child::end_leftover_sessions(&url, &job.id).await;

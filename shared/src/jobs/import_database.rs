@@ -32,7 +32,8 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
         .step("check", "Checking the upload and the project", 1, 3)
         .await;
     let start = import::start(ctx, job, import::DATABASE_FORMATS).await?;
-    let (url, facts) = import::target_database(ctx, job, &start.project).await?;
+    let (url, facts) =
+        import::target_database(ctx, job, &start.project, start.payload.force).await?;
     let detected = start.detected;
     if reporter.is_cancelled() {
         return Err(JobError::Cancelled);

@@ -16,6 +16,9 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     let started = Instant::now();
     reporter.step("check", "Checking the upload", 1, 3).await;
     let start = import::start(ctx, job, import::ARCHIVE_FORMATS).await?;
+    crate::project_folders::FolderRules::from_config(&ctx.config)
+        .at_use(&start.project)
+        .map_err(JobError::Abort)?;
     let dir = std::path::PathBuf::from(&start.project.functions_dir);
     let detected = start.detected;
     let mut warnings: Vec<String> = super::restore::recover_dead_attempt(&dir, &job.id, "import")?

@@ -30,7 +30,12 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
         .step("check", "Checking the upload and the project", 1, 4)
         .await;
     let start = import::start(ctx, job, import::ARCHIVE_FORMATS).await?;
-    let (url, _facts) = import::target_database(ctx, job, &start.project).await?;
+    // Only the storage schema's rows are added to: any Supabase-shaped or
+    // not, but never the control plane.
+    let (url, _facts) = import::target_database(ctx, job, &start.project, true).await?;
+    crate::project_folders::FolderRules::from_config(&ctx.config)
+        .at_use(&start.project)
+        .map_err(JobError::Abort)?;
     let dir = std::path::PathBuf::from(&start.project.storage_dir);
     let detected = start.detected;
     let mut warnings: Vec<String> = super::restore::recover_dead_attempt(&dir, &job.id, "import")?

@@ -163,6 +163,11 @@ async fn restore_backup(
             "Backup does not contain: {missing}"
         )));
     }
+    if wanted.iter().any(|c| *c != "database") {
+        crate::project_folders::FolderRules::from_config(&ctx.config)
+            .at_use(&target)
+            .map_err(JobError::Abort)?;
+    }
     let total = wanted.len() as u32 + 2;
     let mut warnings: Vec<String> = Vec::new();
 
@@ -219,6 +224,9 @@ async fn restore_backup(
         })?;
         if let Some(missing) = database::missing_privilege(&facts) {
             return Err(JobError::Abort(missing));
+        }
+        if let Some(problem) = database::identity_problem(&facts, force) {
+            return Err(JobError::Abort(format!("Project {}: {problem}", target.id)));
         }
         let backup_major = manifest
             .meta

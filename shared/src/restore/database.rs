@@ -47,6 +47,35 @@ pub struct TargetFacts {
     pub superuser: bool,
     pub roles: BTreeSet<String>,
     pub available_extensions: BTreeSet<String>,
+    /// The database holds a Supascale control plane's tables.
+    pub control_plane: bool,
+    /// It has the `auth` and `storage` schemas every Supabase project has.
+    pub supabase_schemas: bool,
+    /// Tables, views and sequences outside the system schemas.
+    pub user_relations: i64,
+}
+
+/// Why a restore or import must not write into the database `facts`
+/// describe, if it must not. A control plane is never written into; a
+/// database that is neither empty nor shaped like a Supabase project (say,
+/// another application's, registered by mistake) only with `force`.
+pub fn identity_problem(facts: &TargetFacts, force: bool) -> Option<String> {
+    if facts.control_plane {
+        return Some(
+            "its database holds Supascale's own control plane; a project's database must be \
+             another one"
+                .into(),
+        );
+    }
+    if !force && !facts.supabase_schemas && facts.user_relations > 0 {
+        return Some(format!(
+            "its database does not look like a Supabase project's (no auth and storage \
+             schemas, and {} tables, views or sequences that would be replaced); check the \
+             project's databaseUrl, or set forceRestore: true to write into it anyway",
+            facts.user_relations
+        ));
+    }
+    None
 }
 
 /// Connects to the target and reads what the checks need; the error is the
@@ -73,6 +102,22 @@ pub async fn target_facts(url: &str) -> Result<TargetFacts, String> {
             .fetch_all(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
+    let control_plane: bool = sqlx::query_scalar(crate::control_plane::HOLDS_OUR_TABLES)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (supabase_schemas, user_relations): (bool, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) = 2 FROM pg_namespace WHERE nspname IN ('auth', 'storage')), \
+                (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
+                    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
+                    AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%' \
+                    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid \
+                                     AND d.deptype = 'e'))",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .map_err(|e| e.to_string())?;
     let _ = conn.close().await;
     Ok(TargetFacts {
         version,
@@ -81,6 +126,9 @@ pub async fn target_facts(url: &str) -> Result<TargetFacts, String> {
         superuser,
         roles: roles.into_iter().collect(),
         available_extensions: extensions.into_iter().collect(),
+        control_plane,
+        supabase_schemas,
+        user_relations,
     })
 }
 
@@ -1168,7 +1216,28 @@ mod tests {
             superuser: true,
             roles: roles.iter().map(|r| r.to_string()).collect(),
             available_extensions: extensions.iter().map(|e| e.to_string()).collect(),
+            control_plane: false,
+            supabase_schemas: true,
+            user_relations: 3,
         }
+    }
+
+    #[test]
+    fn a_control_plane_is_never_written_and_a_stranger_only_by_force() {
+        let mut target = facts(&[], &[]);
+        assert_eq!(identity_problem(&target, false), None);
+        target.supabase_schemas = false;
+        let problem = identity_problem(&target, false).unwrap();
+        assert!(problem.contains("forceRestore"), "{problem}");
+        assert_eq!(identity_problem(&target, true), None);
+        target.user_relations = 0;
+        assert_eq!(identity_problem(&target, false), None);
+        target.control_plane = true;
+        assert!(
+            identity_problem(&target, true)
+                .unwrap()
+                .contains("control plane")
+        );
     }
 
     #[test]
