@@ -135,6 +135,8 @@ fn nested(a: &Path, b: &Path) -> bool {
 #[derive(Debug, Clone)]
 pub struct FolderRules {
     roots: Vec<PathBuf>,
+    /// The roots as configured (before their symlinks were resolved).
+    roots_given: Vec<PathBuf>,
     /// Supascale's own files and folders.
     ours: Vec<PathBuf>,
     system: Vec<PathBuf>,
@@ -142,8 +144,8 @@ pub struct FolderRules {
 
 impl FolderRules {
     pub fn from_config(config: &Config) -> Self {
-        let roots = config
-            .project_roots()
+        let roots_given = config.project_roots();
+        let roots = roots_given
             .iter()
             .map(|r| resolve(r).unwrap_or_else(|| r.clone()))
             .collect();
@@ -170,6 +172,7 @@ impl FolderRules {
         system.dedup();
         Self {
             roots,
+            roots_given,
             ours,
             system,
         }
@@ -197,6 +200,29 @@ impl FolderRules {
                     .into(),
             ));
         }
+        // A key that is not an admin's learns nothing of paths outside the
+        // roots: what it names there is refused before anything is looked
+        // up on disk.
+        if !admin {
+            let lexically_under = |p: &Path| {
+                self.roots
+                    .iter()
+                    .chain(&self.roots_given)
+                    .any(|r| p.starts_with(r))
+            };
+            if !lexically_under(&asked.root) {
+                return Err(self.not_under_roots(&asked.root));
+            }
+            for (field, given) in asked.named().skip(1) {
+                if !given.starts_with(&asked.root) {
+                    return Err(if field == "configPaths" {
+                        Self::config_outside(given)
+                    } else {
+                        Self::not_inside_root(field, given)
+                    });
+                }
+            }
+        }
         let real = |field: &str, path: &Path| {
             resolve(path).ok_or_else(|| {
                 Refusal::Invalid(format!(
@@ -221,12 +247,9 @@ impl FolderRules {
         }
         self.inside_root(asked, &resolved)?;
         for ((field, given), (_, path)) in asked.named().zip(resolved.named()).skip(3) {
+            debug_assert_eq!(field, "configPaths");
             if !path.starts_with(&resolved.root) && !admin {
-                return Err(Refusal::Forbidden(format!(
-                    "{field} {} lies outside rootDir: config paths outside the project's folder \
-                     need the admin permission on a key that is not limited to projects",
-                    given.display()
-                )));
+                return Err(Self::config_outside(given));
             }
         }
         for (_, theirs) in others {
@@ -286,24 +309,40 @@ impl FolderRules {
     /// The root under the operator's roots; storage and functions inside the root.
     fn inside_root(&self, asked: &ProjectFolders, real: &ProjectFolders) -> Result<(), Refusal> {
         if self.has_roots() && !self.roots.iter().any(|r| real.root.starts_with(r)) {
-            return Err(Refusal::Invalid(format!(
-                "rootDir {} is not under the folders allowed for projects \
-                 (SUPASCALE_PROJECT_ROOTS)",
-                asked.root.display()
-            )));
+            return Err(self.not_under_roots(&asked.root));
         }
         for (field, given, path) in [
             ("storageDir", &asked.storage, &real.storage),
             ("functionsDir", &asked.functions, &real.functions),
         ] {
             if !path.starts_with(&real.root) {
-                return Err(Refusal::Invalid(format!(
-                    "{field} {} must lie inside rootDir",
-                    given.display()
-                )));
+                return Err(Self::not_inside_root(field, given));
             }
         }
         Ok(())
+    }
+
+    fn not_under_roots(&self, root: &Path) -> Refusal {
+        Refusal::Invalid(format!(
+            "rootDir {} is not under the folders allowed for projects \
+             (SUPASCALE_PROJECT_ROOTS)",
+            root.display()
+        ))
+    }
+
+    fn not_inside_root(field: &str, given: &Path) -> Refusal {
+        Refusal::Invalid(format!(
+            "{field} {} must lie inside rootDir",
+            given.display()
+        ))
+    }
+
+    fn config_outside(given: &Path) -> Refusal {
+        Refusal::Forbidden(format!(
+            "configPaths {} lies outside rootDir: config paths outside the project's folder \
+             need the admin permission on a key that is not limited to projects",
+            given.display()
+        ))
     }
 }
 
@@ -435,6 +474,32 @@ mod tests {
             Err(Refusal::Forbidden(_))
         ));
         assert!(rules.check(&config, true, &[]).is_ok());
+    }
+
+    #[test]
+    fn a_key_below_admin_learns_nothing_of_paths_outside_the_roots() {
+        let data = tempfile::tempdir().unwrap();
+        let allowed = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/nowhere", elsewhere.path().join("dangling")).unwrap();
+        let rules = rules(data.path(), &[allowed.path()]);
+        let refusals: Vec<String> = ["dangling", "missing"]
+            .iter()
+            .map(|name| {
+                let path = elsewhere.path().join(name);
+                rules
+                    .check(&folders(&path), false, &[])
+                    .unwrap_err()
+                    .to_string()
+                    .replace(name, "NAME")
+            })
+            .collect();
+        assert_eq!(refusals[0], refusals[1]);
+        assert!(
+            refusals[0].contains("SUPASCALE_PROJECT_ROOTS"),
+            "{}",
+            refusals[0]
+        );
     }
 
     #[test]

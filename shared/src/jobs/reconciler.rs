@@ -181,7 +181,13 @@ async fn remove_restore_leftovers(ctx: &JobContext) {
     let Ok(projects) = crate::entities::project::Entity::find().all(&ctx.db).await else {
         return;
     };
+    let rules = crate::project_folders::FolderRules::from_config(&ctx.config);
     for project in projects {
+        // A folder that no longer resolves to itself may now lead anywhere:
+        // nothing is removed there (the project's next job says why).
+        if rules.at_use(&project).is_err() {
+            continue;
+        }
         for dir in [&project.storage_dir, &project.functions_dir] {
             for (job_id, path, old) in crate::restore::staging::leftovers_by_job(Path::new(dir)) {
                 if job_is_alive(ctx, &job_id, true).await {
