@@ -789,6 +789,7 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
                 if slot.is_none() {
                     let options = Options {
                         archive_prefix: Some(PathBuf::from(&component)),
+                        drop_exec_bits: component == "storage",
                         ..own.clone()
                     };
                     *slot = Some(
