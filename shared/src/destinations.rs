@@ -607,3 +607,56 @@ impl Destinations {
         self.by_name.keys().map(String::as_str).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// In octal, as `ls` shows it.
+    fn mode(path: &Path) -> String {
+        format!("{:o}", std::fs::metadata(path).unwrap().mode() & 0o7777)
+    }
+
+    fn partial_files(root: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(root.join(INCOMPLETE))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_local_object_is_private_while_written_and_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("backups");
+        let config = DestinationConfig {
+            root: Some(root.to_string_lossy().into_owned()),
+            ..Default::default()
+        };
+        let destination = Destination::new("local", &config, dir.path()).unwrap();
+        assert_eq!(mode(&root), "700");
+        assert_eq!(mode(&root.join(INCOMPLETE)), "700");
+
+        let mut writer = destination.writer("project/a.tar.gz").await.unwrap();
+        writer.write(b"first".to_vec()).await.unwrap();
+        let partial = partial_files(&root);
+        assert_eq!(partial.len(), 1, "{partial:?}");
+        assert_eq!(mode(&partial[0]), "600");
+        assert!(!root.join("project").exists(), "visible before close");
+        writer.write(b" second".to_vec()).await.unwrap();
+        writer.close().await.unwrap();
+        let object = root.join("project/a.tar.gz");
+        assert_eq!(std::fs::read(&object).unwrap(), b"first second");
+        assert_eq!(mode(&object), "600");
+        assert_eq!(mode(&root.join("project")), "700");
+        assert!(partial_files(&root).is_empty());
+
+        // A writer dropped half-way (a cancelled job) leaves nothing.
+        let mut writer = destination.writer("project/b.tar.gz").await.unwrap();
+        writer.write(b"half".to_vec()).await.unwrap();
+        drop(writer);
+        assert!(partial_files(&root).is_empty());
+        assert!(!root.join("project/b.tar.gz").exists());
+        assert!(destination.writer("../outside").await.is_err());
+    }
+}
