@@ -399,7 +399,9 @@ impl Config {
             Some(url) => url.expose().to_string(),
             None => format!(
                 "sqlite://{}?mode=rwc",
-                self.data_dir.join("supascale.db").display()
+                self.data_dir
+                    .join(crate::control_plane::CONTROL_PLANE_FILE)
+                    .display()
             ),
         }
     }

@@ -30,6 +30,9 @@ pub enum ControlPlaneError {
     Db(#[from] sea_orm::DbErr),
 }
 
+/// The embedded default's control plane, in the data dir.
+pub const CONTROL_PLANE_FILE: &str = "supascale.db";
+
 /// Opens the database named by the config: SQLite in WAL mode with
 /// `synchronous=NORMAL` (the job rows must survive a crash; apalis' own
 /// tables get a pool of their own), or PostgreSQL.
@@ -49,7 +52,9 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection, ControlPlane
     };
     if url.starts_with("sqlite:") {
         if config.database_url.is_none() {
-            std::fs::create_dir_all(&config.data_dir).map_err(|e| connect_error(&e))?;
+            crate::private_fs::create_dir_all(&config.data_dir).map_err(|e| connect_error(&e))?;
+            crate::private_fs::ensure_file(&config.data_dir.join(CONTROL_PLANE_FILE))
+                .map_err(|e| connect_error(&e))?;
         }
         let options = SqliteConnectOptions::from_str(&url)
             .map_err(|e| connect_error(&e))?

@@ -8,15 +8,22 @@
 //! configured. Writes go through OpenDAL's writer in chunks, which is a
 //! multipart upload on S3, so memory stays flat whatever the size; on the
 //! local filesystem a write lands in a temporary file that is renamed into
-//! place only when it completes.
+//! place only when it completes. Local artifacts are written by
+//! [`LocalWriter`], not OpenDAL's `fs` service, which creates files and
+//! folders with the process's default modes: a backup holds a full dump and
+//! the project's `.env`, so ours are `0600` in `0700` folders from the start
+//! (see [`crate::private_fs`]).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use opendal::{ErrorKind, Operator};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::DESTINATIONS;
+use crate::private_fs;
 use crate::secret::Secret;
 
 pub mod multipart;
@@ -161,9 +168,10 @@ impl Destination {
                         .map_err(|e| bad(&format!("cannot resolve {}: {e}", dir.display())))?
                         .join(dir)
                 };
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| bad(&format!("cannot create {}: {e}", dir.display())))?;
-                let tmp = dir.join(".incomplete");
+                let tmp = dir.join(INCOMPLETE);
+                // Before OpenDAL's builder, which would create them `0755`.
+                private_fs::create_dir_all(&tmp)
+                    .map_err(|e| bad(&format!("cannot create {}: {e}", tmp.display())))?;
                 let builder = opendal::services::Fs::default()
                     .root(&dir.to_string_lossy())
                     .atomic_write_dir(&tmp.to_string_lossy());
@@ -328,16 +336,17 @@ impl Destination {
     /// (8 MiB × 4 of a backup's peak RSS, measured with `bench-backup`).
     /// Nothing is visible under `key` until `close()` succeeds; `abort()`
     /// (or an error) leaves nothing behind.
-    pub async fn writer(&self, key: &str) -> Result<opendal::Writer, DestinationError> {
-        if self.local_root().is_some() {
-            return Ok(self.operator.writer(key).await?);
+    pub async fn writer(&self, key: &str) -> Result<ObjectWriter, DestinationError> {
+        if let Some(root) = self.local_root() {
+            return Ok(ObjectWriter::Local(LocalWriter::create(&root, key).await?));
         }
-        Ok(self
-            .operator
-            .writer_with(key)
-            .chunk(self.chunk_bytes)
-            .concurrent(self.concurrency)
-            .await?)
+        Ok(ObjectWriter::Store(
+            self.operator
+                .writer_with(key)
+                .chunk(self.chunk_bytes)
+                .concurrent(self.concurrency)
+                .await?,
+        ))
     }
 
     /// What the destination itself reports of `key`; `None` when absent.
@@ -398,6 +407,161 @@ impl Destination {
     }
 }
 
+/// Where a local destination keeps the objects it is writing (the
+/// reconciler removes those untouched for an hour).
+pub const INCOMPLETE: &str = ".incomplete";
+
+/// A writer of one object: OpenDAL's for object stores, [`LocalWriter`] for
+/// a local folder.
+pub enum ObjectWriter {
+    Store(opendal::Writer),
+    Local(LocalWriter),
+}
+
+impl ObjectWriter {
+    pub async fn write(&mut self, bytes: impl Into<opendal::Buffer>) -> opendal::Result<()> {
+        match self {
+            Self::Store(writer) => writer.write(bytes).await,
+            Self::Local(writer) => writer.write(bytes.into()).await,
+        }
+    }
+
+    /// Completes the object: only now is it visible under its key.
+    pub async fn close(&mut self) -> opendal::Result<()> {
+        match self {
+            Self::Store(writer) => writer.close().await.map(drop),
+            Self::Local(writer) => writer.close().await,
+        }
+    }
+
+    /// Gives the object up; nothing stays behind.
+    pub async fn abort(&mut self) -> opendal::Result<()> {
+        match self {
+            Self::Store(writer) => writer.abort().await,
+            Self::Local(writer) => writer.abort().await,
+        }
+    }
+}
+
+/// An object being written to a local destination: a `0600` file in
+/// `<root>/.incomplete/` (created `0700`), renamed to `<root>/<key>` once
+/// complete and flushed; the folders of the key are created `0700`. Dropped
+/// before `close()`, it removes its file.
+pub struct LocalWriter {
+    temp: PathBuf,
+    target: PathBuf,
+    /// `None` once closed or aborted.
+    file: Option<Arc<std::fs::File>>,
+}
+
+impl LocalWriter {
+    async fn create(root: &Path, key: &str) -> opendal::Result<LocalWriter> {
+        let relative = Path::new(key.trim_start_matches('/'));
+        let name = match relative.file_name() {
+            Some(name)
+                if relative
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_))) =>
+            {
+                name.to_string_lossy().into_owned()
+            }
+            _ => {
+                return Err(opendal::Error::new(
+                    opendal::ErrorKind::Unexpected,
+                    format!("{key:?} is not an object key inside the destination"),
+                ));
+            }
+        };
+        let incomplete = root.join(INCOMPLETE);
+        let temp = incomplete.join(format!("{name}.{}", uuid::Uuid::new_v4().simple()));
+        let target = root.join(relative);
+        let opened = temp.clone();
+        let file = blocking(move || {
+            private_fs::create_dir_all(&incomplete)?;
+            private_fs::create_new_file(&opened)
+        })
+        .await?;
+        Ok(LocalWriter {
+            temp,
+            target,
+            file: Some(Arc::new(file)),
+        })
+    }
+
+    fn file(&self) -> opendal::Result<Arc<std::fs::File>> {
+        self.file.clone().ok_or_else(|| {
+            opendal::Error::new(
+                opendal::ErrorKind::Unexpected,
+                "the writer is already closed",
+            )
+        })
+    }
+
+    async fn write(&mut self, bytes: opendal::Buffer) -> opendal::Result<()> {
+        let file = self.file()?;
+        // The buffer's chunks are moved, not copied, to the blocking thread.
+        let chunks: Vec<bytes::Bytes> = bytes.collect();
+        blocking(move || {
+            for chunk in chunks {
+                (&*file).write_all(&chunk)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn close(&mut self) -> opendal::Result<()> {
+        let file = self.file()?;
+        let (temp, target) = (self.temp.clone(), self.target.clone());
+        blocking(move || {
+            file.sync_all()?;
+            if let Some(parent) = target.parent() {
+                private_fs::create_dir_all(parent)?;
+            }
+            std::fs::rename(&temp, &target)?;
+            if let Some(parent) = target.parent() {
+                // The rename's durability; the object is in place either way.
+                let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
+            }
+            Ok(())
+        })
+        .await?;
+        self.file = None;
+        Ok(())
+    }
+
+    async fn abort(&mut self) -> opendal::Result<()> {
+        self.file = None;
+        let temp = self.temp.clone();
+        blocking(move || match std::fs::remove_file(&temp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Runs file I/O off the async threads, with OpenDAL's reading of
+/// `std::io` errors (which ones are worth a retry).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> opendal::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| {
+            opendal::Error::new(opendal::ErrorKind::Unexpected, "a file task failed").set_source(e)
+        })?
+        .map_err(opendal::raw::new_std_io_error)
+}
+
 fn slash_prefix(prefix: &str) -> String {
     if prefix.is_empty() {
         String::new()
@@ -441,5 +605,58 @@ impl Destinations {
 
     pub fn names(&self) -> Vec<&str> {
         self.by_name.keys().map(String::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// In octal, as `ls` shows it.
+    fn mode(path: &Path) -> String {
+        format!("{:o}", std::fs::metadata(path).unwrap().mode() & 0o7777)
+    }
+
+    fn partial_files(root: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(root.join(INCOMPLETE))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_local_object_is_private_while_written_and_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("backups");
+        let config = DestinationConfig {
+            root: Some(root.to_string_lossy().into_owned()),
+            ..Default::default()
+        };
+        let destination = Destination::new("local", &config, dir.path()).unwrap();
+        assert_eq!(mode(&root), "700");
+        assert_eq!(mode(&root.join(INCOMPLETE)), "700");
+
+        let mut writer = destination.writer("project/a.tar.gz").await.unwrap();
+        writer.write(b"first".to_vec()).await.unwrap();
+        let partial = partial_files(&root);
+        assert_eq!(partial.len(), 1, "{partial:?}");
+        assert_eq!(mode(&partial[0]), "600");
+        assert!(!root.join("project").exists(), "visible before close");
+        writer.write(b" second".to_vec()).await.unwrap();
+        writer.close().await.unwrap();
+        let object = root.join("project/a.tar.gz");
+        assert_eq!(std::fs::read(&object).unwrap(), b"first second");
+        assert_eq!(mode(&object), "600");
+        assert_eq!(mode(&root.join("project")), "700");
+        assert!(partial_files(&root).is_empty());
+
+        // A writer dropped half-way (a cancelled job) leaves nothing.
+        let mut writer = destination.writer("project/b.tar.gz").await.unwrap();
+        writer.write(b"half".to_vec()).await.unwrap();
+        drop(writer);
+        assert!(partial_files(&root).is_empty());
+        assert!(!root.join("project/b.tar.gz").exists());
+        assert!(destination.writer("../outside").await.is_err());
     }
 }

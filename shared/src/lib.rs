@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod master_key;
 pub mod memory;
 pub mod pgtools;
+pub mod private_fs;
 pub mod project_folders;
 pub mod redact;
 pub mod restore;

@@ -6,7 +6,6 @@
 //! does not match refuses to start rather than write rows nobody can read.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use base64::Engine;
@@ -68,20 +67,13 @@ impl MasterKey {
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create_if_missing => {
                 if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(io)?;
+                    crate::private_fs::create_dir_all(parent).map_err(io)?;
                 }
                 let key = Self::generate();
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(io)?;
+                let mut file = crate::private_fs::create_new_file(path).map_err(io)?;
                 file.write_all(format!("{}\n", hex::encode(key.key)).as_bytes())
                     .map_err(io)?;
                 file.sync_all().map_err(io)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(io)?;
                 Ok(key)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -139,6 +131,7 @@ impl MasterKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn a_missing_key_is_created_private_and_reloads_the_same() {

@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use futures::TryStreamExt;
 
 use crate::config::Config;
-use crate::destinations::{Destination, DestinationConfig, DestinationError, Destinations};
+use crate::destinations::{
+    Destination, DestinationConfig, DestinationError, Destinations, ObjectWriter,
+};
+use crate::private_fs;
 
 const PREFIX: &str = ".supascale-uploads/";
 /// Part size of an upload to an object store (S3's minimum is 5 MiB).
@@ -53,7 +56,7 @@ impl UploadStore {
                 .clone(),
             None => {
                 let root = config.data_dir.join("uploads");
-                std::fs::create_dir_all(&root)
+                private_fs::create_dir_all(&root)
                     .map_err(|e| format!("uploads folder {}: {e}", root.display()))?;
                 let local = DestinationConfig {
                     root: Some(root.to_string_lossy().into_owned()),
@@ -74,18 +77,19 @@ impl UploadStore {
     /// straight through; an object store gets 8 MiB parts, two in flight:
     /// the API holds what is in flight for every upload at once, so less
     /// than a backup's writer (measured with `bench-upload`).
-    pub async fn writer(&self, job_id: &str) -> Result<opendal::Writer, DestinationError> {
+    pub async fn writer(&self, job_id: &str) -> Result<ObjectWriter, DestinationError> {
         let key = Self::key(job_id);
         if self.destination.local_root().is_some() {
             return self.destination.writer(&key).await;
         }
-        Ok(self
-            .destination
-            .operator()
-            .writer_with(&key)
-            .chunk(UPLOAD_PART)
-            .concurrent(2)
-            .await?)
+        Ok(ObjectWriter::Store(
+            self.destination
+                .operator()
+                .writer_with(&key)
+                .chunk(UPLOAD_PART)
+                .concurrent(2)
+                .await?,
+        ))
     }
 
     /// The upload's size, if it is there.
@@ -112,7 +116,7 @@ impl UploadStore {
                 Err("the uploaded file is gone from the upload area".into())
             };
         }
-        std::fs::create_dir_all(spool).map_err(|e| e.to_string())?;
+        private_fs::create_dir_all(spool).map_err(|e| e.to_string())?;
         let path = spool.join(format!("{job_id}.upload"));
         let copy = LocalUpload { path, copied: true };
         let reader = self
@@ -124,9 +128,9 @@ impl UploadStore {
             .into_bytes_stream(..)
             .await
             .map_err(|e| format!("cannot read the upload: {e}"))?;
-        let mut file = tokio::fs::File::create(&copy.path)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut file = tokio::fs::File::from_std(
+            private_fs::create_file(&copy.path).map_err(|e| e.to_string())?,
+        );
         let mut reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
         tokio::io::copy(&mut reader, &mut file)
             .await

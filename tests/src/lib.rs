@@ -885,6 +885,33 @@ pub async fn job_sessions(database_url: &str, job_id: &str) -> i64 {
     n
 }
 
+/// Starts a restore of everything with `?async=true` and returns (its 202
+/// body, its job id) once its session on the project database at
+/// `database_url` is there, waiting for a lock the caller holds (the
+/// restore has staged its files by then).
+pub async fn start_restore_behind_lock(
+    app: &TestApp,
+    database_url: &str,
+    backup_id: &str,
+) -> (serde_json::Value, String) {
+    let (status, accepted) = status_and_body(
+        app.post(&format!("/api/v1/backups/{backup_id}/restore?async=true"))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let job_id = accepted["job"]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while job_sessions(database_url, &job_id).await == 0 {
+        assert!(Instant::now() < deadline, "the restore never connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (accepted, job_id)
+}
+
 /// `POST /backups?async=true` with `body`: the 202 body.
 pub async fn start_backup(app: &TestApp, body: serde_json::Value) -> serde_json::Value {
     let (status, accepted) = status_and_body(

@@ -363,36 +363,6 @@ async fn sessions_that_hold_locks_are_named_or_ended_with_force() {
     drop(lock);
 }
 
-/// Starts a restore with `?async=true` and returns (its 202 body, its job
-/// id) once its session on the project database is there, waiting for the
-/// lock the caller holds.
-async fn start_restore_behind_lock(
-    app: &TestApp,
-    project: &RefProject,
-    backup_id: &str,
-) -> (Value, String) {
-    let (status, accepted) = status_and_body(
-        app.post(&format!("/api/v1/backups/{backup_id}/restore?async=true"))
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 202, "{accepted}");
-    let job_id = accepted["job"]["id"].as_str().unwrap().to_string();
-    // Wait until the restore's session is there, waiting for the lock.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while supascale_tests::job_sessions(&project.database.url, &job_id).await == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the restore never connected"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    (accepted, job_id)
-}
-
 /// The target's database connection dies half-way through the load (its
 /// backend is ended while the restore waits for a lock): the transaction
 /// is gone, and so is every staged file.
@@ -410,7 +380,8 @@ async fn a_database_that_goes_away_mid_restore_leaves_the_project_as_it_was() {
     let before = state_of(&project);
     let lock = supascale_tests::TableLock::hold_shared(&project.database.url).await;
 
-    let (accepted, job_id) = start_restore_behind_lock(&app, &project, &backup_id).await;
+    let (accepted, job_id) =
+        supascale_tests::start_restore_behind_lock(&app, &project.database.url, &backup_id).await;
     psql(
         &project.database.url,
         &format!(
@@ -454,7 +425,8 @@ async fn a_restore_is_recorded_only_by_the_worker_holding_its_job() {
     let backup_id = backup(&app, "handover", "full").await;
     change_everything(&project);
     let lock = supascale_tests::TableLock::hold_shared(&project.database.url).await;
-    let (_, job_id) = start_restore_behind_lock(&app, &project, &backup_id).await;
+    let (_, job_id) =
+        supascale_tests::start_restore_behind_lock(&app, &project.database.url, &backup_id).await;
     let control = app.control_plane().await;
     control
         .execute(&format!(

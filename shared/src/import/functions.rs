@@ -69,6 +69,7 @@ pub fn stage_functions(
         symlinks: SymlinkPolicy::RejectEscaping,
         limits,
         archive_prefix: Some(plan.prefix.clone()),
+        ..Options::default()
     };
     let mut tree = StagedTree::begin_with(functions_dir, job_id, options)?;
     tree.ignore_owners();

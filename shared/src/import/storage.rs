@@ -18,7 +18,8 @@
 //!    folder above it, all under the same prefix, none, `storage/` or
 //!    `volumes/storage/`, and at least one file is deep enough to be an
 //!    object (`stub/stub/<bucket>/<key>/<version>`). It is kept as it is:
-//!    same paths, folder modes, and the xattrs the tar carries (PAX
+//!    same paths, folder modes, file modes without set-ID or execute bits
+//!    (an object is data), and the xattrs the tar carries (PAX
 //!    `SCHILY.xattr.user.supabase.*`); the missing ones are computed as
 //!    below. When it has several versions of one key, all are staged and
 //!    the last in the archive is the object returned. A file directly in
@@ -130,6 +131,7 @@ pub fn stage_storage(
         symlinks: SymlinkPolicy::RejectEscaping,
         limits,
         archive_prefix: plan.backend.then(|| plan.prefix.clone()),
+        drop_exec_bits: true,
     };
     let mut tree = StagedTree::begin_with(storage_dir, job_id, options)?;
     tree.ignore_owners();

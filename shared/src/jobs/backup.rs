@@ -321,7 +321,7 @@ async fn produce(
     let started = Instant::now();
     let mut dumped_after = None;
     let spool_dir = ctx.config.data_dir.join("tmp");
-    std::fs::create_dir_all(&spool_dir)
+    crate::private_fs::create_dir_all(&spool_dir)
         .map_err(|e| JobError::Abort(format!("cannot create {}: {e}", spool_dir.display())))?;
     let mut roles: Option<SpooledDump> = None;
     let mut postgres_version = None;
@@ -892,7 +892,7 @@ fn available_bytes(path: &Path) -> std::io::Result<u64> {
 /// write and still keep `reserve` bytes free.
 pub(crate) fn check_free_space(needs: &[(PathBuf, u64)], reserve: u64) -> Result<(), JobError> {
     for (path, bytes) in needs {
-        std::fs::create_dir_all(path).map_err(io_error)?;
+        crate::private_fs::create_dir_all(path).map_err(io_error)?;
         let free = available_bytes(path).map_err(io_error)?;
         if free < bytes.saturating_add(reserve) {
             tracing::warn!(
@@ -929,7 +929,7 @@ async fn dump_roles(
     let spooled = SpooledDump {
         path: spool.join(format!("{job_id}.roles.sql")),
     };
-    std::fs::write(&spooled.path, roles).map_err(io_error)?;
+    crate::private_fs::write(&spooled.path, roles).map_err(io_error)?;
     Ok(spooled)
 }
 
@@ -1021,7 +1021,7 @@ async fn dump_database(
     let dump = SpooledDump {
         path: spool.join(format!("{job_id}.dump.{}", compression.suffix())),
     };
-    let file = std::fs::File::create(&dump.path).map_err(io_error)?;
+    let file = crate::private_fs::create_file(&dump.path).map_err(io_error)?;
     let (pipe, pipe_input) = std::io::pipe().map_err(io_error)?;
     let (mut command, name) = pg_tool_command(
         pg_dump,

@@ -48,7 +48,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
         Detected::CustomDump | Detected::GzipCustomDump => {
             let mut spooled = None;
             let dump = if detected == Detected::GzipCustomDump {
-                std::fs::create_dir_all(&start.spool).map_err(super::backup::io_error)?;
+                crate::private_fs::create_dir_all(&start.spool).map_err(super::backup::io_error)?;
                 let target = start.spool.join(format!("{}.import.dump", job.id));
                 let source = start.upload.path.clone();
                 let out = target.clone();
@@ -149,7 +149,7 @@ fn unreadable_dump(error: JobError, name: &str) -> JobError {
 fn gunzip_to(source: &std::path::Path, target: &std::path::Path) -> std::io::Result<()> {
     let input = std::io::BufReader::new(std::fs::File::open(source)?);
     let mut decoder = flate2::read::MultiGzDecoder::new(input);
-    let mut out = std::fs::File::create(target)?;
+    let mut out = crate::private_fs::create_file(target)?;
     std::io::copy(&mut decoder, &mut out)?;
     out.sync_all()
 }

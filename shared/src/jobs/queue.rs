@@ -113,9 +113,11 @@ impl JobQueue {
                 ))
             }
             None => {
-                std::fs::create_dir_all(&config.data_dir)?;
+                crate::private_fs::create_dir_all(&config.data_dir)?;
+                let file = config.data_dir.join("queue.db");
+                crate::private_fs::ensure_file(&file)?;
                 let options = SqliteConnectOptions::new()
-                    .filename(config.data_dir.join("queue.db"))
+                    .filename(file)
                     .create_if_missing(true)
                     .busy_timeout(Duration::from_secs(10));
                 // setup() sets its pragmas on one pooled connection only:

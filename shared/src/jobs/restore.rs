@@ -266,7 +266,7 @@ async fn restore_backup(
         }
     }
     let spool_dir = ctx.config.data_dir.join("tmp");
-    std::fs::create_dir_all(&spool_dir).map_err(io_error)?;
+    crate::private_fs::create_dir_all(&spool_dir).map_err(io_error)?;
     let entries: HashMap<String, ManifestEntry> = manifest
         .entries
         .iter()
@@ -775,7 +775,7 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
                     let spooled = SpooledDump {
                         path: plan.spool.clone(),
                     };
-                    let file = std::fs::File::create(&spooled.path).map_err(io_error)?;
+                    let file = crate::private_fs::create_file(&spooled.path).map_err(io_error)?;
                     let (size, sha256) = copy_hashed(&mut entry, file).map_err(corrupt)?;
                     dump = Some(spooled);
                     Added::File { size, sha256 }
@@ -797,6 +797,7 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
                 if slot.is_none() {
                     let options = Options {
                         archive_prefix: Some(PathBuf::from(&component)),
+                        drop_exec_bits: component == "storage",
                         ..own.clone()
                     };
                     *slot = Some(

@@ -125,7 +125,7 @@ async fn check(
         )
         .await;
     let spool_dir = ctx.config.data_dir.join("tmp");
-    std::fs::create_dir_all(&spool_dir).map_err(|e| Damage::CannotLook(io_error(e)))?;
+    crate::private_fs::create_dir_all(&spool_dir).map_err(|e| Damage::CannotLook(io_error(e)))?;
     let artifact = Artifact {
         destination,
         key,

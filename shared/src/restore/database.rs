@@ -759,12 +759,14 @@ impl DatabaseRestore<'_> {
             }
         };
         let spool = self.dump.with_extension("lists");
-        std::fs::create_dir_all(&spool).map_err(crate::jobs::backup::io_error)?;
+        crate::private_fs::create_dir_all(&spool).map_err(crate::jobs::backup::io_error)?;
         let _cleanup = RemoveDir(spool.clone());
         let main_list = spool.join("main.list");
         let acl_list = spool.join("acl.list");
-        std::fs::write(&main_list, &plan.main_list).map_err(crate::jobs::backup::io_error)?;
-        std::fs::write(&acl_list, &plan.acl_list).map_err(crate::jobs::backup::io_error)?;
+        crate::private_fs::write(&main_list, &plan.main_list)
+            .map_err(crate::jobs::backup::io_error)?;
+        crate::private_fs::write(&acl_list, &plan.acl_list)
+            .map_err(crate::jobs::backup::io_error)?;
         let grants = if plan.acl_list.is_empty() {
             String::new()
         } else {

@@ -51,7 +51,8 @@
 //! whose target leaves the restored folder are refused under
 //! [`SymlinkPolicy::RejectEscaping`]; hard links must point at a file already
 //! staged; device files and FIFOs are refused; set-user-ID and set-group-ID
-//! bits of files are dropped and only `user.*` extended attributes are
+//! bits of files are dropped (execute bits too with
+//! [`Options::drop_exec_bits`]) and only `user.*` extended attributes are
 //! restored (`security.capability` or `trusted.*` from an upload would hand
 //! out privileges); [`Limits`] caps bytes and entries. A refused entry fails
 //! the whole staging, which leaves the target untouched.
@@ -106,6 +107,9 @@ pub struct Options {
     /// The component's folder in the archive (`storage`). Hard links name
     /// their target by its archive path, so without this they are refused.
     pub archive_prefix: Option<PathBuf>,
+    /// Files are data, never programs (storage objects): their execute bits
+    /// are dropped too, beside the set-ID bits every file loses.
+    pub drop_exec_bits: bool,
 }
 
 /// What one entry became.
@@ -424,7 +428,10 @@ impl StagedTree {
                 Ok(Added::HardLink { to })
             }
             kind if is_file(kind) => {
-                let meta = self.meta(entry, &shown)?;
+                let mut meta = self.meta(entry, &shown)?;
+                if self.options.drop_exec_bits {
+                    meta.mode &= !0o111;
+                }
                 self.budget.would_fit(&shown, entry.size())?;
                 self.clear(&dest, &rel, false).map_err(io_at(&shown))?;
                 let written = write_file(
