@@ -51,12 +51,21 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
                 let target = start.spool.join(format!("{}.import.dump", job.id));
                 let source = start.upload.path.clone();
                 let out = target.clone();
-                tokio::task::spawn_blocking(move || gunzip_to(&source, &out))
+                let guard = crate::disk::DiskGuard::new(
+                    &start.spool,
+                    crate::disk::TEMPORARY_AREA,
+                    ctx.config.disk_reserve_bytes,
+                );
+                tokio::task::spawn_blocking(move || gunzip_to(&source, &out, guard))
                     .await
                     .map_err(|e| JobError::Abort(e.to_string()))?
                     .map_err(|e| {
                         let _ = std::fs::remove_file(&target);
-                        JobError::Invalid(format!("{name} is not a complete gzip file: {e}"))
+                        if crate::disk::is_out_of_space(&e) {
+                            super::backup::io_error(e)
+                        } else {
+                            JobError::Invalid(format!("{name} is not a complete gzip file: {e}"))
+                        }
                     })?;
                 spooled = Some(super::backup::SpooledDump {
                     path: target.clone(),
@@ -145,12 +154,21 @@ fn unreadable_dump(error: JobError, name: &str) -> JobError {
     }
 }
 
-fn gunzip_to(source: &std::path::Path, target: &std::path::Path) -> std::io::Result<()> {
+/// Decompresses the upload into the spool, stopping before the disk's
+/// reserve: the gzip's own size says nothing of what it expands to.
+fn gunzip_to(
+    source: &std::path::Path,
+    target: &std::path::Path,
+    guard: crate::disk::DiskGuard,
+) -> std::io::Result<()> {
     let input = std::io::BufReader::new(std::fs::File::open(source)?);
     let mut decoder = flate2::read::MultiGzDecoder::new(input);
-    let mut out = std::fs::File::create(target)?;
+    let mut out = crate::disk::GuardedWriter {
+        inner: std::fs::File::create(target)?,
+        guard,
+    };
     std::io::copy(&mut decoder, &mut out)?;
-    out.sync_all()
+    out.inner.sync_all()
 }
 
 /// The script's bytes for `psql`, decompressed on a blocking thread when
