@@ -65,22 +65,24 @@ fn tar_gz(out: &Path, dir: &Path, name: &str) {
         .arg(name));
 }
 
-/// A tar.gz whose one entry is `gib` GiB of zeros, about a thousandth of
+/// A tar.gz whose one entry is `mib` MiB of zeros, about a thousandth of
 /// that on disk: a gzip member of the header, the same member of 64 MiB of
 /// zeros over and over (gzip members in a row are one stream), then the
-/// end of the archive.
-fn gzip_bomb(out: &Path, entry: &str, gib: u64) {
+/// end of the archive. Without `entry`, a custom-format dump's signature
+/// stands in for the header and nothing ends it: a gzipped "dump".
+fn gzip_bomb(out: &Path, entry: Option<&str>, mib: u64) {
     python(
         "import sys, tarfile, gzip\n\
-         out, entry, size = sys.argv[1], sys.argv[2], int(sys.argv[3]) << 30\n\
+         out, entry, size = sys.argv[1], sys.argv[2], int(sys.argv[3]) << 20\n\
          info = tarfile.TarInfo(entry); info.size = size\n\
+         head = info.tobuf(format=tarfile.GNU_FORMAT) if entry else b'PGDMP' + bytes(512)\n\
          chunk = 64 << 20\n\
          member = gzip.compress(bytes(chunk), compresslevel=9)\n\
          with open(out, 'wb') as f:\n\
-         \x20   f.write(gzip.compress(info.tobuf(format=tarfile.GNU_FORMAT)))\n\
+         \x20   f.write(gzip.compress(head))\n\
          \x20   for _ in range(size // chunk): f.write(member)\n\
-         \x20   f.write(gzip.compress(bytes(1024)))\n",
-        &[out.to_str().unwrap(), entry, &gib.to_string()],
+         \x20   f.write(gzip.compress(bytes(1024 if entry else 0)))\n",
+        &[out.to_str().unwrap(), entry.unwrap_or(""), &mib.to_string()],
     );
 }
 
@@ -168,7 +170,7 @@ async fn bombs_are_refused_within_seconds_and_leave_the_disk_as_it_was() {
     register(&app, &target, "t").await;
     let work = tempfile::tempdir().unwrap();
     let tar_gz = work.path().join("storage.tar.gz");
-    gzip_bomb(&tar_gz, "avatars/zeros.bin", 100);
+    gzip_bomb(&tar_gz, Some("avatars/zeros.bin"), 100 * 1024);
     let zip = work.path().join("storage.zip");
     zip_bomb(&zip, 5);
     let tar = work.path().join("storage.tar");
@@ -210,6 +212,32 @@ async fn bombs_are_refused_within_seconds_and_leave_the_disk_as_it_was() {
             "{name}: the data dir takes {usage} bytes, {usage_before} before"
         );
     }
+}
+
+/// A gzipped "custom-format dump" of 1 GiB of zeros (1 MB) sent to a
+/// database import answers 400 naming it once it has expanded 200 times
+/// its size, not once the disk is full, and nothing stays in the spool.
+#[tokio::test]
+async fn a_gzipped_dump_bomb_stops_at_the_expansion_ratio() {
+    let target = refproject::make(0.0, 103, true).await;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    register(&app, &target, "t").await;
+    let work = tempfile::tempdir().unwrap();
+    let dump = work.path().join("backup.dump.gz");
+    gzip_bomb(&dump, None, 1024);
+    let usage_before = disk_usage(app.data_dir.path());
+    let (status, body, took) = import(&app, "t", "database", &dump).await;
+    eprintln!("backup.dump.gz: {status} after {took:?}: {body}");
+    error_of(
+        status,
+        &body,
+        400,
+        "backup.dump.gz expands past the limit of 200 times the upload's size",
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(app.spool_files().is_empty(), "{:?}", app.spool_files());
+    assert!(waiting_uploads(app.data_dir.path()).is_empty());
+    assert!(disk_usage(app.data_dir.path()) < usage_before + 4 * MIB);
 }
 
 /// An HTTP/1.1 request written by hand, so that the test decides how much
