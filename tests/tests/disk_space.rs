@@ -434,9 +434,61 @@ async fn an_import_that_does_not_fit_fails_with_the_space_message_and_changes_no
     drop(app);
 }
 
-/// A restore whose storage does not fit beside the target's reserve fails
-/// with the space message, once, and leaves the target's files as they were
-/// with no staging folder and nothing spooled.
+/// Backs up `component` of project `p`, moves the project's folder of it
+/// (`dir`) to a 16 MiB disk holding only `file` with `room` bytes left
+/// beside the reserve, and restores it: the restore must fail, once, with
+/// the space message naming `area`, and change nothing.
+async fn restore_onto_a_small_disk(
+    app: &mut TestApp,
+    component: &str,
+    dir: &Path,
+    file: &str,
+    room: u64,
+    area: &str,
+) {
+    let (status, body) = status_and_body(
+        app.post("/api/v1/backups")
+            .json(&json!({"projectId": "p", "type": component}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let backup = body["backup"]["id"].as_str().unwrap().to_string();
+
+    let disk = SmallDisk::mount(dir, 16 * MIB);
+    std::fs::create_dir_all(dir.join(file).parent().unwrap()).unwrap();
+    std::fs::write(dir.join(file), b"what the project has now").unwrap();
+    app.set_env(
+        "SUPASCALE_DISK_RESERVE_BYTES",
+        disk.reserve_leaving(room).to_string(),
+    );
+    app.restart();
+    let before = tree_snapshot(dir);
+    let free_before = disk.free();
+
+    let (status, body) = status_and_body(
+        app.post(&format!("/api/v1/backups/{backup}/restore"))
+            .json(&json!({ "restoreTypes": [component] }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let prefix = format!("Restore failed: Insufficient disk space on {area}: ");
+    error_of(status, &body, 500, &prefix);
+    assert_eq!(tree_snapshot(dir), before);
+    assert!(leftovers(dir).is_empty(), "{:?}", leftovers(dir));
+    assert!(app.spool_files().is_empty(), "{:?}", app.spool_files());
+    assert!(disk.free() + MIB >= free_before);
+    let (_, jobs) =
+        status_and_body(app.get("/api/v1/jobs?kind=restore").send().await.unwrap()).await;
+    assert_eq!(jobs["jobs"][0]["attempt"], 1, "{jobs}");
+}
+
+/// A restore whose storage (24 MiB) does not fit beside the target's
+/// reserve (12 MiB of room) fails before it stages anything.
 #[tokio::test]
 async fn a_restore_that_does_not_fit_fails_with_the_space_message_and_changes_nothing() {
     let project = make_project().await;
@@ -449,46 +501,34 @@ async fn a_restore_that_does_not_fit_fails_with_the_space_message_and_changes_no
         .unwrap();
     let mut app = TestApp::spawn(Backend::Sqlite).await;
     supascale_tests::register(&app, &project, "p").await;
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "p", "type": "storage"}))
-            .send()
-            .await
-            .unwrap(),
+    let object = "stub/stub/avatars/me.png/v2";
+    let area = "the storage folder";
+    restore_onto_a_small_disk(&mut app, "storage", &storage, object, 12 * MIB, area).await;
+}
+
+/// Thousands of tiny files: the manifest's bytes (30 KB) fit, the blocks
+/// they take (12 MiB) do not. The staging stops at the reserve while it
+/// writes, with the space message, and takes its files with it.
+#[tokio::test]
+async fn a_restore_of_many_small_files_stops_at_the_reserve_while_staging() {
+    let project = make_project().await;
+    let functions = project.root.path().join("volumes/functions");
+    let many = functions.join("many");
+    std::fs::create_dir_all(&many).unwrap();
+    std::fs::write(many.join("index.ts"), "// many\n").unwrap();
+    for i in 0..3000 {
+        std::fs::write(many.join(format!("part-{i}.ts")), "// a part\n").unwrap();
+    }
+    let mut app = TestApp::spawn(Backend::Sqlite).await;
+    supascale_tests::register(&app, &project, "p").await;
+    let area = "the functions folder";
+    restore_onto_a_small_disk(
+        &mut app,
+        "functions",
+        &functions,
+        "hello/index.ts",
+        6 * MIB,
+        area,
     )
     .await;
-    assert_eq!(status, 200, "{body}");
-    let backup = body["backup"]["id"].as_str().unwrap().to_string();
-
-    // The project's storage moves to a disk with room for 12 MiB.
-    let disk = SmallDisk::mount(&storage, 16 * MIB);
-    let object = storage.join("stub/stub/avatars/me.png/v2");
-    std::fs::create_dir_all(object.parent().unwrap()).unwrap();
-    std::fs::write(&object, b"what the project has now").unwrap();
-    app.set_env(
-        "SUPASCALE_DISK_RESERVE_BYTES",
-        disk.reserve_leaving(12 * MIB).to_string(),
-    );
-    app.restart();
-    let before = tree_snapshot(&storage);
-    let free_before = disk.free();
-
-    let (status, body) = status_and_body(
-        app.post(&format!("/api/v1/backups/{backup}/restore"))
-            .json(&json!({"restoreTypes": ["storage"]}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let prefix = "Restore failed: Insufficient disk space on the storage folder: ";
-    error_of(status, &body, 500, prefix);
-    assert_eq!(tree_snapshot(&storage), before);
-    assert!(leftovers(&storage).is_empty(), "{:?}", leftovers(&storage));
-    assert!(app.spool_files().is_empty(), "{:?}", app.spool_files());
-    assert!(disk.free() + MIB >= free_before);
-    let (_, jobs) =
-        status_and_body(app.get("/api/v1/jobs?kind=restore").send().await.unwrap()).await;
-    assert_eq!(jobs["jobs"][0]["attempt"], 1, "{jobs}");
-    drop(app);
 }

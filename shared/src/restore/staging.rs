@@ -78,6 +78,8 @@ use xattr::FileExt;
 const STAGING_PREFIX: &str = ".supascale-restore-";
 const OLD_PREFIX: &str = ".supascale-old-";
 const COPY_BUFFER: usize = 64 * 1024;
+/// What one entry takes on disk at the least (a file system block).
+const ENTRY_BLOCK: u64 = 4096;
 const PAX_XATTR: &[u8] = b"SCHILY.xattr.";
 
 /// What to do with a symlink whose target is absolute or climbs out of the
@@ -449,6 +451,11 @@ impl StagedTree {
         let shown = entry_path(entry);
         let rel = clean_relative(relative, &shown)?;
         self.budget.count_entry(&shown)?;
+        // A block at least, whatever the entry's size: thousands of tiny
+        // files fill a disk that their bytes alone never would.
+        if let Some(disk) = &mut self.disk {
+            disk.wrote(ENTRY_BLOCK).map_err(io_at(&shown))?;
+        }
         let kind = entry.header().entry_type();
         refuse_special(kind, &shown)?;
         if let Some(Component::Normal(first)) = rel.components().next() {
