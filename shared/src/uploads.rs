@@ -13,7 +13,6 @@
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
-
 use tokio::io::AsyncWriteExt;
 
 use crate::config::Config;

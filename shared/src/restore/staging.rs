@@ -1156,7 +1156,7 @@ impl StagedFiles {
                     .options
                     .limits
                     .disk
-                    .map(|d| DiskGuard::new(base, d.area, d.reserve));
+                    .map(|d| DiskGuard::new(dest.parent().unwrap_or(base), d.area, d.reserve));
                 let written = write_file(
                     &temp,
                     entry,
