@@ -50,6 +50,10 @@ pub enum ApiError {
     /// The operation failed.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
+    /// The upload does not fit on the server's disk beside the space it
+    /// keeps free (`SUPASCALE_DISK_RESERVE_BYTES`); nothing was kept.
+    #[oai(status = 507)]
+    InsufficientStorage(Json<ErrorBody>),
     /// A dependency (control-plane database, queue) is unreachable.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
@@ -79,6 +83,9 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal(Json(ErrorBody::new(message)))
     }
+    pub fn insufficient_storage(message: impl Into<String>) -> Self {
+        Self::InsufficientStorage(Json(ErrorBody::new(message)))
+    }
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::Unavailable(Json(ErrorBody::new(message)))
     }
@@ -96,6 +103,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -6,6 +6,7 @@ pub mod artifact;
 pub mod config;
 pub mod control_plane;
 pub mod destinations;
+pub mod disk;
 pub mod domain;
 pub mod entities;
 pub mod import;

@@ -13,11 +13,13 @@
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
+use tokio::io::AsyncWriteExt;
 
 use crate::config::Config;
 use crate::destinations::{
     Destination, DestinationConfig, DestinationError, Destinations, ObjectWriter,
 };
+use crate::disk::{DiskGuard, TEMPORARY_AREA};
 use crate::private_fs;
 
 const PREFIX: &str = ".supascale-uploads/";
@@ -68,6 +70,11 @@ impl UploadStore {
         Ok(Self { destination })
     }
 
+    /// The folder uploads are written to, when it is on this machine.
+    pub fn local_root(&self) -> Option<PathBuf> {
+        self.destination.local_root()
+    }
+
     pub fn key(job_id: &str) -> String {
         format!("{PREFIX}{job_id}")
     }
@@ -102,8 +109,13 @@ impl UploadStore {
     }
 
     /// The upload as a local file: in place when the store is a local
-    /// folder, else copied into `spool`.
-    pub async fn local(&self, job_id: &str, spool: &Path) -> Result<LocalUpload, String> {
+    /// folder, else copied into `spool`, keeping `reserve` bytes free there.
+    pub async fn local(
+        &self,
+        job_id: &str,
+        spool: &Path,
+        reserve: u64,
+    ) -> Result<LocalUpload, String> {
         let key = Self::key(job_id);
         if let Some(root) = self.destination.local_root() {
             let path = root.join(&key);
@@ -117,6 +129,10 @@ impl UploadStore {
             };
         }
         private_fs::create_dir_all(spool).map_err(|e| e.to_string())?;
+        let mut guard = DiskGuard::new(spool, TEMPORARY_AREA, reserve);
+        if let Some(size) = self.size(job_id).await.map_err(|e| e.to_string())? {
+            guard.expect(size).map_err(|e| e.to_string())?;
+        }
         let path = spool.join(format!("{job_id}.upload"));
         let copy = LocalUpload { path, copied: true };
         let reader = self
@@ -124,17 +140,31 @@ impl UploadStore {
             .reader(&key)
             .await
             .map_err(|e| format!("cannot read the upload: {e}"))?;
-        let stream = reader
+        let mut stream = reader
             .into_bytes_stream(..)
             .await
             .map_err(|e| format!("cannot read the upload: {e}"))?;
         let mut file = tokio::fs::File::from_std(
             private_fs::create_file(&copy.path).map_err(|e| e.to_string())?,
         );
-        let mut reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
-        tokio::io::copy(&mut reader, &mut file)
+        while let Some(chunk) = stream
+            .try_next()
             .await
-            .map_err(|e| format!("cannot copy the upload: {e}"))?;
+            .map_err(|e| format!("cannot read the upload: {e}"))?
+        {
+            let written = match file.write_all(&chunk).await {
+                Ok(()) => guard.wrote(chunk.len() as u64),
+                Err(e) => Err(e),
+            };
+            written.map_err(|e| {
+                if crate::disk::is_out_of_space(&e) {
+                    crate::disk::out_of_space_message(&e, TEMPORARY_AREA, spool)
+                } else {
+                    format!("cannot copy the upload: {e}")
+                }
+            })?;
+        }
+        file.flush().await.map_err(|e| e.to_string())?;
         Ok(copy)
     }
 

@@ -998,3 +998,84 @@ pub async fn read_events(
         }
     }
 }
+
+/// A small filesystem at `path` for disk-space tests: a tmpfs of the size
+/// asked for, since the tests run as root. Where this process may not
+/// mount, `path` stays on the test disk and [`SmallDisk::reserve_leaving`]
+/// makes its free space small through `SUPASCALE_DISK_RESERVE_BYTES`.
+pub struct SmallDisk {
+    pub path: PathBuf,
+    pub mounted: bool,
+}
+
+impl SmallDisk {
+    /// Mounts over `path` (created if missing); what was in it is hidden
+    /// until the drop.
+    pub fn mount(path: &Path, bytes: u64) -> SmallDisk {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!(
+                "cannot mount a tmpfs: {} stays on the test disk",
+                path.display()
+            );
+        }
+        SmallDisk {
+            path: path.to_path_buf(),
+            mounted,
+        }
+    }
+
+    pub fn free(&self) -> u64 {
+        supascale_shared::disk::available_bytes(&self.path).unwrap()
+    }
+
+    /// The reserve that leaves `room` bytes to write, from what is free now.
+    pub fn reserve_leaving(&self, room: u64) -> u64 {
+        self.free().saturating_sub(room)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
+/// The uploads in `data_dir` that wait for a job: none once every import
+/// has ended.
+pub fn waiting_uploads(data_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(data_dir.join("uploads/.supascale-uploads"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Bytes the files under `dir` take on disk (as `du` counts them).
+pub fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        total += meta.blocks() * 512;
+        if meta.is_dir()
+            && let Ok(entries) = std::fs::read_dir(&path)
+        {
+            stack.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()));
+        }
+    }
+    total
+}

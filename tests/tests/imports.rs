@@ -44,14 +44,7 @@ fn pg_dump(url: &str, args: &[&str], out: &Path) {
 
 /// The uploads that wait for a job: none once every import has ended.
 fn uploads(app: &TestApp) -> Vec<String> {
-    let dir = app.data_dir.path().join("uploads/.supascale-uploads");
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    supascale_tests::waiting_uploads(app.data_dir.path())
 }
 
 #[tokio::test]

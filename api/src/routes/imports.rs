@@ -17,6 +17,7 @@ use poem_openapi::{
 };
 use sea_orm::{ActiveModelTrait, EntityTrait};
 use supascale_shared::api_key::Permission;
+use supascale_shared::disk::{DiskGuard, UPLOAD_AREA};
 use supascale_shared::entities::job;
 use supascale_shared::jobs::{self, import::ImportPayload};
 use supascale_shared::uploads::UploadStore;
@@ -33,11 +34,12 @@ const FILE_FIELD: &str = "file";
 /// How much of the part is read at a time.
 const READ_CHUNK: usize = 1024 * 1024;
 
-/// A `multipart/form-data` body whose part `file` is read as it arrives.
+/// A `multipart/form-data` body whose part `file` is read as it arrives,
+/// and the body's `Content-Length` when the client sent one.
 /// poem-openapi's `Upload` would copy the whole part to a temporary file
 /// before the handler runs: too late to refuse an unknown project, and a
 /// second copy of a dump that may be tens of GB.
-pub struct FileUpload(poem::web::Multipart);
+pub struct FileUpload(poem::web::Multipart, Option<u64>);
 
 impl<'a> ApiExtractor<'a> for FileUpload {
     const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
@@ -78,10 +80,15 @@ impl<'a> ApiExtractor<'a> for FileUpload {
             )
             .into());
         }
+        let declared = request
+            .headers()
+            .get(poem::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         // Only the boundary is read here; the parts are read by the handler.
         <poem::web::Multipart as FromRequest>::from_request(request, body)
             .await
-            .map(FileUpload)
+            .map(|multipart| FileUpload(multipart, declared))
             .map_err(|e| ApiError::bad_request(format!("Invalid multipart body: {e}")).into())
     }
 }
@@ -381,7 +388,7 @@ async fn start_import(
         state.config.job_attempts,
     );
     let job_id = job.id.clone().unwrap();
-    let (file_name, size) = receive(state, &store, &job_id, file.0).await?;
+    let (file_name, size) = receive(state, &store, &job_id, file).await?;
     job.payload = sea_orm::ActiveValue::Set(
         serde_json::to_string(&ImportPayload {
             file_name,
@@ -413,14 +420,26 @@ async fn start_import(
 
 /// Streams the part `file` into the upload area under `job_id`; returns
 /// its name and size. Other parts are skipped. Nothing stays behind when
-/// it fails.
+/// it fails. A local upload area keeps the disk reserve free: a body whose
+/// `Content-Length` would not fit is refused before it is read, and one
+/// that fills the disk while it streams is stopped; both answer 507.
 async fn receive(
     state: &AppState,
     store: &UploadStore,
     job_id: &str,
-    mut multipart: poem::web::Multipart,
+    file: FileUpload,
 ) -> ApiResult<(String, u64)> {
+    let FileUpload(mut multipart, declared) = file;
     let limit = state.config.max_upload_bytes;
+    let reserve = state.config.disk_reserve_bytes;
+    let mut disk = store
+        .local_root()
+        .map(|root| DiskGuard::new(&root, UPLOAD_AREA, reserve));
+    if let (Some(guard), Some(declared)) = (&mut disk, declared) {
+        guard
+            .expect(declared)
+            .map_err(|e| upload_area_error(&e, store))?;
+    }
     let bad = |e: poem::error::ParseMultipartError| {
         ApiError::bad_request(format!("Invalid multipart body: {e}"))
     };
@@ -464,7 +483,12 @@ async fn receive(
                 writer
                     .write(Bytes::copy_from_slice(&buffer[..n]))
                     .await
-                    .map_err(|e| ApiError::unavailable(format!("Upload area unavailable: {e}")))?;
+                    .map_err(|e| upload_area_error(&e, store))?;
+                if let Some(guard) = &mut disk {
+                    guard
+                        .wrote(n as u64)
+                        .map_err(|e| upload_area_error(&e, store))?;
+                }
             }
         }
         .await;
@@ -476,15 +500,29 @@ async fn receive(
             let _ = writer.abort().await;
             return Err(ApiError::bad_request(format!("{file_name} is empty")));
         }
-        writer
-            .close()
-            .await
-            .map_err(|e| ApiError::unavailable(format!("Upload area unavailable: {e}")))?;
+        if let Err(e) = writer.close().await {
+            let _ = writer.abort().await;
+            return Err(upload_area_error(&e, store));
+        }
         return Ok((file_name, size));
     }
     Err(ApiError::bad_request(
         "No file: send it as the multipart field \"file\" (curl -F \"file=@dump.sql\")",
     ))
+}
+
+/// 507 with the disk message when `e` (or what it wraps) is a full disk,
+/// else 503.
+fn upload_area_error(e: &(dyn std::error::Error + 'static), store: &UploadStore) -> ApiError {
+    if let Some(io) = supascale_shared::disk::out_of_space_in(e) {
+        let root = store.local_root().unwrap_or_default();
+        return ApiError::insufficient_storage(supascale_shared::disk::out_of_space_message(
+            io,
+            UPLOAD_AREA,
+            &root,
+        ));
+    }
+    ApiError::unavailable(format!("Upload area unavailable: {e}"))
 }
 
 /// The import once it is over (waiting up to the configured bound unless

@@ -45,13 +45,16 @@ use crate::restore::staging::{Added, Limits, StagedTree};
 /// without an OS error code; the kernel's codes are about our disk, except
 /// the few an entry's own name causes.
 pub(crate) fn is_ours(e: &io::Error) -> bool {
-    e.raw_os_error()
-        .is_some_and(|code| !matches!(code, libc::ENAMETOOLONG | libc::EILSEQ))
+    crate::disk::is_out_of_space(e)
+        || e.raw_os_error()
+            .is_some_and(|code| !matches!(code, libc::ENAMETOOLONG | libc::EILSEQ))
 }
 
 /// An error met while reading the archive, judged by [`is_ours`].
 pub(crate) fn reading(what: &str, e: io::Error) -> ImportError {
-    if is_ours(&e) {
+    if crate::disk::find_out_of_space(&e).is_some() {
+        ImportError::Io(e)
+    } else if is_ours(&e) {
         ImportError::Io(io::Error::new(e.kind(), format!("{what}: {e}")))
     } else {
         ImportError::Invalid(format!("{what}: {e}"))
@@ -349,13 +352,13 @@ impl Tally {
             )));
         }
         self.bytes = self.bytes.saturating_add(info.size);
-        if let Some(limit) = self.limits.max_bytes
-            && self.bytes > limit
-        {
-            return Err(ImportError::Invalid(format!(
-                "{}: the archive goes over the limit of {limit} bytes",
-                info.shown
-            )));
+        self.limits
+            .check_bytes(Path::new(&info.shown), self.bytes)
+            .map_err(|e| ImportError::Invalid(e.to_string()))?;
+        // Skipping an entry's data means reading it: a header that already
+        // does not fit on the disk stops the pass here.
+        if let Some(disk) = &self.limits.disk {
+            disk.check_declared(self.bytes)?;
         }
         Ok(())
     }
@@ -408,6 +411,14 @@ pub fn list_entries(
         other => return Err(not_an_archive(other)),
     }
     Ok(out)
+}
+
+/// What the files of `entries` declare, together: what staging them
+/// writes at most.
+pub fn declared_bytes(entries: &[EntryInfo]) -> u64 {
+    entries
+        .iter()
+        .fold(0u64, |total, entry| total.saturating_add(entry.size))
 }
 
 /// An entry [`stage_entries`] handed to the tree.
@@ -931,7 +942,7 @@ mod tests {
         let archive = upload(uploads.path(), "x.zip", &bytes);
         let limits = Limits {
             max_bytes: Some(1 << 20),
-            max_entries: None,
+            ..Limits::default()
         };
         let target = root.path().join("t");
         match stage_all(&archive, &target, limits, &GO) {

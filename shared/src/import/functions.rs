@@ -72,6 +72,7 @@ pub fn stage_functions(
         ..Options::default()
     };
     let mut tree = StagedTree::begin_with(functions_dir, job_id, options)?;
+    tree.expect_bytes(super::archive::declared_bytes(&entries))?;
     tree.ignore_owners();
     stage_entries(archive, *detected, &mut tree, stop, |info| {
         Ok(plan.place(info))
@@ -472,6 +473,7 @@ mod tests {
         let limits = Limits {
             max_bytes: Some(1 << 20),
             max_entries: Some(10),
+            ..Limits::default()
         };
         let cases: Vec<(&str, &str, Vec<u8>, Vec<&str>)> = vec![
             (

@@ -30,6 +30,15 @@ pub enum ImportError {
 
 impl From<StageError> for ImportError {
     fn from(e: StageError) -> Self {
+        // Our own message says which area and how much; keep it whole.
+        if let StageError::Io { source, .. } = &e
+            && crate::disk::find_out_of_space(source).is_some()
+        {
+            let StageError::Io { source, .. } = e else {
+                unreachable!()
+            };
+            return ImportError::Io(source);
+        }
         match &e {
             StageError::Io { source, .. } if archive::is_ours(source) => {
                 ImportError::Io(io::Error::new(source.kind(), e.to_string()))

@@ -69,7 +69,7 @@ use md5::{Digest, Md5};
 use xattr::FileExt;
 
 use super::ImportError;
-use super::archive::{Detected, EntryInfo, EntryKind, list_entries, stage_entries};
+use super::archive::{Detected, EntryInfo, EntryKind, declared_bytes, list_entries, stage_entries};
 use crate::restore::staging::{Limits, Options, Ready, StagedTree, SymlinkPolicy};
 
 pub const CONTENT_TYPE_XATTR: &str = "user.supabase.content-type";
@@ -134,6 +134,7 @@ pub fn stage_storage(
         drop_exec_bits: true,
     };
     let mut tree = StagedTree::begin_with(storage_dir, job_id, options)?;
+    tree.expect_bytes(declared_bytes(&entries))?;
     tree.ignore_owners();
     tree.link_from_target(OsStr::new("stub"))?;
     let keys: BTreeSet<&(String, String)> = plan.objects.values().map(|o| &o.key).collect();
@@ -842,6 +843,7 @@ mod tests {
         let limits = Limits {
             max_bytes: Some(1 << 20),
             max_entries: Some(10),
+            ..Limits::default()
         };
         let many = (0..20).fold(Tar::new(), |tar, i| tar.file(&format!("b/f{i}"), b""));
         let cases: Vec<(&str, &str, Vec<u8>, Vec<&str>)> = vec![

@@ -25,6 +25,7 @@ use super::reporter::Reporter;
 use super::worker::JobContext;
 use super::{AbortOnDrop, JobError, child};
 use crate::artifact::{ArtifactBuilder, ArtifactSummary, Compression, ManifestMeta, Precompressed};
+use crate::disk::{Need, TEMPORARY_AREA};
 use crate::domain::CONFIG_ALLOWLIST;
 use crate::entities::{backup, job, project};
 use crate::pgtools;
@@ -359,9 +360,17 @@ async fn produce(
         );
         let pg_dump = pg_dump.map_err(JobError::Abort)?;
         let pg_dumpall = pg_dumpall.map_err(JobError::Abort)?;
-        let mut needs = vec![(spool_dir.clone(), server.database_bytes)];
+        let mut needs = vec![Need {
+            area: TEMPORARY_AREA,
+            path: spool_dir.clone(),
+            bytes: server.database_bytes,
+        }];
         if let Some(root) = destination.local_root() {
-            needs.push((root, server.database_bytes));
+            needs.push(Need {
+                area: "the local destination",
+                path: root,
+                bytes: server.database_bytes,
+            });
         }
         check_free_space(&needs, ctx.config.disk_reserve_bytes)?;
         if job.attempt > 1 {
@@ -374,12 +383,21 @@ async fn produce(
         let dump_dir = spool_dir.clone();
         let dump_job = job.id.clone();
         let dump_from = url.clone();
+        let reserve = ctx.config.disk_reserve_bytes;
         // A task, so that it starts now, not when first polled: the roles
         // are dumped (and the destination opened) while it runs. Dropping it
         // aborts the task, which ends `pg_dump` (`kill_on_drop`) and removes
         // the spool.
         dumping = Some(AbortOnDrop(tokio::spawn(async move {
-            dump_database(&pg_dump_path, &dump_from, &dump_dir, &dump_job, compression).await
+            dump_database(
+                &pg_dump_path,
+                &dump_from,
+                &dump_dir,
+                &dump_job,
+                compression,
+                reserve,
+            )
+            .await
         })));
         let dumped_roles = dump_roles(&pg_dumpall.path, &url, &spool_dir, &job.id).await;
         dump_url = Some(url);
@@ -649,6 +667,10 @@ async fn read_back_sha256(
 }
 
 pub(crate) fn destination_error(e: &crate::destinations::DestinationError) -> JobError {
+    // A local destination on a full disk: retrying fills it again.
+    if let Some(io) = crate::disk::out_of_space_in(e) {
+        return JobError::Abort(format!("destination: {}", io_error_text(io)));
+    }
     if e.is_temporary() {
         JobError::Retry(format!("destination: {e}"))
     } else {
@@ -657,11 +679,20 @@ pub(crate) fn destination_error(e: &crate::destinations::DestinationError) -> Jo
 }
 
 pub(crate) fn io_error(e: std::io::Error) -> JobError {
-    // ENOSPC is permanent for this attempt and has the contract's wording.
-    if e.raw_os_error() == Some(28) {
-        JobError::Abort("Insufficient disk space".into())
+    // Every I/O failure is permanent, a full disk included (a retry fills
+    // it again).
+    JobError::Abort(io_error_text(&e))
+}
+
+/// A full disk in the contract's words (ours says which area and how
+/// much); any other error as it is.
+fn io_error_text(e: &std::io::Error) -> String {
+    if let Some(ours) = crate::disk::find_out_of_space(e) {
+        ours.to_string()
+    } else if crate::disk::is_out_of_space(e) {
+        format!("{}: {e}", crate::disk::INSUFFICIENT)
     } else {
-        JobError::Abort(e.to_string())
+        e.to_string()
     }
 }
 
@@ -875,37 +906,10 @@ async fn server_facts(config: &crate::Config, url: &str) -> Result<ServerFacts, 
     })
 }
 
-/// Bytes free for an unprivileged writer on the filesystem of `path`.
-fn available_bytes(path: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::other("a path with a NUL byte"))?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid C string and a zeroed struct that statvfs fills in.
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
-}
-
-/// Fails early when a place the backup writes to cannot take what it will
+/// Fails early when the places a job writes to cannot take what it will
 /// write and still keep `reserve` bytes free.
-pub(crate) fn check_free_space(needs: &[(PathBuf, u64)], reserve: u64) -> Result<(), JobError> {
-    for (path, bytes) in needs {
-        crate::private_fs::create_dir_all(path).map_err(io_error)?;
-        let free = available_bytes(path).map_err(io_error)?;
-        if free < bytes.saturating_add(reserve) {
-            tracing::warn!(
-                path = %path.display(),
-                free,
-                needed = bytes,
-                reserve,
-                "not enough disk space for the backup"
-            );
-            return Err(JobError::Abort("Insufficient disk space".into()));
-        }
-    }
-    Ok(())
+pub(crate) fn check_free_space(needs: &[crate::disk::Need], reserve: u64) -> Result<(), JobError> {
+    crate::disk::check_all(needs, reserve).map_err(io_error)
 }
 
 /// The cluster's roles without passwords (`pg_dumpall --roles-only
@@ -1017,11 +1021,13 @@ async fn dump_database(
     spool: &Path,
     job_id: &str,
     compression: Compression,
+    reserve: u64,
 ) -> Result<CompressedDump, JobError> {
     let dump = SpooledDump {
         path: spool.join(format!("{job_id}.dump.{}", compression.suffix())),
     };
     let file = crate::private_fs::create_file(&dump.path).map_err(io_error)?;
+    let spool_dir = spool.to_path_buf();
     let (pipe, pipe_input) = std::io::pipe().map_err(io_error)?;
     let (mut command, name) = pg_tool_command(
         pg_dump,
@@ -1037,7 +1043,13 @@ async fn dump_database(
     let mut dumping = spawned.map_err(|e| JobError::Abort(format!("cannot run {name}: {e}")))?;
     let mut stderr = dumping.stderr.take().expect("piped");
     let compressing = tokio::task::spawn_blocking(move || {
-        let sink = std::io::BufWriter::with_capacity(256 * 1024, file);
+        // The database's size was checked before; the dump may still grow
+        // past it, or something else may fill the disk meanwhile.
+        let guarded = crate::disk::GuardedWriter {
+            inner: file,
+            guard: crate::disk::DiskGuard::new(&spool_dir, TEMPORARY_AREA, reserve),
+        };
+        let sink = std::io::BufWriter::with_capacity(256 * 1024, guarded);
         crate::artifact::compress_stream(pipe, sink, compression)
     });
     let finished = async {

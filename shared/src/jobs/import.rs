@@ -77,7 +77,7 @@ pub async fn start(
     let spool = ctx.config.data_dir.join("tmp");
     let store = UploadStore::new(&ctx.config, &ctx.destinations).map_err(JobError::Abort)?;
     let upload = store
-        .local(&job.id, &spool)
+        .local(&job.id, &spool, ctx.config.disk_reserve_bytes)
         .await
         .map_err(JobError::Abort)?;
     let path = upload.path.clone();
@@ -159,12 +159,31 @@ pub async fn finish(
         .map_err(|e| JobError::Retry(format!("control plane: {e}")))
 }
 
-/// What an uploaded archive may expand to.
-pub fn limits(ctx: &JobContext) -> crate::restore::staging::Limits {
-    crate::restore::staging::Limits {
+/// What an uploaded archive of `upload_bytes` may expand to: the
+/// configured caps, a multiple of its own size, and what `area` (at `dir`)
+/// has free beyond the reserve.
+pub fn limits(
+    ctx: &JobContext,
+    upload_bytes: u64,
+    area: &'static str,
+    dir: &std::path::Path,
+) -> Result<crate::restore::staging::Limits, JobError> {
+    use crate::restore::staging::{DiskReserve, Expansion, Limits};
+    std::fs::create_dir_all(dir).map_err(super::backup::io_error)?;
+    let free = crate::disk::available_bytes(dir).map_err(super::backup::io_error)?;
+    Ok(Limits {
         max_bytes: Some(ctx.config.import_max_expanded_bytes),
         max_entries: Some(ctx.config.import_max_entries),
-    }
+        expansion: Some(Expansion {
+            ratio: ctx.config.import_max_expansion_ratio,
+            upload_bytes,
+        }),
+        disk: Some(DiskReserve {
+            area,
+            reserve: ctx.config.disk_reserve_bytes,
+            free: Some(free),
+        }),
+    })
 }
 
 /// An archive import's own failure, in the job's terms; a problem of the

@@ -25,6 +25,7 @@ use super::{JobError, import};
 use crate::entities::job;
 use crate::import::archive::Detected;
 use crate::restore::database::{self, DatabaseRestore, LoadMode};
+use crate::restore::staging::StageError;
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
     let started = Instant::now();
@@ -52,12 +53,40 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
                 let target = start.spool.join(format!("{}.import.dump", job.id));
                 let source = start.upload.path.clone();
                 let out = target.clone();
-                tokio::task::spawn_blocking(move || gunzip_to(&source, &out))
+                let guard = crate::disk::DiskGuard::new(
+                    &start.spool,
+                    crate::disk::TEMPORARY_AREA,
+                    ctx.config.disk_reserve_bytes,
+                );
+                let limits = import::limits(
+                    ctx,
+                    start.payload.size,
+                    crate::disk::TEMPORARY_AREA,
+                    &start.spool,
+                )?;
+                tokio::task::spawn_blocking(move || gunzip_to(&source, &out, guard, limits))
                     .await
                     .map_err(|e| JobError::Abort(e.to_string()))?
                     .map_err(|e| {
                         let _ = std::fs::remove_file(&target);
-                        JobError::Invalid(format!("{name} is not a complete gzip file: {e}"))
+                        match e {
+                            Gunzip::TooLarge(StageError::Expands {
+                                ratio,
+                                upload_bytes,
+                                ..
+                            }) => JobError::Invalid(format!(
+                                "{name} expands past the limit of {ratio} times the upload's \
+                                 size ({})",
+                                crate::disk::human_bytes(upload_bytes)
+                            )),
+                            Gunzip::TooLarge(e) => JobError::Invalid(format!("{name}: {e}")),
+                            Gunzip::Io(e) if crate::disk::is_out_of_space(&e) => {
+                                super::backup::io_error(e)
+                            }
+                            Gunzip::Io(e) => JobError::Invalid(format!(
+                                "{name} is not a complete gzip file: {e}"
+                            )),
+                        }
                     })?;
                 spooled = Some(super::backup::SpooledDump {
                     path: target.clone(),
@@ -146,12 +175,44 @@ fn unreadable_dump(error: JobError, name: &str) -> JobError {
     }
 }
 
-fn gunzip_to(source: &std::path::Path, target: &std::path::Path) -> std::io::Result<()> {
-    let input = std::io::BufReader::new(std::fs::File::open(source)?);
+/// Why a gzipped dump was not decompressed.
+enum Gunzip {
+    /// Past the upload's limits (a gzip bomb).
+    TooLarge(StageError),
+    Io(std::io::Error),
+}
+
+/// Decompresses the upload into the spool, within the limits an archive
+/// gets (its expansion ratio, the cap) and stopping before the disk's
+/// reserve: the gzip's own size says nothing of what it expands to.
+fn gunzip_to(
+    source: &std::path::Path,
+    target: &std::path::Path,
+    guard: crate::disk::DiskGuard,
+    limits: crate::restore::staging::Limits,
+) -> Result<(), Gunzip> {
+    let input = std::io::BufReader::new(std::fs::File::open(source).map_err(Gunzip::Io)?);
     let mut decoder = flate2::read::MultiGzDecoder::new(input);
-    let mut out = crate::private_fs::create_file(target)?;
-    std::io::copy(&mut decoder, &mut out)?;
-    out.sync_all()
+    let mut out = crate::disk::GuardedWriter {
+        inner: crate::private_fs::create_file(target).map_err(Gunzip::Io)?,
+        guard,
+    };
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match decoder.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Gunzip::Io(e)),
+        };
+        total += n as u64;
+        limits
+            .check_bytes(std::path::Path::new("the dump"), total)
+            .map_err(Gunzip::TooLarge)?;
+        std::io::Write::write_all(&mut out, &buffer[..n]).map_err(Gunzip::Io)?;
+    }
+    out.inner.sync_all().map_err(Gunzip::Io)
 }
 
 /// The script's bytes for `psql`, decompressed on a blocking thread when

@@ -52,7 +52,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
             start.upload.path.clone(),
             dir.clone(),
             job.id.clone(),
-            import::limits(ctx),
+            import::limits(ctx, start.payload.size, crate::disk::STORAGE_AREA, &dir)?,
         );
         import::stage_off_thread(reporter, &start.payload.file_name, move |stop| {
             storage::stage_storage(&path, &detected, &dir, &job_id, limits, &existing, stop)

@@ -34,11 +34,15 @@ use super::reporter::Reporter;
 use super::worker::JobContext;
 use super::{JobError, child};
 use crate::artifact::{Manifest, ManifestEntry};
+use crate::disk::{
+    CONFIG_AREA, DiskGuard, FUNCTIONS_AREA, GuardedWriter, Need, STORAGE_AREA, TEMPORARY_AREA,
+};
 use crate::entities::{backup, job, project, restore};
 use crate::restore::database::{self, DatabaseRestore, TargetFacts};
 use crate::restore::source;
 use crate::restore::staging::{
-    Added, Options, Ready, StagedFiles, StagedTree, SwappedFiles, SymlinkPolicy,
+    Added, DiskReserve, Limits, Options, Ready, StagedFiles, StagedTree, SwappedFiles,
+    SymlinkPolicy,
 };
 
 /// What the API puts in the job row.
@@ -281,14 +285,29 @@ async fn restore_backup(
             .sum()
     };
     let mut needs = Vec::new();
+    let mut need = |area, path: &str, bytes| {
+        needs.push(Need {
+            area,
+            path: PathBuf::from(path),
+            bytes,
+        })
+    };
     if restores_database {
-        needs.push((spool_dir.clone(), bytes_of("database/")));
+        need(
+            TEMPORARY_AREA,
+            &spool_dir.to_string_lossy(),
+            bytes_of("database/"),
+        );
     }
     if wanted.contains(&"storage") {
-        needs.push((PathBuf::from(&target.storage_dir), bytes_of("storage/")));
+        need(STORAGE_AREA, &target.storage_dir, bytes_of("storage/"));
     }
     if wanted.contains(&"functions") {
-        needs.push((PathBuf::from(&target.functions_dir), bytes_of("functions/")));
+        need(
+            FUNCTIONS_AREA,
+            &target.functions_dir,
+            bytes_of("functions/"),
+        );
     }
     check_free_space(&needs, ctx.config.disk_reserve_bytes)?;
     if reporter.is_cancelled() {
@@ -310,6 +329,7 @@ async fn restore_backup(
         stop: Arc::new(AtomicBool::new(false)),
         stage: true,
         skip_extra_config: backup_row.project_id != target.id,
+        reserve: ctx.config.disk_reserve_bytes,
     };
     let read = Artifact {
         destination,
@@ -630,6 +650,9 @@ pub(super) async fn read_artifact(
     match (unpacked, failed.get()) {
         // Whatever the layers above made of it, the destination failed,
         // not the artifact: worth another attempt.
+        (Err(JobError::Abort(ours)), _) if ours.starts_with(crate::disk::INSUFFICIENT) => {
+            Err(JobError::Abort(ours))
+        }
         (Err(JobError::Abort(_)), Some(cause)) => Err(JobError::Retry(format!(
             "destination: reading the artifact failed: {cause}"
         ))),
@@ -644,6 +667,7 @@ pub(super) async fn check_artifact(
     manifest: &Manifest,
     spool: PathBuf,
     job_id: &str,
+    reserve: u64,
     reporter: &Reporter,
 ) -> Result<Unpacked, JobError> {
     let plan = UnpackPlan {
@@ -661,6 +685,7 @@ pub(super) async fn check_artifact(
         stop: Arc::new(AtomicBool::new(false)),
         stage: false,
         skip_extra_config: false,
+        reserve,
     };
     read_artifact(artifact, plan, reporter).await
 }
@@ -682,6 +707,8 @@ pub(super) struct UnpackPlan {
     /// Leave out `config/extra/…`: those paths are the source project's
     /// own (its db-config volume), not the target's.
     skip_extra_config: bool,
+    /// Disk kept free wherever the pass writes.
+    reserve: u64,
 }
 
 /// What the pass produced; dropping it removes every staged file.
@@ -716,7 +743,27 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
     let mut roles: Option<String> = None;
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut files = 0u64;
-    let stage_error = |e: crate::restore::staging::StageError| JobError::Abort(e.to_string());
+    let stage_error = |e: crate::restore::staging::StageError| match e {
+        crate::restore::staging::StageError::Io { source, .. }
+            if crate::disk::is_out_of_space(&source) =>
+        {
+            io_error(source)
+        }
+        other => JobError::Abort(other.to_string()),
+    };
+    // Out of space while spooling is ours to say, not a corrupt artifact.
+    let spooling = |e: std::io::Error| {
+        if crate::disk::is_out_of_space(&e) {
+            io_error(e)
+        } else {
+            corrupt(e)
+        }
+    };
+    let disk = |area| DiskReserve {
+        area,
+        reserve: plan.reserve,
+        free: None,
+    };
     for entry in archive.entries().map_err(corrupt)? {
         if plan.stop.load(Ordering::Relaxed) {
             return Err(JobError::Cancelled);
@@ -775,8 +822,14 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
                     let spooled = SpooledDump {
                         path: plan.spool.clone(),
                     };
-                    let file = crate::private_fs::create_file(&spooled.path).map_err(io_error)?;
-                    let (size, sha256) = copy_hashed(&mut entry, file).map_err(corrupt)?;
+                    let spool_dir = plan.spool.parent().unwrap_or(Path::new("/"));
+                    let mut guard = DiskGuard::new(spool_dir, TEMPORARY_AREA, plan.reserve);
+                    guard.expect(entry.size()).map_err(io_error)?;
+                    let file = GuardedWriter {
+                        inner: crate::private_fs::create_file(&spooled.path).map_err(io_error)?,
+                        guard,
+                    };
+                    let (size, sha256) = copy_hashed(&mut entry, file).map_err(spooling)?;
                     dump = Some(spooled);
                     Added::File { size, sha256 }
                 }
@@ -789,15 +842,19 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
                 _ => continue,
             },
             "storage" | "functions" => {
-                let (slot, target) = if component == "storage" {
-                    (&mut storage, &plan.storage)
+                let (slot, target, area) = if component == "storage" {
+                    (&mut storage, &plan.storage, STORAGE_AREA)
                 } else {
-                    (&mut functions, &plan.functions)
+                    (&mut functions, &plan.functions, FUNCTIONS_AREA)
                 };
                 if slot.is_none() {
                     let options = Options {
                         archive_prefix: Some(PathBuf::from(&component)),
                         drop_exec_bits: component == "storage",
+                        limits: Limits {
+                            disk: Some(disk(area)),
+                            ..Limits::default()
+                        },
                         ..own.clone()
                     };
                     *slot = Some(
@@ -813,8 +870,15 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
                     continue;
                 }
                 if config.is_none() {
+                    let options = Options {
+                        limits: Limits {
+                            disk: Some(disk(CONFIG_AREA)),
+                            ..Limits::default()
+                        },
+                        ..own.clone()
+                    };
                     config =
-                        Some(StagedFiles::begin_with(&plan.job_id, own.clone()).map_err(io_error)?);
+                        Some(StagedFiles::begin_with(&plan.job_id, options).map_err(io_error)?);
                 }
                 let files = config.as_mut().expect("just set");
                 let (base, relative) = match rest.strip_prefix("extra/") {

@@ -135,7 +135,8 @@ async fn check(
         identities,
     };
     let spool = spool_dir.join(format!("{}.verify.dump", job.id));
-    let checked = check_artifact(artifact, &manifest, spool, &job.id, reporter)
+    let reserve = ctx.config.disk_reserve_bytes;
+    let checked = check_artifact(artifact, &manifest, spool, &job.id, reserve, reporter)
         .await
         .map_err(|e| match e {
             // What the pass finds wrong with the bytes is damage; a cancel

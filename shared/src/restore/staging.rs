@@ -72,11 +72,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use tar::EntryType;
+
+use crate::disk::DiskGuard;
 use xattr::FileExt;
 
 const STAGING_PREFIX: &str = ".supascale-restore-";
 const OLD_PREFIX: &str = ".supascale-old-";
 const COPY_BUFFER: usize = 64 * 1024;
+/// What one entry takes on disk at the least (a file system block).
+const ENTRY_BLOCK: u64 = 4096;
 const PAX_XATTR: &[u8] = b"SCHILY.xattr.";
 
 /// What to do with a symlink whose target is absolute or climbs out of the
@@ -98,6 +102,71 @@ pub struct Limits {
     pub max_bytes: Option<u64>,
     /// Entries of any kind, the folder itself included.
     pub max_entries: Option<u64>,
+    /// File bytes as a multiple of the upload's size.
+    pub expansion: Option<Expansion>,
+    /// Free space kept while writing; `None` does not look.
+    pub disk: Option<DiskReserve>,
+}
+
+/// At most `ratio` times `upload_bytes`: a bomb is stopped at a size that
+/// grows with what was sent, not at one absolute cap for every upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expansion {
+    pub ratio: u64,
+    pub upload_bytes: u64,
+}
+
+impl Limits {
+    /// Refuses `total` file bytes, `shown` being the entry that reaches it.
+    pub fn check_bytes(&self, shown: &Path, total: u64) -> Result<(), StageError> {
+        if let Some(limit) = self.max_bytes
+            && total > limit
+        {
+            return Err(StageError::TooLarge {
+                path: shown.to_path_buf(),
+                limit,
+                unit: "bytes",
+            });
+        }
+        if let Some(expansion) = self.expansion
+            && total > expansion.upload_bytes.saturating_mul(expansion.ratio)
+        {
+            return Err(StageError::Expands {
+                path: shown.to_path_buf(),
+                ratio: expansion.ratio,
+                upload_bytes: expansion.upload_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Keep `reserve` bytes free where the staging writes (see [`crate::disk`]);
+/// `area` names it in the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskReserve {
+    pub area: &'static str,
+    pub reserve: u64,
+    /// Free bytes there when the job began, if measured: an archive's
+    /// headers are held against it before any entry's data is read.
+    pub free: Option<u64>,
+}
+
+impl DiskReserve {
+    /// Refuses `total` declared bytes that would not leave the reserve.
+    pub fn check_declared(&self, total: u64) -> io::Result<()> {
+        match self.free {
+            Some(free) if free < total.saturating_add(self.reserve) => {
+                Err(crate::disk::OutOfSpace {
+                    area: self.area.to_string(),
+                    free,
+                    needed: total.saturating_add(self.reserve),
+                }
+                .into())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -161,6 +230,16 @@ pub enum StageError {
         limit: u64,
         unit: &'static str,
     },
+    #[error(
+        "{}: the archive expands past the limit of {ratio} times the upload's size ({})",
+        .path.display(),
+        crate::disk::human_bytes(*.upload_bytes)
+    )]
+    Expands {
+        path: PathBuf,
+        ratio: u64,
+        upload_bytes: u64,
+    },
     #[error("{}: {source}", .path.display())]
     Io { path: PathBuf, source: io::Error },
 }
@@ -179,6 +258,7 @@ impl StageError {
             | Self::Unsupported { path, .. }
             | Self::Reserved { path }
             | Self::TooLarge { path, .. }
+            | Self::Expands { path, .. }
             | Self::Io { path, .. } => path,
         }
     }
@@ -212,6 +292,7 @@ pub struct StagedTree {
     buffer: Vec<u8>,
     /// Whether the archive's owners are applied (see [`StagedTree::ignore_owners`]).
     owners: bool,
+    disk: Option<DiskGuard>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -263,6 +344,10 @@ impl StagedTree {
                 limits: options.limits,
                 ..Budget::default()
             },
+            disk: options
+                .limits
+                .disk
+                .map(|d| DiskGuard::new(target, d.area, d.reserve)),
             options,
             dirs: BTreeMap::new(),
             root: None,
@@ -273,6 +358,15 @@ impl StagedTree {
 
     pub fn target(&self) -> &Path {
         &self.staging.target
+    }
+
+    /// Checks, before the first entry, that `bytes` (what the archive
+    /// declares it will write) fit beside the reserve.
+    pub fn expect_bytes(&mut self, bytes: u64) -> io::Result<()> {
+        match &mut self.disk {
+            Some(guard) => guard.expect(bytes),
+            None => Ok(()),
+        }
     }
 
     /// The folder being filled. A caller that writes into it itself (an
@@ -361,6 +455,11 @@ impl StagedTree {
         let shown = entry_path(entry);
         let rel = clean_relative(relative, &shown)?;
         self.budget.count_entry(&shown)?;
+        // A block at least, whatever the entry's size: thousands of tiny
+        // files fill a disk that their bytes alone never would.
+        if let Some(disk) = &mut self.disk {
+            disk.wrote(ENTRY_BLOCK).map_err(io_at(&shown))?;
+        }
         let kind = entry.header().entry_type();
         refuse_special(kind, &shown)?;
         if let Some(Component::Normal(first)) = rel.components().next() {
@@ -438,8 +537,11 @@ impl StagedTree {
                     &dest,
                     entry,
                     &meta,
-                    &mut self.budget,
-                    &mut self.buffer,
+                    Sinks {
+                        budget: &mut self.budget,
+                        disk: self.disk.as_mut(),
+                        buffer: &mut self.buffer,
+                    },
                     &shown,
                     false,
                 );
@@ -1057,12 +1159,20 @@ impl StagedFiles {
                 let temp = with_suffix(&dest, "", &self.job_id);
                 remove_file_if_present(&temp).map_err(io_at(&shown))?;
                 self.record(&dest, &temp, false);
+                let mut disk = self
+                    .options
+                    .limits
+                    .disk
+                    .map(|d| DiskGuard::new(dest.parent().unwrap_or(base), d.area, d.reserve));
                 let written = write_file(
                     &temp,
                     entry,
                     &meta,
-                    &mut self.budget,
-                    &mut self.buffer,
+                    Sinks {
+                        budget: &mut self.budget,
+                        disk: disk.as_mut(),
+                        buffer: &mut self.buffer,
+                    },
                     &shown,
                     true,
                 );
@@ -1512,19 +1622,37 @@ fn entry_meta<R: Read>(
     })
 }
 
+/// What a file's bytes are counted against while [`write_file`] copies them.
+struct Sinks<'a> {
+    budget: &'a mut Budget,
+    disk: Option<&'a mut DiskGuard>,
+    buffer: &'a mut [u8],
+}
+
 /// Streams the entry's bytes into a new file at `dest` (never through a
 /// symlink), applies its metadata, and returns size and SHA-256 (hex).
 fn write_file<R: Read>(
     dest: &Path,
     entry: &mut tar::Entry<'_, R>,
     meta: &NodeMeta,
-    budget: &mut Budget,
-    buffer: &mut [u8],
+    sinks: Sinks<'_>,
     shown: &Path,
     sync: bool,
 ) -> Result<(u64, String), StageError> {
+    let Sinks {
+        budget,
+        mut disk,
+        buffer,
+    } = sinks;
     let declared = entry.size();
     let sparse = entry.header().entry_type() == EntryType::GNUSparse;
+    // A large file is checked against the disk before its first byte; the
+    // guard's periodic look catches what headers do not say.
+    if declared >= crate::disk::CHECK_EVERY
+        && let Some(disk) = disk.as_deref_mut()
+    {
+        disk.check_next(declared).map_err(io_at(shown))?;
+    }
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -1544,6 +1672,9 @@ fn write_file<R: Read>(
         budget.add_bytes(shown, n as u64)?;
         hasher.update(&buffer[..n]);
         file.write_all(&buffer[..n]).map_err(io_at(shown))?;
+        if let Some(disk) = disk.as_deref_mut() {
+            disk.wrote(n as u64).map_err(io_at(shown))?;
+        }
         size += n as u64;
     }
     if !sparse && size != declared {
@@ -1873,14 +2004,8 @@ impl Budget {
 
     /// Refuses before writing when the header already says it will not fit.
     fn would_fit(&self, shown: &Path, more: u64) -> Result<(), StageError> {
-        match self.limits.max_bytes {
-            Some(limit) if self.bytes.saturating_add(more) > limit => Err(StageError::TooLarge {
-                path: shown.to_path_buf(),
-                limit,
-                unit: "bytes",
-            }),
-            _ => Ok(()),
-        }
+        self.limits
+            .check_bytes(shown, self.bytes.saturating_add(more))
     }
 
     fn add_bytes(&mut self, shown: &Path, n: u64) -> Result<(), StageError> {
@@ -2507,6 +2632,7 @@ mod tests {
             limits: Limits {
                 max_bytes,
                 max_entries,
+                ..Limits::default()
             },
             ..Options::default()
         };
@@ -2532,6 +2658,92 @@ mod tests {
             matches!(&e, StageError::TooLarge { unit: "bytes", path, .. } if path == Path::new("storage/a")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn expansion_past_the_ratio_is_refused_naming_the_entry() {
+        let limits = Limits {
+            expansion: Some(Expansion {
+                ratio: 200,
+                upload_bytes: 1000,
+            }),
+            ..Limits::default()
+        };
+        let e = refused(
+            Options {
+                limits,
+                ..Options::default()
+            },
+            |_| {
+                Archive::new()
+                    .file("storage/a", &[0; 150_000], 0o644, T, &[])
+                    .file("storage/b", &[0; 60_000], 0o644, T, &[])
+                    .bytes()
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "storage/b: the archive expands past the limit of 200 times the upload's size \
+             (1000 B)"
+        );
+    }
+
+    /// Files that fill the disk are stopped at the reserve, by the header's
+    /// size or while they are written, and nothing stays behind.
+    #[test]
+    fn staging_stops_at_the_disk_reserve_and_leaves_nothing() {
+        const MIB: usize = 1024 * 1024;
+        let disk = crate::disk::SmallDisk::new(48 * MIB as u64);
+        let target = disk.dir.path().join("storage");
+        fs::create_dir_all(&target).unwrap();
+        let free_before = crate::disk::available_bytes(&target).unwrap();
+        // Room for 12 MiB: the look after 8 MiB passes, the one after 16
+        // MiB does not.
+        let reserve = disk.reserve_leaving(12 * MIB as u64);
+        let options = Options {
+            limits: Limits {
+                disk: Some(DiskReserve {
+                    area: "the storage folder",
+                    reserve,
+                    free: None,
+                }),
+                ..Limits::default()
+            },
+            ..Options::default()
+        };
+        let chunk = vec![7u8; 4 * MIB];
+        let small_files = (0..6).fold(Archive::new(), |tar, i| {
+            tar.file(&format!("storage/f{i}"), &chunk, 0o644, T, &[])
+        });
+        let one_large = Archive::new().file("storage/big", &vec![7u8; 16 * MIB], 0o644, T, &[]);
+        for (what, tar) in [("small files", small_files), ("one large file", one_large)] {
+            let e = match stage(&target, options.clone(), &tar.bytes()) {
+                Err(e) => e,
+                Ok(_) => panic!("{what}: staged past the reserve"),
+            };
+            let StageError::Io { source, .. } = &e else {
+                panic!("{what}: {e}")
+            };
+            assert!(crate::disk::is_out_of_space(source), "{what}: {e}");
+            let message = crate::disk::find_out_of_space(source).unwrap().to_string();
+            assert!(
+                message.starts_with("Insufficient disk space on the storage folder: "),
+                "{what}: {message}"
+            );
+            assert_eq!(names(&target), Vec::<String>::new(), "{what}");
+            let free_after = crate::disk::available_bytes(&target).unwrap();
+            assert!(
+                free_after + MIB as u64 >= free_before,
+                "{what}: {free_after} of {free_before} bytes free afterwards"
+            );
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
     }
 
     #[test]
