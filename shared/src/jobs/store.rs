@@ -9,8 +9,8 @@ use sea_orm::{
 };
 
 use super::{
-    EXCLUSIVE_KINDS, STALE_AFTER, STATUS_COMPLETED, STATUS_FAILED, STATUS_IN_PROGRESS,
-    STATUS_PENDING,
+    EXCLUSIVE_KINDS, INDEPENDENT_KINDS, STALE_AFTER, STATUS_COMPLETED, STATUS_FAILED,
+    STATUS_IN_PROGRESS, STATUS_PENDING,
 };
 use crate::entities::job;
 
@@ -121,7 +121,7 @@ pub async fn claim(db: &DatabaseConnection, job_id: &str, worker: &str) -> Resul
                     .eq(STATUS_IN_PROGRESS)
                     .and(job::Column::HeartbeatAt.lt(stale))),
         );
-    if let Some(project) = &row.project_id {
+    if let Some(project) = bound_project(&row) {
         update = update.filter(Expr::not_exists(conflicting(&row, project, now)));
     }
     let taken = update.exec_with_returning(&txn).await?.pop();
@@ -140,7 +140,7 @@ async fn not_taken(
     row: &job::Model,
     now: DateTime<Utc>,
 ) -> Result<Claim, DbErr> {
-    let blocker = match (&row.project_id, row.status == STATUS_PENDING) {
+    let blocker = match (bound_project(row), row.status == STATUS_PENDING) {
         (Some(project), true) => {
             job::Entity::find()
                 .filter(job::Column::Id.in_subquery(conflicting(row, project, now)))
@@ -165,13 +165,15 @@ async fn claim_postgres(
     let taken = job::Entity::find()
         .from_raw_sql(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT * FROM supascale_claim($1, $2, $3, $4, string_to_array($5, ','))",
+            "SELECT * FROM supascale_claim($1, $2, $3, $4, string_to_array($5, ','), \
+             string_to_array($6, ','))",
             [
                 job_id.into(),
                 worker.into(),
                 now.into(),
                 stale.into(),
                 EXCLUSIVE_KINDS.join(",").into(),
+                INDEPENDENT_KINDS.join(",").into(),
             ],
         ))
         .one(db)
@@ -185,8 +187,16 @@ async fn claim_postgres(
     }
 }
 
+/// The project whose other jobs `row` must not run beside, if any.
+fn bound_project(row: &job::Model) -> Option<&str> {
+    row.project_id
+        .as_deref()
+        .filter(|_| !INDEPENDENT_KINDS.contains(&row.kind.as_str()))
+}
+
 /// The running jobs of `project` that `row` may not run beside: any job
-/// when `row` writes the project, the writing jobs when it only reads.
+/// when `row` writes the project, the writing jobs when it only reads;
+/// never an independent one (see [`INDEPENDENT_KINDS`]).
 fn conflicting(row: &job::Model, project: &str, now: DateTime<Utc>) -> SelectStatement {
     let stale = now - chrono::Duration::from_std(STALE_AFTER).expect("small duration");
     let other = Alias::new("other");
@@ -197,7 +207,11 @@ fn conflicting(row: &job::Model, project: &str, now: DateTime<Utc>) -> SelectSta
         .and_where(Expr::col((other.clone(), job::Column::ProjectId)).eq(project))
         .and_where(Expr::col((other.clone(), job::Column::Status)).eq(STATUS_IN_PROGRESS))
         .and_where(Expr::col((other.clone(), job::Column::HeartbeatAt)).gte(stale))
-        .and_where(Expr::col((other.clone(), job::Column::Id)).ne(row.id.as_str()));
+        .and_where(Expr::col((other.clone(), job::Column::Id)).ne(row.id.as_str()))
+        .and_where(
+            Expr::col((other.clone(), job::Column::Kind))
+                .is_not_in(INDEPENDENT_KINDS.iter().copied()),
+        );
     if !EXCLUSIVE_KINDS.contains(&row.kind.as_str()) {
         select.and_where(
             Expr::col((other.clone(), job::Column::Kind)).is_in(EXCLUSIVE_KINDS.iter().copied()),
