@@ -65,6 +65,10 @@ pub fn relaxed_commit(backend: DbBackend) -> Option<sea_orm::sea_query::SimpleEx
 pub enum Claim {
     /// The job is this worker's now.
     Taken(job::Model),
+    /// Its worker died during its last attempt: it is this worker's now,
+    /// to be failed without another attempt (so `attempt` never passes
+    /// `max_attempts`).
+    Lost(job::Model),
     /// Another job of the same project must end first (see
     /// [`super::EXCLUSIVE_KINDS`]); the row is untouched.
     Busy { blocker: job::Model },
@@ -119,7 +123,8 @@ pub async fn claim(db: &DatabaseConnection, job_id: &str, worker: &str) -> Resul
                 )
                 .or(job::Column::Status
                     .eq(STATUS_IN_PROGRESS)
-                    .and(job::Column::HeartbeatAt.lt(stale))),
+                    .and(job::Column::HeartbeatAt.lt(stale))
+                    .and(Expr::col(job::Column::Attempt).lt(Expr::col(job::Column::MaxAttempts)))),
         );
     if let Some(project) = bound_project(&row) {
         update = update.filter(Expr::not_exists(conflicting(&row, project, now)));
@@ -127,19 +132,36 @@ pub async fn claim(db: &DatabaseConnection, job_id: &str, worker: &str) -> Resul
     let taken = update.exec_with_returning(&txn).await?.pop();
     let claim = match taken {
         Some(job) => Claim::Taken(job),
-        None => not_taken(&txn, &row, now).await?,
+        None => not_taken(&txn, &row, worker, now).await?,
     };
     txn.commit().await?;
     Ok(claim)
 }
 
-/// Why `row` was not taken: `Busy` with the running job it must wait for,
-/// or `NotNow`.
+/// Why `row` was not taken: `Lost` when its worker died during its last
+/// attempt (then it is taken, to be failed), `Busy` with the running job
+/// it must wait for, or `NotNow`.
 async fn not_taken(
     db: &impl ConnectionTrait,
     row: &job::Model,
+    worker: &str,
     now: DateTime<Utc>,
 ) -> Result<Claim, DbErr> {
+    let stale = now - chrono::Duration::from_std(STALE_AFTER).expect("small duration");
+    if row.status == STATUS_IN_PROGRESS && row.attempt >= row.max_attempts {
+        let lost = job::Entity::update_many()
+            .col_expr(job::Column::WorkerId, Expr::value(worker))
+            .col_expr(job::Column::HeartbeatAt, Expr::value(now))
+            .filter(job::Column::Id.eq(row.id.clone()))
+            .filter(job::Column::Status.eq(STATUS_IN_PROGRESS))
+            .filter(job::Column::HeartbeatAt.lt(stale))
+            .exec_with_returning(db)
+            .await?
+            .pop();
+        if let Some(lost) = lost {
+            return Ok(Claim::Lost(lost));
+        }
+    }
     let blocker = match (bound_project(row), row.status == STATUS_PENDING) {
         (Some(project), true) => {
             job::Entity::find()
@@ -182,7 +204,7 @@ async fn claim_postgres(
         return Ok(Claim::Taken(job));
     }
     match job::Entity::find_by_id(job_id.to_string()).one(db).await? {
-        Some(row) => not_taken(db, &row, now).await,
+        Some(row) => not_taken(db, &row, worker, now).await,
         None => Ok(Claim::NotNow),
     }
 }

@@ -10,6 +10,11 @@ pub struct Migration;
 /// names; a verify job whose backup is gone keeps none and stays visible
 /// only to keys that see every project.
 ///
+/// A job whose worker died during its last attempt is no longer taken
+/// over as one more attempt (the caller fails it, see `store::Claim::Lost`),
+/// so `attempt` never passes `max_attempts`; rows that did are brought back
+/// to it.
+///
 /// On PostgreSQL the claim learns the kinds that carry a project without
 /// being bound by it (`INDEPENDENT_KINDS`: a verification reads only the
 /// artifact, so it neither waits for a restore of the project nor holds
@@ -28,6 +33,12 @@ impl MigrationTrait for Migration {
                  (SELECT b.project_id FROM backups b WHERE b.id = {backup_id}) \
              WHERE kind = 'verify' AND project_id IS NULL"
         ))
+        .await?;
+        // A takeover used to count as one more attempt even after the last
+        // one (`attempt: 4` of 3); the claim no longer counts it.
+        db.execute_unprepared(
+            "UPDATE jobs SET attempt = max_attempts WHERE attempt > max_attempts",
+        )
         .await?;
         if manager.get_database_backend() == DbBackend::Postgres {
             db.execute_unprepared(CLAIM).await?;
@@ -94,7 +105,8 @@ BEGIN
         run_after = NULL
     WHERE jobs.id = p_job
       AND ((jobs.status = 'pending' AND (jobs.run_after IS NULL OR jobs.run_after <= p_now))
-           OR (jobs.status = 'in_progress' AND jobs.heartbeat_at < p_stale))
+           OR (jobs.status = 'in_progress' AND jobs.heartbeat_at < p_stale
+               AND jobs.attempt < jobs.max_attempts))
       AND (NOT bound OR NOT EXISTS (
             SELECT 1 FROM jobs other
             WHERE other.project_id = target.project_id
