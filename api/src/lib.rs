@@ -102,6 +102,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/healthz", get(routes::ops::healthz))
         .at("/readyz", get(routes::ops::readyz))
         .at("/metrics", get(metrics::metrics))
+        .around(check_request)
         .with(metrics::Track::default())
         .data(state)
         .catch_all_error(|error: poem::Error| async move {
@@ -113,6 +114,72 @@ pub fn app(state: AppState) -> impl Endpoint {
             }
         })
         .around(log_request)
+}
+
+/// The longest request target (path and query) served; a longer one is
+/// 414. Proxies commonly stop at 8 KiB too; hyper itself refuses 64 KiB,
+/// with an empty body, before any of our code runs.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Refuses, in the error shape, what no route can serve: a request
+/// target over [`MAX_URI_BYTES`] (414), a path that does not decode to
+/// UTF-8 (400), a malformed `Idempotency-Key` (400).
+async fn check_request<E: Endpoint>(endpoint: Arc<E>, request: Request) -> poem::Result<Response> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    if target > MAX_URI_BYTES {
+        let mut response = error::error_response(
+            StatusCode::URI_TOO_LONG,
+            &format!("The request URI is {target} bytes long; the limit is {MAX_URI_BYTES}"),
+        );
+        response.headers_mut().insert(
+            poem::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+        return Ok(response);
+    }
+    if std::str::from_utf8(&percent_decode(request.uri().path())).is_err() {
+        return Ok(error::error_response(
+            StatusCode::BAD_REQUEST,
+            "Invalid path: its percent-encoded bytes are not UTF-8",
+        ));
+    }
+    for value in request.headers().get_all("idempotency-key") {
+        if let Err(e) = idempotency::check_key(value.as_bytes()) {
+            return Ok(e.into_response());
+        }
+    }
+    endpoint
+        .call(request)
+        .await
+        .map(IntoResponse::into_response)
+}
+
+/// `%XX` sequences as the bytes they stand for (a `%` not followed by two
+/// hex digits stays as it is).
+fn percent_decode(path: &str) -> Vec<u8> {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    decoded
 }
 
 /// Refuses a body over `max` bytes with 413 before a handler reads it:
