@@ -9,6 +9,7 @@ pub mod list_cache;
 pub mod metrics;
 pub mod payload;
 pub mod routes;
+pub mod server;
 pub mod state;
 pub mod timestamp;
 
@@ -19,7 +20,6 @@ use anyhow::Context;
 use chrono::{DateTime, SubsecRound, Utc};
 use poem::endpoint::make_sync;
 use poem::http::{HeaderValue, StatusCode};
-use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route, get};
 use poem_openapi::OpenApiService;
 use supascale_shared::Config;
@@ -335,16 +335,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         auth::bootstrap_keys(&db, config.bootstrap_api_key.as_ref().map(|k| k.expose())).await?;
 
     let addr = config.listen_addr()?;
-    let acceptor = TcpListener::bind(addr)
-        .into_acceptor()
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("SUPASCALE_LISTEN: cannot listen on {addr}"))?;
-    let local = acceptor
-        .local_addr()
-        .into_iter()
-        .next()
-        .and_then(|a| a.as_socket_addr().copied())
-        .unwrap_or(addr);
+    let local = listener.local_addr().unwrap_or(addr);
     // stdout, not the log: this is what the operator reads once.
     println!("Supascale Backups API listening on http://{local}");
     println!(
@@ -399,13 +393,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         events,
         list_cache,
     };
-    poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(
-            app(state).into_endpoint(),
-            stopped(stop_rx),
-            Some(Duration::from_secs(30)),
-        )
-        .await?;
+    let limits = server::Limits::from_config(&state.config);
+    server::serve(
+        listener,
+        app(state).into_endpoint(),
+        limits,
+        stopped(stop_rx),
+        Duration::from_secs(30),
+    )
+    .await?;
     if let Some(workers) = workers {
         workers.await??;
     }
