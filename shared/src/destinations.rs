@@ -20,6 +20,7 @@ use crate::domain::DESTINATIONS;
 use crate::secret::Secret;
 
 pub mod multipart;
+pub mod permanent_io;
 
 use multipart::{PendingUpload, S3Target};
 
@@ -280,11 +281,14 @@ impl Destination {
                 )));
             }
         };
+        // Under the retry layer, so that it never retries a full disk.
         let operator = operator
+            .layer(permanent_io::PermanentIoLayer)
             .layer(
                 opendal::layers::RetryLayer::new()
                     .with_max_times(4)
-                    .with_jitter(),
+                    .with_jitter()
+                    .with_notify(permanent_io::RetryLog),
             )
             .layer(
                 opendal::layers::TimeoutLayer::new()
@@ -441,5 +445,69 @@ impl Destinations {
 
     pub fn names(&self) -> Vec<&str> {
         self.by_name.keys().map(String::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use super::{Destination, DestinationConfig, DestinationError};
+
+    /// A 256 KiB tmpfs, unmounted when dropped.
+    struct TinyFs(tempfile::TempDir);
+
+    impl TinyFs {
+        fn mount() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let mounted = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .expect("run mount");
+            assert!(
+                mounted.success(),
+                "this test mounts a tiny tmpfs to fill it, which needs root"
+            );
+            Self(dir)
+        }
+    }
+
+    impl Drop for TinyFs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0.path()).status();
+        }
+    }
+
+    /// A local destination on a full disk fails at once with a permanent
+    /// error: OpenDAL called ENOSPC temporary, and its retry layer spent
+    /// 15 s and more on it before the job retried it again.
+    #[tokio::test]
+    async fn a_full_disk_is_not_retried() {
+        let disk = TinyFs::mount();
+        let config = DestinationConfig {
+            root: Some(disk.0.path().join("backups").to_string_lossy().into()),
+            ..Default::default()
+        };
+        let destination = Destination::new("local", &config, disk.0.path()).unwrap();
+        let started = Instant::now();
+        let written = async {
+            let mut writer = destination.writer("too-big").await?;
+            writer.write(vec![7u8; 1024 * 1024]).await?;
+            writer.close().await?;
+            Ok::<_, DestinationError>(())
+        }
+        .await;
+        let elapsed = started.elapsed();
+        let error = written.expect_err("1 MiB does not fit in 256 KiB");
+        assert!(!error.is_temporary(), "{error}");
+        assert!(
+            error.to_string().to_lowercase().contains("no space")
+                || error.to_string().contains("StorageFull")
+                || error.to_string().contains("storage full"),
+            "{error}"
+        );
+        assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
     }
 }
