@@ -85,6 +85,7 @@ pub fn app(state: AppState) -> impl Endpoint {
     let spec = service.spec_yaml();
     let max_body = state.config.max_body_bytes as usize;
     let max_upload = state.config.max_upload_bytes;
+    let body_stall = Duration::from_secs(state.config.http_body_timeout_seconds);
     Route::new()
         .at(
             "/api/v1/openapi.yaml",
@@ -103,6 +104,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/readyz", get(routes::ops::readyz))
         .at("/metrics", get(metrics::metrics))
         .around(check_request)
+        .around(move |ep, req| server::limit_body_stalls(ep, req, body_stall))
         .with(metrics::Track::default())
         .data(state)
         .catch_all_error(|error: poem::Error| async move {

@@ -6,9 +6,10 @@
 //!   poem does not give it); a request whose headers are not all in by then
 //!   is answered 408 and the connection closed. It also closes a kept-alive
 //!   connection on which no next request starts within that time.
-//! - **body**: no byte of a request body for that long ends the request
-//!   (408 in the error shape, `Connection: close`). The limit is between
-//!   bytes, not on the whole body: an upload may stream for hours.
+//! - **body** ([`limit_body_stalls`], a middleware of the app): no byte of
+//!   a request body for that long ends the request (408 in the error shape,
+//!   `Connection: close`). The limit is between bytes, not on the whole
+//!   body: an upload may stream for hours.
 //! - **idle**: a connection on which nothing moves either way for that long
 //!   is closed, whatever it is doing (a client that stops reading a
 //!   download, a stalled HTTP/2 stream).
@@ -28,15 +29,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use poem::http::{HeaderValue, StatusCode};
 use poem::web::{LocalAddr, RemoteAddr};
-use poem::{Addr, Body, Endpoint};
+use poem::{Addr, Body, Endpoint, IntoResponse};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 
-/// How long a client may take, from `SUPASCALE_HTTP_*_TIMEOUT_SECONDS`.
+/// How long a client may take, from `SUPASCALE_HTTP_*_TIMEOUT_SECONDS`
+/// (the body limit is the app's, see [`limit_body_stalls`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub header: Duration,
-    pub body: Duration,
     pub idle: Duration,
 }
 
@@ -44,7 +45,6 @@ impl Limits {
     pub fn from_config(config: &supascale_shared::Config) -> Self {
         Self {
             header: Duration::from_secs(config.http_header_timeout_seconds),
-            body: Duration::from_secs(config.http_body_timeout_seconds),
             idle: Duration::from_secs(config.http_idle_timeout_seconds),
         }
     }
@@ -87,7 +87,7 @@ where
             let service = hyper::service::service_fn(move |request| {
                 let endpoint = endpoint.clone();
                 async move {
-                    let response = call(&*endpoint, request, local, remote, limits.body).await;
+                    let response = call(&*endpoint, request, local, remote).await;
                     Ok::<_, Infallible>(hyper::Response::from(response))
                 }
             });
@@ -113,47 +113,63 @@ where
     Ok(())
 }
 
-/// One request through the endpoint, its body read under the body limit.
+/// One request through the endpoint.
 async fn call(
     endpoint: &impl Endpoint,
     request: hyper::Request<hyper::body::Incoming>,
     local: SocketAddr,
     remote: SocketAddr,
-    body_limit: Duration,
 ) -> poem::Response {
-    let mut request = poem::Request::from((
+    let request = poem::Request::from((
         request,
         LocalAddr(Addr::SocketAddr(local)),
         RemoteAddr(Addr::SocketAddr(remote)),
         poem::http::uri::Scheme::HTTP,
     ));
-    let stalled = Arc::new(AtomicBool::new(false));
+    endpoint.get_response(request).await
+}
+
+/// Middleware: the request body is read under the body limit (see the
+/// module). A middleware rather than part of [`serve`] so that the request
+/// log and the metrics see the 408.
+pub async fn limit_body_stalls<E: Endpoint>(
+    endpoint: Arc<E>,
+    mut request: poem::Request,
+    limit: Duration,
+) -> poem::Result<poem::Response> {
     let body = request.take_body();
     if body.is_empty() {
         request.set_body(body);
-    } else {
-        request.set_body(stall_limited(body, body_limit, stalled.clone()));
+        return endpoint
+            .call(request)
+            .await
+            .map(IntoResponse::into_response);
     }
-    let response = endpoint.get_response(request).await;
+    let stalled = Arc::new(AtomicBool::new(false));
+    request.set_body(stall_limited(body, limit, stalled.clone()));
+    // Errors go on to the app's error handler, which shapes them.
+    let response = endpoint
+        .call(request)
+        .await
+        .map(IntoResponse::into_response);
     if !stalled.load(Ordering::Relaxed) {
         return response;
     }
     // Whatever the handler made of the failed read, the client is told
     // why, and the connection (with the rest of the body unread) goes.
-    tracing::info!(%remote, "request body stalled");
     let mut response = crate::error::error_response(
         StatusCode::REQUEST_TIMEOUT,
         &format!(
             "No byte of the request body arrived for {} s \
              (SUPASCALE_HTTP_BODY_TIMEOUT_SECONDS)",
-            body_limit.as_secs()
+            limit.as_secs()
         ),
     );
     response.headers_mut().insert(
         poem::http::header::CONNECTION,
         HeaderValue::from_static("close"),
     );
-    response
+    Ok(response)
 }
 
 /// `body`, failing with `TimedOut` (and setting `stalled`) when no chunk
