@@ -18,25 +18,35 @@ use opendal::{Buffer, BytesRange, Capability, Metadata, OperationContext, Result
 /// a full disk or quota, a read-only or wrong kind of file system object.
 pub fn is_permanent_io(error: &opendal::Error) -> bool {
     use std::io::ErrorKind::*;
-    let Some(io) =
-        std::error::Error::source(error).and_then(|s| s.downcast_ref::<std::io::Error>())
-    else {
-        return false;
-    };
     matches!(
-        io.kind(),
-        StorageFull
-            | QuotaExceeded
-            | FileTooLarge
-            | ReadOnlyFilesystem
-            | NotADirectory
-            | IsADirectory
-            | DirectoryNotEmpty
-            | InvalidInput
-            | InvalidFilename
-            | CrossesDevices
-            | TooManyLinks
+        io_kind(error),
+        Some(
+            StorageFull
+                | QuotaExceeded
+                | FileTooLarge
+                | ReadOnlyFilesystem
+                | NotADirectory
+                | IsADirectory
+                | DirectoryNotEmpty
+                | InvalidInput
+                | InvalidFilename
+                | CrossesDevices
+                | TooManyLinks
+        )
     )
+}
+
+/// Whether `error` is a full disk (or quota).
+pub fn is_storage_full(error: &opendal::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(io_kind(error), Some(StorageFull | QuotaExceeded))
+}
+
+/// The kind of the I/O error under `error`, if it has one.
+fn io_kind(error: &opendal::Error) -> Option<std::io::ErrorKind> {
+    std::error::Error::source(error)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind)
 }
 
 fn classify(error: opendal::Error) -> opendal::Error {

@@ -644,6 +644,11 @@ async fn read_back_sha256(
 }
 
 pub(crate) fn destination_error(e: &crate::destinations::DestinationError) -> JobError {
+    use crate::destinations::{DestinationError, permanent_io};
+    // A full local destination has the contract's wording, like a full spool.
+    if matches!(e, DestinationError::Storage(e) if permanent_io::is_storage_full(e)) {
+        return JobError::Abort("Insufficient disk space".into());
+    }
     if e.is_temporary() {
         JobError::Retry(format!("destination: {e}"))
     } else {
