@@ -23,15 +23,10 @@ pub struct Idempotency {
 }
 
 impl Idempotency {
-    /// Checks the header (1 to 255 visible characters) and hashes it with
-    /// the caller's key id and the request.
+    /// Checks the header (see [`check_key`]) and hashes it with the
+    /// caller's key id and the request.
     pub fn new(principal: &Principal, key: &str, request: &str) -> ApiResult<Self> {
-        let key = key.trim();
-        if key.is_empty() || key.len() > 255 || !key.chars().all(|c| c.is_ascii_graphic()) {
-            return Err(ApiError::bad_request(
-                "Idempotency-Key must be 1 to 255 visible ASCII characters",
-            ));
-        }
+        let key = check_key(key.as_bytes())?;
         Ok(Self {
             key_hash: hex::encode(Sha256::digest(format!("{}\n{key}", principal.key_id))),
             request_hash: hex::encode(Sha256::digest(request)),
@@ -73,6 +68,20 @@ impl Idempotency {
         job.idempotency_key = Set(Some(self.key_hash.clone()));
         job.request_hash = Set(Some(self.request_hash.clone()));
     }
+}
+
+/// The header's value as sent: 1 to 255 visible ASCII characters
+/// (surrounding blanks aside), else 400 naming the header. Checked on the
+/// raw bytes because the typed header parameter drops a value that is not
+/// ASCII, which would turn a retry-safe request into an unprotected one.
+pub fn check_key(raw: &[u8]) -> ApiResult<&str> {
+    let key = raw.trim_ascii();
+    if key.is_empty() || key.len() > 255 || !key.iter().all(u8::is_ascii_graphic) {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        ));
+    }
+    Ok(std::str::from_utf8(key).expect("ASCII"))
 }
 
 /// Whether an insert failed because another request took the key first.

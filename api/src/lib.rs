@@ -9,6 +9,7 @@ pub mod list_cache;
 pub mod metrics;
 pub mod payload;
 pub mod routes;
+pub mod server;
 pub mod state;
 pub mod timestamp;
 
@@ -19,7 +20,6 @@ use anyhow::Context;
 use chrono::{DateTime, SubsecRound, Utc};
 use poem::endpoint::make_sync;
 use poem::http::{HeaderValue, StatusCode};
-use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route, get};
 use poem_openapi::OpenApiService;
 use supascale_shared::Config;
@@ -85,6 +85,7 @@ pub fn app(state: AppState) -> impl Endpoint {
     let spec = service.spec_yaml();
     let max_body = state.config.max_body_bytes as usize;
     let max_upload = state.config.max_upload_bytes;
+    let body_stall = Duration::from_secs(state.config.http_body_timeout_seconds);
     Route::new()
         .at(
             "/api/v1/openapi.yaml",
@@ -102,6 +103,8 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/healthz", get(routes::ops::healthz))
         .at("/readyz", get(routes::ops::readyz))
         .at("/metrics", get(metrics::metrics))
+        .around(check_request)
+        .around(move |ep, req| server::limit_body_stalls(ep, req, body_stall))
         .with(metrics::Track::default())
         .data(state)
         .catch_all_error(|error: poem::Error| async move {
@@ -113,6 +116,72 @@ pub fn app(state: AppState) -> impl Endpoint {
             }
         })
         .around(log_request)
+}
+
+/// The longest request target (path and query) served; a longer one is
+/// 414. Proxies commonly stop at 8 KiB too; hyper itself refuses 64 KiB,
+/// with an empty body, before any of our code runs.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Refuses, in the error shape, what no route can serve: a request
+/// target over [`MAX_URI_BYTES`] (414), a path that does not decode to
+/// UTF-8 (400), a malformed `Idempotency-Key` (400).
+async fn check_request<E: Endpoint>(endpoint: Arc<E>, request: Request) -> poem::Result<Response> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    if target > MAX_URI_BYTES {
+        let mut response = error::error_response(
+            StatusCode::URI_TOO_LONG,
+            &format!("The request URI is {target} bytes long; the limit is {MAX_URI_BYTES}"),
+        );
+        response.headers_mut().insert(
+            poem::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+        return Ok(response);
+    }
+    if std::str::from_utf8(&percent_decode(request.uri().path())).is_err() {
+        return Ok(error::error_response(
+            StatusCode::BAD_REQUEST,
+            "Invalid path: its percent-encoded bytes are not UTF-8",
+        ));
+    }
+    for value in request.headers().get_all("idempotency-key") {
+        if let Err(e) = idempotency::check_key(value.as_bytes()) {
+            return Ok(e.into_response());
+        }
+    }
+    endpoint
+        .call(request)
+        .await
+        .map(IntoResponse::into_response)
+}
+
+/// `%XX` sequences as the bytes they stand for (a `%` not followed by two
+/// hex digits stays as it is).
+fn percent_decode(path: &str) -> Vec<u8> {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    decoded
 }
 
 /// Refuses a body over `max` bytes with 413 before a handler reads it:
@@ -268,16 +337,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         auth::bootstrap_keys(&db, config.bootstrap_api_key.as_ref().map(|k| k.expose())).await?;
 
     let addr = config.listen_addr()?;
-    let acceptor = TcpListener::bind(addr)
-        .into_acceptor()
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("SUPASCALE_LISTEN: cannot listen on {addr}"))?;
-    let local = acceptor
-        .local_addr()
-        .into_iter()
-        .next()
-        .and_then(|a| a.as_socket_addr().copied())
-        .unwrap_or(addr);
+    let local = listener.local_addr().unwrap_or(addr);
     // stdout, not the log: this is what the operator reads once.
     println!("Supascale Backups API listening on http://{local}");
     println!(
@@ -332,13 +395,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         events,
         list_cache,
     };
-    poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(
-            app(state).into_endpoint(),
-            stopped(stop_rx),
-            Some(Duration::from_secs(30)),
-        )
-        .await?;
+    let limits = server::Limits::from_config(&state.config);
+    server::serve(
+        listener,
+        app(state).into_endpoint(),
+        limits,
+        stopped(stop_rx),
+        Duration::from_secs(30),
+    )
+    .await?;
     if let Some(workers) = workers {
         workers.await??;
     }

@@ -13,6 +13,7 @@ mod m20261127_000003_waiting_jobs;
 mod m20261127_000004_backup_verification;
 mod m20261127_000005_import_errors;
 mod m20261127_000006_claim_function;
+mod m20261202_000007_verify_projects_and_attempts;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000004_backup_verification::Migration),
             Box::new(m20261127_000005_import_errors::Migration),
             Box::new(m20261127_000006_claim_function::Migration),
+            Box::new(m20261202_000007_verify_projects_and_attempts::Migration),
         ]
     }
 }

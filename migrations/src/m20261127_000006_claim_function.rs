@@ -45,6 +45,7 @@ impl MigrationTrait for Migration {
 /// `supascale_claim(job, worker, now, stale_before, exclusive_kinds)`:
 /// the claimed row, or no row (then the caller looks for the reason).
 /// The rules are those of `store::claim` on SQLite; keep them in step.
+/// Replaced by migration 000007 (which adds the independent kinds).
 const CLAIM: &str = r#"
 CREATE OR REPLACE FUNCTION supascale_claim(
     p_job TEXT, p_worker TEXT, p_now TIMESTAMPTZ, p_stale TIMESTAMPTZ, p_exclusive TEXT[])

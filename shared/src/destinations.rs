@@ -27,6 +27,7 @@ use crate::private_fs;
 use crate::secret::Secret;
 
 pub mod multipart;
+pub mod permanent_io;
 
 use multipart::{PendingUpload, S3Target};
 
@@ -288,11 +289,14 @@ impl Destination {
                 )));
             }
         };
+        // Under the retry layer, so that it never retries a full disk.
         let operator = operator
+            .layer(permanent_io::PermanentIoLayer)
             .layer(
                 opendal::layers::RetryLayer::new()
                     .with_max_times(4)
-                    .with_jitter(),
+                    .with_jitter()
+                    .with_notify(permanent_io::RetryLog),
             )
             .layer(
                 opendal::layers::TimeoutLayer::new()
@@ -559,7 +563,9 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| {
             opendal::Error::new(opendal::ErrorKind::Unexpected, "a file task failed").set_source(e)
         })?
-        .map_err(opendal::raw::new_std_io_error)
+        // OpenDAL calls every I/O error it does not name temporary; a full
+        // disk is not (see `permanent_io`).
+        .map_err(|e| permanent_io::classify(opendal::raw::new_std_io_error(e)))
 }
 
 fn slash_prefix(prefix: &str) -> String {
@@ -612,6 +618,8 @@ impl Destinations {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
 
     /// In octal, as `ls` shows it.
     fn mode(path: &Path) -> String {
@@ -658,5 +666,66 @@ mod tests {
         assert!(partial_files(&root).is_empty());
         assert!(!root.join("project/b.tar.gz").exists());
         assert!(destination.writer("../outside").await.is_err());
+    }
+
+    /// A 256 KiB tmpfs, unmounted when dropped.
+    struct TinyFs(tempfile::TempDir);
+
+    impl TinyFs {
+        fn mount() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let mounted = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .expect("run mount");
+            assert!(
+                mounted.success(),
+                "this test mounts a tiny tmpfs to fill it, which needs root"
+            );
+            Self(dir)
+        }
+    }
+
+    impl Drop for TinyFs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0.path()).status();
+        }
+    }
+
+    /// A local destination on a full disk fails at once with a permanent
+    /// error: OpenDAL called ENOSPC temporary, and its retry layer spent
+    /// 15 s and more on it before the job retried it again.
+    #[tokio::test]
+    async fn a_full_disk_is_not_retried() {
+        let disk = TinyFs::mount();
+        let config = DestinationConfig {
+            root: Some(disk.0.path().join("backups").to_string_lossy().into()),
+            ..Default::default()
+        };
+        let destination = Destination::new("local", &config, disk.0.path()).unwrap();
+        let started = Instant::now();
+        let written = async {
+            let mut writer = destination.writer("too-big").await?;
+            writer.write(vec![7u8; 1024 * 1024]).await?;
+            writer.close().await?;
+            Ok::<_, DestinationError>(())
+        }
+        .await;
+        let elapsed = started.elapsed();
+        let error = written.expect_err("1 MiB does not fit in 256 KiB");
+        assert!(!error.is_temporary(), "{error}");
+        assert!(
+            error.to_string().to_lowercase().contains("no space")
+                || error.to_string().contains("StorageFull")
+                || error.to_string().contains("storage full"),
+            "{error}"
+        );
+        assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+        // A backup says so in the contract's words.
+        assert_eq!(
+            crate::jobs::backup::destination_error(&error).to_string(),
+            "Insufficient disk space"
+        );
     }
 }

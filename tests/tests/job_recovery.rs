@@ -457,3 +457,75 @@ async fn the_redis_queue_does_not_grow_with_finished_jobs() {
         .unwrap();
     assert!(String::from_utf8_lossy(&metas.stdout).trim().is_empty());
 }
+
+/// A worker killed during a job's last attempt: the worker that takes the
+/// job over fails it without counting another attempt, so the job shows
+/// `attempt` 1 of 1 (not 2 of 1), and its backup fails with it.
+async fn a_job_lost_on_its_last_attempt_fails_within_the_limit(deployment: Deployment) {
+    let mut cluster = Cluster::start(
+        deployment,
+        Launch::default().env("SUPASCALE_JOB_ATTEMPTS", "1"),
+    )
+    .await;
+    let project = make_project().await;
+    register(&cluster.app, &project, "p").await;
+    let lock = TableLock::hold(&project.database.url).await;
+    let accepted = start_backup(&cluster.app, json!({"projectId": "p", "type": "full"})).await;
+    let job_id = accepted["job"]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dump_processes(&job_id) == 0 {
+        assert!(Instant::now() < deadline, "pg_dump never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job = wait_for_job_state(&cluster.app, &job_id, Duration::from_secs(1), |_| true).await;
+    assert_eq!(job["status"], "in_progress", "{job}");
+    cluster.kill_worker_of(&job);
+    lock.release().await;
+
+    let job = wait_for_job_state(&cluster.app, &job_id, Duration::from_secs(45), |j| {
+        j["status"] == "completed" || j["status"] == "failed"
+    })
+    .await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["attempt"], 1, "{job}");
+    assert_eq!(job["maxAttempts"], 1, "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped during attempt 1 of 1"),
+        "{job}"
+    );
+    let (_, listed) = status_and_body(cluster.app.get("/api/v1/jobs").send().await.unwrap()).await;
+    let listed = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == job_id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(listed["attempt"], 1, "{listed}");
+    let (_, backup) = status_and_body(
+        cluster
+            .app
+            .get(&format!(
+                "/api/v1/backups/{}",
+                accepted["backup"]["id"].as_str().unwrap()
+            ))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(backup["status"], "failed", "{backup}");
+}
+
+#[tokio::test]
+async fn embedded_a_job_lost_on_its_last_attempt_fails_within_the_limit() {
+    a_job_lost_on_its_last_attempt_fails_within_the_limit(Deployment::Embedded).await;
+}
+
+#[tokio::test]
+async fn scale_out_a_job_lost_on_its_last_attempt_fails_within_the_limit() {
+    a_job_lost_on_its_last_attempt_fails_within_the_limit(Deployment::ScaleOut).await;
+}

@@ -537,6 +537,7 @@ both_backends!(
     an_idempotency_key_returns_the_first_job,
     jobs_are_listed_with_filters,
     a_backup_is_recorded_completed_only_by_the_worker_holding_its_job,
+    verify_jobs_belong_to_their_backups_project,
 );
 
 /// A job whose cause does not go away ends `failed` after the configured
@@ -739,4 +740,112 @@ async fn conflicting_jobs_claimed_at_once_never_both_start() {
         taken(&a.unwrap()) && taken(&b.unwrap()),
         "two backups of a project both run"
     );
+}
+
+/// A key limited to other projects gets 404 for the job everywhere (read,
+/// events, cancel) and does not find it in the list.
+async fn hidden_from(app: &TestApp, key: &str, job_id: &str) {
+    let request = |method: reqwest::Method, path: String| {
+        app.client
+            .request(method, app.url(&path))
+            .header("X-API-Key", key)
+    };
+    for request in [
+        request(reqwest::Method::GET, format!("/api/v1/jobs/{job_id}")),
+        request(
+            reqwest::Method::GET,
+            format!("/api/v1/jobs/{job_id}/events"),
+        ),
+        request(
+            reqwest::Method::POST,
+            format!("/api/v1/jobs/{job_id}/cancel"),
+        ),
+    ] {
+        let (status, body) = status_and_body(request.send().await.unwrap()).await;
+        assert_eq!(status, 404, "{job_id}: {body}");
+        assert_eq!(body["error"], "Job not found");
+    }
+    let list = request(reqwest::Method::GET, "/api/v1/jobs?kind=verify".into());
+    let (status, body) = status_and_body(list.send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pagination"]["total"], 0, "{body}");
+}
+
+/// A verification is a job of its backup's project: a key limited to other
+/// projects gets 404 for it everywhere (read, list, events, cancel), rows
+/// written before jobs carried it get it from their backup, and it does
+/// not wait for a restore of the project that is running.
+async fn verify_jobs_belong_to_their_backups_project(backend: Backend) {
+    let mut app = TestApp::spawn(backend).await;
+    let project = make_project().await;
+    register(&app, &project, "theirs").await;
+    let (status, created) = status_and_body(
+        app.post("/api/v1/backups")
+            .json(&json!({"projectId": "theirs", "type": "config"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let backup_id = created["backup"]["id"].as_str().unwrap().to_string();
+    let (status, key) = status_and_body(
+        app.post("/api/v1/api-keys")
+            .json(
+                &json!({"name": "mine only", "permissions": ["backups:read", "backups:write"],
+                          "projectIds": ["mine"]}),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{key}");
+    let key = key["apiKey"]["key"].as_str().unwrap().to_string();
+    // A restore of the project runs (on another worker, its heartbeat
+    // fresh for as long as the test lasts): the verification goes on.
+    let control = app.control_plane().await;
+    control
+        .execute(
+            "INSERT INTO jobs (id, kind, project_id, status, attempt, max_attempts, payload, \
+             warnings, worker_id, enqueued_at, started_at, heartbeat_at, cancel_requested) \
+             VALUES ('job-restore-1', 'restore', 'theirs', 'in_progress', 1, 3, '{}', '[]', \
+             'elsewhere-1-abc', '2026-01-01T00:00:00.000000+00:00', \
+             '2026-01-01T00:00:00.000000+00:00', '2999-01-01T00:00:00.000000+00:00', false)",
+        )
+        .await;
+    let (status, verified) = status_and_body(
+        app.post(&format!("/api/v1/backups/{backup_id}/verify"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "waited behind the restore? {verified}");
+    assert_eq!(verified["verification"]["valid"], true, "{verified}");
+    let (_, listed) =
+        status_and_body(app.get("/api/v1/jobs?kind=verify").send().await.unwrap()).await;
+    let job = &listed["jobs"][0];
+    assert_eq!(job["projectId"], "theirs", "{listed}");
+    let job_id = job["id"].as_str().unwrap().to_string();
+
+    hidden_from(&app, &key, &job_id).await;
+
+    // A verify job written before jobs carried a project: the migration
+    // gives it its backup's.
+    control
+        .execute(&format!(
+            "INSERT INTO jobs (id, kind, project_id, status, attempt, max_attempts, payload, \
+             warnings, enqueued_at, cancel_requested) \
+             VALUES ('job-old-verify', 'verify', NULL, 'pending', 0, 3, \
+             '{{\"backupId\":\"{backup_id}\"}}', '[]', '2026-01-01T00:00:00.000000+00:00', false); \
+             DELETE FROM seaql_migrations WHERE version LIKE '%_000007_%'"
+        ))
+        .await;
+    drop(control);
+    app.restart();
+    hidden_from(&app, &key, "job-old-verify").await;
+    let (_, old) =
+        status_and_body(app.get("/api/v1/jobs/job-old-verify").send().await.unwrap()).await;
+    assert_eq!(old["projectId"], "theirs", "{old}");
 }

@@ -245,10 +245,17 @@ impl RestoresApi {
             backup_id: backup_row.id.clone(),
         })
         .unwrap_or_default();
-        // It reads no project, so it waits for none.
-        let job = jobs::store::new_job("verify", None, payload, state.config.job_attempts)
-            .insert(&state.db)
-            .await?;
+        // The project is the backup's, so that only keys that may see the
+        // backup see its verification; it waits for none of the project's
+        // jobs (`INDEPENDENT_KINDS`).
+        let job = jobs::store::new_job(
+            "verify",
+            Some(&backup_row.project_id),
+            payload,
+            state.config.job_attempts,
+        )
+        .insert(&state.db)
+        .await?;
         super::jobs::enqueue(&state, &job).await?;
         let job = super::jobs::wait_for_row(&state, &job.id, wants_async, || async {
             let row = job::Entity::find_by_id(job.id.clone())

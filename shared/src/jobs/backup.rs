@@ -667,7 +667,12 @@ async fn read_back_sha256(
 }
 
 pub(crate) fn destination_error(e: &crate::destinations::DestinationError) -> JobError {
-    // A local destination on a full disk: retrying fills it again.
+    use crate::destinations::{DestinationError, permanent_io};
+    // A full local destination has the contract's wording, like a full spool.
+    if matches!(e, DestinationError::Storage(e) if permanent_io::is_storage_full(e)) {
+        return JobError::Abort("Insufficient disk space".into());
+    }
+    // Any other full disk under it: retrying fills it again.
     if let Some(io) = crate::disk::out_of_space_in(e) {
         return JobError::Abort(format!("destination: {}", io_error_text(io)));
     }

@@ -123,6 +123,11 @@ pub const EXCLUSIVE_KINDS: &[&str] = &[
     "lift_shift",
 ];
 
+/// Kinds that carry a project only so that keys limited to other projects
+/// cannot see them: they read an artifact, never the project, so they
+/// neither wait for the project's other jobs nor hold any of them up.
+pub const INDEPENDENT_KINDS: &[&str] = &["verify"];
+
 /// How a failed job of `kind` is worded for its client:
 /// `Backup failed: <cause>`.
 pub fn failure_prefix(kind: &str) -> &'static str {

@@ -9,8 +9,8 @@ use sea_orm::{
 };
 
 use super::{
-    EXCLUSIVE_KINDS, STALE_AFTER, STATUS_COMPLETED, STATUS_FAILED, STATUS_IN_PROGRESS,
-    STATUS_PENDING,
+    EXCLUSIVE_KINDS, INDEPENDENT_KINDS, STALE_AFTER, STATUS_COMPLETED, STATUS_FAILED,
+    STATUS_IN_PROGRESS, STATUS_PENDING,
 };
 use crate::entities::job;
 
@@ -65,6 +65,10 @@ pub fn relaxed_commit(backend: DbBackend) -> Option<sea_orm::sea_query::SimpleEx
 pub enum Claim {
     /// The job is this worker's now.
     Taken(job::Model),
+    /// Its worker died during its last attempt: it is this worker's now,
+    /// to be failed without another attempt (so `attempt` never passes
+    /// `max_attempts`).
+    Lost(job::Model),
     /// Another job of the same project must end first (see
     /// [`super::EXCLUSIVE_KINDS`]); the row is untouched.
     Busy { blocker: job::Model },
@@ -119,28 +123,46 @@ pub async fn claim(db: &DatabaseConnection, job_id: &str, worker: &str) -> Resul
                 )
                 .or(job::Column::Status
                     .eq(STATUS_IN_PROGRESS)
-                    .and(job::Column::HeartbeatAt.lt(stale))),
+                    .and(job::Column::HeartbeatAt.lt(stale))
+                    .and(Expr::col(job::Column::Attempt).lt(Expr::col(job::Column::MaxAttempts)))),
         );
-    if let Some(project) = &row.project_id {
+    if let Some(project) = bound_project(&row) {
         update = update.filter(Expr::not_exists(conflicting(&row, project, now)));
     }
     let taken = update.exec_with_returning(&txn).await?.pop();
     let claim = match taken {
         Some(job) => Claim::Taken(job),
-        None => not_taken(&txn, &row, now).await?,
+        None => not_taken(&txn, &row, worker, now).await?,
     };
     txn.commit().await?;
     Ok(claim)
 }
 
-/// Why `row` was not taken: `Busy` with the running job it must wait for,
-/// or `NotNow`.
+/// Why `row` was not taken: `Lost` when its worker died during its last
+/// attempt (then it is taken, to be failed), `Busy` with the running job
+/// it must wait for, or `NotNow`.
 async fn not_taken(
     db: &impl ConnectionTrait,
     row: &job::Model,
+    worker: &str,
     now: DateTime<Utc>,
 ) -> Result<Claim, DbErr> {
-    let blocker = match (&row.project_id, row.status == STATUS_PENDING) {
+    let stale = now - chrono::Duration::from_std(STALE_AFTER).expect("small duration");
+    if row.status == STATUS_IN_PROGRESS && row.attempt >= row.max_attempts {
+        let lost = job::Entity::update_many()
+            .col_expr(job::Column::WorkerId, Expr::value(worker))
+            .col_expr(job::Column::HeartbeatAt, Expr::value(now))
+            .filter(job::Column::Id.eq(row.id.clone()))
+            .filter(job::Column::Status.eq(STATUS_IN_PROGRESS))
+            .filter(job::Column::HeartbeatAt.lt(stale))
+            .exec_with_returning(db)
+            .await?
+            .pop();
+        if let Some(lost) = lost {
+            return Ok(Claim::Lost(lost));
+        }
+    }
+    let blocker = match (bound_project(row), row.status == STATUS_PENDING) {
         (Some(project), true) => {
             job::Entity::find()
                 .filter(job::Column::Id.in_subquery(conflicting(row, project, now)))
@@ -165,13 +187,15 @@ async fn claim_postgres(
     let taken = job::Entity::find()
         .from_raw_sql(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT * FROM supascale_claim($1, $2, $3, $4, string_to_array($5, ','))",
+            "SELECT * FROM supascale_claim($1, $2, $3, $4, string_to_array($5, ','), \
+             string_to_array($6, ','))",
             [
                 job_id.into(),
                 worker.into(),
                 now.into(),
                 stale.into(),
                 EXCLUSIVE_KINDS.join(",").into(),
+                INDEPENDENT_KINDS.join(",").into(),
             ],
         ))
         .one(db)
@@ -180,13 +204,21 @@ async fn claim_postgres(
         return Ok(Claim::Taken(job));
     }
     match job::Entity::find_by_id(job_id.to_string()).one(db).await? {
-        Some(row) => not_taken(db, &row, now).await,
+        Some(row) => not_taken(db, &row, worker, now).await,
         None => Ok(Claim::NotNow),
     }
 }
 
+/// The project whose other jobs `row` must not run beside, if any.
+fn bound_project(row: &job::Model) -> Option<&str> {
+    row.project_id
+        .as_deref()
+        .filter(|_| !INDEPENDENT_KINDS.contains(&row.kind.as_str()))
+}
+
 /// The running jobs of `project` that `row` may not run beside: any job
-/// when `row` writes the project, the writing jobs when it only reads.
+/// when `row` writes the project, the writing jobs when it only reads;
+/// never an independent one (see [`INDEPENDENT_KINDS`]).
 fn conflicting(row: &job::Model, project: &str, now: DateTime<Utc>) -> SelectStatement {
     let stale = now - chrono::Duration::from_std(STALE_AFTER).expect("small duration");
     let other = Alias::new("other");
@@ -197,7 +229,11 @@ fn conflicting(row: &job::Model, project: &str, now: DateTime<Utc>) -> SelectSta
         .and_where(Expr::col((other.clone(), job::Column::ProjectId)).eq(project))
         .and_where(Expr::col((other.clone(), job::Column::Status)).eq(STATUS_IN_PROGRESS))
         .and_where(Expr::col((other.clone(), job::Column::HeartbeatAt)).gte(stale))
-        .and_where(Expr::col((other.clone(), job::Column::Id)).ne(row.id.as_str()));
+        .and_where(Expr::col((other.clone(), job::Column::Id)).ne(row.id.as_str()))
+        .and_where(
+            Expr::col((other.clone(), job::Column::Kind))
+                .is_not_in(INDEPENDENT_KINDS.iter().copied()),
+        );
     if !EXCLUSIVE_KINDS.contains(&row.kind.as_str()) {
         select.and_where(
             Expr::col((other.clone(), job::Column::Kind)).is_in(EXCLUSIVE_KINDS.iter().copied()),

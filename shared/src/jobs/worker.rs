@@ -204,8 +204,9 @@ async fn announce(ctx: Arc<JobContext>, concurrency: usize) {
 /// it again, and the stale heartbeat lets the next worker take it).
 async fn handle(envelope: JobEnvelope, ctx: Data<Arc<JobContext>>) -> Result<(), BoxDynError> {
     let ctx: Arc<JobContext> = (*ctx).clone();
-    let job = match store::claim(&ctx.db, &envelope.job_id, &ctx.worker_id).await {
-        Ok(Claim::Taken(job)) => job,
+    let (job, lost) = match store::claim(&ctx.db, &envelope.job_id, &ctx.worker_id).await {
+        Ok(Claim::Taken(job)) => (job, false),
+        Ok(Claim::Lost(job)) => (job, true),
         Ok(Claim::Busy { blocker }) => {
             wait_behind(&ctx, &envelope.job_id, &blocker).await;
             return Ok(());
@@ -218,8 +219,7 @@ async fn handle(envelope: JobEnvelope, ctx: Data<Arc<JobContext>>) -> Result<(),
     tracing::info!(job = %job.id, kind = %job.kind, attempt = job.attempt, "job started");
     let outcome = if job.cancel_requested {
         Err(JobError::Cancelled)
-    } else if job.attempt > job.max_attempts {
-        // Its worker died during the last attempt.
+    } else if lost {
         Err(JobError::Abort(format!(
             "the worker running it stopped during attempt {} of {}{}",
             job.max_attempts,
