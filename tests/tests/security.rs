@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use reqwest::Method;
 use serde_json::{Value, json};
 use supascale_tests::{
     Backend, Launch, TableLock, TempDatabase, TestApp, make_project, psql, register,
@@ -19,14 +20,8 @@ async fn key(app: &TestApp, permissions: &[&str], projects: Option<&[&str]>) -> 
     if let Some(projects) = projects {
         body["projectIds"] = json!(projects);
     }
-    let (status, created) = status_and_body(
-        app.post("/api/v1/api-keys")
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let admin = app.admin_key.clone();
+    let (status, created) = send(app, &admin, Method::POST, "/api/v1/api-keys", Some(body)).await;
     assert_eq!(status, 201, "{created}");
     created["apiKey"]["key"].as_str().unwrap().to_string()
 }
@@ -34,7 +29,7 @@ async fn key(app: &TestApp, permissions: &[&str], projects: Option<&[&str]>) -> 
 async fn send(
     app: &TestApp,
     key: &str,
-    method: reqwest::Method,
+    method: Method,
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
@@ -67,7 +62,6 @@ fn error_of(body: &Value) -> &str {
 /// or Supascale's own data. The errors read the same whether the path
 /// exists or not.
 async fn keys_below_admin_cannot_point_a_project_at_the_servers_files(backend: Backend) {
-    use reqwest::Method;
     let app = TestApp::spawn(backend).await;
     let writer = key(&app, &["projects:write", "projects:read"], None).await;
     let root = tempfile::tempdir().unwrap();
@@ -157,7 +151,6 @@ async fn keys_below_admin_cannot_point_a_project_at_the_servers_files(backend: B
 /// folder, never through a symlink that leads out; a key limited to its
 /// project changes neither its database URL nor config paths outside it.
 async fn with_project_roots_a_limited_key_keeps_to_its_own_project(backend: Backend) {
-    use reqwest::Method;
     let roots = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
     let app = TestApp::spawn_with(
@@ -362,12 +355,12 @@ async fn a_functions_import_never_writes_outside_the_project(backend: Backend) {
         "nothing was written through the symlink"
     );
     // A backup of the files is refused the same way: it would read there.
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "p", "type": "functions"}))
-            .send()
-            .await
-            .unwrap(),
+    let (status, body) = send(
+        &app,
+        &app.admin_key,
+        Method::POST,
+        "/api/v1/backups",
+        Some(json!({"projectId": "p", "type": "functions"})),
     )
     .await;
     assert_eq!(status, 500, "{body}");
@@ -386,7 +379,6 @@ const CONTROL_PLANE_LOOKALIKE: &str = "CREATE TABLE seaql_migrations (version te
 /// replaced with `forceRestore`.
 #[tokio::test]
 async fn the_control_plane_is_never_a_projects_database() {
-    use reqwest::Method;
     let app = TestApp::spawn(Backend::Postgres).await;
     let control_plane = app.database.as_ref().unwrap().name.clone();
     let admin = app.admin_key.clone();
@@ -414,12 +406,12 @@ async fn the_control_plane_is_never_a_projects_database() {
     // A project database that comes to hold a control plane's tables.
     let project = make_project().await;
     register(&app, &project, "p").await;
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "p", "type": "database"}))
-            .send()
-            .await
-            .unwrap(),
+    let (status, body) = send(
+        &app,
+        &app.admin_key,
+        Method::POST,
+        "/api/v1/backups",
+        Some(json!({"projectId": "p", "type": "database"})),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -437,12 +429,12 @@ async fn the_control_plane_is_never_a_projects_database() {
         assert_eq!(status, 400, "{answer}");
         assert!(error_of(&answer).contains("control plane"), "{answer}");
     }
-    let (status, answer) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "p", "type": "database"}))
-            .send()
-            .await
-            .unwrap(),
+    let (status, answer) = send(
+        &app,
+        &app.admin_key,
+        Method::POST,
+        "/api/v1/backups",
+        Some(json!({"projectId": "p", "type": "database"})),
     )
     .await;
     assert_eq!(status, 500, "{answer}");
