@@ -37,7 +37,7 @@ use supascale_shared::jobs::{
 };
 
 use crate::state::AppState;
-use supascale_shared::jobs::JOB_KINDS;
+use supascale_shared::jobs::JobKind;
 
 /// What Prometheus expects for the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -174,7 +174,7 @@ impl Snapshot {
     /// Every known kind, plus any other kind a row names, so a panel shows a
     /// 0 rather than no series.
     fn kinds(&self) -> BTreeSet<String> {
-        JOB_KINDS
+        JobKind::ALL
             .iter()
             .map(|k| k.to_string())
             .chain(self.jobs.keys().map(|(kind, _)| kind.clone()))

@@ -409,10 +409,15 @@ async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backe
         }
     };
 
-    let first = store::new_job("backup", Some("p"), json!({}), 3)
-        .insert(&db)
-        .await
-        .unwrap();
+    let first = store::new_job(
+        supascale_shared::jobs::JobKind::Backup,
+        Some("p"),
+        json!({}),
+        3,
+    )
+    .insert(&db)
+    .await
+    .unwrap();
     backup_of("backup-taken-over", &first.id)
         .insert(&db)
         .await
@@ -467,10 +472,15 @@ async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backe
     assert_eq!(job_row.status, STATUS_COMPLETED);
 
     // Released for another attempt: nothing is recorded; failed: it is.
-    let second = store::new_job("backup", Some("p"), json!({}), 3)
-        .insert(&db)
-        .await
-        .unwrap();
+    let second = store::new_job(
+        supascale_shared::jobs::JobKind::Backup,
+        Some("p"),
+        json!({}),
+        3,
+    )
+    .insert(&db)
+    .await
+    .unwrap();
     backup_of("backup-failed", &second.id)
         .insert(&db)
         .await
@@ -531,7 +541,41 @@ async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backe
     assert_eq!(job_row.status, STATUS_FAILED);
 }
 
+/// A row naming a kind this build does not know (written by a newer
+/// version, or by hand) is taken and failed for good, saying so, instead of
+/// waiting forever or being skipped.
+async fn a_job_of_an_unknown_kind_fails_for_good_saying_so(backend: Backend) {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    use supascale_shared::jobs::{JobKind, store};
+    let app = TestApp::spawn(backend).await;
+    let url = match &app.database {
+        Some(database) => database.url.clone(),
+        None => format!(
+            "sqlite://{}",
+            app.data_dir.path().join("supascale.db").display()
+        ),
+    };
+    let db = sea_orm::Database::connect(&url).await.unwrap();
+    let mut row = store::new_job(JobKind::Backup, None, json!({}), 3);
+    row.kind = Set("from_the_future".into());
+    let job = row.insert(&db).await.unwrap();
+    // Nothing pushed it: the reconciler delivers the pending row.
+    let ended = app
+        .wait_for_job(&format!("/api/v1/jobs/{}", job.id), Duration::from_secs(30))
+        .await;
+    assert_eq!(ended["status"], "failed", "{ended}");
+    assert_eq!(ended["attempt"], 1, "not retried: {ended}");
+    assert!(
+        ended["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown job kind \"from_the_future\""),
+        "{ended}"
+    );
+}
+
 both_backends!(
+    a_job_of_an_unknown_kind_fails_for_good_saying_so,
     events_stream_a_running_backup_and_resume,
     cancelling_stops_pending_and_running_jobs,
     an_idempotency_key_returns_the_first_job,

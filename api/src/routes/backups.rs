@@ -747,7 +747,7 @@ impl BackupsApi {
         let created_at = crate::now();
         let key = backup_job::artifact_key(&project.id, &id, &backup_type, created_at, compression);
         let job = jobs::store::new_job(
-            "backup",
+            jobs::JobKind::Backup,
             Some(&project.id),
             serde_json::json!({ "backupId": id }),
             state.config.job_attempts,

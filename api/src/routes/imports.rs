@@ -19,6 +19,7 @@ use sea_orm::{ActiveModelTrait, EntityTrait};
 use supascale_shared::api_key::Permission;
 use supascale_shared::disk::{DiskGuard, UPLOAD_AREA};
 use supascale_shared::entities::job;
+use supascale_shared::jobs::JobKind;
 use supascale_shared::jobs::{self, import::ImportPayload};
 use supascale_shared::uploads::UploadStore;
 use tokio::io::AsyncReadExt;
@@ -140,9 +141,9 @@ pub enum StartedImport {
 
 /// The contract's words for a completed import of `kind`.
 pub fn success_message(kind: &str) -> &'static str {
-    match kind {
-        "import_database" => "Database imported successfully",
-        "import_storage" => "Storage files imported successfully",
+    match kind.parse() {
+        Ok(JobKind::ImportDatabase) => "Database imported successfully",
+        Ok(JobKind::ImportStorage) => "Storage files imported successfully",
         _ => "Edge Functions imported successfully",
     }
 }
@@ -227,7 +228,7 @@ impl ImportsApi {
             idempotency_key: idempotency_key.0,
             force: force_restore.0.unwrap_or(false),
         };
-        start_import(&state, &auth, "import_database", &id.0, file, request).await
+        start_import(&state, &auth, JobKind::ImportDatabase, &id.0, file, request).await
     }
 
     /// Import storage files
@@ -269,7 +270,7 @@ impl ImportsApi {
             idempotency_key: idempotency_key.0,
             force: false,
         };
-        start_import(&state, &auth, "import_storage", &id.0, file, request).await
+        start_import(&state, &auth, JobKind::ImportStorage, &id.0, file, request).await
     }
 
     /// Import Edge Functions
@@ -309,7 +310,15 @@ impl ImportsApi {
             idempotency_key: idempotency_key.0,
             force: false,
         };
-        start_import(&state, &auth, "import_functions", &id.0, file, request).await
+        start_import(
+            &state,
+            &auth,
+            JobKind::ImportFunctions,
+            &id.0,
+            file,
+            request,
+        )
+        .await
     }
 }
 
@@ -327,7 +336,7 @@ struct Started {
 async fn start_import(
     state: &AppState,
     auth: &Auth,
-    kind: &str,
+    kind: JobKind,
     project_id: &str,
     file: FileUpload,
     request: Started,
@@ -351,7 +360,7 @@ async fn start_import(
     {
         return answer(state, &first, wants_async).await;
     }
-    if kind == "import_database" || kind == "import_storage" {
+    if matches!(kind, JobKind::ImportDatabase | JobKind::ImportStorage) {
         // Both write rows into the project's database: refuse at once when
         // it does not answer, before the upload is read.
         let url = state
@@ -371,7 +380,7 @@ async fn start_import(
         }
         // A storage import only adds rows to the storage schema: only the
         // control plane is refused for it.
-        let force = request.force || kind == "import_storage";
+        let force = request.force || kind == JobKind::ImportStorage;
         if let Some(problem) = supascale_shared::restore::database::identity_problem(&facts, force)
         {
             return Err(ApiError::bad_request(format!(

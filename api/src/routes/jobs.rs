@@ -345,7 +345,11 @@ impl JobsApi {
             status.0.as_deref(),
             Some(&supascale_shared::domain::STATUSES),
         )?;
-        let kinds = parse_list_filter("kind", kind.0.as_deref(), Some(jobs::JOB_KINDS))?;
+        let kinds = parse_list_filter(
+            "kind",
+            kind.0.as_deref(),
+            Some(&jobs::JobKind::names(|_| true)),
+        )?;
         let projects = parse_list_filter("projectId", project_id.0.as_deref(), None)?;
         let mut query = job::Entity::find();
         if let Some(statuses) = statuses {
@@ -559,8 +563,9 @@ pub async fn end_without_worker(state: &AppState, row: &job::Model, cause: &str)
 /// The body the creating endpoint answers for a completed job, which the
 /// `complete` event carries too.
 pub async fn completed_body(state: &AppState, row: &job::Model) -> ApiResult<Value> {
-    match row.kind.as_str() {
-        "backup" => {
+    use jobs::JobKind;
+    match row.kind.parse::<JobKind>() {
+        Ok(JobKind::Backup) => {
             let backup = backup::Entity::find()
                 .filter(backup::Column::JobId.eq(row.id.clone()))
                 .one(&state.db)
@@ -573,12 +578,10 @@ pub async fn completed_body(state: &AppState, row: &job::Model) -> ApiResult<Val
             .to_json()
             .unwrap_or(Value::Null))
         }
-        kind if jobs::import::IMPORT_KINDS.contains(&kind) => {
-            Ok(super::imports::completed_envelope(row)
-                .to_json()
-                .unwrap_or(Value::Null))
-        }
-        "restore" => {
+        Ok(kind) if kind.is_import() => Ok(super::imports::completed_envelope(row)
+            .to_json()
+            .unwrap_or(Value::Null)),
+        Ok(JobKind::Restore) => {
             let restore = restore::Entity::find()
                 .filter(restore::Column::JobId.eq(row.id.clone()))
                 .one(&state.db)

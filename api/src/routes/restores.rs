@@ -181,7 +181,7 @@ impl RestoresApi {
         })
         .unwrap_or_default();
         let mut job = jobs::store::new_job(
-            "restore",
+            jobs::JobKind::Restore,
             Some(&checked.target),
             payload,
             state.config.job_attempts,
@@ -247,9 +247,9 @@ impl RestoresApi {
         .unwrap_or_default();
         // The project is the backup's, so that only keys that may see the
         // backup see its verification; it waits for none of the project's
-        // jobs (`INDEPENDENT_KINDS`).
+        // jobs (`JobKind::is_independent`).
         let job = jobs::store::new_job(
-            "verify",
+            jobs::JobKind::Verify,
             Some(&backup_row.project_id),
             payload,
             state.config.job_attempts,

@@ -42,9 +42,6 @@ pub const DATABASE_FORMATS: &[Detected] = &[
 /// What storage and functions imports take.
 pub const ARCHIVE_FORMATS: &[Detected] = &[Detected::Zip, Detected::TarGz, Detected::Tar];
 
-/// Every import kind.
-pub const IMPORT_KINDS: &[&str] = &["import_database", "import_storage", "import_functions"];
-
 /// The import's job row, the project and the upload, ready to work on.
 pub struct ImportStart {
     pub payload: ImportPayload,
@@ -130,7 +127,7 @@ pub async fn target_database(
 /// Removes an ended import's upload (the worker calls it once the job will
 /// not run again).
 pub async fn remove_upload(ctx: &JobContext, job: &job::Model) {
-    if !IMPORT_KINDS.contains(&job.kind.as_str()) {
+    if !job.kind.parse().is_ok_and(super::JobKind::is_import) {
         return;
     }
     let removed = match UploadStore::new(&ctx.config, &ctx.destinations) {

@@ -18,7 +18,7 @@
 //! - every change a client can see is also an event (`job_events`, see
 //!   [`events`]), appended by whoever made the change.
 //!
-//! One module per kind: [`backup`], [`restore`], [`verify`],
+//! The kinds are [`JobKind`]; one module per kind: [`backup`], [`restore`], [`verify`],
 //! [`import_database`], [`import_storage`], [`import_functions`].
 
 pub mod backup;
@@ -28,6 +28,7 @@ pub mod import;
 pub mod import_database;
 pub mod import_functions;
 pub mod import_storage;
+pub mod kind;
 pub mod queue;
 pub mod reconciler;
 pub mod reporter;
@@ -40,6 +41,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use kind::{JobKind, failure_prefix};
 pub use queue::JobQueue;
 
 /// A spawned task that is aborted when its handle is dropped: what a job
@@ -100,48 +102,6 @@ pub enum JobError {
 
 /// `jobs.error_kind` of a job that failed with [`JobError::Invalid`].
 pub const ERROR_KIND_INVALID_INPUT: &str = "invalid_input";
-
-/// Every kind of job.
-pub const JOB_KINDS: &[&str] = &[
-    "backup",
-    "restore",
-    "import_database",
-    "import_storage",
-    "import_functions",
-    "lift_shift",
-    "verify",
-];
-
-/// Kinds that write into a project: one of them never runs beside any other
-/// job of the same project. Other kinds (backups) only read, and may run
-/// beside each other.
-pub const EXCLUSIVE_KINDS: &[&str] = &[
-    "restore",
-    "import_database",
-    "import_storage",
-    "import_functions",
-    "lift_shift",
-];
-
-/// Kinds that carry a project only so that keys limited to other projects
-/// cannot see them: they read an artifact, never the project, so they
-/// neither wait for the project's other jobs nor hold any of them up.
-pub const INDEPENDENT_KINDS: &[&str] = &["verify"];
-
-/// How a failed job of `kind` is worded for its client:
-/// `Backup failed: <cause>`.
-pub fn failure_prefix(kind: &str) -> &'static str {
-    match kind {
-        "backup" => "Backup failed",
-        "restore" => "Restore failed",
-        "lift_shift" => "Migration failed",
-        "verify" => "Verification failed",
-        "import_database" => "Database import failed",
-        "import_storage" => "Storage import failed",
-        "import_functions" => "Functions import failed",
-        _ => "Import failed",
-    }
-}
 
 /// How long a job waits before attempt `attempt + 1`: 2 s, 4 s, 8 s, … up
 /// to a minute.

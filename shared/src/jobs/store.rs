@@ -9,8 +9,7 @@ use sea_orm::{
 };
 
 use super::{
-    EXCLUSIVE_KINDS, INDEPENDENT_KINDS, STALE_AFTER, STATUS_COMPLETED, STATUS_FAILED,
-    STATUS_IN_PROGRESS, STATUS_PENDING,
+    JobKind, STALE_AFTER, STATUS_COMPLETED, STATUS_FAILED, STATUS_IN_PROGRESS, STATUS_PENDING,
 };
 use crate::entities::job;
 
@@ -20,14 +19,14 @@ pub fn now() -> DateTime<Utc> {
 
 /// A new `pending` row.
 pub fn new_job(
-    kind: &str,
+    kind: JobKind,
     project_id: Option<&str>,
     payload: serde_json::Value,
     max_attempts: i32,
 ) -> job::ActiveModel {
     job::ActiveModel {
         id: Set(format!("job-{}", uuid::Uuid::now_v7().simple())),
-        kind: Set(kind.to_string()),
+        kind: Set(kind.as_str().to_string()),
         project_id: Set(project_id.map(str::to_string)),
         status: Set(STATUS_PENDING.into()),
         attempt: Set(0),
@@ -70,7 +69,7 @@ pub enum Claim {
     /// `max_attempts`).
     Lost(job::Model),
     /// Another job of the same project must end first (see
-    /// [`super::EXCLUSIVE_KINDS`]); the row is untouched.
+    /// [`JobKind::is_exclusive`]); the row is untouched.
     Busy { blocker: job::Model },
     /// Finished, running elsewhere with a live heartbeat, cancelled, or
     /// waiting for its backoff: nothing to do.
@@ -194,8 +193,8 @@ async fn claim_postgres(
                 worker.into(),
                 now.into(),
                 stale.into(),
-                EXCLUSIVE_KINDS.join(",").into(),
-                INDEPENDENT_KINDS.join(",").into(),
+                JobKind::names(JobKind::is_exclusive).join(",").into(),
+                JobKind::names(JobKind::is_independent).join(",").into(),
             ],
         ))
         .one(db)
@@ -209,16 +208,22 @@ async fn claim_postgres(
     }
 }
 
+/// The kind a row names (`None` for one this build does not know: the
+/// worker fails such a job, see `worker::run_kind`).
+fn kind_of(row: &job::Model) -> Option<JobKind> {
+    row.kind.parse().ok()
+}
+
 /// The project whose other jobs `row` must not run beside, if any.
 fn bound_project(row: &job::Model) -> Option<&str> {
     row.project_id
         .as_deref()
-        .filter(|_| !INDEPENDENT_KINDS.contains(&row.kind.as_str()))
+        .filter(|_| !kind_of(row).is_some_and(JobKind::is_independent))
 }
 
 /// The running jobs of `project` that `row` may not run beside: any job
 /// when `row` writes the project, the writing jobs when it only reads;
-/// never an independent one (see [`INDEPENDENT_KINDS`]).
+/// never an independent one (see [`JobKind::is_independent`]).
 fn conflicting(row: &job::Model, project: &str, now: DateTime<Utc>) -> SelectStatement {
     let stale = now - chrono::Duration::from_std(STALE_AFTER).expect("small duration");
     let other = Alias::new("other");
@@ -232,11 +237,12 @@ fn conflicting(row: &job::Model, project: &str, now: DateTime<Utc>) -> SelectSta
         .and_where(Expr::col((other.clone(), job::Column::Id)).ne(row.id.as_str()))
         .and_where(
             Expr::col((other.clone(), job::Column::Kind))
-                .is_not_in(INDEPENDENT_KINDS.iter().copied()),
+                .is_not_in(JobKind::names(JobKind::is_independent)),
         );
-    if !EXCLUSIVE_KINDS.contains(&row.kind.as_str()) {
+    if !kind_of(row).is_some_and(JobKind::is_exclusive) {
         select.and_where(
-            Expr::col((other.clone(), job::Column::Kind)).is_in(EXCLUSIVE_KINDS.iter().copied()),
+            Expr::col((other.clone(), job::Column::Kind))
+                .is_in(JobKind::names(JobKind::is_exclusive)),
         );
     }
     select
@@ -378,8 +384,8 @@ pub async fn fail_owned_row(
 pub fn owned_row_failure(job: &job::Model, cause: &str) -> Option<UpdateStatement> {
     use crate::entities::{backup, restore};
     let open = [STATUS_PENDING, STATUS_IN_PROGRESS];
-    match job.kind.as_str() {
-        "backup" => Some(
+    match kind_of(job)? {
+        JobKind::Backup => Some(
             backup::Entity::update_many()
                 .col_expr(backup::Column::Status, Expr::value(STATUS_FAILED))
                 .col_expr(backup::Column::Error, Expr::value(cause))
@@ -387,7 +393,7 @@ pub fn owned_row_failure(job: &job::Model, cause: &str) -> Option<UpdateStatemen
                 .filter(backup::Column::Status.is_in(open))
                 .into_query(),
         ),
-        "restore" => Some(
+        JobKind::Restore => Some(
             restore::Entity::update_many()
                 .col_expr(restore::Column::Status, Expr::value(STATUS_FAILED))
                 .col_expr(restore::Column::Error, Expr::value(cause))
