@@ -438,6 +438,34 @@ impl TestApp {
             .header("X-API-Key", &self.admin_key)
     }
 
+    /// `GET path` as the admin: its status and JSON body.
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        status_and_body(self.get(path).send().await.expect("GET")).await
+    }
+
+    /// `POST path` with the JSON `body` as the admin: status and JSON body.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        status_and_body(self.post(path).json(body).send().await.expect("POST")).await
+    }
+
+    /// `PATCH path` with the JSON `body` as the admin: status and JSON body.
+    pub async fn patch_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        status_and_body(self.patch(path).json(body).send().await.expect("PATCH")).await
+    }
+
+    /// `DELETE path` as the admin: its status and JSON body.
+    pub async fn delete_json(&self, path: &str) -> (u16, serde_json::Value) {
+        status_and_body(self.delete(path).send().await.expect("DELETE")).await
+    }
+
     /// The server's log so far.
     pub fn logs(&self) -> String {
         let mut all = self.stdout.lock().unwrap().clone();

@@ -16,14 +16,7 @@ both_backends!(
 );
 
 async fn create_key(app: &TestApp, body: Value) -> (String, String) {
-    let (status, body) = status_and_body(
-        app.post("/api/v1/api-keys")
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app.post_json("/api/v1/api-keys", &body).await;
     assert_eq!(status, 201, "{body}");
     (
         body["apiKey"]["id"].as_str().unwrap().to_string(),
@@ -211,13 +204,7 @@ async fn revoked_and_expired_keys_stop_working(backend: Backend) {
     .await;
     let get = || with_key(&app, reqwest::Method::GET, "/api/v1/backups", &key).send();
     assert_eq!(get().await.unwrap().status(), 200);
-    let (status, body) = status_and_body(
-        app.delete(&format!("/api/v1/api-keys/{id}"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app.delete_json(&format!("/api/v1/api-keys/{id}")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, json!({"success": true, "message": "API key revoked"}));
     let (status, body) = status_and_body(get().await.unwrap()).await;
@@ -226,13 +213,7 @@ async fn revoked_and_expired_keys_stop_working(backend: Backend) {
         body["error"].as_str().unwrap().contains("revoked"),
         "{body}"
     );
-    let (status, _) = status_and_body(
-        app.delete("/api/v1/api-keys/key-nope")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = app.delete_json("/api/v1/api-keys/key-nope").await;
     assert_eq!(status, 404);
 
     let soon = (Utc::now() + Duration::seconds(2)).to_rfc3339();
@@ -355,8 +336,7 @@ async fn keys_limited_to_projects_see_nothing_else(backend: Backend) {
         .await;
         assert_eq!(status, 404);
     }
-    let (status, _) =
-        status_and_body(app.get("/api/v1/projects/theirs").send().await.unwrap()).await;
+    let (status, _) = app.get_json("/api/v1/projects/theirs").await;
     assert_eq!(status, 200, "the limited key must not have deleted it");
 }
 
@@ -418,14 +398,7 @@ async fn bad_key_requests_answer_400(backend: Backend) {
             "scope",
         ),
     ] {
-        let (status, response) = status_and_body(
-            app.post("/api/v1/api-keys")
-                .json(&body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, response) = app.post_json("/api/v1/api-keys", &body).await;
         assert_eq!(status, 400, "{body} -> {response}");
         assert!(
             response["error"].as_str().unwrap().contains(word),

@@ -15,18 +15,11 @@ both_backends!(
 const PASSWORD: &str = "pr0ject-pa55word";
 
 async fn create(app: &TestApp, body: Value) -> (u16, Value) {
-    status_and_body(
-        app.post("/api/v1/projects")
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    app.post_json("/api/v1/projects", &body).await
 }
 
 async fn project_count(app: &TestApp) -> u64 {
-    let (_, body) = status_and_body(app.get("/api/v1/projects").send().await.unwrap()).await;
+    let (_, body) = app.get_json("/api/v1/projects").await;
     body["pagination"]["total"].as_u64().unwrap()
 }
 
@@ -262,17 +255,15 @@ async fn status_reports_whether_the_database_answers(backend: Backend) {
     )
     .await;
     assert_eq!(status, 201);
-    let (status, body) =
-        status_and_body(app.get("/api/v1/projects/up").send().await.unwrap()).await;
+    let (status, body) = app.get_json("/api/v1/projects/up").await;
     assert_eq!(status, 200);
     assert_eq!(body["status"], "running", "{body}");
     assert!(body.get("statusDetail").is_none());
-    let (_, body) = status_and_body(app.get("/api/v1/projects/down").send().await.unwrap()).await;
+    let (_, body) = app.get_json("/api/v1/projects/down").await;
     assert_eq!(body["status"], "stopped");
     assert!(!body["statusDetail"].as_str().unwrap().is_empty());
     assert!(!body.to_string().contains(PASSWORD));
-    let (status, body) =
-        status_and_body(app.get("/api/v1/projects/missing").send().await.unwrap()).await;
+    let (status, body) = app.get_json("/api/v1/projects/missing").await;
     assert_eq!(
         (status, body),
         (404, json!({"success": false, "error": "Project not found"}))
@@ -288,14 +279,12 @@ async fn updates_change_only_what_is_given(backend: Backend) {
     )
     .await;
     assert_eq!(status, 201);
-    let (status, body) = status_and_body(
-        app.patch("/api/v1/projects/p")
-            .json(&json!({"name": "New", "rootDir": "/srv/old/app"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .patch_json(
+            "/api/v1/projects/p",
+            &json!({"name": "New", "rootDir": "/srv/old/app"}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let project = &body["project"];
     assert_eq!(project["name"], "New");
@@ -310,39 +299,30 @@ async fn updates_change_only_what_is_given(backend: Backend) {
     );
     assert_eq!(project["database"]["database"], "db");
 
-    let (status, body) = status_and_body(
-        app.patch("/api/v1/projects/p")
-            .json(&json!({"name": "Newer", "databaseUrl": "not a url"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .patch_json(
+            "/api/v1/projects/p",
+            &json!({"name": "Newer", "databaseUrl": "not a url"}),
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
-    let (_, body) = status_and_body(app.get("/api/v1/projects/p").send().await.unwrap()).await;
+    let (_, body) = app.get_json("/api/v1/projects/p").await;
     assert_eq!(body["name"], "New", "a rejected update changed the name");
 
-    let (status, body) = status_and_body(
-        app.patch("/api/v1/projects/p")
-            .json(&json!({"databaseUrl": "postgres://admin:x@127.0.0.5:5433/other"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .patch_json(
+            "/api/v1/projects/p",
+            &json!({"databaseUrl": "postgres://admin:x@127.0.0.5:5433/other"}),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(
         body["project"]["database"],
         json!({"host": "127.0.0.5", "port": 5433, "database": "other", "user": "admin"})
     );
-    let (status, _) = status_and_body(
-        app.patch("/api/v1/projects/nope")
-            .json(&json!({"name": "x"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = app
+        .patch_json("/api/v1/projects/nope", &json!({"name": "x"}))
+        .await;
     assert_eq!(status, 404);
 }
 
@@ -367,22 +347,14 @@ async fn deleting_a_project_keeps_its_backups(backend: Backend) {
         created_at: chrono::Utc::now(),
     })
     .await;
-    let (status, body) =
-        status_and_body(app.delete("/api/v1/projects/gone").send().await.unwrap()).await;
+    let (status, body) = app.delete_json("/api/v1/projects/gone").await;
     assert_eq!(status, 200);
     assert_eq!(body, json!({"success": true, "message": "Project deleted"}));
-    let (status, _) = status_and_body(app.get("/api/v1/projects/gone").send().await.unwrap()).await;
+    let (status, _) = app.get_json("/api/v1/projects/gone").await;
     assert_eq!(status, 404);
-    let (status, body) = status_and_body(
-        app.get("/api/v1/backups/backup-gone-1")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app.get_json("/api/v1/backups/backup-gone-1").await;
     assert_eq!(status, 200);
     assert_eq!(body["projectName"], "Gone Project");
-    let (status, _) =
-        status_and_body(app.delete("/api/v1/projects/gone").send().await.unwrap()).await;
+    let (status, _) = app.delete_json("/api/v1/projects/gone").await;
     assert_eq!(status, 404);
 }

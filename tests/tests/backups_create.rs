@@ -39,14 +39,7 @@ async fn a_full_backup_holds_the_database_and_the_files() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let project = make_project().await;
     register(&app, &project, "my-project").await;
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "my-project", "type": "full", "destination": "local", "encrypt": false}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app.post_json("/api/v1/backups", &json!({"projectId": "my-project", "type": "full", "destination": "local", "encrypt": false})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["success"], true);
     let backup = &body["backup"];
@@ -140,43 +133,29 @@ async fn bad_backup_requests_answer_400_and_create_nothing() {
         (json!({"projectId": "p", "kind": "full"}), "kind"),
         (json!({"type": "full"}), "projectId"),
     ] {
-        let (status, response) = status_and_body(
-            app.post("/api/v1/backups")
-                .json(&body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, response) = app.post_json("/api/v1/backups", &body).await;
         assert_eq!(status, 400, "{body} -> {response}");
         assert!(
             response["error"].as_str().unwrap().contains(expected),
             "{body} -> {response}"
         );
     }
-    let (status, response) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "nope"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, response) = app
+        .post_json("/api/v1/backups", &json!({"projectId": "nope"}))
+        .await;
     assert_eq!(
         (status, response),
         (400, json!({"success": false, "error": "Project not found"}))
     );
-    let (_, list) = status_and_body(app.get("/api/v1/backups").send().await.unwrap()).await;
+    let (_, list) = app.get_json("/api/v1/backups").await;
     assert_eq!(list["pagination"]["total"], 0);
     // A read-only key may not start one.
-    let (_, key) = status_and_body(
-        app.post("/api/v1/api-keys")
-            .json(&json!({"name": "ro", "permissions": ["backups:read"]}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, key) = app
+        .post_json(
+            "/api/v1/api-keys",
+            &json!({"name": "ro", "permissions": ["backups:read"]}),
+        )
+        .await;
     let response = app
         .client
         .post(app.url("/api/v1/backups"))
@@ -210,13 +189,7 @@ async fn an_async_backup_answers_202_and_finishes() {
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["attempt"], 1);
     assert!(job["durationMs"].is_i64());
-    let (_, backup) = status_and_body(
-        app.get(&format!("/api/v1/backups/{backup_id}"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, backup) = app.get_json(&format!("/api/v1/backups/{backup_id}")).await;
     assert_eq!(backup["status"], "completed");
     assert!(backup["path"].as_str().unwrap().ends_with(".tar.zst"));
     let listing = Command::new("tar")
@@ -240,24 +213,15 @@ async fn a_backup_of_an_unreachable_database_fails_with_the_cause() {
     )
     .await;
     let root = tempfile::tempdir().unwrap();
-    let (status, _) = status_and_body(
-        app.post("/api/v1/projects")
-            .json(&json!({"id": "down", "name": "Down", "rootDir": root.path().to_str().unwrap(),
-                          "databaseUrl": "postgres://supabase_admin:hunter22@127.0.0.1:1/postgres"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = app.post_json("/api/v1/projects", &json!({"id": "down", "name": "Down", "rootDir": root.path().to_str().unwrap(),
+                          "databaseUrl": "postgres://supabase_admin:hunter22@127.0.0.1:1/postgres"})).await;
     assert_eq!(status, 201);
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "down", "type": "database"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "down", "type": "database"}),
+        )
+        .await;
     assert_eq!(status, 500, "{body}");
     let error = body["error"].as_str().unwrap();
     assert!(
@@ -265,13 +229,7 @@ async fn a_backup_of_an_unreachable_database_fails_with_the_cause() {
         "{error}"
     );
     assert!(!error.contains("hunter22"));
-    let (_, list) = status_and_body(
-        app.get("/api/v1/backups?status=failed")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, list) = app.get_json("/api/v1/backups?status=failed").await;
     assert_eq!(list["pagination"]["total"], 1);
     assert!(
         !app.logs().contains("hunter22"),
@@ -299,14 +257,12 @@ async fn scale_out_backups_run_on_a_separate_worker() {
     );
     let project = make_project().await;
     register(&app, &project, "scaled").await;
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "scaled", "type": "full"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "scaled", "type": "full"}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["backup"]["status"], "completed");
     let path = artifact_path(&body["backup"]);
@@ -346,14 +302,12 @@ async fn a_database_backup_holds_the_clusters_own_roles() {
         &project.database.url,
         &format!("CREATE ROLE {own} LOGIN; CREATE ROLE {reserved}; GRANT {reserved} TO {own};"),
     );
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "p", "type": "database"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "p", "type": "database"}),
+        )
+        .await;
     psql(
         &project.database.url,
         &format!("DROP ROLE {own}; DROP ROLE {reserved};"),
@@ -423,18 +377,16 @@ async fn a_backup_that_cannot_succeed_fails_before_it_starts() {
         (&full_disk, "Backup failed: Insufficient disk space"),
     ] {
         register(app, &project, "p").await;
-        let (status, body) = status_and_body(
-            app.post("/api/v1/backups")
-                .json(&json!({"projectId": "p", "type": "full"}))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = app
+            .post_json(
+                "/api/v1/backups",
+                &json!({"projectId": "p", "type": "full"}),
+            )
+            .await;
         assert_eq!(status, 500, "{body}");
         let error = body["error"].as_str().unwrap();
         assert!(error.starts_with(expected), "{error}");
-        let (_, jobs) = status_and_body(app.get("/api/v1/jobs").send().await.unwrap()).await;
+        let (_, jobs) = app.get_json("/api/v1/jobs").await;
         assert_eq!(jobs["jobs"][0]["attempt"], 1, "{jobs}");
         let leftovers = app.spool_files();
         assert!(leftovers.is_empty(), "{leftovers:?}");
@@ -456,14 +408,12 @@ async fn an_encrypted_backup_opens_with_the_age_tool() {
     .await;
     let project = make_project().await;
     register(&app, &project, "p").await;
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "p", "type": "full", "encrypt": true}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "p", "type": "full", "encrypt": true}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let backup = &body["backup"];
     assert_eq!(backup["encrypted"], true);

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use supascale_shared::Secret;
 use supascale_shared::destinations::{Destination, DestinationConfig};
 use supascale_tests::emulators::{self, AZURITE_ACCOUNT, AZURITE_KEY, Emulator};
-use supascale_tests::{Backend, Launch, TestApp, make_project, register, status_and_body};
+use supascale_tests::{Backend, Launch, TestApp, make_project, register};
 
 /// The server's configuration for `name`, the same as a test-side
 /// `Destination` to look at the objects directly, and the emulator.
@@ -65,14 +65,12 @@ async fn create_download_delete(name: &str, scheme: &str) {
     let app = TestApp::spawn_with(Backend::Sqlite, launch).await;
     let project = make_project().await;
     register(&app, &project, "my-project").await;
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "my-project", "type": "full", "destination": name}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "my-project", "type": "full", "destination": name}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let backup = body["backup"].clone();
     let id = backup["id"].as_str().unwrap().to_string();
@@ -156,13 +154,7 @@ async fn create_download_delete(name: &str, scheme: &str) {
     );
 
     // Delete: the object, then the record.
-    let (status, body) = status_and_body(
-        app.delete(&format!("/api/v1/backups/{id}"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app.delete_json(&format!("/api/v1/backups/{id}")).await;
     assert_eq!(
         (status, body),
         (200, json!({"success": true, "message": "Backup deleted"}))
@@ -173,19 +165,13 @@ async fn create_download_delete(name: &str, scheme: &str) {
         "the artifact is still there"
     );
     for path in [format!("/api/v1/backups/{id}"), url.clone()] {
-        let (status, body) = status_and_body(app.get(&path).send().await.unwrap()).await;
+        let (status, body) = app.get_json(&path).await;
         assert_eq!(
             (status, body),
             (404, json!({"success": false, "error": "Backup not found"}))
         );
     }
-    let (status, _) = status_and_body(
-        app.delete(&format!("/api/v1/backups/{id}"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = app.delete_json(&format!("/api/v1/backups/{id}")).await;
     assert_eq!(status, 404);
 }
 
@@ -222,36 +208,28 @@ async fn only_a_completed_backup_downloads_and_a_gone_artifact_still_deletes() {
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
-    let (status, _) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "down", "type": "database"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "down", "type": "database"}),
+        )
+        .await;
     assert_eq!(status, 500);
-    let (_, list) = status_and_body(app.get("/api/v1/backups").send().await.unwrap()).await;
+    let (_, list) = app.get_json("/api/v1/backups").await;
     let failed = list["backups"][0]["id"].as_str().unwrap().to_string();
-    let (status, body) = status_and_body(
-        app.get(&format!("/api/v1/backups/{failed}/download"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .get_json(&format!("/api/v1/backups/{failed}/download"))
+        .await;
     assert_eq!(status, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("failed"), "{body}");
 
     // A completed backup whose artifact vanished from the destination.
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "down", "type": "config"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "down", "type": "config"}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let id = body["backup"]["id"].as_str().unwrap();
     let file = body["backup"]["path"]
@@ -261,24 +239,14 @@ async fn only_a_completed_backup_downloads_and_a_gone_artifact_still_deletes() {
         .unwrap()
         .to_string();
     std::fs::remove_file(&file).unwrap();
-    let (status, _) = status_and_body(
-        app.get(&format!("/api/v1/backups/{id}/download"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = app
+        .get_json(&format!("/api/v1/backups/{id}/download"))
+        .await;
     assert_eq!(status, 409);
     for id in [id, failed.as_str()] {
-        let (status, body) = status_and_body(
-            app.delete(&format!("/api/v1/backups/{id}"))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = app.delete_json(&format!("/api/v1/backups/{id}")).await;
         assert_eq!(status, 200, "{body}");
     }
-    let (_, list) = status_and_body(app.get("/api/v1/backups").send().await.unwrap()).await;
+    let (_, list) = app.get_json("/api/v1/backups").await;
     assert_eq!(list["pagination"]["total"], 0);
 }

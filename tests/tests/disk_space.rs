@@ -429,7 +429,7 @@ async fn an_import_that_does_not_fit_fails_with_the_space_message_and_changes_no
     assert!(waiting_uploads(app.data_dir.path()).is_empty());
     assert!(disk.free() + MIB >= free_before);
     // One attempt: a full disk is not worth another.
-    let (_, jobs) = status_and_body(app.get("/api/v1/jobs").send().await.unwrap()).await;
+    let (_, jobs) = app.get_json("/api/v1/jobs").await;
     assert_eq!(jobs["jobs"][0]["attempt"], 1, "{jobs}");
     drop(app);
 }
@@ -446,14 +446,12 @@ async fn restore_onto_a_small_disk(
     room: u64,
     area: &str,
 ) {
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "p", "type": component}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "p", "type": component}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let backup = body["backup"]["id"].as_str().unwrap().to_string();
 
@@ -468,22 +466,19 @@ async fn restore_onto_a_small_disk(
     let before = tree_snapshot(dir);
     let free_before = disk.free();
 
-    let (status, body) = status_and_body(
-        app.post(&format!("/api/v1/backups/{backup}/restore"))
-            .json(&json!({ "restoreTypes": [component] }))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            &format!("/api/v1/backups/{backup}/restore"),
+            &json!({ "restoreTypes": [component] }),
+        )
+        .await;
     let prefix = format!("Restore failed: Insufficient disk space on {area}: ");
     error_of(status, &body, 500, &prefix);
     assert_eq!(tree_snapshot(dir), before);
     assert!(leftovers(dir).is_empty(), "{:?}", leftovers(dir));
     assert!(app.spool_files().is_empty(), "{:?}", app.spool_files());
     assert!(disk.free() + MIB >= free_before);
-    let (_, jobs) =
-        status_and_body(app.get("/api/v1/jobs?kind=restore").send().await.unwrap()).await;
+    let (_, jobs) = app.get_json("/api/v1/jobs?kind=restore").await;
     assert_eq!(jobs["jobs"][0]["attempt"], 1, "{jobs}");
 }
 

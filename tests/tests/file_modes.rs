@@ -253,14 +253,12 @@ async fn restored_and_imported_files_carry_no_set_id_bits_and_objects_no_execute
     let backup_id = backup["backup"]["id"].as_str().unwrap();
     std::fs::remove_file(&object).unwrap();
     std::fs::remove_file(&function).unwrap();
-    let (status, body) = status_and_body(
-        app.post(&format!("/api/v1/backups/{backup_id}/restore"))
-            .json(&json!({"restoreTypes": ["storage", "functions"]}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            &format!("/api/v1/backups/{backup_id}/restore"),
+            &json!({"restoreTypes": ["storage", "functions"]}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(std::fs::read_to_string(&object).unwrap(), "#!/bin/sh\n");
     assert_eq!(mode_of(&object), "644", "restored object");

@@ -76,9 +76,9 @@ async fn a_malformed_idempotency_key_is_refused() {
         let error = assert_error_shape(response, 400).await;
         assert!(error.contains("Idempotency-Key"), "{error}");
     }
-    let (_, jobs) = status_and_body(app.get("/api/v1/jobs").send().await.unwrap()).await;
+    let (_, jobs) = app.get_json("/api/v1/jobs").await;
     assert_eq!(jobs["pagination"]["total"], 0, "{jobs}");
-    let (_, backups) = status_and_body(app.get("/api/v1/backups").send().await.unwrap()).await;
+    let (_, backups) = app.get_json("/api/v1/backups").await;
     assert_eq!(backups["pagination"]["total"], 0, "{backups}");
 
     // A good key still works.
@@ -202,7 +202,7 @@ async fn stalled_clients_are_cut_off() {
         );
     }
     // Nothing was started by either.
-    let (_, jobs) = status_and_body(app.get("/api/v1/jobs").send().await.unwrap()).await;
+    let (_, jobs) = app.get_json("/api/v1/jobs").await;
     assert_eq!(jobs["pagination"]["total"], 0, "{jobs}");
 }
 

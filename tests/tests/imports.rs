@@ -223,14 +223,9 @@ async fn checks_that_need_no_job_answer_at_once() {
     );
 
     // Not multipart at all.
-    let (status, body) = status_and_body(
-        app.post("/api/v1/projects/t/import/database")
-            .json(&json!({"file": "x"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json("/api/v1/projects/t/import/database", &json!({"file": "x"}))
+        .await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"]
@@ -241,16 +236,14 @@ async fn checks_that_need_no_job_answer_at_once() {
 
     // A project whose database does not answer.
     let down_root = tempfile::tempdir().unwrap();
-    let (status, body) = status_and_body(
-        app.post("/api/v1/projects")
-            .json(&json!({"id": "down", "name": "Down",
+    let (status, body) = app
+        .post_json(
+            "/api/v1/projects",
+            &json!({"id": "down", "name": "Down",
                 "rootDir": down_root.path().to_str().unwrap(),
-                "databaseUrl": "postgres://postgres@127.0.0.1:1/none"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+                "databaseUrl": "postgres://postgres@127.0.0.1:1/none"}),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = import(&app, "down", "database", &small).await;
     assert_eq!(status, 400, "{body}");

@@ -260,13 +260,7 @@ async fn running_and_waiting_jobs_survive_a_redis_flush() {
     // Two run (one per worker slot), one waits.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, running) = status_and_body(
-            app.get("/api/v1/jobs?status=in_progress")
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (_, running) = app.get_json("/api/v1/jobs?status=in_progress").await;
         if running["pagination"]["total"] == 2 {
             break;
         }
@@ -360,7 +354,7 @@ async fn a_client_that_disconnects_does_not_cancel_the_job() {
     lock.release().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, list) = status_and_body(app.get("/api/v1/backups").send().await.unwrap()).await;
+        let (_, list) = app.get_json("/api/v1/backups").await;
         let backup = &list["backups"][0];
         if backup["status"] == "completed" {
             break;
@@ -428,14 +422,12 @@ async fn the_redis_queue_does_not_grow_with_finished_jobs() {
     let project = make_project().await;
     register(&app, &project, "p").await;
     for _ in 0..3 {
-        let (status, body) = status_and_body(
-            app.post("/api/v1/backups")
-                .json(&json!({"projectId": "p", "type": "config"}))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = app
+            .post_json(
+                "/api/v1/backups",
+                &json!({"projectId": "p", "type": "config"}),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
     }
     let done = format!("{}:done", queue.name);
@@ -496,7 +488,7 @@ async fn a_job_lost_on_its_last_attempt_fails_within_the_limit(deployment: Deplo
             .contains("stopped during attempt 1 of 1"),
         "{job}"
     );
-    let (_, listed) = status_and_body(cluster.app.get("/api/v1/jobs").send().await.unwrap()).await;
+    let (_, listed) = cluster.app.get_json("/api/v1/jobs").await;
     let listed = listed["jobs"]
         .as_array()
         .unwrap()

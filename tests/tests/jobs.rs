@@ -109,13 +109,7 @@ async fn events_stream_a_running_backup_and_resume(backend: Backend) {
     .await;
     assert_eq!(status, 400);
     assert_eq!(body["success"], false);
-    let (status, _) = status_and_body(
-        app.get("/api/v1/jobs/job-nope/events")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = app.get_json("/api/v1/jobs/job-nope/events").await;
     assert_eq!(status, 404);
 }
 
@@ -277,7 +271,7 @@ async fn an_idempotency_key_returns_the_first_job(backend: Backend) {
     assert_ne!(other["backup"]["id"], first["backup"]["id"]);
     let (status, body) = status_and_body(send(&"k".repeat(300), &request).await.unwrap()).await;
     assert_eq!(status, 400, "{body}");
-    let (_, list) = status_and_body(app.get("/api/v1/backups").send().await.unwrap()).await;
+    let (_, list) = app.get_json("/api/v1/backups").await;
     assert_eq!(list["pagination"]["total"], 2, "{list}");
 }
 
@@ -288,23 +282,17 @@ async fn jobs_are_listed_with_filters(backend: Backend) {
     register(&app, &project, "p").await;
     register(&app, &other, "q").await;
     for id in ["p", "q", "p"] {
-        let (status, body) = status_and_body(
-            app.post("/api/v1/backups")
-                .json(&json!({"projectId": id, "type": "config"}))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = app
+            .post_json(
+                "/api/v1/backups",
+                &json!({"projectId": id, "type": "config"}),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
     }
-    let (status, list) = status_and_body(
-        app.get("/api/v1/jobs?kind=backup&status=completed&projectId=p")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, list) = app
+        .get_json("/api/v1/jobs?kind=backup&status=completed&projectId=p")
+        .await;
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["pagination"]["total"], 2);
     let jobs = list["jobs"].as_array().unwrap();
@@ -314,24 +302,12 @@ async fn jobs_are_listed_with_filters(backend: Backend) {
             .all(|j| j["projectId"] == "p" && j["status"] == "completed")
     );
     assert!(jobs[0]["enqueuedAt"].as_str() >= jobs[1]["enqueuedAt"].as_str());
-    let (_, page) = status_and_body(
-        app.get("/api/v1/jobs?limit=1&offset=1")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, page) = app.get_json("/api/v1/jobs?limit=1&offset=1").await;
     assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
     assert_eq!(page["pagination"]["total"], 3);
     assert_eq!(page["pagination"]["hasMore"], true);
     for bad in ["status=done", "kind=snapshot", "limit=0"] {
-        let (status, body) = status_and_body(
-            app.get(&format!("/api/v1/jobs?{bad}"))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = app.get_json(&format!("/api/v1/jobs?{bad}")).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert_eq!(body["success"], false);
     }
@@ -596,23 +572,19 @@ async fn a_failing_job_stops_at_the_attempt_limit(deployment: Deployment) {
     let project = make_project().await;
     register(app, &project, "p").await;
     // The project's database goes away.
-    let (status, body) = status_and_body(
-        app.patch("/api/v1/projects/p")
-            .json(&json!({"databaseUrl": "postgres://postgres:pw@127.0.0.1:9/postgres"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .patch_json(
+            "/api/v1/projects/p",
+            &json!({"databaseUrl": "postgres://postgres:pw@127.0.0.1:9/postgres"}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "p", "type": "database"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "p", "type": "database"}),
+        )
+        .await;
     assert_eq!(status, 500, "{body}");
     let error = body["error"].as_str().unwrap();
     assert!(
@@ -620,7 +592,7 @@ async fn a_failing_job_stops_at_the_attempt_limit(deployment: Deployment) {
         "{error}"
     );
     assert!(!error.contains("pw@"), "{error}");
-    let (_, jobs) = status_and_body(app.get("/api/v1/jobs").send().await.unwrap()).await;
+    let (_, jobs) = app.get_json("/api/v1/jobs").await;
     let job = &jobs["jobs"][0];
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["attempt"], 2);
@@ -823,14 +795,12 @@ async fn verify_jobs_belong_to_their_backups_project(backend: Backend) {
     let mut app = TestApp::spawn(backend).await;
     let project = make_project().await;
     register(&app, &project, "theirs").await;
-    let (status, created) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "theirs", "type": "config"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, created) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "theirs", "type": "config"}),
+        )
+        .await;
     assert_eq!(status, 200, "{created}");
     let backup_id = created["backup"]["id"].as_str().unwrap().to_string();
     let (status, key) = status_and_body(
@@ -867,8 +837,7 @@ async fn verify_jobs_belong_to_their_backups_project(backend: Backend) {
     .await;
     assert_eq!(status, 200, "waited behind the restore? {verified}");
     assert_eq!(verified["verification"]["valid"], true, "{verified}");
-    let (_, listed) =
-        status_and_body(app.get("/api/v1/jobs?kind=verify").send().await.unwrap()).await;
+    let (_, listed) = app.get_json("/api/v1/jobs?kind=verify").await;
     let job = &listed["jobs"][0];
     assert_eq!(job["projectId"], "theirs", "{listed}");
     let job_id = job["id"].as_str().unwrap().to_string();
@@ -889,7 +858,6 @@ async fn verify_jobs_belong_to_their_backups_project(backend: Backend) {
     drop(control);
     app.restart();
     hidden_from(&app, &key, "job-old-verify").await;
-    let (_, old) =
-        status_and_body(app.get("/api/v1/jobs/job-old-verify").send().await.unwrap()).await;
+    let (_, old) = app.get_json("/api/v1/jobs/job-old-verify").await;
     assert_eq!(old["projectId"], "theirs", "{old}");
 }

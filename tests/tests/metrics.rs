@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_parse::{Sample, Scrape, Value};
 use serde_json::json;
-use supascale_tests::{
-    Backend, Cluster, Deployment, Launch, TestApp, make_project, register, status_and_body,
-};
+use supascale_tests::{Backend, Cluster, Deployment, Launch, TestApp, make_project, register};
 
 const JOB_KINDS: &[&str] = &[
     "backup",
@@ -128,19 +126,16 @@ async fn a_completed_backup_shows_in_the_metrics(deployment: Deployment) {
     let app = &cluster.app;
     let project = make_project().await;
     register(app, &project, "metrics-p").await;
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "metrics-p", "type": "config"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "metrics-p", "type": "config"}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let backup = &body["backup"];
     assert_eq!(backup["status"], "completed");
-    let (_, jobs) =
-        status_and_body(app.get("/api/v1/jobs?kind=backup").send().await.unwrap()).await;
+    let (_, jobs) = app.get_json("/api/v1/jobs?kind=backup").await;
     let job = &jobs["jobs"][0];
     assert_eq!(job["status"], "completed", "{jobs}");
 
@@ -310,14 +305,12 @@ async fn a_job_without_a_worker_is_queued() {
         ),
         Some(0.0)
     );
-    let (status, accepted) = status_and_body(
-        app.post("/api/v1/backups?async=true")
-            .json(&json!({"projectId": "waiting", "type": "config"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, accepted) = app
+        .post_json(
+            "/api/v1/backups?async=true",
+            &json!({"projectId": "waiting", "type": "config"}),
+        )
+        .await;
     assert_eq!(status, 202, "{accepted}");
 
     let (text, m) = scrape(&app).await;

@@ -33,8 +33,7 @@ async fn errors_outside_endpoints_have_the_contract_shape(backend: Backend) {
         Launch::default().env("SUPASCALE_MAX_BODY_BYTES", "2000"),
     )
     .await;
-    let (status, body) =
-        status_and_body(app.get("/api/v1/nothing-here").send().await.unwrap()).await;
+    let (status, body) = app.get_json("/api/v1/nothing-here").await;
     assert_eq!(
         (status, body),
         (404, json!({"success": false, "error": "Not found"}))
@@ -65,14 +64,7 @@ async fn errors_outside_endpoints_have_the_contract_shape(backend: Backend) {
         )
     );
     let big = json!({"id": "x", "name": "y".repeat(5000), "rootDir": "/srv/x"});
-    let (status, body) = status_and_body(
-        app.post("/api/v1/projects")
-            .json(&big)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app.post_json("/api/v1/projects", &big).await;
     assert_eq!(
         (status, body),
         (
@@ -94,7 +86,7 @@ async fn errors_outside_endpoints_have_the_contract_shape(backend: Backend) {
         Ok(response) => assert_eq!(response.status(), 413),
         Err(e) => assert!(e.is_request(), "{e:?}"),
     }
-    let (_, body) = status_and_body(app.get("/api/v1/projects").send().await.unwrap()).await;
+    let (_, body) = app.get_json("/api/v1/projects").await;
     assert_eq!(body["pagination"]["total"], 0);
 }
 

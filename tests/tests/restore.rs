@@ -32,27 +32,19 @@ fn state_of(project: &RefProject) -> ProjectState {
 }
 
 async fn backup(app: &TestApp, project_id: &str, kind: &str) -> String {
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": project_id, "type": kind}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": project_id, "type": kind}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     body["backup"]["id"].as_str().unwrap().to_string()
 }
 
 async fn restore(app: &TestApp, backup_id: &str, request: Value) -> (u16, Value) {
-    status_and_body(
-        app.post(&format!("/api/v1/backups/{backup_id}/restore"))
-            .json(&request)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    app.post_json(&format!("/api/v1/backups/{backup_id}/restore"), &request)
+        .await
 }
 
 /// Changes of every kind a restore must undo.
@@ -138,13 +130,7 @@ async fn a_changed_project_comes_back_exactly_as_it_was_backed_up() {
     assert!(leftovers(&root.join("volumes/functions")).is_empty());
 
     // The restore is in the backup's history.
-    let (status, details) = status_and_body(
-        app.get(&format!("/api/v1/backups/{backup_id}"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, details) = app.get_json(&format!("/api/v1/backups/{backup_id}")).await;
     assert_eq!(status, 200);
     let history = details["restoreHistory"].as_array().unwrap();
     assert_eq!(history.len(), 1, "{details}");
@@ -568,14 +554,12 @@ async fn safety_checks_answer_4xx_before_anything_starts() {
         .await;
 
     // An encrypted backup without a decryption key.
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "checked", "type": "config", "encrypt": true}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "checked", "type": "config", "encrypt": true}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let encrypted = body["backup"]["id"].as_str().unwrap().to_string();
     let (status, body) = restore(&app, &encrypted, json!({})).await;
@@ -609,8 +593,7 @@ async fn safety_checks_answer_4xx_before_anything_starts() {
 
     // Nothing ran: the only restore rows are the two that succeeded... and
     // no restore job was created for a refused request.
-    let (_, jobs) =
-        status_and_body(app.get("/api/v1/jobs?kind=restore").send().await.unwrap()).await;
+    let (_, jobs) = app.get_json("/api/v1/jobs?kind=restore").await;
     assert_eq!(jobs["pagination"]["total"], 1, "{jobs}");
 }
 
@@ -644,15 +627,13 @@ async fn a_role_without_superuser_is_refused_with_what_it_lacks() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let (status, body) = status_and_body(
-        app.post("/api/v1/projects")
-            .json(&json!({"id": "owned", "name": "Owned",
-                "rootDir": project.root.path().to_str().unwrap(), "databaseUrl": url}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/projects",
+            &json!({"id": "owned", "name": "Owned",
+                "rootDir": project.root.path().to_str().unwrap(), "databaseUrl": url}),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = restore(
         &app,
@@ -702,14 +683,12 @@ async fn an_encrypted_backup_restores_only_with_its_key() {
     let mut app = TestApp::spawn_with(Backend::Sqlite, launch).await;
     register(&app, &project, "sealed").await;
     let before = state_of(&project);
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "sealed", "type": "full", "encrypt": true}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "sealed", "type": "full", "encrypt": true}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let backup_id = body["backup"]["id"].as_str().unwrap().to_string();
     change_everything(&project);
@@ -770,7 +749,7 @@ async fn a_worker_killed_mid_restore(deployment: supascale_tests::Deployment) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let (_, job) = status_and_body(cluster.app.get(&job_url).send().await.unwrap()).await;
+    let (_, job) = cluster.app.get_json(&job_url).await;
     cluster.kill_worker_of(&job);
     // The dead attempt's session goes with it (or, waiting for a lock, is
     // ended by the next attempt); the project is untouched meanwhile.
@@ -890,13 +869,7 @@ async fn verification_finds_a_whole_backup_valid_and_a_damaged_one_not() {
         .as_str()
         .unwrap()
         .to_string();
-    let (_, details) = status_and_body(
-        app.get(&format!("/api/v1/backups/{backup_id}"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, details) = app.get_json(&format!("/api/v1/backups/{backup_id}")).await;
     assert_eq!(details["verifiedAt"], verified_at.as_str());
 
     let path = artifact_path_of(&app, &backup_id);
@@ -915,13 +888,7 @@ async fn verification_finds_a_whole_backup_valid_and_a_damaged_one_not() {
         "{error}"
     );
     // The last good verification is kept beside the new finding.
-    let (_, details) = status_and_body(
-        app.get(&format!("/api/v1/backups/{backup_id}"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, details) = app.get_json(&format!("/api/v1/backups/{backup_id}")).await;
     assert_eq!(details["verifiedAt"], verified_at.as_str());
     assert_eq!(details["verifyError"], error);
 
@@ -953,14 +920,12 @@ async fn the_post_restore_command_runs_after_a_database_restore() {
         "-c",
         "echo restarted >> post-restore.log; echo services restarted"
     ]);
-    let (status, body) = status_and_body(
-        app.patch("/api/v1/projects/hooked")
-            .json(&json!({"postRestoreCommand": command}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .patch_json(
+            "/api/v1/projects/hooked",
+            &json!({"postRestoreCommand": command}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["project"]["postRestoreCommand"], command, "{body}");
     let backup_id = backup(&app, "hooked", "database").await;
@@ -970,8 +935,7 @@ async fn the_post_restore_command_runs_after_a_database_restore() {
     assert_eq!(body["restore"]["warnings"], json!([]), "{body}");
     let log = std::fs::read_to_string(project.root.path().join("post-restore.log")).unwrap();
     assert_eq!(log, "restarted\n");
-    let (_, jobs) =
-        status_and_body(app.get("/api/v1/jobs?kind=restore").send().await.unwrap()).await;
+    let (_, jobs) = app.get_json("/api/v1/jobs?kind=restore").await;
     let job_id = jobs["jobs"][0]["id"].as_str().unwrap().to_string();
     let events = supascale_tests::read_events(
         app.get(&format!("/api/v1/jobs/{job_id}/events"))
@@ -1004,14 +968,12 @@ async fn the_post_restore_command_runs_after_a_database_restore() {
     );
 
     // A key that is not an unrestricted admin may not set it.
-    let (status, key) = status_and_body(
-        app.post("/api/v1/api-keys")
-            .json(&json!({"name": "ops", "permissions": ["projects:write"]}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, key) = app
+        .post_json(
+            "/api/v1/api-keys",
+            &json!({"name": "ops", "permissions": ["projects:write"]}),
+        )
+        .await;
     assert_eq!(status, 201, "{key}");
     let (status, body) = status_and_body(
         app.client

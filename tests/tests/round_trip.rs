@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::json;
 use supascale_tests::refproject::{self, table_fingerprints};
-use supascale_tests::{Backend, TempDatabase, TestApp, status_and_body};
+use supascale_tests::{Backend, TempDatabase, TestApp};
 
 fn run(command: &mut Command) {
     let out = command.output().unwrap();
@@ -54,25 +54,21 @@ async fn a_full_backup_of_the_reference_project_opens_with_standard_tools() {
     let project = refproject::make(0.1, 7, false).await;
     assert!(!project.objects.is_empty());
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let (status, body) = status_and_body(
-        app.post("/api/v1/projects")
-            .json(&json!({"id": "ref", "name": "Reference ✓",
+    let (status, body) = app
+        .post_json(
+            "/api/v1/projects",
+            &json!({"id": "ref", "name": "Reference ✓",
                 "rootDir": project.root.path().to_str().unwrap(),
-                "databaseUrl": project.database.url}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+                "databaseUrl": project.database.url}),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
-    let (status, body) = status_and_body(
-        app.post("/api/v1/backups")
-            .json(&json!({"projectId": "ref", "type": "full"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "ref", "type": "full"}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let id = body["backup"]["id"].as_str().unwrap();
     let download = app

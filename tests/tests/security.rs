@@ -44,7 +44,7 @@ async fn send(
 }
 
 async fn project_ids(app: &TestApp) -> Vec<String> {
-    let (_, body) = status_and_body(app.get("/api/v1/projects").send().await.unwrap()).await;
+    let (_, body) = app.get_json("/api/v1/projects").await;
     body["projects"]
         .as_array()
         .unwrap()
@@ -488,14 +488,7 @@ async fn a_query_string_password_never_reaches_a_command_line() {
     let url = format!("{}?password={password}", project.database.url);
     let body = json!({"id": "p", "name": "P", "databaseUrl": url,
                       "rootDir": project.root.path().to_str().unwrap()});
-    let (status, answer) = status_and_body(
-        app.post("/api/v1/projects")
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, answer) = app.post_json("/api/v1/projects", &body).await;
     assert_eq!(status, 201, "{answer}");
     // pg_dump waits on the lock while its command line is read.
     let lock = TableLock::hold(&project.database.url).await;
