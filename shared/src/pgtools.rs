@@ -10,6 +10,8 @@
 //! otherwise the oldest newer one. No match is a clear error before any work
 //! starts.
 
+pub mod child;
+
 use std::path::{Path, PathBuf};
 
 /// A client program and the major version it reports.

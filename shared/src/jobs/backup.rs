@@ -23,12 +23,13 @@ use sea_orm::{
 
 use super::reporter::Reporter;
 use super::worker::JobContext;
-use super::{AbortOnDrop, JobError, child};
+use super::{AbortOnDrop, JobError, io_error};
 use crate::artifact::{ArtifactBuilder, ArtifactSummary, Compression, ManifestMeta, Precompressed};
 use crate::disk::{Need, TEMPORARY_AREA};
 use crate::domain::CONFIG_ALLOWLIST;
 use crate::entities::{backup, job, project};
 use crate::pgtools;
+use crate::pgtools::child;
 
 /// The components a backup type holds, in artifact order.
 pub fn components(backup_type: &str) -> &'static [&'static str] {
@@ -674,30 +675,12 @@ pub(crate) fn destination_error(e: &crate::destinations::DestinationError) -> Jo
     }
     // Any other full disk under it: retrying fills it again.
     if let Some(io) = crate::disk::out_of_space_in(e) {
-        return JobError::Abort(format!("destination: {}", io_error_text(io)));
+        return JobError::Abort(format!("destination: {}", super::io_error_text(io)));
     }
     if e.is_temporary() {
         JobError::Retry(format!("destination: {e}"))
     } else {
         JobError::Abort(format!("destination: {e}"))
-    }
-}
-
-pub(crate) fn io_error(e: std::io::Error) -> JobError {
-    // Every I/O failure is permanent, a full disk included (a retry fills
-    // it again).
-    JobError::Abort(io_error_text(&e))
-}
-
-/// A full disk in the contract's words (ours says which area and how
-/// much); any other error as it is.
-fn io_error_text(e: &std::io::Error) -> String {
-    if let Some(ours) = crate::disk::find_out_of_space(e) {
-        ours.to_string()
-    } else if crate::disk::is_out_of_space(e) {
-        format!("{}: {e}", crate::disk::INSUFFICIENT)
-    } else {
-        e.to_string()
     }
 }
 
@@ -955,7 +938,7 @@ fn pg_tool_command(
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    let (address, password) = split_password(url)?;
+    let (address, password) = child::split_password(url)?;
     let mut command = child::command(
         program.to_str().unwrap_or(&name),
         job_id,
@@ -996,12 +979,6 @@ async fn run_pg_tool(
         return Err(pg_tool_failed(&name, &output.stderr));
     }
     Ok(output)
-}
-
-/// The URL without its password, and the password ([`crate::domain::split_password`]).
-pub(crate) fn split_password(url: &str) -> Result<(String, Option<String>), JobError> {
-    crate::domain::split_password(url)
-        .map_err(|_| JobError::Abort("the project's database URL is invalid".into()))
 }
 
 /// The database dump, compressed as `pg_dump` wrote it, in the spool.

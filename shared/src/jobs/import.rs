@@ -10,10 +10,11 @@ use std::path::PathBuf;
 
 use sea_orm::EntityTrait;
 
+use super::JobError;
 use super::worker::JobContext;
-use super::{JobError, child};
 use crate::entities::{job, project};
 use crate::import::archive::Detected;
+use crate::pgtools::child;
 use crate::restore::database::{self, TargetFacts};
 use crate::uploads::{LocalUpload, UploadStore};
 
@@ -166,8 +167,8 @@ pub fn limits(
     dir: &std::path::Path,
 ) -> Result<crate::restore::staging::Limits, JobError> {
     use crate::restore::staging::{DiskReserve, Expansion, Limits};
-    std::fs::create_dir_all(dir).map_err(super::backup::io_error)?;
-    let free = crate::disk::available_bytes(dir).map_err(super::backup::io_error)?;
+    std::fs::create_dir_all(dir).map_err(super::io_error)?;
+    let free = crate::disk::available_bytes(dir).map_err(super::io_error)?;
     Ok(Limits {
         max_bytes: Some(ctx.config.import_max_expanded_bytes),
         max_entries: Some(ctx.config.import_max_entries),
@@ -191,7 +192,7 @@ pub fn archive_error(e: crate::import::ImportError, file_name: &str) -> JobError
             JobError::Invalid(format!("{file_name}: {message}"))
         }
         crate::import::ImportError::Cancelled => JobError::Cancelled,
-        crate::import::ImportError::Io(e) => super::backup::io_error(e),
+        crate::import::ImportError::Io(e) => super::io_error(e),
     }
 }
 

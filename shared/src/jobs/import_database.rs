@@ -49,7 +49,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
         Detected::CustomDump | Detected::GzipCustomDump => {
             let mut spooled = None;
             let dump = if detected == Detected::GzipCustomDump {
-                crate::private_fs::create_dir_all(&start.spool).map_err(super::backup::io_error)?;
+                crate::private_fs::create_dir_all(&start.spool).map_err(super::io_error)?;
                 let target = start.spool.join(format!("{}.import.dump", job.id));
                 let source = start.upload.path.clone();
                 let out = target.clone();
@@ -80,9 +80,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
                                 crate::disk::human_bytes(upload_bytes)
                             )),
                             Gunzip::TooLarge(e) => JobError::Invalid(format!("{name}: {e}")),
-                            Gunzip::Io(e) if crate::disk::is_out_of_space(&e) => {
-                                super::backup::io_error(e)
-                            }
+                            Gunzip::Io(e) if crate::disk::is_out_of_space(&e) => super::io_error(e),
                             Gunzip::Io(e) => JobError::Invalid(format!(
                                 "{name} is not a complete gzip file: {e}"
                             )),

@@ -22,7 +22,6 @@
 //! [`import_database`], [`import_storage`], [`import_functions`].
 
 pub mod backup;
-pub mod child;
 pub mod events;
 pub mod import;
 pub mod import_database;
@@ -102,6 +101,31 @@ pub enum JobError {
 
 /// `jobs.error_kind` of a job that failed with [`JobError::Invalid`].
 pub const ERROR_KIND_INVALID_INPUT: &str = "invalid_input";
+
+impl From<std::io::Error> for JobError {
+    /// Every I/O failure is permanent, a full disk included (a retry fills
+    /// it again).
+    fn from(e: std::io::Error) -> Self {
+        JobError::Abort(io_error_text(&e))
+    }
+}
+
+/// [`JobError::from`] an I/O error, for `map_err`.
+pub(crate) fn io_error(e: std::io::Error) -> JobError {
+    e.into()
+}
+
+/// A full disk in the contract's words (ours says which area and how
+/// much); any other error as it is.
+pub(crate) fn io_error_text(e: &std::io::Error) -> String {
+    if let Some(ours) = crate::disk::find_out_of_space(e) {
+        ours.to_string()
+    } else if crate::disk::is_out_of_space(e) {
+        format!("{}: {e}", crate::disk::INSUFFICIENT)
+    } else {
+        e.to_string()
+    }
+}
 
 /// How long a job waits before attempt `attempt + 1`: 2 s, 4 s, 8 s, … up
 /// to a minute.

@@ -29,15 +29,17 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryTrait};
 use sha2::Digest;
 
-use super::backup::{SpooledDump, artifact_of, check_free_space, destination_error, io_error};
+use super::JobError;
+use super::backup::{SpooledDump, artifact_of, check_free_space, destination_error};
+use super::io_error;
 use super::reporter::Reporter;
 use super::worker::JobContext;
-use super::{JobError, child};
 use crate::artifact::{Manifest, ManifestEntry};
 use crate::disk::{
     CONFIG_AREA, DiskGuard, FUNCTIONS_AREA, GuardedWriter, Need, STORAGE_AREA, TEMPORARY_AREA,
 };
 use crate::entities::{backup, job, project, restore};
+use crate::pgtools::child;
 use crate::restore::database::{self, DatabaseRestore, TargetFacts};
 use crate::restore::source;
 use crate::restore::staging::{

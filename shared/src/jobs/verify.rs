@@ -10,14 +10,16 @@
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
-use super::backup::{artifact_of, destination_error, io_error};
+use super::JobError;
+use super::backup::{artifact_of, destination_error};
+use super::io_error;
 use super::reporter::Reporter;
 use super::restore::{Artifact, check_artifact};
 use super::worker::JobContext;
-use super::{JobError, child};
 use crate::artifact::Manifest;
 use crate::entities::{backup, job};
 use crate::pgtools;
+use crate::pgtools::child;
 use crate::restore::database::major_of_version;
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -34,9 +34,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin};
 
 use crate::jobs::JobError;
-use crate::jobs::backup::split_password;
-use crate::jobs::child;
 use crate::pgtools;
+use crate::pgtools::child;
 
 /// What a restore needs to know of the target database before it starts.
 #[derive(Debug, Clone)]
@@ -759,14 +758,12 @@ impl DatabaseRestore<'_> {
             }
         };
         let spool = self.dump.with_extension("lists");
-        crate::private_fs::create_dir_all(&spool).map_err(crate::jobs::backup::io_error)?;
+        crate::private_fs::create_dir_all(&spool).map_err(crate::jobs::io_error)?;
         let _cleanup = RemoveDir(spool.clone());
         let main_list = spool.join("main.list");
         let acl_list = spool.join("acl.list");
-        crate::private_fs::write(&main_list, &plan.main_list)
-            .map_err(crate::jobs::backup::io_error)?;
-        crate::private_fs::write(&acl_list, &plan.acl_list)
-            .map_err(crate::jobs::backup::io_error)?;
+        crate::private_fs::write(&main_list, &plan.main_list).map_err(crate::jobs::io_error)?;
+        crate::private_fs::write(&acl_list, &plan.acl_list).map_err(crate::jobs::io_error)?;
         let grants = if plan.acl_list.is_empty() {
             String::new()
         } else {
@@ -942,7 +939,7 @@ impl Loaded {
         lock_timeout: Duration,
         warnings: Vec<String>,
     ) -> Result<Loaded, JobError> {
-        let (address, password) = split_password(url)?;
+        let (address, password) = child::split_password(url)?;
         let mut command =
             child::command(psql.to_str().unwrap_or("psql"), job_id, password.as_deref());
         command

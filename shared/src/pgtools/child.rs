@@ -76,3 +76,10 @@ pub async fn end_leftover_sessions(url: &str, job_id: &str) {
     }
     let _ = conn.close().await;
 }
+
+/// The URL a child may see and its password, which goes to it through the
+/// environment ([`crate::domain::split_password`]).
+pub fn split_password(url: &str) -> Result<(String, Option<String>), crate::jobs::JobError> {
+    crate::domain::split_password(url)
+        .map_err(|_| crate::jobs::JobError::Abort("the project's database URL is invalid".into()))
+}
