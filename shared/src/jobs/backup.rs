@@ -17,8 +17,8 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, IdenStatic,
-    Iterable, QueryFilter, QueryTrait, Statement,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, IdenStatic, Iterable,
+    QueryFilter, QueryTrait, Statement,
 };
 
 use super::reporter::Reporter;
@@ -135,7 +135,7 @@ async fn set_backup(
         .exec(&ctx.db)
         .await
         .map(|_| ())
-        .map_err(|e| JobError::Retry(format!("control plane: {e}")))
+        .map_err(JobError::from)
 }
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
@@ -207,7 +207,6 @@ async fn start(
     ctx: &JobContext,
     backup_id: &str,
 ) -> Result<(backup::Model, Option<project::Model>), JobError> {
-    let control_plane = |e: DbErr| JobError::Retry(format!("control plane: {e}"));
     let gone = || JobError::Abort("the backup row is gone".into());
     let backend = ctx.db.get_database_backend();
     let running = running_update(
@@ -222,13 +221,13 @@ async fn start(
         let row = running
             .exec_with_returning(&ctx.db)
             .await
-            .map_err(control_plane)?
+            .map_err(JobError::from)?
             .pop()
             .ok_or_else(gone)?;
         let project = project::Entity::find_by_id(row.project_id.clone())
             .one(&ctx.db)
             .await
-            .map_err(control_plane)?;
+            .map_err(JobError::from)?;
         return Ok((row, project));
     }
     let update = backend.build(running.into_query().returning_all());
@@ -247,14 +246,14 @@ async fn start(
             update.values.map(|v| v.0).unwrap_or_default(),
         ))
         .await
-        .map_err(control_plane)?
+        .map_err(JobError::from)?
         .ok_or_else(gone)?;
-    let row = backup::Model::from_query_result(&found, "A_").map_err(control_plane)?;
+    let row = backup::Model::from_query_result(&found, "A_").map_err(JobError::from)?;
     let project = match found
         .try_get::<Option<String>>("", "B_id")
-        .map_err(control_plane)?
+        .map_err(JobError::from)?
     {
-        Some(_) => Some(project::Model::from_query_result(&found, "B_").map_err(control_plane)?),
+        Some(_) => Some(project::Model::from_query_result(&found, "B_").map_err(JobError::from)?),
         None => None,
     };
     Ok((row, project))

@@ -70,7 +70,7 @@ pub async fn start(
     let project = project::Entity::find_by_id(project_id)
         .one(&ctx.db)
         .await
-        .map_err(|e| JobError::Retry(format!("control plane: {e}")))?
+        .map_err(JobError::from)?
         .ok_or_else(|| JobError::Abort("Project not found".into()))?;
     let spool = ctx.config.data_dir.join("tmp");
     let store = UploadStore::new(&ctx.config, &ctx.destinations).map_err(JobError::Abort)?;
@@ -154,7 +154,7 @@ pub async fn finish(
     result["warnings"] = serde_json::json!(warnings);
     super::store::set_result(&ctx.db, &job.id, &result)
         .await
-        .map_err(|e| JobError::Retry(format!("control plane: {e}")))
+        .map_err(JobError::from)
 }
 
 /// What an uploaded archive of `upload_bytes` may expand to: the

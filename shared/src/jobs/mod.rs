@@ -110,6 +110,14 @@ impl From<std::io::Error> for JobError {
     }
 }
 
+impl From<sea_orm::DbErr> for JobError {
+    /// The control plane not answering is temporary: the job's row is
+    /// still there when it comes back.
+    fn from(e: sea_orm::DbErr) -> Self {
+        JobError::Retry(format!("control plane: {e}"))
+    }
+}
+
 /// [`JobError::from`] an I/O error, for `map_err`.
 pub(crate) fn io_error(e: std::io::Error) -> JobError {
     e.into()

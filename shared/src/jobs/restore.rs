@@ -71,7 +71,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
         .filter(restore::Column::Id.eq(payload.restore_id.clone()))
         .exec_with_returning(&ctx.db)
         .await
-        .map_err(control_plane)?
+        .map_err(JobError::from)?
         .pop()
         .ok_or_else(|| JobError::Abort("the restore row is gone".into()))?;
     // The API's own warnings (config left out of a cross-project restore)
@@ -116,7 +116,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     match &result {
         // Back to pending at once; the job is released after this.
         Err(e) if e.will_retry(job) => {
-            update.exec(&ctx.db).await.map_err(control_plane)?;
+            update.exec(&ctx.db).await.map_err(JobError::from)?;
         }
         // Completed, or failed for good, with the job's end and in its
         // commit, as a backup is: a waiting request that finds the restore
@@ -125,10 +125,6 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
         _ => reporter.record_with_end(update.into_query()),
     }
     result.map(|_| ())
-}
-
-fn control_plane(e: sea_orm::DbErr) -> JobError {
-    JobError::Retry(format!("control plane: {e}"))
 }
 
 /// Restores and returns the warnings (also sent as events).
@@ -142,12 +138,12 @@ async fn restore_backup(
     let backup_row = backup::Entity::find_by_id(row.backup_id.clone())
         .one(&ctx.db)
         .await
-        .map_err(control_plane)?
+        .map_err(JobError::from)?
         .ok_or_else(|| JobError::Abort("Backup not found".into()))?;
     let target = project::Entity::find_by_id(row.project_id.clone())
         .one(&ctx.db)
         .await
-        .map_err(control_plane)?
+        .map_err(JobError::from)?
         .ok_or_else(|| JobError::Abort("Project not found".into()))?;
     let manifest: Manifest = backup_row
         .manifest

@@ -34,7 +34,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     let row = backup::Entity::find_by_id(payload.backup_id.clone())
         .one(&ctx.db)
         .await
-        .map_err(control_plane)?
+        .map_err(JobError::from)?
         .ok_or_else(|| JobError::Abort("Backup not found".into()))?;
     let verdict = match check(ctx, job, &row, reporter).await {
         Ok(()) => None,
@@ -47,17 +47,13 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     if verdict.is_none() {
         update = update.col_expr(backup::Column::VerifiedAt, Expr::value(super::store::now()));
     }
-    update.exec(&ctx.db).await.map_err(control_plane)?;
+    update.exec(&ctx.db).await.map_err(JobError::from)?;
     if let Some(cause) = verdict {
         reporter
             .warning(&format!("The backup is damaged: {cause}"))
             .await;
     }
     Ok(())
-}
-
-fn control_plane(e: sea_orm::DbErr) -> JobError {
-    JobError::Retry(format!("control plane: {e}"))
 }
 
 enum Damage {
