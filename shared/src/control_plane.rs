@@ -130,10 +130,12 @@ pub async fn ping(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     db.execute_unprepared("SELECT 1").await.map(|_| ())
 }
 
-/// True when the connected database holds a Supascale control plane: our
-/// tables side by side in one schema (a project may well have a `jobs` or
-/// `backups` table of its own, not all four of these).
-pub const HOLDS_OUR_TABLES: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class \
+/// A boolean SQL expression, true when the connected database holds a
+/// Supascale control plane: our tables side by side in one schema (a
+/// project may well have a `jobs` or `backups` table of its own, not all
+/// four of these). An expression, so that it rides along with a query the
+/// caller makes anyway.
+pub const HOLDS_OUR_TABLES: &str = "EXISTS (SELECT 1 FROM pg_catalog.pg_class \
      WHERE relkind IN ('r', 'p') \
        AND relname IN ('seaql_migrations', 'job_events', 'api_keys', 'backup_totals') \
      GROUP BY relnamespace HAVING count(DISTINCT relname) = 4)";

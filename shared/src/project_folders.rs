@@ -253,9 +253,8 @@ impl FolderRules {
             }
         }
         for (_, theirs) in others {
-            for (field, given) in asked.named() {
-                let mine = resolve(given).unwrap_or_else(|| given.to_path_buf());
-                if theirs.named().any(|(_, t)| nested(&mine, t)) {
+            for ((field, given), (_, mine)) in asked.named().zip(resolved.named()) {
+                if theirs.named().any(|(_, t)| nested(mine, t)) {
                     return Err(Refusal::Invalid(format!(
                         "{field} {} is, holds or lies inside another project's folder: two \
                          projects never share folders",

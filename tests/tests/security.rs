@@ -355,14 +355,12 @@ async fn a_functions_import_never_writes_outside_the_project(backend: Backend) {
         "nothing was written through the symlink"
     );
     // A backup of the files is refused the same way: it would read there.
-    let (status, body) = send(
-        &app,
-        &app.admin_key,
-        Method::POST,
-        "/api/v1/backups",
-        Some(json!({"projectId": "p", "type": "functions"})),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "p", "type": "functions"}),
+        )
+        .await;
     assert_eq!(status, 500, "{body}");
     assert!(error_of(&body).contains("no longer resolves"), "{body}");
 }
@@ -406,14 +404,12 @@ async fn the_control_plane_is_never_a_projects_database() {
     // A project database that comes to hold a control plane's tables.
     let project = make_project().await;
     register(&app, &project, "p").await;
-    let (status, body) = send(
-        &app,
-        &app.admin_key,
-        Method::POST,
-        "/api/v1/backups",
-        Some(json!({"projectId": "p", "type": "database"})),
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "p", "type": "database"}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let backup = body["backup"]["id"].as_str().unwrap().to_string();
     psql(&project.database.url, CONTROL_PLANE_LOOKALIKE);
@@ -429,14 +425,12 @@ async fn the_control_plane_is_never_a_projects_database() {
         assert_eq!(status, 400, "{answer}");
         assert!(error_of(&answer).contains("control plane"), "{answer}");
     }
-    let (status, answer) = send(
-        &app,
-        &app.admin_key,
-        Method::POST,
-        "/api/v1/backups",
-        Some(json!({"projectId": "p", "type": "database"})),
-    )
-    .await;
+    let (status, answer) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "p", "type": "database"}),
+        )
+        .await;
     assert_eq!(status, 500, "{answer}");
     assert!(error_of(&answer).contains("control plane"), "{answer}");
     let tables = psql(

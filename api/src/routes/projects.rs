@@ -611,7 +611,11 @@ async fn holds_control_plane(url: &str) -> bool {
         .disable_statement_logging();
     let check = async {
         let mut conn = options.connect().await?;
-        let ours: bool = sqlx::query_scalar(supascale_shared::control_plane::HOLDS_OUR_TABLES)
+        let sql = format!(
+            "SELECT {}",
+            supascale_shared::control_plane::HOLDS_OUR_TABLES
+        );
+        let ours: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .fetch_one(&mut conn)
             .await?;
         let _ = conn.close().await;

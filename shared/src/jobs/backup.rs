@@ -871,17 +871,17 @@ async fn server_facts(config: &crate::Config, url: &str) -> Result<ServerFacts, 
             crate::redact::redact_urls(&e.to_string())
         ))
     })?;
-    let (version, number, size): (String, String, i64) = sqlx::query_as(
-        "SELECT current_setting('server_version'), current_setting('server_version_num'), \
-         pg_database_size(current_database())",
+    let (version, number, size, ours): (String, String, i64, bool) = sqlx::query_as(
+        // Only constants go into it.
+        sqlx::AssertSqlSafe(format!(
+            "SELECT current_setting('server_version'), current_setting('server_version_num'), \
+             pg_database_size(current_database()), {}",
+            crate::control_plane::HOLDS_OUR_TABLES
+        )),
     )
     .fetch_one(&mut conn)
     .await
     .map_err(|e| JobError::Retry(format!("project database: {e}")))?;
-    let ours: bool = sqlx::query_scalar(crate::control_plane::HOLDS_OUR_TABLES)
-        .fetch_one(&mut conn)
-        .await
-        .map_err(|e| JobError::Retry(format!("project database: {e}")))?;
     let _ = conn.close().await;
     if ours {
         return Err(control_plane());

@@ -101,22 +101,22 @@ pub async fn target_facts(url: &str) -> Result<TargetFacts, String> {
             .fetch_all(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
-    let control_plane: bool = sqlx::query_scalar(crate::control_plane::HOLDS_OUR_TABLES)
-        .fetch_one(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (supabase_schemas, user_relations): (bool, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) = 2 FROM pg_namespace WHERE nspname IN ('auth', 'storage')), \
+    let (control_plane, supabase_schemas, user_relations): (bool, bool, i64) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            // Only constants go into it.
+            "SELECT {}, \
+                (SELECT count(*) = 2 FROM pg_namespace WHERE nspname IN ('auth', 'storage')), \
                 (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                   WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
                     AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
                     AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%' \
                     AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid \
                                      AND d.deptype = 'e'))",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .map_err(|e| e.to_string())?;
+            crate::control_plane::HOLDS_OUR_TABLES
+        )))
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
     let _ = conn.close().await;
     Ok(TargetFacts {
         version,
