@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod payload;
 pub mod routes;
 pub mod server;
+pub mod start_job;
 pub mod state;
 pub mod timestamp;
 

@@ -28,6 +28,7 @@ use super::{ApiTags, page_window, parse_list_filter};
 use crate::auth::{Auth, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::payload::{JsonBody, JsonBytes};
+use crate::start_job::{JobAnswer, NewJob, StartRequest, start_job, wait_for_own_row};
 use crate::state::AppState;
 use crate::timestamp::Timestamp;
 
@@ -293,7 +294,7 @@ impl BackupsApi {
     ) -> ApiResult<Json<BackupDetails>> {
         let principal = auth.principal();
         principal.require(Permission::BackupsRead)?;
-        let row = find_visible(&state, principal, &id.0).await?;
+        let row = visible_backup(&state, principal, &id.0).await?;
         let history = restore::Entity::find()
             .filter(restore::Column::BackupId.eq(row.id.clone()))
             .filter(restore::Column::Status.eq("completed"))
@@ -345,40 +346,19 @@ impl BackupsApi {
     ) -> ApiResult<CreatedBackup> {
         let principal = auth.principal();
         principal.require(Permission::BackupsWrite)?;
-        let wants_async = super::jobs::wants_async(prefer.0.as_deref(), run_async.0);
         let request = body.0;
-        let idempotency = match idempotency_key.0.as_deref() {
-            Some(key) => Some(crate::idempotency::Idempotency::new(
-                principal,
-                key,
-                &request.fingerprint(),
-            )?),
-            None => None,
-        };
-        if let Some(idempotency) = &idempotency
-            && let Some(first) = idempotency.find(&state.db).await?
-        {
-            return BackupsApi::answer(&state, &first, wants_async, None).await;
-        }
-        let (row, mut job) = BackupsApi::new_backup_rows(&state, principal, request).await?;
-        if let Some(idempotency) = &idempotency {
-            idempotency.stamp(&mut job);
-        }
-        // The rows exist before the queue entry: the job row is the record.
-        let inserted = super::jobs::insert_job_and_row(&state.db, job, row).await;
-        if let (Err(e), Some(idempotency)) = (&inserted, &idempotency)
-            && crate::idempotency::is_conflict(e)
-        {
-            // A concurrent request with the same key won: answer with its job.
-            let first = idempotency
-                .find(&state.db)
-                .await?
-                .ok_or_else(|| ApiError::conflict("Idempotency-Key is in use"))?;
-            return BackupsApi::answer(&state, &first, wants_async, None).await;
-        }
-        let (job, inserted) = inserted?;
-        super::jobs::enqueue(&state, &job).await?;
-        BackupsApi::answer(&state, &job, wants_async, Some(inserted)).await
+        let start = StartRequest::new(
+            principal,
+            prefer.0.as_deref(),
+            run_async.0,
+            idempotency_key.0.as_deref(),
+            || request.fingerprint(),
+        )?;
+        start_job(&state, start, || async {
+            let (row, job) = new_backup_rows(&state, principal, request).await?;
+            Ok(NewJob::new(job, row))
+        })
+        .await
     }
 
     /// Delete backup
@@ -398,7 +378,7 @@ impl BackupsApi {
     ) -> ApiResult<Json<Message>> {
         let principal = auth.principal();
         principal.require(Permission::BackupsWrite)?;
-        let row = find_visible(&state, principal, &id.0).await?;
+        let row = visible_backup(&state, principal, &id.0).await?;
         if matches!(
             row.status.as_str(),
             jobs::STATUS_PENDING | jobs::STATUS_IN_PROGRESS
@@ -445,7 +425,7 @@ impl BackupsApi {
 
 /// A backup the key may see, or `404 Backup not found` (also for backups of
 /// projects outside the key's restriction: they are not there for it).
-pub async fn find_visible(
+pub async fn visible_backup(
     state: &AppState,
     principal: &Principal,
     id: &str,
@@ -648,33 +628,18 @@ pub enum CreatedBackup {
     Accepted(Json<BackupAccepted>, #[oai(header = "Location")] String),
 }
 
-impl BackupsApi {
-    /// The answer for a backup job: the backup once it is over (waiting up
-    /// to the configured bound unless `run_async`), else 202 with the job.
+impl JobAnswer for CreatedBackup {
+    type Row = backup::ActiveModel;
+
+    /// The backup once it is over, else 202 with the job. A failed backup
+    /// is a 500 `Backup failed: <cause>`.
     async fn answer(
         state: &AppState,
         job_row: &job::Model,
         run_async: bool,
-        // The row as this request inserted it: the first look needs no read.
-        mut known: Option<backup::Model>,
-    ) -> ApiResult<CreatedBackup> {
-        let row = super::jobs::wait_for_row(state, &job_row.id, run_async, || {
-            let known = known.take();
-            async move {
-                let row = match known {
-                    Some(row) => row,
-                    None => backup::Entity::find()
-                        .filter(backup::Column::JobId.eq(job_row.id.clone()))
-                        .one(&state.db)
-                        .await?
-                        .ok_or_else(ApiError::backup_not_found)?,
-                };
-                let over =
-                    [jobs::STATUS_COMPLETED, jobs::STATUS_FAILED].contains(&row.status.as_str());
-                Ok((row, over))
-            }
-        })
-        .await?;
+        known: Option<backup::Model>,
+    ) -> ApiResult<Self> {
+        let row = wait_for_own_row::<Self::Row>(state, job_row, run_async, known).await?;
         match row.status.as_str() {
             jobs::STATUS_COMPLETED => Ok(CreatedBackup::Done(Json(BackupEnvelope {
                 success: true,
@@ -694,85 +659,85 @@ impl BackupsApi {
             )),
         }
     }
+}
 
-    /// Turns the request into rows, or the contract's 400s.
-    async fn new_backup_rows(
-        state: &AppState,
-        principal: &Principal,
-        input: CreateBackup,
-    ) -> ApiResult<(backup::ActiveModel, job::ActiveModel)> {
-        let project = project::Entity::find_by_id(input.project_id.clone())
-            .one(&state.db)
-            .await?
-            .filter(|p| principal.may_see(&p.id))
-            .ok_or_else(|| ApiError::bad_request("Project not found"))?;
-        let backup_type = input.backup_type.unwrap_or_else(|| "full".into());
-        if !BACKUP_TYPES.contains(&backup_type.as_str()) {
-            return Err(ApiError::bad_request(format!(
-                "type must be one of {}, not {backup_type:?}",
-                BACKUP_TYPES.join(", ")
-            )));
-        }
-        let destination_name = input.destination.unwrap_or_else(|| "local".into());
-        if !DESTINATIONS.contains(&destination_name.as_str()) {
-            return Err(ApiError::bad_request(format!(
-                "destination must be one of {}, not {destination_name:?}",
-                DESTINATIONS.join(", ")
-            )));
-        }
-        let destination = state
-            .destinations
-            .get(&destination_name)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let encrypt = input.encrypt.unwrap_or(false);
-        if encrypt
-            && state
-                .config
-                .recipients()
-                .map(|r| r.is_empty())
-                .unwrap_or(true)
-        {
-            return Err(ApiError::bad_request(
-                "encrypt: no encryption recipients are configured \
-                 (set SUPASCALE_ENCRYPTION_RECIPIENTS to age public keys)",
-            ));
-        }
-        let compression_name = input.compression.unwrap_or_else(|| "gzip".into());
-        let compression = Compression::parse(&compression_name).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "compression must be gzip or zstd, not {compression_name:?}"
-            ))
-        })?;
-        let id = format!("backup-{}", uuid::Uuid::now_v7().simple());
-        let created_at = crate::now();
-        let key = backup_job::artifact_key(&project.id, &id, &backup_type, created_at, compression);
-        let job = jobs::store::new_job(
-            jobs::JobKind::Backup,
-            Some(&project.id),
-            serde_json::json!({ "backupId": id }),
-            state.config.job_attempts,
-        );
-        let row = backup::ActiveModel {
-            id: Set(id),
-            project_id: Set(project.id.clone()),
-            project_name: Set(project.name.clone()),
-            backup_type: Set(backup_type),
-            status: Set(jobs::STATUS_PENDING.into()),
-            destination: Set(destination_name),
-            path: Set(destination.url_for(&key)),
-            size: Set(0),
-            encrypted: Set(encrypt),
-            compression: Set(compression_name),
-            sha256: Set(None),
-            duration_secs: Set(None),
-            error: Set(None),
-            manifest: Set(None),
-            job_id: Set(Some(job.id.clone().unwrap())),
-            created_at: Set(created_at),
-            completed_at: Set(None),
-            verified_at: Set(None),
-            verify_error: Set(None),
-        };
-        Ok((row, job))
+/// Turns the request into rows, or the contract's 400s.
+async fn new_backup_rows(
+    state: &AppState,
+    principal: &Principal,
+    input: CreateBackup,
+) -> ApiResult<(backup::ActiveModel, job::ActiveModel)> {
+    let project = project::Entity::find_by_id(input.project_id.clone())
+        .one(&state.db)
+        .await?
+        .filter(|p| principal.may_see(&p.id))
+        .ok_or_else(|| ApiError::bad_request("Project not found"))?;
+    let backup_type = input.backup_type.unwrap_or_else(|| "full".into());
+    if !BACKUP_TYPES.contains(&backup_type.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "type must be one of {}, not {backup_type:?}",
+            BACKUP_TYPES.join(", ")
+        )));
     }
+    let destination_name = input.destination.unwrap_or_else(|| "local".into());
+    if !DESTINATIONS.contains(&destination_name.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "destination must be one of {}, not {destination_name:?}",
+            DESTINATIONS.join(", ")
+        )));
+    }
+    let destination = state
+        .destinations
+        .get(&destination_name)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let encrypt = input.encrypt.unwrap_or(false);
+    if encrypt
+        && state
+            .config
+            .recipients()
+            .map(|r| r.is_empty())
+            .unwrap_or(true)
+    {
+        return Err(ApiError::bad_request(
+            "encrypt: no encryption recipients are configured \
+             (set SUPASCALE_ENCRYPTION_RECIPIENTS to age public keys)",
+        ));
+    }
+    let compression_name = input.compression.unwrap_or_else(|| "gzip".into());
+    let compression = Compression::parse(&compression_name).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "compression must be gzip or zstd, not {compression_name:?}"
+        ))
+    })?;
+    let id = format!("backup-{}", uuid::Uuid::now_v7().simple());
+    let created_at = crate::now();
+    let key = backup_job::artifact_key(&project.id, &id, &backup_type, created_at, compression);
+    let job = jobs::store::new_job(
+        jobs::JobKind::Backup,
+        Some(&project.id),
+        serde_json::json!({ "backupId": id }),
+        state.config.job_attempts,
+    );
+    let row = backup::ActiveModel {
+        id: Set(id),
+        project_id: Set(project.id.clone()),
+        project_name: Set(project.name.clone()),
+        backup_type: Set(backup_type),
+        status: Set(jobs::STATUS_PENDING.into()),
+        destination: Set(destination_name),
+        path: Set(destination.url_for(&key)),
+        size: Set(0),
+        encrypted: Set(encrypt),
+        compression: Set(compression_name),
+        sha256: Set(None),
+        duration_secs: Set(None),
+        error: Set(None),
+        manifest: Set(None),
+        job_id: Set(Some(job.id.clone().unwrap())),
+        created_at: Set(created_at),
+        completed_at: Set(None),
+        verified_at: Set(None),
+        verify_error: Set(None),
+    };
+    Ok((row, job))
 }

@@ -19,7 +19,7 @@ use supascale_shared::artifact::Compression;
 use supascale_shared::jobs::{self, backup as backup_job};
 
 use super::ApiTags;
-use super::backups::find_visible;
+use super::backups::visible_backup;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -140,7 +140,7 @@ impl DownloadApi {
     ) -> ApiResult<Download> {
         let principal = auth.principal();
         principal.require(Permission::BackupsRead)?;
-        let row = find_visible(&state, principal, &id.0).await?;
+        let row = visible_backup(&state, principal, &id.0).await?;
         if row.status != jobs::STATUS_COMPLETED {
             return Err(ApiError::conflict(format!(
                 "Backup is {}; only a completed backup can be downloaded",

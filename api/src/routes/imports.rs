@@ -15,10 +15,9 @@ use poem_openapi::registry::{MetaMediaType, MetaRequest, MetaSchema, MetaSchemaR
 use poem_openapi::{
     ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions, Object, OpenApi,
 };
-use sea_orm::{ActiveModelTrait, EntityTrait};
 use supascale_shared::api_key::Permission;
 use supascale_shared::disk::{DiskGuard, UPLOAD_AREA};
-use supascale_shared::entities::job;
+use supascale_shared::entities::{job, project};
 use supascale_shared::jobs::JobKind;
 use supascale_shared::jobs::{self, import::ImportPayload};
 use supascale_shared::uploads::UploadStore;
@@ -28,6 +27,7 @@ use super::ApiTags;
 use super::backups::JobRef;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
+use crate::start_job::{JobAnswer, NewJob, StartRequest, start_job, wait_for_job};
 use crate::state::AppState;
 
 /// The multipart field that carries the file.
@@ -322,8 +322,6 @@ impl ImportsApi {
     }
 }
 
-/// Checks the request, streams the file to the upload area, writes the job
-/// and waits for it.
 /// How the caller wants a started import answered.
 struct Started {
     prefer: Option<String>,
@@ -333,6 +331,8 @@ struct Started {
     force: bool,
 }
 
+/// Checks the request, streams the file to the upload area, writes the job
+/// and answers (see [`start_job`]).
 async fn start_import(
     state: &AppState,
     auth: &Auth,
@@ -343,88 +343,81 @@ async fn start_import(
 ) -> ApiResult<StartedImport> {
     let principal = auth.principal();
     principal.require(Permission::BackupsWrite)?;
-    let wants_async = super::jobs::wants_async(request.prefer.as_deref(), request.run_async);
-    let project = super::projects::find_visible(state, principal, project_id).await?;
+    let project = super::projects::visible_project(state, principal, project_id).await?;
     // The key stands for "this import into this project": the file is not
     // read (hashing it would mean receiving it again).
-    let idempotency = match request.idempotency_key.as_deref() {
-        Some(key) => Some(crate::idempotency::Idempotency::new(
-            principal,
-            key,
-            &format!("{kind}\n{}", project.id),
-        )?),
-        None => None,
-    };
-    if let Some(idempotency) = &idempotency
-        && let Some(first) = idempotency.find(&state.db).await?
-    {
-        return answer(state, &first, wants_async).await;
-    }
-    if matches!(kind, JobKind::ImportDatabase | JobKind::ImportStorage) {
-        // Both write rows into the project's database: refuse at once when
-        // it does not answer, before the upload is read.
-        let url = state
-            .master_key
-            .decrypt(&project.database_url_enc)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let facts = supascale_shared::restore::database::target_facts(&url)
-            .await
-            .map_err(|cause| {
-                ApiError::bad_request(format!("Project {} is not running: {cause}", project.id))
-            })?;
-        if let Some(missing) = supascale_shared::restore::database::missing_privilege(&facts) {
-            return Err(ApiError::bad_request(format!(
-                "Project {}: {missing}",
-                project.id
-            )));
+    let start = StartRequest::new(
+        principal,
+        request.prefer.as_deref(),
+        request.run_async,
+        request.idempotency_key.as_deref(),
+        || format!("{kind}\n{}", project.id),
+    )?;
+    start_job(state, start, || async {
+        if matches!(kind, JobKind::ImportDatabase | JobKind::ImportStorage) {
+            check_target(state, &project, kind, request.force).await?;
         }
-        // A storage import only adds rows to the storage schema: only the
-        // control plane is refused for it.
-        let force = request.force || kind == JobKind::ImportStorage;
-        if let Some(problem) = supascale_shared::restore::database::identity_problem(&facts, force)
-        {
-            return Err(ApiError::bad_request(format!(
-                "Project {}: {problem}",
-                project.id
-            )));
-        }
-    }
-    let store = UploadStore::new(&state.config, &state.destinations).map_err(ApiError::internal)?;
-    let mut job = jobs::store::new_job(
-        kind,
-        Some(&project.id),
-        serde_json::Value::Null,
-        state.config.job_attempts,
-    );
-    let job_id = job.id.clone().unwrap();
-    let (file_name, size) = receive(state, &store, &job_id, file).await?;
-    job.payload = sea_orm::ActiveValue::Set(
-        serde_json::to_string(&ImportPayload {
-            file_name,
-            size,
-            force: request.force,
-        })
-        .unwrap_or_default(),
-    );
-    if let Some(idempotency) = &idempotency {
-        idempotency.stamp(&mut job);
-    }
-    let job = match job.insert(&state.db).await {
-        Ok(job) => job,
-        Err(e) => {
+        let store =
+            UploadStore::new(&state.config, &state.destinations).map_err(ApiError::internal)?;
+        let mut job = jobs::store::new_job(
+            kind,
+            Some(&project.id),
+            serde_json::Value::Null,
+            state.config.job_attempts,
+        );
+        let job_id = job.id.clone().unwrap();
+        let (file_name, size) = receive(state, &store, &job_id, file).await?;
+        job.payload = sea_orm::ActiveValue::Set(
+            serde_json::to_string(&ImportPayload {
+                file_name,
+                size,
+                force: request.force,
+            })
+            .unwrap_or_default(),
+        );
+        let mut new = NewJob::new(job, ());
+        new.undo = Some(Box::pin(async move {
             let _ = store.remove(&job_id).await;
-            // Another request with the same key won the race.
-            if let Some(idempotency) = &idempotency
-                && crate::idempotency::is_conflict(&e)
-                && let Some(first) = idempotency.find(&state.db).await?
-            {
-                return answer(state, &first, wants_async).await;
-            }
-            return Err(e.into());
-        }
-    };
-    super::jobs::enqueue(state, &job).await?;
-    answer(state, &job, wants_async).await
+        }));
+        Ok(new)
+    })
+    .await
+}
+
+/// Database and storage imports both write rows into the project's
+/// database: refused at once when it does not answer, lacks a privilege or
+/// does not look like the project's, before the upload is read.
+async fn check_target(
+    state: &AppState,
+    project: &project::Model,
+    kind: JobKind,
+    force: bool,
+) -> ApiResult<()> {
+    let url = state
+        .master_key
+        .decrypt(&project.database_url_enc)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let facts = supascale_shared::restore::database::target_facts(&url)
+        .await
+        .map_err(|cause| {
+            ApiError::bad_request(format!("Project {} is not running: {cause}", project.id))
+        })?;
+    if let Some(missing) = supascale_shared::restore::database::missing_privilege(&facts) {
+        return Err(ApiError::bad_request(format!(
+            "Project {}: {missing}",
+            project.id
+        )));
+    }
+    // A storage import only adds rows to the storage schema: only the
+    // control plane is refused for it.
+    let force = force || kind == JobKind::ImportStorage;
+    if let Some(problem) = supascale_shared::restore::database::identity_problem(&facts, force) {
+        return Err(ApiError::bad_request(format!(
+            "Project {}: {problem}",
+            project.id
+        )));
+    }
+    Ok(())
 }
 
 /// Streams the part `file` into the upload area under `job_id`; returns
@@ -534,42 +527,39 @@ fn upload_area_error(e: &(dyn std::error::Error + 'static), store: &UploadStore)
     ApiError::unavailable(format!("Upload area unavailable: {e}"))
 }
 
-/// The import once it is over (waiting up to the configured bound unless
-/// `run_async`), else 202 with the job.
-async fn answer(
-    state: &AppState,
-    job_row: &job::Model,
-    run_async: bool,
-) -> ApiResult<StartedImport> {
-    let row = super::jobs::wait_for_row(state, &job_row.id, run_async, || async {
-        let row = job::Entity::find_by_id(job_row.id.clone())
-            .one(&state.db)
-            .await?
-            .ok_or_else(|| ApiError::not_found("Job not found"))?;
-        let over = [jobs::STATUS_COMPLETED, jobs::STATUS_FAILED].contains(&row.status.as_str());
-        Ok((row, over))
-    })
-    .await?;
-    match row.status.as_str() {
-        jobs::STATUS_COMPLETED => Ok(StartedImport::Done(Json(completed_envelope(&row)))),
-        jobs::STATUS_FAILED => {
-            let cause = row.error.clone().unwrap_or_else(|| "unknown cause".into());
-            if row.error_kind.as_deref() == Some(jobs::ERROR_KIND_INVALID_INPUT) {
-                Err(ApiError::bad_request(cause))
-            } else {
-                Err(ApiError::internal(format!(
-                    "{}: {cause}",
-                    jobs::failure_prefix(&row.kind)
-                )))
+impl JobAnswer for StartedImport {
+    type Row = ();
+
+    /// The import once it is over, else 202 with the job. A job that failed
+    /// because of the upload answers 400, any other failure 500.
+    async fn answer(
+        state: &AppState,
+        job_row: &job::Model,
+        run_async: bool,
+        _known: Option<()>,
+    ) -> ApiResult<Self> {
+        let row = wait_for_job(state, job_row, run_async).await?;
+        match row.status.as_str() {
+            jobs::STATUS_COMPLETED => Ok(StartedImport::Done(Json(completed_envelope(&row)))),
+            jobs::STATUS_FAILED => {
+                let cause = row.error.clone().unwrap_or_else(|| "unknown cause".into());
+                if row.error_kind.as_deref() == Some(jobs::ERROR_KIND_INVALID_INPUT) {
+                    Err(ApiError::bad_request(cause))
+                } else {
+                    Err(ApiError::internal(format!(
+                        "{}: {cause}",
+                        jobs::failure_prefix(&row.kind)
+                    )))
+                }
             }
+            status => Ok(StartedImport::Accepted(
+                Json(ImportAccepted {
+                    success: true,
+                    job: super::jobs::job_ref(job_row, status),
+                    message: "Import started".into(),
+                }),
+                super::jobs::job_url(&job_row.id),
+            )),
         }
-        status => Ok(StartedImport::Accepted(
-            Json(ImportAccepted {
-                success: true,
-                job: super::jobs::job_ref(job_row, status),
-                message: "Import started".into(),
-            }),
-            super::jobs::job_url(&job_row.id),
-        )),
     }
 }

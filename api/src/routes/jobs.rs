@@ -15,12 +15,7 @@ use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelBehavior, ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DbBackend, DbErr, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait, Statement, TransactionTrait, TryIntoModel,
-};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Value, json};
 use supascale_shared::api_key::Permission;
 use supascale_shared::entities::{backup, job, job_event, restore};
@@ -30,6 +25,7 @@ use super::backups::{Backup, BackupEnvelope};
 use super::{ApiTags, page_window, parse_list_filter};
 use crate::auth::{Auth, Principal};
 use crate::error::{ApiError, ApiResult};
+use crate::start_job::OwnTable;
 use crate::state::AppState;
 use crate::timestamp::Timestamp;
 
@@ -138,16 +134,6 @@ pub fn job_url(job_id: &str) -> String {
     format!("{}/jobs/{job_id}", crate::API_PREFIX)
 }
 
-/// Whether a job-starting request asked for 202 at once
-/// (`Prefer: respond-async`, RFC 7240, or `?async=true`).
-pub fn wants_async(prefer: Option<&str>, run_async: Option<bool>) -> bool {
-    run_async.unwrap_or(false)
-        || prefer.is_some_and(|p| {
-            p.split(',')
-                .any(|v| v.trim().eq_ignore_ascii_case("respond-async"))
-        })
-}
-
 /// How a job-starting request refers to its job while it runs.
 pub fn job_ref(job: &job::Model, status: &str) -> super::backups::JobRef {
     super::backups::JobRef {
@@ -156,114 +142,6 @@ pub fn job_ref(job: &job::Model, status: &str) -> super::backups::JobRef {
         status: status.to_string(),
         job_url: job_url(&job.id),
         events_url: events_url(&job.id),
-    }
-}
-
-/// Writes a new job and the row it works for (its backup, its restore) in
-/// one commit; on PostgreSQL in one statement, since this is on every
-/// request that starts a job. Returns both as written.
-pub async fn insert_job_and_row<A>(
-    db: &DatabaseConnection,
-    job: job::ActiveModel,
-    row: A,
-) -> Result<(job::Model, <A::Entity as EntityTrait>::Model), DbErr>
-where
-    A: ActiveModelTrait
-        + ActiveModelBehavior
-        + Send
-        + TryIntoModel<<A::Entity as EntityTrait>::Model>,
-    <A::Entity as EntityTrait>::Model: IntoActiveModel<A>,
-{
-    if db.get_database_backend() != DbBackend::Postgres {
-        let txn = db.begin().await?;
-        let job = job.insert(&txn).await?;
-        let row = row.insert(&txn).await?;
-        txn.commit().await?;
-        return Ok((job, row));
-    }
-    let job_model = job.clone().try_into_model()?;
-    let row_model = row.clone().try_into_model()?;
-    let first = job::Entity::insert(job).build(DbBackend::Postgres);
-    let second = <A::Entity as EntityTrait>::insert(row).build(DbBackend::Postgres);
-    let mut values = first.values.map(|v| v.0).unwrap_or_default();
-    let sql = format!(
-        "WITH job AS ({}) {}",
-        first.sql,
-        jobs::store::shift_placeholders(&second.sql, values.len())
-    );
-    values.extend(second.values.map(|v| v.0).unwrap_or_default());
-    db.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        sql,
-        values,
-    ))
-    .await?;
-    Ok((job_model, row_model))
-}
-
-/// Pushes a job whose rows are written. If the queue cannot take it, the
-/// job and its own row fail at once (nothing would ever run them) and the
-/// request answers 503 `<Kind> failed: the job queue is unavailable`.
-pub async fn enqueue(state: &AppState, job: &job::Model) -> ApiResult<()> {
-    let Err(e) = state.queue.push(&job.id).await else {
-        return Ok(());
-    };
-    tracing::error!(job = %job.id, error = %e, "cannot queue the job");
-    let cause = "the job queue is unavailable";
-    let failed = job::Entity::update_many()
-        .col_expr(job::Column::Status, Expr::value(jobs::STATUS_FAILED))
-        .col_expr(job::Column::Error, Expr::value(cause))
-        .col_expr(job::Column::FinishedAt, Expr::value(crate::now()))
-        .filter(job::Column::Id.eq(job.id.clone()))
-        .filter(job::Column::Status.eq(jobs::STATUS_PENDING))
-        .exec(&state.db)
-        .await;
-    if matches!(failed, Ok(ref r) if r.rows_affected == 1) {
-        end_without_worker(state, job, cause).await;
-    }
-    Err(ApiError::unavailable(format!(
-        "{}: {cause}",
-        jobs::failure_prefix(&job.kind)
-    )))
-}
-
-/// Reads a job's own row (`load` says whether it is over) until the job is
-/// over or, unless `run_async`, the configured wait has passed; the event
-/// bus says when to look again, a timer covers a lost wake-up.
-pub async fn wait_for_row<T, F, Fut>(
-    state: &AppState,
-    job_id: &str,
-    run_async: bool,
-    mut load: F,
-) -> ApiResult<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ApiResult<(T, bool)>>,
-{
-    let deadline = std::time::Instant::now()
-        + Duration::from_secs(if run_async {
-            0
-        } else {
-            state.config.job_wait_seconds
-        });
-    let mut wake = state.events.subscribe();
-    loop {
-        let (row, over) = load().await?;
-        if over || std::time::Instant::now() >= deadline {
-            return Ok(row);
-        }
-        let news = async {
-            loop {
-                match wake.recv().await {
-                    Ok(id) if id != job_id => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        std::future::pending::<()>().await
-                    }
-                    _ => return,
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_millis(250), news).await;
     }
 }
 
@@ -394,7 +272,7 @@ impl JobsApi {
     ) -> ApiResult<Json<Job>> {
         let principal = auth.principal();
         principal.require(Permission::BackupsRead)?;
-        Ok(Json(find_visible(&state, principal, &id.0).await?.into()))
+        Ok(Json(visible_job(&state, principal, &id.0).await?.into()))
     }
 
     /// Stream a job's events (SSE)
@@ -421,7 +299,7 @@ impl JobsApi {
     ) -> ApiResult<EventStream<BoxStream<'static, JobEvent>>> {
         let principal = auth.principal();
         principal.require(Permission::BackupsRead)?;
-        let row = find_visible(&state, principal, &id.0).await?;
+        let row = visible_job(&state, principal, &id.0).await?;
         let after = match (last_event_id.0.as_deref().map(str::trim), after.0) {
             (Some(raw), _) if !raw.is_empty() => raw.parse::<i64>().map_err(|_| {
                 ApiError::bad_request(format!(
@@ -456,32 +334,16 @@ impl JobsApi {
     ) -> ApiResult<CancelAnswer> {
         let principal = auth.principal();
         principal.require(Permission::BackupsWrite)?;
-        let row = find_visible(&state, principal, &id.0).await?;
-        if is_over(&row.status) {
+        let row = visible_job(&state, principal, &id.0).await?;
+        if crate::start_job::is_over(&row.status) {
             return Err(ApiError::conflict(format!("Job is already {}", row.status)));
         }
         // A pending job: no worker holds it, so the API ends it.
-        let now = crate::now();
-        let ended = job::Entity::update_many()
-            .col_expr(job::Column::Status, Expr::value(jobs::STATUS_FAILED))
-            .col_expr(job::Column::Error, Expr::value("Cancelled"))
-            .col_expr(job::Column::CancelRequested, Expr::value(true))
-            .col_expr(job::Column::FinishedAt, Expr::value(now))
-            .col_expr(job::Column::SecretsEnc, Expr::value(Option::<String>::None))
-            .filter(job::Column::Id.eq(row.id.clone()))
-            .filter(job::Column::Status.eq(jobs::STATUS_PENDING))
-            .exec(&state.db)
-            .await?;
-        if ended.rows_affected == 1 {
+        if jobs::store::fail_pending(&state.db, &row.id, "Cancelled", true).await? {
             end_without_worker(&state, &row, "Cancelled").await;
             tracing::info!(job = %row.id, "pending job cancelled");
         } else {
-            job::Entity::update_many()
-                .col_expr(job::Column::CancelRequested, Expr::value(true))
-                .filter(job::Column::Id.eq(row.id.clone()))
-                .filter(job::Column::Status.eq(jobs::STATUS_IN_PROGRESS))
-                .exec(&state.db)
-                .await?;
+            jobs::store::request_cancel(&state.db, &row.id).await?;
             tracing::info!(job = %row.id, "cancel requested for a running job");
         }
         // A running job stops within seconds: answer with the outcome when
@@ -492,7 +354,7 @@ impl JobsApi {
                 .one(&state.db)
                 .await?
                 .ok_or_else(|| ApiError::not_found("Job not found"))?;
-            if is_over(&row.status) {
+            if crate::start_job::is_over(&row.status) {
                 return Ok(CancelAnswer::Stopped(Json(JobEnvelope {
                     success: true,
                     job: row.into(),
@@ -513,12 +375,8 @@ impl JobsApi {
     }
 }
 
-fn is_over(status: &str) -> bool {
-    status == jobs::STATUS_COMPLETED || status == jobs::STATUS_FAILED
-}
-
 /// A job the key may see, or 404 `Job not found`.
-pub async fn find_visible(
+pub async fn visible_job(
     state: &AppState,
     principal: &Principal,
     id: &str,
@@ -566,11 +424,7 @@ pub async fn completed_body(state: &AppState, row: &job::Model) -> ApiResult<Val
     use jobs::JobKind;
     match row.kind.parse::<JobKind>() {
         Ok(JobKind::Backup) => {
-            let backup = backup::Entity::find()
-                .filter(backup::Column::JobId.eq(row.id.clone()))
-                .one(&state.db)
-                .await?
-                .ok_or_else(ApiError::backup_not_found)?;
+            let backup = own_row::<backup::ActiveModel>(state, row).await?;
             Ok(BackupEnvelope {
                 success: true,
                 backup: Backup::from(backup),
@@ -582,11 +436,7 @@ pub async fn completed_body(state: &AppState, row: &job::Model) -> ApiResult<Val
             .to_json()
             .unwrap_or(Value::Null)),
         Ok(JobKind::Restore) => {
-            let restore = restore::Entity::find()
-                .filter(restore::Column::JobId.eq(row.id.clone()))
-                .one(&state.db)
-                .await?
-                .ok_or_else(|| ApiError::not_found("Restore not found"))?;
+            let restore = own_row::<restore::ActiveModel>(state, row).await?;
             Ok(super::restores::RestoreEnvelope {
                 success: true,
                 restore: restore.into(),
@@ -596,6 +446,12 @@ pub async fn completed_body(state: &AppState, row: &job::Model) -> ApiResult<Val
         }
         _ => Ok(json!({ "success": true })),
     }
+}
+
+async fn own_row<R: OwnTable>(state: &AppState, job: &job::Model) -> ApiResult<R::Model> {
+    R::find_for_job(&state.db, &job.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(R::MISSING))
 }
 
 struct Cursor {
@@ -690,7 +546,7 @@ impl Cursor {
         let settled = job
             .finished_at
             .is_some_and(|at| crate::now() - at > chrono::Duration::seconds(2));
-        if !is_over(&job.status) || !settled {
+        if !crate::start_job::is_over(&job.status) || !settled {
             return Ok(false);
         }
         let final_written = job_event::Entity::find()

@@ -321,7 +321,7 @@ impl ProjectsApi {
     ) -> ApiResult<Json<Project>> {
         let principal = auth.principal();
         principal.require(Permission::ProjectsRead)?;
-        let row = find_visible(&state, principal, &id.0).await?;
+        let row = visible_project(&state, principal, &id.0).await?;
         let url = state
             .master_key
             .decrypt(&row.database_url_enc)
@@ -356,7 +356,7 @@ impl ProjectsApi {
     ) -> ApiResult<Json<ProjectEnvelope>> {
         let principal = auth.principal();
         principal.require(Permission::ProjectsWrite)?;
-        let row = find_visible(&state, principal, &id.0).await?;
+        let row = visible_project(&state, principal, &id.0).await?;
         let input = body.0;
         // Validate everything before changing anything.
         let name = input.name.as_deref().map(valid_name).transpose()?;
@@ -439,7 +439,7 @@ impl ProjectsApi {
     ) -> ApiResult<Json<Message>> {
         let principal = auth.principal();
         principal.require(Permission::ProjectsWrite)?;
-        let row = find_visible(&state, principal, &id.0).await?;
+        let row = visible_project(&state, principal, &id.0).await?;
         project::Entity::delete_by_id(row.id.clone())
             .exec(&state.db)
             .await?;
@@ -452,7 +452,7 @@ impl ProjectsApi {
 }
 
 /// A project the key may see, or `404 Project not found`.
-pub async fn find_visible(
+pub async fn visible_project(
     state: &AppState,
     principal: &Principal,
     id: &str,

@@ -5,7 +5,7 @@
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ActiveValue::Set, EntityTrait};
 use supascale_shared::api_key::Permission;
 use supascale_shared::artifact::Manifest;
 use supascale_shared::entities::{backup, job, project, restore};
@@ -14,10 +14,13 @@ use supascale_shared::jobs::{self, backup as backup_job};
 use supascale_shared::restore::database;
 
 use super::ApiTags;
-use super::backups::{JobRef, find_visible};
+use super::backups::{JobRef, visible_backup};
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::payload::JsonBody;
+use crate::start_job::{
+    JobAnswer, NewJob, StartRequest, start_job, wait_for_job, wait_for_own_row,
+};
 use crate::state::AppState;
 use crate::timestamp::Timestamp;
 
@@ -143,68 +146,47 @@ impl RestoresApi {
     ) -> ApiResult<StartedRestore> {
         let principal = auth.principal();
         principal.require(Permission::BackupsWrite)?;
-        let wants_async = super::jobs::wants_async(prefer.0.as_deref(), run_async.0);
         let request = body.0;
-        let backup_row = find_visible(&state, principal, &id.0).await?;
-        let idempotency = match idempotency_key.0.as_deref() {
-            Some(key) => Some(crate::idempotency::Idempotency::new(
-                principal,
-                key,
-                &request.fingerprint(&backup_row.id),
-            )?),
-            None => None,
-        };
-        if let Some(idempotency) = &idempotency
-            && let Some(first) = idempotency.find(&state.db).await?
-        {
-            return answer(&state, &first, wants_async).await;
-        }
-        let checked = check(&state, principal, &backup_row, &request).await?;
-        let force = request.force_restore.unwrap_or(false);
-        let restore_id = format!("restore-{}", uuid::Uuid::now_v7().simple());
-        let row = restore::ActiveModel {
-            id: Set(restore_id.clone()),
-            backup_id: Set(backup_row.id.clone()),
-            project_id: Set(checked.target.clone()),
-            restore_types: Set(serde_json::to_string(&checked.types).unwrap_or_default()),
-            status: Set(jobs::STATUS_PENDING.into()),
-            warnings: Set(serde_json::to_string(&checked.warnings).unwrap_or_else(|_| "[]".into())),
-            error: Set(None),
-            duration_secs: Set(None),
-            job_id: Set(None),
-            created_at: Set(crate::now()),
-            restored_at: Set(None),
-        };
-        let payload = serde_json::to_value(RestorePayload {
-            restore_id: restore_id.clone(),
-            force,
+        let backup_row = visible_backup(&state, principal, &id.0).await?;
+        let start = StartRequest::new(
+            principal,
+            prefer.0.as_deref(),
+            run_async.0,
+            idempotency_key.0.as_deref(),
+            || request.fingerprint(&backup_row.id),
+        )?;
+        start_job(&state, start, || async {
+            let checked = check(&state, principal, &backup_row, &request).await?;
+            let restore_id = format!("restore-{}", uuid::Uuid::now_v7().simple());
+            let payload = serde_json::to_value(RestorePayload {
+                restore_id: restore_id.clone(),
+                force: request.force_restore.unwrap_or(false),
+            })
+            .unwrap_or_default();
+            let job = jobs::store::new_job(
+                jobs::JobKind::Restore,
+                Some(&checked.target),
+                payload,
+                state.config.job_attempts,
+            );
+            let row = restore::ActiveModel {
+                id: Set(restore_id),
+                backup_id: Set(backup_row.id.clone()),
+                project_id: Set(checked.target.clone()),
+                restore_types: Set(serde_json::to_string(&checked.types).unwrap_or_default()),
+                status: Set(jobs::STATUS_PENDING.into()),
+                warnings: Set(
+                    serde_json::to_string(&checked.warnings).unwrap_or_else(|_| "[]".into())
+                ),
+                error: Set(None),
+                duration_secs: Set(None),
+                job_id: Set(job.id.clone().take()),
+                created_at: Set(crate::now()),
+                restored_at: Set(None),
+            };
+            Ok(NewJob::new(job, row))
         })
-        .unwrap_or_default();
-        let mut job = jobs::store::new_job(
-            jobs::JobKind::Restore,
-            Some(&checked.target),
-            payload,
-            state.config.job_attempts,
-        );
-        if let Some(idempotency) = &idempotency {
-            idempotency.stamp(&mut job);
-        }
-        let job_id = job.id.clone().unwrap();
-        let mut row = row;
-        row.job_id = Set(Some(job_id.clone()));
-        let inserted = super::jobs::insert_job_and_row(&state.db, job, row).await;
-        if let (Err(e), Some(idempotency)) = (&inserted, &idempotency)
-            && crate::idempotency::is_conflict(e)
-        {
-            let first = idempotency
-                .find(&state.db)
-                .await?
-                .ok_or_else(|| ApiError::conflict("Idempotency-Key is in use"))?;
-            return answer(&state, &first, wants_async).await;
-        }
-        let (job, _) = inserted?;
-        super::jobs::enqueue(&state, &job).await?;
-        answer(&state, &job, wants_async).await
+        .await
     }
 
     /// Verify backup
@@ -233,42 +215,61 @@ impl RestoresApi {
     ) -> ApiResult<StartedVerify> {
         let principal = auth.principal();
         principal.require(Permission::BackupsRead)?;
-        let wants_async = super::jobs::wants_async(prefer.0.as_deref(), run_async.0);
-        let backup_row = find_visible(&state, principal, &id.0).await?;
-        if backup_row.status != jobs::STATUS_COMPLETED {
-            return Err(ApiError::bad_request(format!(
-                "Backup {} is not completed (status: {}); there is nothing to verify yet",
-                backup_row.id, backup_row.status
-            )));
-        }
-        let payload = serde_json::to_value(jobs::verify::VerifyPayload {
-            backup_id: backup_row.id.clone(),
+        let backup_row = visible_backup(&state, principal, &id.0).await?;
+        let start = StartRequest::new(
+            principal,
+            prefer.0.as_deref(),
+            run_async.0,
+            None,
+            String::new,
+        )?;
+        start_job(&state, start, || async {
+            if backup_row.status != jobs::STATUS_COMPLETED {
+                return Err(ApiError::bad_request(format!(
+                    "Backup {} is not completed (status: {}); there is nothing to verify yet",
+                    backup_row.id, backup_row.status
+                )));
+            }
+            let payload = serde_json::to_value(jobs::verify::VerifyPayload {
+                backup_id: backup_row.id.clone(),
+            })
+            .unwrap_or_default();
+            // The project is the backup's, so that only keys that may see
+            // the backup see its verification; it waits for none of the
+            // project's jobs (`JobKind::is_independent`).
+            let job = jobs::store::new_job(
+                jobs::JobKind::Verify,
+                Some(&backup_row.project_id),
+                payload,
+                state.config.job_attempts,
+            );
+            Ok(NewJob::new(job, ()))
         })
-        .unwrap_or_default();
-        // The project is the backup's, so that only keys that may see the
-        // backup see its verification; it waits for none of the project's
-        // jobs (`JobKind::is_independent`).
-        let job = jobs::store::new_job(
-            jobs::JobKind::Verify,
-            Some(&backup_row.project_id),
-            payload,
-            state.config.job_attempts,
-        )
-        .insert(&state.db)
-        .await?;
-        super::jobs::enqueue(&state, &job).await?;
-        let job = super::jobs::wait_for_row(&state, &job.id, wants_async, || async {
-            let row = job::Entity::find_by_id(job.id.clone())
-                .one(&state.db)
-                .await?
-                .ok_or_else(|| ApiError::not_found("Job not found"))?;
-            let over = [jobs::STATUS_COMPLETED, jobs::STATUS_FAILED].contains(&row.status.as_str());
-            Ok((row, over))
-        })
-        .await?;
+        .await
+    }
+}
+
+impl JobAnswer for StartedVerify {
+    type Row = ();
+
+    /// What the verification found once it is over, else 202. A
+    /// verification that could not run is a 500; one that ran and found
+    /// the backup damaged is a 200 with `valid: false`.
+    async fn answer(
+        state: &AppState,
+        job_row: &job::Model,
+        run_async: bool,
+        _known: Option<()>,
+    ) -> ApiResult<Self> {
+        let job = wait_for_job(state, job_row, run_async).await?;
         match job.status.as_str() {
             jobs::STATUS_COMPLETED => {
-                let row = find_visible(&state, principal, &backup_row.id).await?;
+                let payload: jobs::verify::VerifyPayload = serde_json::from_str(&job.payload)
+                    .map_err(|_| ApiError::internal("The verification's job has no backup"))?;
+                let row = backup::Entity::find_by_id(payload.backup_id)
+                    .one(&state.db)
+                    .await?
+                    .ok_or_else(ApiError::backup_not_found)?;
                 Ok(StartedVerify::Done(Json(VerifyEnvelope {
                     success: true,
                     verification: Verification {
@@ -507,39 +508,35 @@ async fn check(
     })
 }
 
-/// The restore once it is over (waiting up to the configured bound unless
-/// `run_async`), else 202 with the job.
-async fn answer(
-    state: &AppState,
-    job_row: &job::Model,
-    run_async: bool,
-) -> ApiResult<StartedRestore> {
-    let row = super::jobs::wait_for_row(state, &job_row.id, run_async, || async {
-        let row = restore::Entity::find()
-            .filter(restore::Column::JobId.eq(job_row.id.clone()))
-            .one(&state.db)
-            .await?
-            .ok_or_else(|| ApiError::not_found("Restore not found"))?;
-        let over = [jobs::STATUS_COMPLETED, jobs::STATUS_FAILED].contains(&row.status.as_str());
-        Ok((row, over))
-    })
-    .await?;
-    match row.status.as_str() {
-        jobs::STATUS_COMPLETED => Ok(StartedRestore::Done(Json(RestoreEnvelope {
-            success: true,
-            restore: row.into(),
-        }))),
-        jobs::STATUS_FAILED => {
-            let cause = row.error.unwrap_or_else(|| "unknown cause".into());
-            Err(ApiError::internal(format!("Restore failed: {cause}")))
-        }
-        status => Ok(StartedRestore::Accepted(
-            Json(RestoreAccepted {
+impl JobAnswer for StartedRestore {
+    type Row = restore::ActiveModel;
+
+    /// The restore once it is over, else 202 with the job. A failed restore
+    /// is a 500 `Restore failed: <cause>`.
+    async fn answer(
+        state: &AppState,
+        job_row: &job::Model,
+        run_async: bool,
+        known: Option<restore::Model>,
+    ) -> ApiResult<Self> {
+        let row = wait_for_own_row::<Self::Row>(state, job_row, run_async, known).await?;
+        match row.status.as_str() {
+            jobs::STATUS_COMPLETED => Ok(StartedRestore::Done(Json(RestoreEnvelope {
                 success: true,
-                job: super::jobs::job_ref(job_row, status),
                 restore: row.into(),
-            }),
-            super::jobs::job_url(&job_row.id),
-        )),
+            }))),
+            jobs::STATUS_FAILED => {
+                let cause = row.error.unwrap_or_else(|| "unknown cause".into());
+                Err(ApiError::internal(format!("Restore failed: {cause}")))
+            }
+            status => Ok(StartedRestore::Accepted(
+                Json(RestoreAccepted {
+                    success: true,
+                    job: super::jobs::job_ref(job_row, status),
+                    restore: row.into(),
+                }),
+                super::jobs::job_url(&job_row.id),
+            )),
+        }
     }
 }

@@ -4,8 +4,9 @@
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement, UpdateStatement};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement, TransactionTrait,
+    ActiveModelBehavior, ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait,
+    DatabaseConnection, DbBackend, DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, Statement, TransactionTrait, TryIntoModel,
 };
 
 use super::{
@@ -593,6 +594,85 @@ async fn end_job_postgres(
             .map(|ids| ids.split(' ').map(str::to_string).collect())
             .unwrap_or_default(),
     })
+}
+
+/// Writes a new job and the row it works for (its backup, its restore) in
+/// one commit; on PostgreSQL in one statement, since this is on every
+/// request that starts a job. Returns both as written.
+pub async fn insert_with_row<A>(
+    db: &DatabaseConnection,
+    job: job::ActiveModel,
+    row: A,
+) -> Result<(job::Model, <A::Entity as EntityTrait>::Model), DbErr>
+where
+    A: ActiveModelTrait
+        + ActiveModelBehavior
+        + Send
+        + TryIntoModel<<A::Entity as EntityTrait>::Model>,
+    <A::Entity as EntityTrait>::Model: IntoActiveModel<A>,
+{
+    if db.get_database_backend() != DbBackend::Postgres {
+        let txn = db.begin().await?;
+        let job = job.insert(&txn).await?;
+        let row = row.insert(&txn).await?;
+        txn.commit().await?;
+        return Ok((job, row));
+    }
+    let job_model = job.clone().try_into_model()?;
+    let row_model = row.clone().try_into_model()?;
+    let first = job::Entity::insert(job).build(DbBackend::Postgres);
+    let second = <A::Entity as EntityTrait>::insert(row).build(DbBackend::Postgres);
+    let mut values = first.values.map(|v| v.0).unwrap_or_default();
+    let sql = format!(
+        "WITH job AS ({}) {}",
+        first.sql,
+        shift_placeholders(&second.sql, values.len())
+    );
+    values.extend(second.values.map(|v| v.0).unwrap_or_default());
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        values,
+    ))
+    .await?;
+    Ok((job_model, row_model))
+}
+
+/// Ends a job that no worker holds (still `pending`): `failed` with
+/// `cause`, its secrets dropped; `cancelled` also records that it was
+/// asked to stop. `false` when it was no longer pending (a worker took it
+/// or it ended meanwhile): then nothing changed.
+pub async fn fail_pending(
+    db: &impl ConnectionTrait,
+    job_id: &str,
+    cause: &str,
+    cancelled: bool,
+) -> Result<bool, DbErr> {
+    let mut update = job::Entity::update_many()
+        .col_expr(job::Column::Status, Expr::value(STATUS_FAILED))
+        .col_expr(job::Column::Error, Expr::value(cause))
+        .col_expr(job::Column::FinishedAt, Expr::value(now()))
+        .col_expr(job::Column::SecretsEnc, Expr::value(Option::<String>::None));
+    if cancelled {
+        update = update.col_expr(job::Column::CancelRequested, Expr::value(true));
+    }
+    let ended = update
+        .filter(job::Column::Id.eq(job_id))
+        .filter(job::Column::Status.eq(STATUS_PENDING))
+        .exec(db)
+        .await?;
+    Ok(ended.rows_affected == 1)
+}
+
+/// Asks the worker running `job_id` to stop (it looks at every heartbeat).
+pub async fn request_cancel(db: &impl ConnectionTrait, job_id: &str) -> Result<(), DbErr> {
+    job::Entity::update_many()
+        .col_expr(job::Column::CancelRequested, Expr::value(true))
+        .filter(job::Column::Id.eq(job_id))
+        .filter(job::Column::Status.eq(STATUS_IN_PROGRESS))
+        .exec(db)
+        .await?;
+    Ok(())
 }
 
 /// `$1 … $n` of a PostgreSQL statement as `$(1 + by) … $(n + by)`, for
