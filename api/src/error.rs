@@ -158,6 +158,20 @@ impl From<sea_orm::DbErr> for ApiError {
     }
 }
 
+/// A restore that cannot be planned: what the client can fix is a 400; a
+/// destination or control plane that did not answer, a 503.
+impl From<supascale_shared::restore::plan::PlanError> for ApiError {
+    fn from(error: supascale_shared::restore::plan::PlanError) -> Self {
+        use supascale_shared::restore::plan::PlanError;
+        match error {
+            PlanError::ControlPlane(e) => db_error(e),
+            PlanError::Sealed(cause) => ApiError::internal(cause),
+            e if e.is_temporary() => ApiError::unavailable(e.to_string()),
+            e => ApiError::bad_request(e.to_string()),
+        }
+    }
+}
+
 /// The body of any error poem answers outside an endpoint (unknown route,
 /// wrong method, authentication) in the contract's shape.
 pub fn error_response(status: StatusCode, message: &str) -> poem::Response {

@@ -7,11 +7,10 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sea_orm::{ActiveValue::Set, EntityTrait};
 use supascale_shared::api_key::Permission;
-use supascale_shared::artifact::Manifest;
-use supascale_shared::entities::{backup, job, project, restore};
-use supascale_shared::jobs::restore::{COMPONENTS, RestorePayload};
-use supascale_shared::jobs::{self, backup as backup_job};
-use supascale_shared::restore::database;
+use supascale_shared::entities::{backup, job, restore};
+use supascale_shared::jobs;
+use supascale_shared::jobs::restore::RestorePayload;
+use supascale_shared::restore::plan::{self, PlanContext, plan_restore};
 
 use super::ApiTags;
 use super::backups::{JobRef, visible_backup};
@@ -23,9 +22,6 @@ use crate::start_job::{
 };
 use crate::state::AppState;
 use crate::timestamp::Timestamp;
-
-/// What `restoreTypes` may name.
-pub const RESTORE_TYPES: &[&str] = &["full", "database", "storage", "functions", "config"];
 
 #[derive(Debug, Default, Object, serde::Deserialize)]
 #[oai(rename_all = "camelCase")]
@@ -156,7 +152,19 @@ impl RestoresApi {
             || request.fingerprint(&backup_row.id),
         )?;
         start_job(&state, start, || async {
-            let checked = check(&state, principal, &backup_row, &request).await?;
+            let ctx = PlanContext {
+                db: &state.db,
+                config: &state.config,
+                destinations: &state.destinations,
+                master_key: &state.master_key,
+            };
+            let wanted = plan::RestoreRequest {
+                restore_types: request.restore_types.clone().unwrap_or_default(),
+                force: request.force_restore.unwrap_or(false),
+                target_project_id: request.target_project_id.clone(),
+            };
+            let checked =
+                plan_restore(&ctx, &backup_row, &wanted, |p| principal.may_see(p)).await?;
             let restore_id = format!("restore-{}", uuid::Uuid::now_v7().simple());
             let payload = serde_json::to_value(RestorePayload {
                 restore_id: restore_id.clone(),
@@ -328,184 +336,6 @@ pub enum StartedVerify {
     /// It runs on; follow `Location` or the job's events.
     #[oai(status = 202)]
     Accepted(Json<VerifyAccepted>, #[oai(header = "Location")] String),
-}
-
-/// What the checks decided.
-struct Checked {
-    target: String,
-    types: Vec<String>,
-    warnings: Vec<String>,
-}
-
-/// The safety checks that need no artifact, each a clear 4xx.
-async fn check(
-    state: &AppState,
-    principal: &crate::auth::Principal,
-    backup_row: &backup::Model,
-    request: &RestoreRequest,
-) -> ApiResult<Checked> {
-    let force = request.force_restore.unwrap_or(false);
-    if backup_row.status != jobs::STATUS_COMPLETED {
-        return Err(ApiError::bad_request(format!(
-            "Backup {} is not completed (status: {}); only a completed backup can be restored",
-            backup_row.id, backup_row.status
-        )));
-    }
-    let target_id = request
-        .target_project_id
-        .clone()
-        .unwrap_or_else(|| backup_row.project_id.clone());
-    let target = project::Entity::find_by_id(target_id.clone())
-        .one(&state.db)
-        .await?
-        .filter(|p| principal.may_see(&p.id))
-        .ok_or_else(|| ApiError::bad_request("Project not found"))?;
-    let cross_project = target.id != backup_row.project_id;
-    let held: Vec<String> = backup_row
-        .manifest
-        .as_deref()
-        .and_then(|m| serde_json::from_str::<Manifest>(m).ok())
-        .map(|m| m.meta.components)
-        .unwrap_or_else(|| {
-            backup_job::components(&backup_row.backup_type)
-                .iter()
-                .map(|c| c.to_string())
-                .collect()
-        });
-    let mut warnings = Vec::new();
-    let asked = request.restore_types.clone().unwrap_or_default();
-    if let Some(bad) = asked.iter().find(|t| !RESTORE_TYPES.contains(&t.as_str())) {
-        return Err(ApiError::bad_request(format!(
-            "restoreTypes: {bad:?} is not one of {}",
-            RESTORE_TYPES.join(", ")
-        )));
-    }
-    let everything = asked.is_empty() || asked.iter().any(|t| t == "full");
-    let mut types: Vec<String> = if everything {
-        COMPONENTS
-            .iter()
-            .filter(|c| held.iter().any(|h| h == *c))
-            .map(|c| c.to_string())
-            .collect()
-    } else {
-        let missing: Vec<&str> = COMPONENTS
-            .iter()
-            .copied()
-            .filter(|c| asked.iter().any(|a| a == c) && !held.iter().any(|h| h == c))
-            .collect();
-        if !missing.is_empty() {
-            return Err(ApiError::bad_request(format!(
-                "Backup does not contain: {}",
-                missing.join(", ")
-            )));
-        }
-        COMPONENTS
-            .iter()
-            .filter(|c| asked.iter().any(|a| a == *c))
-            .map(|c| c.to_string())
-            .collect()
-    };
-    if cross_project && types.iter().any(|t| t == "config") && !force {
-        if everything {
-            types.retain(|t| t != "config");
-            warnings.push(format!(
-                "Config was not restored: it carries project {}'s secrets (JWT secret, keys, \
-                 passwords) and would replace {}'s; ask for it with restoreTypes [\"config\"] \
-                 and forceRestore: true",
-                backup_row.project_id, target.id
-            ));
-        } else {
-            return Err(ApiError::bad_request(format!(
-                "Restoring config into another project replaces {}'s secrets (JWT secret, \
-                 keys, passwords) with {}'s; set forceRestore: true to do it",
-                target.id, backup_row.project_id
-            )));
-        }
-    }
-    if types.is_empty() {
-        return Err(ApiError::bad_request("Nothing to restore"));
-    }
-    let destination = state
-        .destinations
-        .get(&backup_row.destination)
-        .map_err(|e| ApiError::bad_request(format!("Backup artifact cannot be reached: {e}")))?;
-    let (key, _) = backup_job::artifact_of(backup_row);
-    let recorded = backup_row.size.max(0) as u64;
-    match destination.stat(&key).await {
-        Ok(Some(stored)) if stored.size == recorded => {}
-        Ok(Some(stored)) => {
-            return Err(ApiError::bad_request(format!(
-                "Backup artifact on {} has {} bytes, not the {recorded} recorded; it cannot be \
-                 restored",
-                backup_row.destination, stored.size
-            )));
-        }
-        Ok(None) => {
-            return Err(ApiError::bad_request(format!(
-                "Backup artifact is missing from destination {}",
-                backup_row.destination
-            )));
-        }
-        Err(e) => {
-            return Err(ApiError::unavailable(format!(
-                "Backup artifact cannot be checked on {}: {e}",
-                backup_row.destination
-            )));
-        }
-    }
-    if backup_row.encrypted
-        && state
-            .config
-            .identities()
-            .map(|i| i.is_empty())
-            .unwrap_or(true)
-    {
-        return Err(ApiError::bad_request(
-            "Backup is encrypted and no decryption key is configured",
-        ));
-    }
-    if types.iter().any(|t| t == "database") {
-        let url = state
-            .master_key
-            .decrypt(&target.database_url_enc)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let facts = database::target_facts(&url).await.map_err(|cause| {
-            ApiError::bad_request(format!("Project {} is not running: {cause}", target.id))
-        })?;
-        if let Some(missing) = database::missing_privilege(&facts) {
-            return Err(ApiError::bad_request(format!(
-                "Project {}: {missing}",
-                target.id
-            )));
-        }
-        if let Some(problem) = database::identity_problem(&facts, force) {
-            return Err(ApiError::bad_request(format!(
-                "Project {}: {problem}",
-                target.id
-            )));
-        }
-        let backup_major = backup_row
-            .manifest
-            .as_deref()
-            .and_then(|m| serde_json::from_str::<Manifest>(m).ok())
-            .and_then(|m| m.meta.postgres_version)
-            .as_deref()
-            .and_then(database::major_of_version);
-        if let Some(major) = backup_major
-            && major > facts.major
-        {
-            return Err(ApiError::bad_request(format!(
-                "Backup is of PostgreSQL {major}, newer than project {}'s PostgreSQL {}; \
-                 restore it into a project of PostgreSQL {major} or later",
-                target.id, facts.version
-            )));
-        }
-    }
-    Ok(Checked {
-        target: target.id,
-        types,
-        warnings,
-    })
 }
 
 impl JobAnswer for StartedRestore {

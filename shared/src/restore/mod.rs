@@ -4,5 +4,6 @@
 //! after the files are in place ([`database`]).
 
 pub mod database;
+pub mod plan;
 pub mod source;
 pub mod staging;
