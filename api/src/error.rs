@@ -191,9 +191,13 @@ pub fn error_response(status: StatusCode, message: &str) -> poem::Response {
         _ if status.is_server_error() => "Internal error".to_string(),
         _ => describe_parse_error(message),
     };
-    let body = serde_json::json!({"success": false, "error": message});
     poem::Response::builder()
         .status(status)
         .content_type("application/json; charset=utf-8")
-        .body(body.to_string())
+        .body(error_json(&message))
+}
+
+/// `{"success": false, "error": message}` as JSON text.
+pub fn error_json(message: &str) -> String {
+    serde_json::json!({"success": false, "error": message}).to_string()
 }

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod error;
+mod hyper_errors;
 pub mod idempotency;
 pub mod list_cache;
 pub mod metrics;
@@ -120,8 +121,9 @@ pub fn app(state: AppState) -> impl Endpoint {
 }
 
 /// The longest request target (path and query) served; a longer one is
-/// 414. Proxies commonly stop at 8 KiB too; hyper itself refuses 64 KiB,
-/// with an empty body, before any of our code runs.
+/// 414. Proxies commonly stop at 8 KiB too; hyper itself refuses 64 KiB
+/// before any of our code runs (answered in the error shape all the same,
+/// see `hyper_errors`).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 
 /// Refuses, in the error shape, what no route can serve: a request

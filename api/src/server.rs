@@ -5,7 +5,8 @@
 //! - **headers**: hyper's `header_read_timeout` (it needs a timer, which
 //!   poem does not give it); a request whose headers are not all in by then
 //!   is answered 408 and the connection closed. It also closes a kept-alive
-//!   connection on which no next request starts within that time.
+//!   connection on which no next request starts within that time (without
+//!   an answer: there is no request to answer).
 //! - **body** ([`limit_body_stalls`], a middleware of the app): no byte of
 //!   a request body for that long ends the request (408 in the error shape,
 //!   `Connection: close`). The limit is between bytes, not on the whole
@@ -13,6 +14,9 @@
 //! - **idle**: a connection on which nothing moves either way for that long
 //!   is closed, whatever it is doing (a client that stops reading a
 //!   download, a stalled HTTP/2 stream).
+//!
+//! What hyper refuses itself (that 408, and a malformed or oversized
+//! request head) is answered in the error shape by [`hyper_errors`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,11 +31,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
 use poem::http::{HeaderValue, StatusCode};
 use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Addr, Body, Endpoint, IntoResponse};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+
+use crate::hyper_errors::{self, Answering, Requests};
 
 /// How long a client may take, from `SUPASCALE_HTTP_*_TIMEOUT_SECONDS`
 /// (the body limit is the app's, see [`limit_body_stalls`]).
@@ -83,25 +90,9 @@ where
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
         let endpoint = endpoint.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let endpoint = endpoint.clone();
-                async move {
-                    let response = call(&*endpoint, request, local, remote).await;
-                    Ok::<_, Infallible>(hyper::Response::from(response))
-                }
-            });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header);
-            let io = TokioIo::new(IdleLimit::new(stream, limits.idle));
-            let connection = builder.serve_connection_with_upgrades(io, service);
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%remote, error = %e, "connection ended");
-            }
-        });
+        tokio::spawn(serve_connection(
+            stream, endpoint, limits, local, remote, watcher,
+        ));
     }
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown())
@@ -111,6 +102,55 @@ where
         tracing::warn!("connections still open after the shutdown grace period");
     }
     Ok(())
+}
+
+/// One connection: `stream` served through `endpoint` by hyper, and what
+/// hyper refused itself answered in the error shape afterwards (see
+/// [`hyper_errors`]).
+pub(crate) async fn serve_connection<E, S>(
+    stream: S,
+    endpoint: Arc<E>,
+    limits: Limits,
+    local: SocketAddr,
+    remote: SocketAddr,
+    watcher: Watcher,
+) where
+    E: Endpoint + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let requests = Arc::new(Requests::default());
+    let service = {
+        let requests = requests.clone();
+        hyper::service::service_fn(move |request| {
+            // In flight from here, before the future is first polled,
+            // until hyper drops the response body.
+            let in_flight = requests.start();
+            let endpoint = endpoint.clone();
+            async move {
+                let response = call(&*endpoint, request, local, remote).await;
+                let response = hyper::Response::from(response).map(|body| in_flight.around(body));
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header)
+        .max_buf_size(hyper_errors::MAX_HEAD_BYTES);
+    let (io, mut leftover) = Answering::new(IdleLimit::new(stream, limits.idle), requests);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let result = watcher.watch(connection).await;
+    let error = result.as_ref().err().map(|e| &**e);
+    if let Ok(leftover) = leftover.try_recv()
+        && let Some(status) = hyper_errors::answer(leftover, error, limits.header).await
+    {
+        tracing::info!(%remote, status = status.as_u16(), "request refused before routing");
+    }
+    if let Some(e) = error {
+        tracing::debug!(%remote, error = %e, "connection ended");
+    }
 }
 
 /// One request through the endpoint.

@@ -1,12 +1,14 @@
 //! The HTTP server's edges: what a hostile or broken client gets. Every
-//! 4xx carries the error shape, malformed headers are refused, and slow
-//! clients are cut off within the configured timeouts.
+//! 4xx carries the error shape (those hyper answers before our code runs
+//! too), malformed headers are refused, and slow clients are cut off
+//! within the configured timeouts.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use supascale_tests::{Backend, Launch, TestApp, make_project, register, status_and_body};
 
 /// `{"success": false, "error": <non-empty>}` with a JSON content type.
@@ -242,4 +244,257 @@ async fn an_idle_connection_is_closed() {
         after >= Duration::from_millis(IDLE_TIMEOUT * 1000 - 100),
         "closed after {after:?}"
     );
+}
+
+/// An answer read off a raw connection: status, headers (names in lower
+/// case) and body, split by hand so that nothing is taken on trust.
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Reads one response, its body by `Content-Length`, off `stream`.
+    fn read(stream: &mut impl std::io::BufRead) -> RawResponse {
+        let mut line = String::new();
+        stream.read_line(&mut line).unwrap();
+        let status = line
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not a status line: {line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            stream.read_line(&mut line).unwrap();
+            let Some((name, value)) = line.trim_end().split_once(':') else {
+                break;
+            };
+            headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+        }
+        let mut response = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        let length: usize = response
+            .header("content-length")
+            .expect("a content-length")
+            .parse()
+            .unwrap();
+        response.body = vec![0; length];
+        stream.read_exact(&mut response.body).unwrap();
+        response
+    }
+
+    /// The error shape with `Connection: close`, a JSON content type and
+    /// a `Content-Length` that is the body's; returns the message.
+    fn refusal(&self, status: u16, what: &str) -> String {
+        assert_eq!(self.status, status, "{what}: {:?}", self.headers);
+        assert_eq!(self.header("connection"), Some("close"), "{what}");
+        let content_type = self.header("content-type").unwrap_or_default();
+        assert!(content_type.starts_with("application/json"), "{what}");
+        let body: serde_json::Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{what}: {e}: {:?}", String::from_utf8_lossy(&self.body)));
+        assert_eq!(body["success"], false, "{what}: {body}");
+        body["error"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// What hyper refuses before any of our code runs (a head that does not
+/// arrive in time, that is not HTTP, a request target or headers over its
+/// limits) is answered in the error shape, says which limit applies, and
+/// the connection is closed.
+#[tokio::test]
+async fn requests_the_http_server_refuses_get_the_error_shape() {
+    let app = app_with_short_timeouts().await;
+    let long_target = format!(
+        "GET /{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let big_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(500 * 1024)
+    );
+    let many_headers = format!(
+        "GET /healthz HTTP/1.1\r\n{}\r\n",
+        (0..120)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let cases: [(&str, Vec<u8>, u16, &str); 6] = [
+        (
+            "half the headers",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-API-".to_vec(),
+            408,
+            "did not arrive within 1 s (SUPASCALE_HTTP_HEADER_TIMEOUT_SECONDS)",
+        ),
+        (
+            "a garbage request line",
+            b"GARBAGE\r\n\r\n".to_vec(),
+            400,
+            "Malformed request: invalid HTTP method",
+        ),
+        (
+            "a bad version",
+            b"GET /healthz HTTP/7.0\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+            "Malformed request: invalid HTTP version",
+        ),
+        (
+            "a 100 KiB request target",
+            long_target.into_bytes(),
+            414,
+            "longer than 65534 bytes; the limit is 8192",
+        ),
+        (
+            "a 500 KiB header",
+            big_header.into_bytes(),
+            431,
+            "the limit is 417792 bytes",
+        ),
+        (
+            "120 header fields",
+            many_headers.into_bytes(),
+            431,
+            "and 100 header fields",
+        ),
+    ];
+    for (what, request, status, says) in cases {
+        let (stream, since) = send_and_stall(&app, &request);
+        let (answer, after) = wait_for_close(stream, since, what).await;
+        let response = RawResponse::read(&mut answer.as_bytes());
+        let error = response.refusal(status, what);
+        assert!(error.contains(says), "{what}: {error}");
+        let whole = format!(
+            "{}{}",
+            answer.split_inclusive("\r\n\r\n").next().unwrap(),
+            String::from_utf8_lossy(&response.body)
+        );
+        assert_eq!(answer, whole, "{what}: nothing follows the answer");
+        if status == 408 {
+            assert!(after >= Duration::from_millis(900), "{what}: {after:?}");
+        } else {
+            assert!(
+                after < Duration::from_secs(HEADER_TIMEOUT),
+                "{what}: {after:?}"
+            );
+        }
+    }
+}
+
+/// Ordinary keep-alive traffic is not touched by the refusal answers: a
+/// download, the app's own 404 (its body and request id) and a HEAD with
+/// no body are answered as before, one after the other on one connection,
+/// and the download is the artifact byte for byte.
+#[tokio::test]
+async fn keep_alive_traffic_is_answered_by_the_app() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let project = make_project().await;
+    // Incompressible, so that the download is about a MiB.
+    let mut block = Sha256::digest(b"seed").to_vec();
+    let mut blob = Vec::with_capacity(1 << 20);
+    while blob.len() < 1 << 20 {
+        block = Sha256::digest(&block).to_vec();
+        blob.extend_from_slice(&block);
+    }
+    std::fs::write(
+        project
+            .root
+            .path()
+            .join("volumes/functions/hello-world/blob.bin"),
+        &blob,
+    )
+    .unwrap();
+    register(&app, &project, "p").await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "p", "type": "full"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["backup"]["id"].as_str().unwrap().to_string();
+    let size = body["backup"]["size"].as_u64().unwrap();
+    let sha = body["backup"]["sha256"].as_str().unwrap().to_string();
+    assert!(size > 1 << 20, "{body}");
+
+    let address = app.address.trim_start_matches("http://").to_string();
+    let key = app.admin_key.clone();
+    tokio::task::spawn_blocking(move || {
+        let stream = TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(GENEROUS)).unwrap();
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        fn ask(
+            writer: &mut TcpStream,
+            reader: &mut std::io::BufReader<TcpStream>,
+            request: &str,
+        ) -> RawResponse {
+            writer.write_all(request.as_bytes()).unwrap();
+            RawResponse::read(reader)
+        }
+
+        let download = ask(
+            &mut writer,
+            &mut reader,
+            &format!(
+                "GET /api/v1/backups/{id}/download HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n\r\n"
+            ),
+        );
+        assert_eq!(download.status, 200);
+        assert_eq!(download.body.len() as u64, size);
+        assert_eq!(hex::encode(Sha256::digest(&download.body)), sha);
+
+        let missing = ask(
+            &mut writer,
+            &mut reader,
+            "GET /api/v1/nothing HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        assert_eq!(missing.status, 404);
+        assert!(
+            missing.header("x-request-id").is_some(),
+            "{:?}",
+            missing.headers
+        );
+        assert_eq!(missing.header("connection"), None);
+        assert_eq!(missing.body, br#"{"error":"Not found","success":false}"#);
+
+        // A response with no body: what hyper's own refusals look like.
+        writer
+            .write_all(b"HEAD /api/v1/nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+        assert!(head.contains("x-request-id"), "{head}");
+
+        let health = ask(
+            &mut writer,
+            &mut reader,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(health.status, 200);
+        assert_eq!(health.body, br#"{"status":"ok"}"#);
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    })
+    .await
+    .unwrap();
 }
