@@ -56,9 +56,7 @@ impl Idempotency {
             return Ok(None);
         }
         if first.request_hash.as_deref() != Some(self.request_hash.as_str()) {
-            return Err(ApiError::conflict(
-                "Idempotency-Key was already used for a different request",
-            ));
+            return Err(ApiError::IdempotencyKeyReused);
         }
         Ok(Some(first))
     }

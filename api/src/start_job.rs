@@ -99,7 +99,7 @@ pub trait OwnRow: Send {
 /// its own status.
 pub trait OwnTable: OwnRow {
     /// The 404 when the row is gone.
-    const MISSING: &'static str;
+    const MISSING: ApiError;
     fn find_for_job(
         db: &DatabaseConnection,
         job_id: &str,
@@ -130,7 +130,7 @@ impl OwnRow for backup::ActiveModel {
 }
 
 impl OwnTable for backup::ActiveModel {
-    const MISSING: &'static str = "Backup not found";
+    const MISSING: ApiError = ApiError::BackupNotFound;
     async fn find_for_job(
         db: &DatabaseConnection,
         job_id: &str,
@@ -146,7 +146,7 @@ impl OwnTable for backup::ActiveModel {
 }
 
 impl OwnTable for restore::ActiveModel {
-    const MISSING: &'static str = "Restore not found";
+    const MISSING: ApiError = ApiError::RestoreNotFound;
     async fn find_for_job(
         db: &DatabaseConnection,
         job_id: &str,
@@ -226,7 +226,7 @@ where
                 let first = idempotency
                     .find(&state.db)
                     .await?
-                    .ok_or_else(|| ApiError::conflict("Idempotency-Key is in use"))?;
+                    .ok_or(ApiError::IdempotencyKeyInUse)?;
                 return A::answer(state, &first, wants_async, None).await;
             }
             return Err(e.into());
@@ -313,7 +313,7 @@ pub async fn wait_for_job(
         let row = job::Entity::find_by_id(job_row.id.clone())
             .one(&state.db)
             .await?
-            .ok_or_else(|| ApiError::not_found("Job not found"))?;
+            .ok_or(ApiError::JobNotFound)?;
         let over = is_over(&row.status);
         Ok((row, over))
     })
@@ -335,7 +335,7 @@ pub async fn wait_for_own_row<R: OwnTable>(
                 Some(row) => row,
                 None => R::find_for_job(&state.db, &job_row.id)
                     .await?
-                    .ok_or_else(|| ApiError::not_found(R::MISSING))?,
+                    .ok_or(R::MISSING)?,
             };
             let over = is_over(R::status(&row));
             Ok((row, over))

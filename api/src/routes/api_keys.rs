@@ -204,7 +204,7 @@ impl ApiKeysApi {
         let row = api_key_row::Entity::find_by_id(id.0.clone())
             .one(&state.db)
             .await?
-            .ok_or_else(|| ApiError::not_found("API key not found"))?;
+            .ok_or(ApiError::ApiKeyNotFound)?;
         if row.revoked_at.is_none() {
             let mut active: api_key_row::ActiveModel = row.into();
             active.revoked_at = Set(Some(crate::now()));

@@ -392,16 +392,14 @@ impl BackupsApi {
             Ok(destination) => match destination.stat(&key).await {
                 Ok(Some(_)) => destination.delete(&key).await.map_err(|e| {
                     tracing::error!(backup = %row.id, error = %e, "cannot delete the artifact");
-                    ApiError::unavailable("The backup's destination does not answer")
+                    ApiError::DestinationDown
                 })?,
                 Ok(None) => {
                     tracing::warn!(backup = %row.id, "the artifact was already gone; deleting the record")
                 }
                 Err(e) => {
                     tracing::error!(backup = %row.id, error = %e, "cannot reach the destination");
-                    return Err(ApiError::unavailable(
-                        "The backup's destination does not answer",
-                    ));
+                    return Err(ApiError::DestinationDown);
                 }
             },
             Err(e) => {
@@ -434,7 +432,7 @@ pub async fn visible_backup(
         .one(&state.db)
         .await?
         .filter(|b| principal.may_see(&b.project_id))
-        .ok_or_else(ApiError::backup_not_found)
+        .ok_or(ApiError::BackupNotFound)
 }
 
 /// The projects a query may cover: the requested ones, limited to what the
@@ -647,7 +645,7 @@ impl JobAnswer for CreatedBackup {
             }))),
             jobs::STATUS_FAILED => {
                 let cause = row.error.unwrap_or_else(|| "unknown cause".into());
-                Err(ApiError::internal(format!("Backup failed: {cause}")))
+                Err(ApiError::JobFailed(format!("Backup failed: {cause}")))
             }
             status => Ok(CreatedBackup::Accepted(
                 Json(BackupAccepted {
@@ -671,7 +669,7 @@ async fn new_backup_rows(
         .one(&state.db)
         .await?
         .filter(|p| principal.may_see(&p.id))
-        .ok_or_else(|| ApiError::bad_request("Project not found"))?;
+        .ok_or(ApiError::UnknownProject)?;
     let backup_type = input.backup_type.unwrap_or_else(|| "full".into());
     if !BACKUP_TYPES.contains(&backup_type.as_str()) {
         return Err(ApiError::bad_request(format!(

@@ -161,9 +161,7 @@ impl DownloadApi {
             }
             Err(e) => {
                 tracing::error!(backup = %row.id, error = %e, "cannot read the destination");
-                return Err(ApiError::unavailable(
-                    "The backup's destination does not answer",
-                ));
+                return Err(ApiError::DestinationDown);
             }
         };
         let etag = format!("\"{}\"", row.sha256.clone().unwrap_or_default());
@@ -201,13 +199,13 @@ impl DownloadApi {
         let reader = destination
             .reader(&key)
             .await
-            .map_err(|_| ApiError::unavailable("The backup's destination does not answer"))?;
+            .map_err(|_| ApiError::DestinationDown)?;
         let (start, end) = wanted.unwrap_or((0, size.saturating_sub(1)));
         let length = if size == 0 { 0 } else { end - start + 1 };
         let stream = reader
             .into_bytes_stream(start..start + length)
             .await
-            .map_err(|_| ApiError::unavailable("The backup's destination does not answer"))?
+            .map_err(|_| ApiError::DestinationDown)?
             .map_err(std::io::Error::other);
         let body = ArtifactBytes {
             body: Body::from_bytes_stream(stream),

@@ -400,10 +400,10 @@ async fn check_target(
     let facts = supascale_shared::restore::database::target_facts(&url)
         .await
         .map_err(|cause| {
-            ApiError::bad_request(format!("Project {} is not running: {cause}", project.id))
+            ApiError::TargetRefused(format!("Project {} is not running: {cause}", project.id))
         })?;
     if let Some(missing) = supascale_shared::restore::database::missing_privilege(&facts) {
-        return Err(ApiError::bad_request(format!(
+        return Err(ApiError::TargetRefused(format!(
             "Project {}: {missing}",
             project.id
         )));
@@ -412,7 +412,7 @@ async fn check_target(
     // control plane is refused for it.
     let force = force || kind == JobKind::ImportStorage;
     if let Some(problem) = supascale_shared::restore::database::identity_problem(&facts, force) {
-        return Err(ApiError::bad_request(format!(
+        return Err(ApiError::TargetRefused(format!(
             "Project {}: {problem}",
             project.id
         )));
@@ -477,7 +477,7 @@ async fn receive(
                 }
                 size += n as u64;
                 if size > limit {
-                    return Err(ApiError::payload_too_large(format!(
+                    return Err(ApiError::TooLarge(format!(
                         "The file is larger than the limit of {limit} bytes \
                          (SUPASCALE_MAX_UPLOAD_BYTES)"
                     )));
@@ -518,7 +518,7 @@ async fn receive(
 fn upload_area_error(e: &(dyn std::error::Error + 'static), store: &UploadStore) -> ApiError {
     if let Some(io) = supascale_shared::disk::out_of_space_in(e) {
         let root = store.local_root().unwrap_or_default();
-        return ApiError::insufficient_storage(supascale_shared::disk::out_of_space_message(
+        return ApiError::DiskFull(supascale_shared::disk::out_of_space_message(
             io,
             UPLOAD_AREA,
             &root,
@@ -544,9 +544,9 @@ impl JobAnswer for StartedImport {
             jobs::STATUS_FAILED => {
                 let cause = row.error.clone().unwrap_or_else(|| "unknown cause".into());
                 if row.error_kind.as_deref() == Some(jobs::ERROR_KIND_INVALID_INPUT) {
-                    Err(ApiError::bad_request(cause))
+                    Err(ApiError::RejectedInput(cause))
                 } else {
-                    Err(ApiError::internal(format!(
+                    Err(ApiError::JobFailed(format!(
                         "{}: {cause}",
                         jobs::failure_prefix(&row.kind)
                     )))

@@ -353,7 +353,7 @@ impl JobsApi {
             let row = job::Entity::find_by_id(row.id.clone())
                 .one(&state.db)
                 .await?
-                .ok_or_else(|| ApiError::not_found("Job not found"))?;
+                .ok_or(ApiError::JobNotFound)?;
             if crate::start_job::is_over(&row.status) {
                 return Ok(CancelAnswer::Stopped(Json(JobEnvelope {
                     success: true,
@@ -385,7 +385,7 @@ pub async fn visible_job(
         .one(&state.db)
         .await?
         .filter(|j| j.project_id.as_deref().is_none_or(|p| principal.may_see(p)))
-        .ok_or_else(|| ApiError::not_found("Job not found"))
+        .ok_or(ApiError::JobNotFound)
 }
 
 /// For a job that ended without a worker (cancelled while pending, never
@@ -449,9 +449,7 @@ pub async fn completed_body(state: &AppState, row: &job::Model) -> ApiResult<Val
 }
 
 async fn own_row<R: OwnTable>(state: &AppState, job: &job::Model) -> ApiResult<R::Model> {
-    R::find_for_job(&state.db, &job.id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(R::MISSING))
+    R::find_for_job(&state.db, &job.id).await?.ok_or(R::MISSING)
 }
 
 struct Cursor {
@@ -520,7 +518,7 @@ impl Cursor {
             let job = job::Entity::find_by_id(self.job_id.clone())
                 .one(&self.state.db)
                 .await?
-                .ok_or_else(|| ApiError::not_found("Job not found"))?;
+                .ok_or(ApiError::JobNotFound)?;
             let mut body = completed_body(&self.state, &job).await?;
             if let (Some(body), Some(ms)) = (body.as_object_mut(), data.get("durationMs")) {
                 body.insert("durationMs".into(), ms.clone());

@@ -461,7 +461,7 @@ pub async fn visible_project(
         .one(&state.db)
         .await?
         .filter(|p| principal.may_see(&p.id))
-        .ok_or_else(|| ApiError::not_found("Project not found"))
+        .ok_or(ApiError::ProjectNotFound)
 }
 
 fn valid_name(name: &str) -> ApiResult<String> {

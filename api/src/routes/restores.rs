@@ -277,7 +277,7 @@ impl JobAnswer for StartedVerify {
                 let row = backup::Entity::find_by_id(payload.backup_id)
                     .one(&state.db)
                     .await?
-                    .ok_or_else(ApiError::backup_not_found)?;
+                    .ok_or(ApiError::BackupNotFound)?;
                 Ok(StartedVerify::Done(Json(VerifyEnvelope {
                     success: true,
                     verification: Verification {
@@ -288,7 +288,7 @@ impl JobAnswer for StartedVerify {
                     },
                 })))
             }
-            jobs::STATUS_FAILED => Err(ApiError::internal(format!(
+            jobs::STATUS_FAILED => Err(ApiError::JobFailed(format!(
                 "Verification failed: {}",
                 job.error.as_deref().unwrap_or("unknown cause")
             ))),
@@ -357,7 +357,7 @@ impl JobAnswer for StartedRestore {
             }))),
             jobs::STATUS_FAILED => {
                 let cause = row.error.unwrap_or_else(|| "unknown cause".into());
-                Err(ApiError::internal(format!("Restore failed: {cause}")))
+                Err(ApiError::JobFailed(format!("Restore failed: {cause}")))
             }
             status => Ok(StartedRestore::Accepted(
                 Json(RestoreAccepted {
