@@ -26,6 +26,10 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 use crate::entities::project;
 
+pub mod pinned;
+
+pub use pinned::{Create, PinnedDir, PinnedFolders};
+
 /// Folders no project may be, lie in, or hold: the system's own, and where
 /// other services keep their data.
 pub const SYSTEM_FOLDERS: &[&str] = &[
@@ -284,6 +288,14 @@ impl FolderRules {
         self.inside_root(&folders, &folders)
             .map_err(|r| r.to_string())?;
         Ok(folders)
+    }
+
+    /// [`at_use`](Self::at_use), then the folders opened beneath the root
+    /// (see [`pinned`]): what the job does next goes through the pins, never
+    /// the stored paths again.
+    pub fn pin(&self, project: &project::Model, create: Create) -> Result<PinnedFolders, String> {
+        let folders = self.at_use(project)?;
+        PinnedFolders::open(&project.id, &folders, create)
     }
 
     /// The rules every folder keeps, whoever asks: not a system folder, not

@@ -74,6 +74,7 @@ use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use crate::disk::DiskGuard;
+use crate::project_folders::{PinnedDir, pinned};
 use xattr::FileExt;
 
 // The module is split at its seams; the parts share the helpers above and
@@ -287,9 +288,15 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StageError + '_ {
     }
 }
 
-/// An I/O error that says which path it was about.
+/// An I/O error that says which path it was about (as users know it: a
+/// pinned folder's `/proc/self/fd/…` shows as the registered path).
 fn about(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    io::Error::new(e.kind(), format!("{}: {e}", shown(path).display()))
+}
+
+/// `path` as users know it (see [`crate::project_folders::pinned::shown`]).
+fn shown(path: &Path) -> PathBuf {
+    crate::project_folders::pinned::shown(path)
 }
 
 // ---------------------------------------------------------------------------
