@@ -16,7 +16,21 @@
 //!   admin); two projects never share or nest folders;
 //! - a job resolves the folders again before it touches them and refuses a
 //!   folder that now resolves elsewhere (a symlink put in its path since it
-//!   was registered) or that the rules no longer allow.
+//!   was registered) or that the rules no longer allow;
+//! - then it pins them ([`FolderRules::pin`], [`pinned`]): the root opened
+//!   with no symlink in its path, storage and functions beneath it
+//!   (`openat2` `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), and works through
+//!   those fds from there on. A folder renamed away and replaced by a
+//!   symlink after the pin changes nothing the job reads or writes; one
+//!   replaced between the check and the pin is refused.
+//!
+//! What is still assumed: below the pinned folders, the backup opens every
+//! entry with `O_NOFOLLOW` from its folder's fd (an entry swapped for a
+//! symlink is left out, never read through); config files are opened from
+//! their folder opened beneath the pinned root. Restores and imports stage
+//! under the pinned folder and check each parent with `lstat` (see
+//! [`crate::restore::staging`]); the post-restore command runs in the
+//! registered root path.
 //!
 //! Messages name the path as the caller gave it and the rule it breaks,
 //! never what exists on the server.
