@@ -498,10 +498,7 @@ async fn bare_handle(job: BareJob, ctx: Data<Arc<BareContext>>) -> Result<(), Bo
             if pattern.contains('*') {
                 continue;
             }
-            let path = root.join(pattern);
-            if let Ok(metadata) = std::fs::symlink_metadata(&path) {
-                builder.add_path(&path, &format!("config/{pattern}"), &metadata)?;
-            }
+            builder.add_tree(&root.join(pattern), &format!("config/{pattern}"))?;
         }
         let (mut sink, _) = builder.finish(ManifestMeta {
             project_id: "bench".into(),

@@ -152,7 +152,7 @@ pub fn check_room(path: &Path, area: &str, bytes: u64, reserve: u64) -> io::Resu
     let free = available_bytes(path)?;
     let needed = bytes.saturating_add(reserve);
     if free < needed {
-        tracing::warn!(path = %path.display(), area, free, needed, reserve, "not enough disk space");
+        tracing::warn!(path = %crate::project_folders::pinned::shown(path).display(), area, free, needed, reserve, "not enough disk space");
         return Err(OutOfSpace {
             area: area.to_string(),
             free,
@@ -245,7 +245,7 @@ impl DiskGuard {
         let free = available_bytes(&self.path)?;
         if free < self.reserve {
             let to_come = self.remaining.unwrap_or(CHECK_EVERY).max(1);
-            tracing::warn!(path = %self.path.display(), area = %self.area, free, reserve = self.reserve,
+            tracing::warn!(path = %crate::project_folders::pinned::shown(&self.path).display(), area = %self.area, free, reserve = self.reserve,
                 "stopped writing to keep the disk reserve free");
             return Err(OutOfSpace {
                 area: self.area.clone(),

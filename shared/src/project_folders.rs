@@ -16,7 +16,21 @@
 //!   admin); two projects never share or nest folders;
 //! - a job resolves the folders again before it touches them and refuses a
 //!   folder that now resolves elsewhere (a symlink put in its path since it
-//!   was registered) or that the rules no longer allow.
+//!   was registered) or that the rules no longer allow;
+//! - then it pins them ([`FolderRules::pin`], [`pinned`]): the root opened
+//!   with no symlink in its path, storage and functions beneath it
+//!   (`openat2` `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), and works through
+//!   those fds from there on. A folder renamed away and replaced by a
+//!   symlink after the pin changes nothing the job reads or writes; one
+//!   replaced between the check and the pin is refused.
+//!
+//! What is still assumed: below the pinned folders, the backup opens every
+//! entry with `O_NOFOLLOW` from its folder's fd (an entry swapped for a
+//! symlink is left out, never read through); config files are opened from
+//! their folder opened beneath the pinned root. Restores and imports stage
+//! under the pinned folder and check each parent with `lstat` (see
+//! [`crate::restore::staging`]); the post-restore command runs in the
+//! registered root path.
 //!
 //! Messages name the path as the caller gave it and the rule it breaks,
 //! never what exists on the server.
@@ -25,6 +39,10 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::entities::project;
+
+pub mod pinned;
+
+pub use pinned::{Create, PinnedDir, PinnedFolders};
 
 /// Folders no project may be, lie in, or hold: the system's own, and where
 /// other services keep their data.
@@ -284,6 +302,14 @@ impl FolderRules {
         self.inside_root(&folders, &folders)
             .map_err(|r| r.to_string())?;
         Ok(folders)
+    }
+
+    /// [`at_use`](Self::at_use), then the folders opened beneath the root
+    /// (see [`pinned`]): what the job does next goes through the pins, never
+    /// the stored paths again.
+    pub fn pin(&self, project: &project::Model, create: Create) -> Result<PinnedFolders, String> {
+        let folders = self.at_use(project)?;
+        PinnedFolders::open(&project.id, &folders, create)
     }
 
     /// The rules every folder keeps, whoever asks: not a system folder, not

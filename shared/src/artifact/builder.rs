@@ -1,8 +1,13 @@
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use xattr::FileExt;
 
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
@@ -155,83 +160,160 @@ impl<W: Write> ArtifactBuilder<W> {
     }
 
     /// Adds everything below `source` under `prefix/` in the archive, in
-    /// name order. A missing `source` adds nothing.
+    /// name order. A missing `source` adds nothing; a symlink is added as
+    /// the link. The folders above `source` are followed as given.
     pub fn add_tree(&mut self, source: &Path, prefix: &str) -> io::Result<()> {
-        let metadata = match std::fs::symlink_metadata(source) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
+        let (parent, name) = match (source.parent(), source.file_name()) {
+            (Some(parent), Some(name)) => (parent, name),
+            _ => (source, OsStr::new(".")),
         };
-        self.add_path(source, prefix.trim_end_matches('/'), &metadata)
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        let dir = match rustix::fs::open(parent, dir_path_flags(), Mode::empty()) {
+            Ok(dir) => dir,
+            Err(rustix::io::Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        self.add_at(dir.as_fd(), name, prefix.trim_end_matches('/'))
     }
 
-    /// Adds one file or folder (recursively) at `archive_path`.
-    pub fn add_path(
+    /// Adds the folder `dir` (held open, e.g. a pinned project folder) and
+    /// everything below it under `prefix/`.
+    pub fn add_folder(&mut self, dir: BorrowedFd<'_>, prefix: &str) -> io::Result<()> {
+        let folder = rustix::fs::openat(dir, ".", dir_read_flags(), Mode::empty())?;
+        self.add_open_folder(File::from(folder), prefix.trim_end_matches('/'))
+    }
+
+    /// Adds `name` in `dir` at `archive_path` (a folder recursively),
+    /// never following a symlink; a missing `name` adds nothing.
+    pub fn add_at(
         &mut self,
-        source: &Path,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
         archive_path: &str,
-        metadata: &std::fs::Metadata,
     ) -> io::Result<()> {
-        let kind = metadata.file_type();
-        if kind.is_symlink() {
-            let target = std::fs::read_link(source)?;
-            let mut header = self.header(metadata, EntryType::Symlink, 0);
-            self.tar.append_link(&mut header, archive_path, &target)?;
-            self.entries.push(ManifestEntry {
-                path: archive_path.to_string(),
-                kind: "symlink".into(),
-                size: 0,
-                sha256: None,
-                link: Some(target.to_string_lossy().into_owned()),
-            });
-        } else if kind.is_dir() {
-            self.append_xattrs(source, archive_path)?;
-            let mut header = self.header(metadata, EntryType::Directory, 0);
-            self.tar
-                .append_data(&mut header, format!("{archive_path}/"), io::empty())?;
-            self.entries.push(ManifestEntry {
-                path: format!("{archive_path}/"),
-                kind: "dir".into(),
-                size: 0,
-                sha256: None,
-                link: None,
-            });
-            let mut children: Vec<_> = std::fs::read_dir(source)?
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name())
-                .collect();
-            children.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-            for name in children {
-                let child = source.join(&name);
-                match std::fs::symlink_metadata(&child) {
-                    Ok(m) => {
-                        let child_path = format!("{archive_path}/{}", name.to_string_lossy());
-                        self.add_path(&child, &child_path, &m)?;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => self.warnings.push(format!(
-                        "{archive_path}/{}: vanished while backing up",
-                        name.to_string_lossy()
-                    )),
-                    Err(e) => return Err(e),
-                }
-            }
-        } else if kind.is_file() {
-            match File::open(source) {
-                Ok(file) => {
-                    self.append_xattrs(source, archive_path)?;
-                    let size = metadata.len();
-                    self.add_reader(archive_path, file, size, Some(metadata))?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => self
-                    .warnings
-                    .push(format!("{archive_path}: vanished while backing up")),
-                Err(e) => return Err(e),
-            }
-        } else {
-            self.warnings.push(format!(
-                "{archive_path}: not a regular file, folder or link; left out"
-            ));
+        match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(listed) => self.add_listed(dir, name, archive_path, &listed),
+            Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// Adds one entry of `dir` that was listed (`lstat`) as `listed`. It is
+    /// opened with `O_NOFOLLOW` and read through that fd, its size and mode
+    /// taken from the fd: a name that became a symlink or another kind
+    /// since the listing is left out with a warning, never read through.
+    pub fn add_listed(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        archive_path: &str,
+        listed: &Stat,
+    ) -> io::Result<()> {
+        let kind = FileType::from_raw_mode(listed.st_mode);
+        let opened = match kind {
+            FileType::Symlink => {
+                let target = match rustix::fs::readlinkat(dir, name, Vec::new()) {
+                    Ok(target) => PathBuf::from(OsStr::from_bytes(target.as_bytes())),
+                    Err(rustix::io::Errno::NOENT) => return self.vanished(archive_path),
+                    Err(rustix::io::Errno::INVAL) => return self.changed(archive_path),
+                    Err(e) => return Err(e.into()),
+                };
+                let mut header = self.header(&Meta::of_stat(listed), EntryType::Symlink, 0);
+                self.tar.append_link(&mut header, archive_path, &target)?;
+                self.entries.push(ManifestEntry {
+                    path: archive_path.to_string(),
+                    kind: "symlink".into(),
+                    size: 0,
+                    sha256: None,
+                    link: Some(target.to_string_lossy().into_owned()),
+                });
+                return Ok(());
+            }
+            FileType::Directory => rustix::fs::openat(dir, name, dir_read_flags(), Mode::empty()),
+            // Non-blocking: a FIFO put there since is not waited on.
+            FileType::RegularFile => rustix::fs::openat(
+                dir,
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                Mode::empty(),
+            ),
+            _ => {
+                self.warnings.push(format!(
+                    "{archive_path}: not a regular file, folder or link; left out"
+                ));
+                return Ok(());
+            }
+        };
+        let file = match opened {
+            Ok(fd) => File::from(fd),
+            Err(rustix::io::Errno::NOENT) => return self.vanished(archive_path),
+            // A symlink (`O_NOFOLLOW`) or no longer a folder.
+            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                return self.changed(archive_path);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let metadata = file.metadata()?;
+        match kind {
+            FileType::Directory if metadata.is_dir() => self.add_open_folder(file, archive_path),
+            FileType::RegularFile if metadata.is_file() => {
+                self.append_xattrs(&file, archive_path)?;
+                let size = metadata.len();
+                self.add_reader(archive_path, file, size, Some(&metadata))
+            }
+            _ => self.changed(archive_path),
+        }
+    }
+
+    /// Adds an opened folder and, in name order, what it holds.
+    fn add_open_folder(&mut self, folder: File, archive_path: &str) -> io::Result<()> {
+        let metadata = folder.metadata()?;
+        self.append_xattrs(&folder, archive_path)?;
+        let mut header = self.header(&Meta::of(&metadata), EntryType::Directory, 0);
+        self.tar
+            .append_data(&mut header, format!("{archive_path}/"), io::empty())?;
+        self.entries.push(ManifestEntry {
+            path: format!("{archive_path}/"),
+            kind: "dir".into(),
+            size: 0,
+            sha256: None,
+            link: None,
+        });
+        let mut children = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&folder)? {
+            let name = entry?.file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                children.push(name);
+            }
+        }
+        children.sort();
+        for name in children {
+            let name = OsStr::from_bytes(&name);
+            let child_path = format!("{archive_path}/{}", name.to_string_lossy());
+            match rustix::fs::statat(&folder, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(listed) => self.add_listed(folder.as_fd(), name, &child_path, &listed)?,
+                Err(rustix::io::Errno::NOENT) => self.vanished(&child_path)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn vanished(&mut self, archive_path: &str) -> io::Result<()> {
+        self.warnings
+            .push(format!("{archive_path}: vanished while backing up"));
+        Ok(())
+    }
+
+    fn changed(&mut self, archive_path: &str) -> io::Result<()> {
+        self.warnings.push(format!(
+            "{archive_path}: changed while backing up (replaced by a symbolic link or \
+             another kind of file); left out"
+        ));
         Ok(())
     }
 
@@ -247,7 +329,7 @@ impl<W: Write> ArtifactBuilder<W> {
         metadata: Option<&std::fs::Metadata>,
     ) -> io::Result<()> {
         let mut header = match metadata {
-            Some(m) => self.header(m, EntryType::Regular, size),
+            Some(m) => self.header(&Meta::of(m), EntryType::Regular, size),
             None => produced_file_header(size, 0o600),
         };
         let mut exact = ExactLength {
@@ -326,21 +408,22 @@ impl<W: Write> ArtifactBuilder<W> {
         Ok(())
     }
 
-    fn header(&self, metadata: &std::fs::Metadata, kind: EntryType, size: u64) -> Header {
+    fn header(&self, meta: &Meta, kind: EntryType, size: u64) -> Header {
         let mut header = Header::new_gnu();
         header.set_entry_type(kind);
         header.set_size(size);
-        header.set_mode(metadata.mode() & 0o7777);
-        header.set_uid(metadata.uid().into());
-        header.set_gid(metadata.gid().into());
-        header.set_mtime(metadata.mtime().max(0) as u64);
+        header.set_mode(meta.mode & 0o7777);
+        header.set_uid(meta.uid.into());
+        header.set_gid(meta.gid.into());
+        header.set_mtime(meta.mtime.max(0) as u64);
         header
     }
 
-    /// Writes a PAX extended header carrying `path`'s extended attributes
-    /// (as GNU tar and bsdtar read them: `SCHILY.xattr.<name>`).
-    fn append_xattrs(&mut self, path: &Path, archive_path: &str) -> io::Result<()> {
-        let names = match xattr::list(path) {
+    /// Writes a PAX extended header carrying the extended attributes of
+    /// the opened `file` (as GNU tar and bsdtar read them:
+    /// `SCHILY.xattr.<name>`).
+    fn append_xattrs(&mut self, file: &File, archive_path: &str) -> io::Result<()> {
+        let names = match file.list_xattr() {
             Ok(names) => names,
             // A filesystem without xattr support has none to keep.
             Err(e) if e.raw_os_error() == Some(95) => return Ok(()),
@@ -349,7 +432,7 @@ impl<W: Write> ArtifactBuilder<W> {
         let mut records = Vec::new();
         for name in names {
             let Some(text) = name.to_str() else { continue };
-            if let Some(value) = xattr::get(path, &name)? {
+            if let Some(value) = file.get_xattr(&name)? {
                 pax_record(&mut records, &format!("SCHILY.xattr.{text}"), &value);
             }
         }
@@ -410,9 +493,52 @@ impl<W: Write> ArtifactBuilder<W> {
         Ok((tally.inner, summary))
     }
 
+    /// Adds a warning of the caller's to the manifest.
+    pub fn warn(&mut self, warning: String) {
+        self.warnings.push(warning);
+    }
+
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
+}
+
+/// What a header takes of a file's metadata, from `fstat` or `lstat`.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+}
+
+impl Meta {
+    fn of(metadata: &std::fs::Metadata) -> Self {
+        Self {
+            mode: metadata.mode(),
+            uid: metadata.uid(),
+            gid: metadata.gid(),
+            mtime: metadata.mtime(),
+        }
+    }
+
+    fn of_stat(stat: &Stat) -> Self {
+        Self {
+            mode: stat.st_mode,
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            mtime: stat.st_mtime,
+        }
+    }
+}
+
+/// A folder to open others from (`O_PATH`).
+fn dir_path_flags() -> OFlags {
+    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC
+}
+
+/// A folder to list and read the xattrs of, never through a symlink.
+fn dir_read_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
 /// The zeros after `size` bytes of an entry's data, up to a whole 512-byte
@@ -488,7 +614,100 @@ impl<R: Read> Read for ExactLength<R> {
 
 #[cfg(test)]
 mod tests {
-    use super::pax_record;
+    use super::*;
+
+    const SECRET: &[u8] = b"not the project's";
+
+    /// A builder's manifest and the artifact's bytes, decompressed.
+    fn finish(builder: ArtifactBuilder<Vec<u8>>) -> (Vec<u8>, ArtifactSummary) {
+        let meta = ManifestMeta {
+            project_id: "p".into(),
+            project_name: "P".into(),
+            backup_type: "storage".into(),
+            components: vec!["storage".into()],
+            postgres_version: None,
+            created_at: "2026-01-01T00:00:00Z".into(),
+        };
+        let (bytes, summary) = builder.finish(meta).unwrap();
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(bytes.as_slice())
+            .read_to_end(&mut plain)
+            .unwrap();
+        (plain, summary)
+    }
+
+    #[test]
+    fn an_entry_that_became_a_symlink_after_its_listing_is_not_read_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), SECRET).unwrap();
+        std::fs::write(dir.path().join("file"), b"public").unwrap();
+        std::fs::create_dir(dir.path().join("folder")).unwrap();
+        let folder = rustix::fs::open(dir.path(), dir_path_flags(), Mode::empty()).unwrap();
+        let listed =
+            |name: &str| rustix::fs::statat(&folder, name, AtFlags::SYMLINK_NOFOLLOW).unwrap();
+        let (file, sub) = (listed("file"), listed("folder"));
+        // Swapped between the listing and the open.
+        std::fs::remove_file(dir.path().join("file")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("file")).unwrap();
+        std::fs::remove_dir(dir.path().join("folder")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("folder")).unwrap();
+        let mut builder = ArtifactBuilder::new(Vec::new(), Compression::Gzip).unwrap();
+        builder
+            .add_listed(folder.as_fd(), OsStr::new("file"), "storage/file", &file)
+            .unwrap();
+        builder
+            .add_listed(folder.as_fd(), OsStr::new("folder"), "storage/folder", &sub)
+            .unwrap();
+        let (plain, summary) = finish(builder);
+        assert!(!plain.windows(SECRET.len()).any(|w| w == SECRET));
+        let paths: Vec<_> = summary.manifest.entries.iter().map(|e| &e.path).collect();
+        assert!(
+            !paths.iter().any(|p| p.starts_with("storage/")),
+            "{paths:?}"
+        );
+        for name in ["storage/file", "storage/folder"] {
+            assert!(
+                summary
+                    .manifest
+                    .warnings
+                    .iter()
+                    .any(|w| w.starts_with(name) && w.contains("changed while backing up")),
+                "{name}: {:?}",
+                summary.manifest.warnings
+            );
+        }
+    }
+
+    #[test]
+    fn a_tree_keeps_its_symlinks_as_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), SECRET).unwrap();
+        let tree = dir.path().join("storage");
+        std::fs::create_dir_all(tree.join("a")).unwrap();
+        std::fs::write(tree.join("a/file"), b"public").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), tree.join("a/link")).unwrap();
+        let mut builder = ArtifactBuilder::new(Vec::new(), Compression::Gzip).unwrap();
+        builder.add_tree(&tree, "storage").unwrap();
+        let (plain, summary) = finish(builder);
+        assert!(!plain.windows(SECRET.len()).any(|w| w == SECRET));
+        let kinds: Vec<_> = summary
+            .manifest
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.kind.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("storage/", "dir"),
+                ("storage/a/", "dir"),
+                ("storage/a/file", "file"),
+                ("storage/a/link", "symlink"),
+            ]
+        );
+    }
 
     #[test]
     fn pax_record_lengths_count_themselves() {

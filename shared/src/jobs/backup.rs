@@ -30,6 +30,9 @@ use crate::domain::CONFIG_ALLOWLIST;
 use crate::entities::{backup, job, project};
 use crate::pgtools;
 use crate::pgtools::child;
+use crate::project_folders::{Create, PinnedFolders};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 
 /// The components a backup type holds, in artifact order.
 pub fn components(backup_type: &str) -> &'static [&'static str] {
@@ -298,11 +301,17 @@ async fn produce(
         Vec::new()
     };
     let wanted = components(&row.backup_type);
-    if wanted.iter().any(|c| *c != "database") {
-        crate::project_folders::FolderRules::from_config(&ctx.config)
-            .at_use(project)
-            .map_err(JobError::Abort)?;
-    }
+    // Opened now, beneath the project's root: the builder reads through
+    // these, never the stored paths again.
+    let folders = if wanted.iter().any(|c| *c != "database") {
+        Some(
+            crate::project_folders::FolderRules::from_config(&ctx.config)
+                .pin(project, Create::default())
+                .map_err(JobError::Abort)?,
+        )
+    } else {
+        None
+    };
     // The files go into the artifact while `pg_dump` writes its spool, and
     // the database comes last, once its size is known: dump and archiving
     // overlap instead of following each other (restores do not depend on
@@ -422,10 +431,7 @@ async fn produce(
     };
     let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
     let sources = Sources {
-        root: PathBuf::from(&project.root_dir),
-        storage: PathBuf::from(&project.storage_dir),
-        functions: PathBuf::from(&project.functions_dir),
-        extra_config: serde_json::from_str(&project.config_paths).unwrap_or_default(),
+        folders,
         dump: ready_rx,
         roles: roles.as_ref().map(|d| d.path.clone()),
         components: order.clone(),
@@ -684,10 +690,8 @@ pub(crate) fn destination_error(e: &crate::destinations::DestinationError) -> Jo
 }
 
 struct Sources {
-    root: PathBuf,
-    storage: PathBuf,
-    functions: PathBuf,
-    extra_config: Vec<String>,
+    /// The project's folders, pinned (`None` for a database-only backup).
+    folders: Option<PinnedFolders>,
     /// The spooled dump's path, sent once `pg_dump` has finished (dropped
     /// unsent when it fails or the job is cancelled).
     dump: Option<tokio::sync::oneshot::Receiver<(PathBuf, Precompressed)>>,
@@ -756,9 +760,23 @@ fn build_artifact(
                     builder.add_precompressed("database/database.dump", file, &entry)?;
                 }
             }
-            "storage" => builder.add_tree(&sources.storage, "storage")?,
-            "functions" => builder.add_tree(&sources.functions, "functions")?,
-            "config" => add_config(&mut builder, &sources)?,
+            "storage" | "functions" | "config" => {
+                let Some(folders) = &sources.folders else {
+                    continue;
+                };
+                let folder = match component {
+                    "storage" => &folders.storage,
+                    "functions" => &folders.functions,
+                    _ => {
+                        add_config(&mut builder, folders)?;
+                        continue;
+                    }
+                };
+                // A missing folder adds nothing.
+                if let Some(folder) = folder {
+                    builder.add_folder(folder.fd(), component)?;
+                }
+            }
             _ => {}
         }
     }
@@ -768,58 +786,129 @@ fn build_artifact(
 }
 
 /// The config allowlist (never the live `volumes/db/data`), then the
-/// project's extra paths under `config/extra/<absolute path>`.
+/// project's extra paths under `config/extra/<absolute path>`. Each file is
+/// opened from its folder, itself opened beneath the pinned root (or, for
+/// an extra path outside it, with no symlinks from `/`): a folder reached
+/// through a symbolic link is left out with a warning.
 fn add_config<W: Write>(
     builder: &mut ArtifactBuilder<W>,
-    sources: &Sources,
+    folders: &PinnedFolders,
 ) -> std::io::Result<()> {
     for pattern in CONFIG_ALLOWLIST {
         match pattern.strip_suffix("/*.sql") {
             Some(dir) => {
-                let mut names: Vec<_> = match std::fs::read_dir(sources.root.join(dir)) {
-                    Ok(entries) => entries
-                        .filter_map(|e| e.ok())
-                        .map(|e| e.file_name())
-                        .collect(),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
+                let Some((parent, name)) =
+                    open_config_folder(builder, folders, Path::new(dir), &format!("config/{dir}"))?
+                else {
+                    continue;
                 };
-                names.sort();
-                for name in names {
-                    if name.to_string_lossy().ends_with(".sql") {
-                        let relative = Path::new(dir).join(&name);
-                        add_if_present(
-                            builder,
-                            &sources.root.join(&relative),
-                            &format!("config/{}", relative.display()),
-                        )?;
+                let folder = rustix::fs::openat(
+                    &parent,
+                    &name,
+                    rustix::fs::OFlags::RDONLY
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::NOFOLLOW
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                );
+                let folder = match folder {
+                    Ok(folder) => folder,
+                    Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => continue,
+                    Err(rustix::io::Errno::LOOP) => {
+                        through_symlink(builder, &format!("config/{dir}/*.sql"));
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let mut names = Vec::new();
+                for entry in rustix::fs::Dir::read_from(&folder)? {
+                    let name = entry?.file_name().to_bytes().to_vec();
+                    if name.ends_with(b".sql") {
+                        names.push(name);
                     }
                 }
+                names.sort();
+                for name in names {
+                    let name = std::ffi::OsStr::from_bytes(&name);
+                    let shown = format!("config/{dir}/{}", name.to_string_lossy());
+                    builder.add_at(folder.as_fd(), name, &shown)?;
+                }
             }
-            None => add_if_present(
-                builder,
-                &sources.root.join(pattern),
-                &format!("config/{pattern}"),
-            )?,
+            None => {
+                let shown = format!("config/{pattern}");
+                if let Some((parent, name)) =
+                    open_config_folder(builder, folders, Path::new(pattern), &shown)?
+                {
+                    builder.add_at(parent.as_fd(), &name, &shown)?;
+                }
+            }
         }
     }
-    for extra in &sources.extra_config {
-        let name = format!("config/extra{extra}");
-        add_if_present(builder, Path::new(extra), &name)?;
+    for extra in &folders.config {
+        let shown = format!("config/extra{}", extra.display());
+        if let Some((parent, name)) = open_config_folder(builder, folders, extra, &shown)? {
+            builder.add_at(parent.as_fd(), &name, shown.trim_end_matches('/'))?;
+        }
     }
     Ok(())
 }
 
-fn add_if_present<W: Write>(
+/// The folder holding the config path `path` (see
+/// [`PinnedFolders::open_parent`]); `None` when it is missing, or reached
+/// through a symbolic link (with a warning).
+fn open_config_folder<W: Write>(
     builder: &mut ArtifactBuilder<W>,
+    folders: &PinnedFolders,
     path: &Path,
-    name: &str,
-) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(metadata) => builder.add_path(path, name.trim_end_matches('/'), &metadata),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+    shown: &str,
+) -> std::io::Result<Option<(std::os::fd::OwnedFd, std::ffi::OsString)>> {
+    match folders.open_parent(path) {
+        Ok(found) => Ok(found),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EXDEV)) => {
+            through_symlink(builder, shown);
+            Ok(None)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+fn through_symlink<W: Write>(builder: &mut ArtifactBuilder<W>, shown: &str) {
+    builder.warn(format!(
+        "{shown}: left out: its folder is reached through a symbolic link"
+    ));
+}
+
+/// The files of a backup (no database) built from pinned folders, as the
+/// job builds them: the artifact's bytes and its summary.
+#[cfg(test)]
+pub(crate) fn build_files(
+    folders: PinnedFolders,
+    components: Vec<&'static str>,
+) -> std::io::Result<(Vec<u8>, ArtifactSummary)> {
+    let (started, _) = tokio::sync::mpsc::unbounded_channel();
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(1024);
+    let meta = ManifestMeta {
+        project_id: "p".into(),
+        project_name: "P".into(),
+        backup_type: "full".into(),
+        components: components.iter().map(|c| c.to_string()).collect(),
+        postgres_version: None,
+        created_at: "2026-01-01T00:00:00Z".into(),
+    };
+    let sources = Sources {
+        folders: Some(folders),
+        dump: None,
+        roles: None,
+        components,
+        started,
+    };
+    let summary = build_artifact(sources, meta, Compression::Gzip, &[], sender)?;
+    let mut bytes = Vec::new();
+    while let Ok(chunk) = receiver.try_recv() {
+        bytes.extend(chunk);
+    }
+    Ok((bytes, summary))
 }
 
 /// A dump file that is removed when dropped.

@@ -16,10 +16,24 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     let started = Instant::now();
     reporter.step("check", "Checking the upload", 1, 3).await;
     let start = import::start(ctx, job, import::ARCHIVE_FORMATS).await?;
-    crate::project_folders::FolderRules::from_config(&ctx.config)
-        .at_use(&start.project)
+    // Opened beneath the project's root now (created there when missing):
+    // the import writes through it, never the stored path again.
+    let folders = crate::project_folders::FolderRules::from_config(&ctx.config)
+        .pin(
+            &start.project,
+            crate::project_folders::Create {
+                functions: true,
+                ..Default::default()
+            },
+        )
         .map_err(JobError::Abort)?;
-    let dir = std::path::PathBuf::from(&start.project.functions_dir);
+    let pinned = folders.functions.as_ref().ok_or_else(|| {
+        JobError::Abort(format!(
+            "project {}'s functionsDir {} could not be created",
+            start.project.id, start.project.functions_dir
+        ))
+    })?;
+    let dir = pinned.path();
     let detected = start.detected;
     let mut warnings: Vec<String> = super::restore::recover_dead_attempt(&dir, &job.id, "import")?
         .into_iter()

@@ -33,10 +33,24 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     // Only the storage schema's rows are added to: any Supabase-shaped or
     // not, but never the control plane.
     let (url, _facts) = import::target_database(ctx, job, &start.project, true).await?;
-    crate::project_folders::FolderRules::from_config(&ctx.config)
-        .at_use(&start.project)
+    // Opened beneath the project's root now (created there when missing):
+    // the import writes through it, never the stored path again.
+    let folders = crate::project_folders::FolderRules::from_config(&ctx.config)
+        .pin(
+            &start.project,
+            crate::project_folders::Create {
+                storage: true,
+                ..Default::default()
+            },
+        )
         .map_err(JobError::Abort)?;
-    let dir = std::path::PathBuf::from(&start.project.storage_dir);
+    let pinned = folders.storage.as_ref().ok_or_else(|| {
+        JobError::Abort(format!(
+            "project {}'s storageDir {} could not be created",
+            start.project.id, start.project.storage_dir
+        ))
+    })?;
+    let dir = pinned.path();
     let detected = start.detected;
     let mut warnings: Vec<String> = super::restore::recover_dead_attempt(&dir, &job.id, "import")?
         .into_iter()

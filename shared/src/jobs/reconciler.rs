@@ -11,7 +11,6 @@
 //! at most once per [`REPUSH_EVERY`].
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sea_orm::sea_query::ExprTrait;
@@ -22,6 +21,7 @@ use std::sync::Arc;
 use super::worker::JobContext;
 use super::{JobQueue, STALE_AFTER, STATUS_IN_PROGRESS, STATUS_PENDING, store};
 use crate::entities::job;
+use crate::project_folders::Create;
 
 pub const PENDING_GRACE: Duration = Duration::from_secs(5);
 /// How old a pending row must be to be re-delivered while the queue is busy.
@@ -184,42 +184,45 @@ async fn remove_restore_leftovers(ctx: &JobContext) {
     let rules = crate::project_folders::FolderRules::from_config(&ctx.config);
     for project in projects {
         // A folder that no longer resolves to itself may now lead anywhere:
-        // nothing is removed there (the project's next job says why).
-        if rules.at_use(&project).is_err() {
+        // nothing is removed there (the project's next job says why). The
+        // others are opened beneath the root and cleaned through that.
+        let Ok(folders) = rules.pin(&project, Create::default()) else {
             continue;
-        }
-        for dir in [&project.storage_dir, &project.functions_dir] {
-            for (job_id, path, old) in crate::restore::staging::leftovers_by_job(Path::new(dir)) {
+        };
+        for dir in [&folders.storage, &folders.functions].into_iter().flatten() {
+            for (job_id, path, old) in crate::restore::staging::leftovers_by_job(&dir.path()) {
+                let shown = crate::project_folders::pinned::shown(&path);
                 if job_is_alive(ctx, &job_id, true).await {
                     continue;
                 }
                 if old {
                     tracing::warn!(
-                        folder = %path.display(),
+                        folder = %shown.display(),
                         job = %job_id,
                         "an interrupted restore left the content it replaced here; \
                          remove it once the project is checked"
                     );
                 } else if crate::restore::staging::remove_leftover(&path).is_ok() {
-                    tracing::info!(folder = %path.display(), "removed a dead restore's staging folder");
+                    tracing::info!(folder = %shown.display(), "removed a dead restore's staging folder");
                 }
             }
         }
         let extra: Vec<String> = serde_json::from_str(&project.config_paths).unwrap_or_default();
-        for dir in crate::domain::config_dirs(Path::new(&project.root_dir), &extra) {
+        for dir in crate::domain::config_dirs(&folders.root.path(), &extra) {
             for (job_id, path, old) in crate::restore::staging::file_leftovers_by_job(&dir) {
+                let shown = crate::project_folders::pinned::shown(&path);
                 if job_is_alive(ctx, &job_id, true).await {
                     continue;
                 }
                 if old {
                     tracing::warn!(
-                        file = %path.display(),
+                        file = %shown.display(),
                         job = %job_id,
                         "an interrupted restore left the config file it replaced here; \
                          remove it once the project is checked"
                     );
                 } else if std::fs::remove_file(&path).is_ok() {
-                    tracing::info!(file = %path.display(), "removed a dead restore's staged config file");
+                    tracing::info!(file = %shown.display(), "removed a dead restore's staged config file");
                 }
             }
         }

@@ -40,6 +40,7 @@ use crate::disk::{
 };
 use crate::entities::{backup, job, project, restore};
 use crate::pgtools::child;
+use crate::project_folders::{Create, PinnedDir};
 use crate::restore::database::{self, DatabaseRestore, TargetFacts};
 use crate::restore::source;
 use crate::restore::staging::{
@@ -165,11 +166,36 @@ async fn restore_backup(
             "Backup does not contain: {missing}"
         )));
     }
-    if wanted.iter().any(|c| *c != "database") {
-        crate::project_folders::FolderRules::from_config(&ctx.config)
-            .at_use(&target)
-            .map_err(JobError::Abort)?;
-    }
+    // The project's folders, opened beneath its root now: everything below
+    // goes through them (`/proc/self/fd/…`), never the stored paths again.
+    // A folder to restore that does not exist yet is created beneath the
+    // root, one `mkdirat` at a time.
+    let folders = if wanted.iter().any(|c| *c != "database") {
+        let create = Create {
+            storage: wanted.contains(&"storage"),
+            functions: wanted.contains(&"functions"),
+        };
+        Some(
+            crate::project_folders::FolderRules::from_config(&ctx.config)
+                .pin(&target, create)
+                .map_err(JobError::Abort)?,
+        )
+    } else {
+        None
+    };
+    let pinned = |dir: Option<&PinnedDir>, stored: &str| match dir {
+        Some(dir) => dir.path(),
+        None => PathBuf::from(stored),
+    };
+    let root_dir = pinned(folders.as_ref().map(|f| &f.root), &target.root_dir);
+    let storage_dir = pinned(
+        folders.as_ref().and_then(|f| f.storage.as_ref()),
+        &target.storage_dir,
+    );
+    let functions_dir = pinned(
+        folders.as_ref().and_then(|f| f.functions.as_ref()),
+        &target.functions_dir,
+    );
     let total = wanted.len() as u32 + 2;
     let mut warnings: Vec<String> = Vec::new();
 
@@ -250,12 +276,16 @@ async fn restore_backup(
     // A previous attempt of this job that died left its staging folders
     // (and, if it died between swapping its files in and committing, the
     // content it replaced): this attempt does the whole restore again.
-    for dir in [&target.storage_dir, &target.functions_dir] {
-        warnings.extend(recover_dead_attempt(Path::new(dir), &job.id, "restore")?);
+    for dir in folders
+        .iter()
+        .flat_map(|f| [&f.storage, &f.functions])
+        .flatten()
+    {
+        warnings.extend(recover_dead_attempt(&dir.path(), &job.id, "restore")?);
     }
     // The same for config files, staged beside themselves.
     let extra: Vec<String> = serde_json::from_str(&target.config_paths).unwrap_or_default();
-    for dir in crate::domain::config_dirs(Path::new(&target.root_dir), &extra) {
+    for dir in crate::domain::config_dirs(&root_dir, &extra) {
         for (owner, path, old) in crate::restore::staging::file_leftovers_by_job(&dir) {
             if owner != job.id {
                 continue;
@@ -283,29 +313,21 @@ async fn restore_backup(
             .sum()
     };
     let mut needs = Vec::new();
-    let mut need = |area, path: &str, bytes| {
+    let mut need = |area, path: &Path, bytes| {
         needs.push(Need {
             area,
-            path: PathBuf::from(path),
+            path: path.to_path_buf(),
             bytes,
         })
     };
     if restores_database {
-        need(
-            TEMPORARY_AREA,
-            &spool_dir.to_string_lossy(),
-            bytes_of("database/"),
-        );
+        need(TEMPORARY_AREA, &spool_dir, bytes_of("database/"));
     }
     if wanted.contains(&"storage") {
-        need(STORAGE_AREA, &target.storage_dir, bytes_of("storage/"));
+        need(STORAGE_AREA, &storage_dir, bytes_of("storage/"));
     }
     if wanted.contains(&"functions") {
-        need(
-            FUNCTIONS_AREA,
-            &target.functions_dir,
-            bytes_of("functions/"),
-        );
+        need(FUNCTIONS_AREA, &functions_dir, bytes_of("functions/"));
     }
     check_free_space(&needs, ctx.config.disk_reserve_bytes)?;
     if reporter.is_cancelled() {
@@ -319,9 +341,9 @@ async fn restore_backup(
     let plan = UnpackPlan {
         wanted: wanted.iter().map(|c| c.to_string()).collect(),
         entries,
-        root: PathBuf::from(&target.root_dir),
-        storage: PathBuf::from(&target.storage_dir),
-        functions: PathBuf::from(&target.functions_dir),
+        root: root_dir,
+        storage: storage_dir,
+        functions: functions_dir,
         spool: spool_dir.join(format!("{}.restore.dump", job.id)),
         job_id: job.id.clone(),
         stop: Arc::new(AtomicBool::new(false)),

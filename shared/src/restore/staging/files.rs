@@ -13,6 +13,9 @@ pub struct StagedFiles {
     staged: Vec<StagedFile>,
     /// In creation order, so removal goes the other way.
     created_dirs: Vec<PathBuf>,
+    /// The pinned folders `add` was given as bases, kept open while their
+    /// paths are in use.
+    pins: Vec<PinnedDir>,
 }
 
 #[derive(Debug, Clone)]
@@ -40,6 +43,7 @@ impl StagedFiles {
             buffer: vec![0; COPY_BUFFER],
             staged: Vec::new(),
             created_dirs: Vec::new(),
+            pins: Vec::new(),
         })
     }
 
@@ -57,6 +61,11 @@ impl StagedFiles {
         let shown = entry_path(entry);
         let rel = clean_relative(relative, &shown)?;
         self.budget.count_entry(&shown)?;
+        if let Some(pin) = pinned::hold(base)
+            && !self.pins.iter().any(|p| p.path() == pin.path())
+        {
+            self.pins.push(pin);
+        }
         let kind = entry.header().entry_type();
         refuse_special(kind, &shown)?;
         let Some(name) = rel.file_name() else {
@@ -250,14 +259,14 @@ impl StagedFiles {
                     format!(
                         "{}: left by an interrupted swap of this job; it may be the only copy \
                          of the previous file",
-                        old.display()
+                        shown(&old).display()
                     ),
                 ));
             }
             if fs::symlink_metadata(&staged.dest).is_ok_and(|m| m.is_dir()) {
                 return Err(io::Error::other(format!(
                     "{}: is a folder; the archive has a file there",
-                    staged.dest.display()
+                    shown(&staged.dest).display()
                 )));
             }
         }
@@ -293,6 +302,7 @@ impl StagedFiles {
         Ok(SwappedFiles {
             steps: done,
             created_dirs: std::mem::take(&mut self.created_dirs),
+            _pins: std::mem::take(&mut self.pins),
         })
     }
 }
@@ -314,6 +324,8 @@ impl Drop for StagedFiles {
 pub struct SwappedFiles {
     steps: Vec<FileStep>,
     created_dirs: Vec<PathBuf>,
+    /// See [`StagedFiles::pins`].
+    _pins: Vec<PinnedDir>,
 }
 
 #[derive(Debug, Clone)]

@@ -60,6 +60,20 @@
 //! The checks assume nothing else writes into the staging folder while it is
 //! filled (it is created `0700`); a root process racing inside it could still
 //! swap a folder for a symlink between check and use.
+//!
+//! # Pinned targets
+//!
+//! Jobs give a project's folders as pinned
+//! ([`crate::project_folders::pinned`]): `/proc/self/fd/<fd>` of the folder
+//! opened beneath the project's root, so the target itself (and, for
+//! config files, the root they are found under) cannot be redirected by a
+//! symlink put at its registered path: swaps and roll-backs happen in the
+//! opened folder. Staging objects hold a clone of the pin while they use
+//! its path (the fd number is never reused under them), and every message
+//! names the registered path (`about` and friends go through
+//! [`pinned::shown`]), never `/proc/self/fd/…`. Below the target, the
+//! checks above still work by path: a folder of the live content swapped
+//! for a symlink by a root process between `lstat` and use is not caught.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CString, OsStr, OsString};
@@ -74,6 +88,7 @@ use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use crate::disk::DiskGuard;
+use crate::project_folders::{PinnedDir, pinned};
 use xattr::FileExt;
 
 // The module is split at its seams; the parts share the helpers above and
@@ -287,9 +302,15 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StageError + '_ {
     }
 }
 
-/// An I/O error that says which path it was about.
+/// An I/O error that says which path it was about (as users know it: a
+/// pinned folder's `/proc/self/fd/…` shows as the registered path).
 fn about(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    io::Error::new(e.kind(), format!("{}: {e}", shown(path).display()))
+}
+
+/// `path` as users know it (see [`crate::project_folders::pinned::shown`]).
+fn shown(path: &Path) -> PathBuf {
+    crate::project_folders::pinned::shown(path)
 }
 
 // ---------------------------------------------------------------------------

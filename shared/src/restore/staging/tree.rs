@@ -43,7 +43,7 @@ impl StagedTree {
                 format!(
                     "{}: left by an interrupted swap of this job; it may hold the only copy of \
                      the previous content, so look at it before removing it",
-                    old.display()
+                    shown(&old).display()
                 ),
             ));
         }
@@ -64,6 +64,7 @@ impl StagedTree {
                 job_id: job_id.to_string(),
                 target_mtime,
                 swapped: false,
+                pin: pinned::hold(target),
             },
             budget: Budget {
                 limits: options.limits,
@@ -482,6 +483,7 @@ impl Ready {
             steps,
             previous,
             mtime_after: wanted.mtime,
+            _pin: self.staging.pin.clone(),
         };
         if let Err(e) = write_dir_state(&target, &wanted) {
             let _ = swapped.roll_back();
@@ -504,6 +506,8 @@ pub struct Swapped {
     steps: Vec<Step>,
     previous: DirState,
     mtime_after: Option<SystemTime>,
+    /// See [`StagingDir::pin`].
+    _pin: Option<PinnedDir>,
 }
 
 #[derive(Debug, Clone)]
@@ -703,7 +707,7 @@ pub fn put_back_file(old: &Path) -> io::Result<()> {
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{}: not a kept file", old.display()),
+                format!("{}: not a kept file", shown(old).display()),
             )
         })?;
     let live = old.with_file_name(live);
@@ -724,6 +728,8 @@ pub(super) struct StagingDir {
     /// Making and removing the staging folder changes it.
     pub(super) target_mtime: SystemTime,
     pub(super) swapped: bool,
+    /// A pinned target's folder kept open while its path is in use.
+    pub(super) pin: Option<PinnedDir>,
 }
 
 impl Drop for StagingDir {
