@@ -32,11 +32,11 @@ from supascale_client.api.projects import create_project, list_projects, get_pro
 from supascale_client.api.api_keys import create_api_key
 from supascale_client.models import CreateProject, CreateApiKey, CreateBackup
 
-base, key = sys.argv[2], sys.argv[3]
+base, key, root = sys.argv[2], sys.argv[3], sys.argv[4]
 client = AuthenticatedClient(base_url=base, token=key)
 out = {}
 created = create_project.sync_detailed(client=client, body=CreateProject(
-    id="gen-client", name="Generated", root_dir="/srv/gen", database_url="postgres://u:p@127.0.0.1:1/db"))
+    id="gen-client", name="Generated", root_dir=root, database_url="postgres://u:p@127.0.0.1:1/db"))
 out["create_status"] = int(created.status_code)
 out["created_id"] = created.parsed.project.id
 out["projects"] = [p.id for p in list_projects.sync(client=client).projects]
@@ -63,7 +63,8 @@ x_api_key = AuthenticatedClient(base_url=base, token=made.parsed.api_key.key, pr
 out["x_api_key_total"] = list_backups.sync(client=x_api_key).pagination.total
 made_backup = create_backup.sync_detailed(client=client, body=CreateBackup(project_id="gen-client", type_="config"))
 out["backup_status"] = int(made_backup.status_code)
-out["backup_state"] = made_backup.parsed.backup.status
+out["backup_state"] = (made_backup.parsed.backup.status if made_backup.status_code == 200
+                       else made_backup.parsed.error)
 print(json.dumps(out))
 "#;
 
@@ -86,6 +87,10 @@ async fn a_generated_python_client_works() {
         .await;
     }
     let work = tempfile::tempdir().unwrap();
+    // The project's folder, with its `.env` (the config backup's content).
+    let root = work.path().join("gen-root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join(".env"), "POSTGRES_PASSWORD=x\n").unwrap();
     let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.yaml");
     let package = work.path().join("supascale_client");
     let generated = Command::new(&generator)
@@ -113,6 +118,7 @@ async fn a_generated_python_client_works() {
         .arg(work.path())
         .arg(app.url("/api/v1"))
         .arg(&app.admin_key)
+        .arg(&root)
         .output()
         .expect("run python");
     assert!(

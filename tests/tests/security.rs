@@ -516,6 +516,32 @@ async fn a_query_string_password_never_reaches_a_command_line() {
     assert_eq!(job["status"], "completed", "{job}");
 }
 
+/// A project whose folder is gone since it was registered (moved away,
+/// a volume not mounted): a backup of its files fails saying which folder,
+/// instead of completing with nothing in it.
+#[tokio::test]
+async fn a_backup_of_a_folder_gone_since_registration_fails_naming_it() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let project = make_project().await;
+    supascale_tests::register(&app, &project, "p").await;
+    let root = project.root.path().to_path_buf();
+    let moved = root.with_extension("moved");
+    std::fs::rename(&root, &moved).unwrap();
+    let (status, answer) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "p", "type": "config"}),
+        )
+        .await;
+    std::fs::rename(&moved, &root).unwrap();
+    assert_eq!(status, 500, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.starts_with("Backup failed: "), "{error}");
+    assert!(error.contains(root.to_str().unwrap()), "{error}");
+    let (_, backups) = app.get_json("/api/v1/backups?status=completed").await;
+    assert_eq!(backups["pagination"]["total"], 0, "{backups}");
+}
+
 supascale_tests::both_backends!(
     keys_below_admin_cannot_point_a_project_at_the_servers_files,
     with_project_roots_a_limited_key_keeps_to_its_own_project,
