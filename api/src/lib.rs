@@ -372,17 +372,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let workers = if config.workers > 0 {
-        let ctx = std::sync::Arc::new(supascale_shared::jobs::worker::JobContext {
+        let ctx = std::sync::Arc::new(supascale_worker::JobContext {
             db: db.clone(),
             destinations: destinations.clone(),
             master_key: master_key.clone(),
             config: Arc::new(config.clone()),
             events: events.clone(),
             queue: queue.clone(),
-            worker_id: supascale_shared::jobs::worker::worker_id(),
+            worker_id: supascale_worker::worker_id(),
         });
-        let run =
-            supascale_shared::jobs::worker::run(ctx, config.workers, stopped(stop_rx.clone()));
+        let run = supascale_worker::run(ctx, config.workers, stopped(stop_rx.clone()));
         Some(tokio::spawn(run))
     } else {
         None

@@ -276,7 +276,7 @@ async fn ours(app: &TestApp, label: &str, body: Value) -> Result<Row, String> {
         return Err(format!("the backup did not complete ({status}): {answer}"));
     }
     let artifact = backup["size"].as_u64().unwrap_or(0);
-    // With `BENCH_LOG=supascale_shared::jobs::backup=debug`: where the time went.
+    // With `BENCH_LOG=supascale_worker::kinds::backup=debug`: where the time went.
     let logs = strip_ansi(&app.logs());
     if let Some(job) = logs
         .lines()

@@ -41,6 +41,8 @@ use crate::config::Config;
 use crate::entities::project;
 
 pub mod pinned;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use pinned::{Create, PinnedDir, PinnedFolders};
 

@@ -8,48 +8,21 @@ use std::time::Duration;
 
 use apalis::prelude::*;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
+use sea_orm::{ActiveValue::Set, EntityTrait};
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ExprTrait, QueryFilter};
 use serde_json::json;
 
-use super::events::NewEvent;
-use super::events::{self, EventBus};
-use super::queue::EveryPoll;
-use super::reporter::Reporter;
-use super::store::{Claim, Ending};
-use super::{AbortOnDrop, HEARTBEAT, JobEnvelope, JobError, JobQueue, backup, store};
-use crate::config::Config;
-use crate::destinations::Destinations;
-use crate::entities::{job, worker};
-use crate::master_key::MasterKey;
-
-/// What a job module may use.
-pub struct JobContext {
-    pub db: DatabaseConnection,
-    pub destinations: Destinations,
-    pub master_key: MasterKey,
-    pub config: Arc<Config>,
-    /// Wakes the streams that watch a job.
-    pub events: EventBus,
-    /// Where waiting jobs are delivered again.
-    pub queue: JobQueue,
-    /// This worker's name: host, process and a random part, so a restarted
-    /// process never collides with its former self in apalis' registry.
-    pub worker_id: String,
-}
-
-pub fn worker_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
-    format!(
-        "{host}-{}-{}",
-        std::process::id(),
-        &uuid::Uuid::new_v4().simple().to_string()[..6]
-    )
-}
+use crate::context::JobContext;
+use crate::kinds::backup;
+use crate::reporter::Reporter;
+use supascale_shared::entities::{job, worker};
+use supascale_shared::jobs::events;
+use supascale_shared::jobs::events::NewEvent;
+use supascale_shared::jobs::queue::EveryPoll;
+use supascale_shared::jobs::store::{Claim, Ending};
+use supascale_shared::jobs::{AbortOnDrop, HEARTBEAT, JobEnvelope, JobError, JobQueue, store};
 
 /// Runs `concurrency` jobs at a time until `shutdown` resolves, then stops
 /// taking jobs and lets running ones finish (up to
@@ -67,7 +40,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let concurrency = concurrency.max(1);
     let queue = ctx.queue.clone();
-    let reconciler = tokio::spawn(super::reconciler::run(ctx.clone()));
+    let reconciler = tokio::spawn(crate::reconciler::run(ctx.clone()));
     let _stop_reconciler = AbortOnDrop(reconciler);
     let registry = tokio::spawn(announce(ctx.clone(), concurrency));
     let _stop_registry = AbortOnDrop(registry);
@@ -265,18 +238,18 @@ async fn handle(envelope: JobEnvelope, ctx: Data<Arc<JobContext>>) -> Result<(),
 /// The module of the job's kind. A kind this build does not know, or one
 /// without a module yet, fails the job for good, saying so.
 async fn run_kind(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
-    use super::JobKind;
+    use supascale_shared::jobs::JobKind;
     let kind: JobKind = job
         .kind
         .parse()
-        .map_err(|e: super::kind::UnknownKind| JobError::Abort(e.to_string()))?;
+        .map_err(|e: supascale_shared::jobs::kind::UnknownKind| JobError::Abort(e.to_string()))?;
     match kind {
         JobKind::Backup => backup::run(ctx, job, reporter).await,
-        JobKind::Restore => super::restore::run(ctx, job, reporter).await,
-        JobKind::Verify => super::verify::run(ctx, job, reporter).await,
-        JobKind::ImportDatabase => super::import_database::run(ctx, job, reporter).await,
-        JobKind::ImportStorage => super::import_storage::run(ctx, job, reporter).await,
-        JobKind::ImportFunctions => super::import_functions::run(ctx, job, reporter).await,
+        JobKind::Restore => crate::kinds::restore::run(ctx, job, reporter).await,
+        JobKind::Verify => crate::kinds::verify::run(ctx, job, reporter).await,
+        JobKind::ImportDatabase => crate::kinds::import_database::run(ctx, job, reporter).await,
+        JobKind::ImportStorage => crate::kinds::import_storage::run(ctx, job, reporter).await,
+        JobKind::ImportFunctions => crate::kinds::import_functions::run(ctx, job, reporter).await,
         JobKind::LiftShift => Err(JobError::Abort(
             "lift & shift jobs are not built yet".into(),
         )),
@@ -329,7 +302,7 @@ async fn end(
                     "Attempt {} of {} failed: {cause}; trying again in {} s",
                     job.attempt,
                     job.max_attempts,
-                    super::backoff(job.attempt).as_secs()
+                    supascale_shared::jobs::backoff(job.attempt).as_secs()
                 ))
                 .await;
         }
@@ -359,7 +332,7 @@ async fn end(
         }
         Err(_) if retry => Ending::Release {
             error: cause.as_deref().unwrap_or_default(),
-            wait: super::backoff(job.attempt),
+            wait: supascale_shared::jobs::backoff(job.attempt),
         },
         Err(e) => {
             batch.events.push(NewEvent::now(
@@ -380,7 +353,7 @@ async fn end(
     // The upload goes before anyone is told the job ended: a client that
     // hears of the end finds nothing of it left.
     if !retry {
-        super::import::remove_upload(ctx, job).await;
+        crate::kinds::import::remove_upload(ctx, job).await;
     }
     if !ended.ours {
         tracing::warn!(job = %job.id, "the job was taken over by another worker; its end is theirs");
@@ -445,13 +418,13 @@ async fn wait_behind(ctx: &JobContext, job_id: &str, blocker: &job::Model) {
     let _ = job::Entity::update_many()
         .col_expr(job::Column::RunAfter, Expr::value(recheck))
         .filter(job::Column::Id.eq(job_id))
-        .filter(job::Column::Status.eq(super::STATUS_PENDING))
+        .filter(job::Column::Status.eq(supascale_shared::jobs::STATUS_PENDING))
         .exec(&ctx.db)
         .await;
     let changed = job::Entity::update_many()
         .col_expr(job::Column::Progress, Expr::value(progress.to_string()))
         .filter(job::Column::Id.eq(job_id))
-        .filter(job::Column::Status.eq(super::STATUS_PENDING))
+        .filter(job::Column::Status.eq(supascale_shared::jobs::STATUS_PENDING))
         .filter(
             job::Column::Progress
                 .is_null()
@@ -478,21 +451,5 @@ async fn wait_behind(ctx: &JobContext, job_id: &str, blocker: &job::Model) {
         if let Err(e) = appended {
             tracing::warn!(job = %job_id, error = %e, "cannot record a job event");
         }
-    }
-}
-
-/// Delivers again the project's jobs that waited behind another one: the
-/// job that just ended (in a worker, or in the API) may have been it.
-/// Taking them is still decided by the claim.
-pub async fn redeliver_waiting(db: &DatabaseConnection, queue: &JobQueue, project: &str) {
-    match store::wake_waiting(db, project).await {
-        Ok(ids) => {
-            for id in ids {
-                if let Err(e) = queue.push(&id).await {
-                    tracing::warn!(job = %id, error = %e, "cannot re-deliver a waiting job");
-                }
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot look for waiting jobs"),
     }
 }

@@ -51,14 +51,14 @@ async fn run(config: supascale_shared::Config) -> anyhow::Result<()> {
     let (db, master_key) = supascale_shared::open_control_plane(&config).await?;
     let queue = supascale_shared::jobs::JobQueue::open(&config, config.worker_concurrency).await?;
     let events = supascale_shared::jobs::events::EventBus::open(&config).await?;
-    let ctx = std::sync::Arc::new(supascale_shared::jobs::worker::JobContext {
+    let ctx = std::sync::Arc::new(supascale_worker::JobContext {
         db,
         destinations,
         master_key,
         config: std::sync::Arc::new(config.clone()),
         events,
         queue,
-        worker_id: supascale_shared::jobs::worker::worker_id(),
+        worker_id: supascale_worker::worker_id(),
     });
     println!(
         "supascale-worker {} ready ({:?} deployment), waiting for jobs",
@@ -73,7 +73,7 @@ async fn run(config: supascale_shared::Config) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    supascale_shared::jobs::worker::run(ctx, config.worker_concurrency, shutdown).await?;
+    supascale_worker::run(ctx, config.worker_concurrency, shutdown).await?;
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -18,10 +18,10 @@ use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilt
 
 use std::sync::Arc;
 
-use super::worker::JobContext;
-use super::{JobQueue, STALE_AFTER, STATUS_IN_PROGRESS, STATUS_PENDING, store};
-use crate::entities::job;
-use crate::project_folders::Create;
+use crate::JobContext;
+use supascale_shared::entities::job;
+use supascale_shared::jobs::{JobQueue, STALE_AFTER, STATUS_IN_PROGRESS, STATUS_PENDING, store};
+use supascale_shared::project_folders::Create;
 
 pub const PENDING_GRACE: Duration = Duration::from_secs(5);
 /// How old a pending row must be to be re-delivered while the queue is busy.
@@ -119,7 +119,8 @@ async fn job_is_alive(ctx: &JobContext, job_id: &str, or_pending: bool) -> bool 
 /// it was cancelled before it started), and uploads without a job an hour
 /// after they were written (the API died between the two).
 async fn remove_ended_uploads(ctx: &JobContext) {
-    let Ok(store) = crate::uploads::UploadStore::new(&ctx.config, &ctx.destinations) else {
+    let Ok(store) = supascale_shared::uploads::UploadStore::new(&ctx.config, &ctx.destinations)
+    else {
         return;
     };
     let Ok(job_ids) = store.list().await else {
@@ -178,10 +179,13 @@ async fn abort_stale_multipart_uploads(ctx: &JobContext) {
 /// replaced (`.supascale-old-<job>`) may be the only copy of it: it stays,
 /// and the log says where.
 async fn remove_restore_leftovers(ctx: &JobContext) {
-    let Ok(projects) = crate::entities::project::Entity::find().all(&ctx.db).await else {
+    let Ok(projects) = supascale_shared::entities::project::Entity::find()
+        .all(&ctx.db)
+        .await
+    else {
         return;
     };
-    let rules = crate::project_folders::FolderRules::from_config(&ctx.config);
+    let rules = supascale_shared::project_folders::FolderRules::from_config(&ctx.config);
     for project in projects {
         // A folder that no longer resolves to itself may now lead anywhere:
         // nothing is removed there (the project's next job says why). The
@@ -190,8 +194,10 @@ async fn remove_restore_leftovers(ctx: &JobContext) {
             continue;
         };
         for dir in [&folders.storage, &folders.functions].into_iter().flatten() {
-            for (job_id, path, old) in crate::restore::staging::leftovers_by_job(&dir.path()) {
-                let shown = crate::project_folders::pinned::shown(&path);
+            for (job_id, path, old) in
+                supascale_shared::restore::staging::leftovers_by_job(&dir.path())
+            {
+                let shown = supascale_shared::project_folders::pinned::shown(&path);
                 if job_is_alive(ctx, &job_id, true).await {
                     continue;
                 }
@@ -202,15 +208,17 @@ async fn remove_restore_leftovers(ctx: &JobContext) {
                         "an interrupted restore left the content it replaced here; \
                          remove it once the project is checked"
                     );
-                } else if crate::restore::staging::remove_leftover(&path).is_ok() {
+                } else if supascale_shared::restore::staging::remove_leftover(&path).is_ok() {
                     tracing::info!(folder = %shown.display(), "removed a dead restore's staging folder");
                 }
             }
         }
         let extra: Vec<String> = serde_json::from_str(&project.config_paths).unwrap_or_default();
-        for dir in crate::domain::config_dirs(&folders.root.path(), &extra) {
-            for (job_id, path, old) in crate::restore::staging::file_leftovers_by_job(&dir) {
-                let shown = crate::project_folders::pinned::shown(&path);
+        for dir in supascale_shared::domain::config_dirs(&folders.root.path(), &extra) {
+            for (job_id, path, old) in
+                supascale_shared::restore::staging::file_leftovers_by_job(&dir)
+            {
+                let shown = supascale_shared::project_folders::pinned::shown(&path);
                 if job_is_alive(ctx, &job_id, true).await {
                     continue;
                 }

@@ -21,7 +21,7 @@ use sea_orm::sea_query::UpdateStatement;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::events::{self, Batch, Durability, EventBus, NewEvent};
+use supascale_shared::jobs::events::{self, Batch, Durability, EventBus, NewEvent};
 
 pub struct Reporter {
     db: DatabaseConnection,

@@ -19,9 +19,10 @@ use sea_orm::{
 };
 use supascale_shared::api_key::Permission;
 use supascale_shared::artifact::Compression;
+use supascale_shared::artifact::{artifact_key, artifact_of};
 use supascale_shared::domain::{BACKUP_TYPES, DESTINATIONS, STATUSES};
 use supascale_shared::entities::{backup, backup_stat, backup_total, job, project, restore};
-use supascale_shared::jobs::{self, backup as backup_job};
+use supascale_shared::jobs;
 
 use super::projects::Message;
 use super::{ApiTags, page_window, parse_list_filter};
@@ -387,7 +388,7 @@ impl BackupsApi {
                 "Backup is running; it can be deleted once it ends",
             ));
         }
-        let (key, _) = backup_job::artifact_of(&row);
+        let (key, _) = artifact_of(&row);
         match state.destinations.get(&row.destination) {
             Ok(destination) => match destination.stat(&key).await {
                 Ok(Some(_)) => destination.delete(&key).await.map_err(|e| {
@@ -709,7 +710,7 @@ async fn new_backup_rows(
     })?;
     let id = format!("backup-{}", uuid::Uuid::now_v7().simple());
     let created_at = crate::now();
-    let key = backup_job::artifact_key(&project.id, &id, &backup_type, created_at, compression);
+    let key = artifact_key(&project.id, &id, &backup_type, created_at, compression);
     let job = jobs::store::new_job(
         jobs::JobKind::Backup,
         Some(&project.id),

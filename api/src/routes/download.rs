@@ -16,7 +16,8 @@ use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
 use poem_openapi::{ApiResponse, OpenApi};
 use supascale_shared::api_key::Permission;
 use supascale_shared::artifact::Compression;
-use supascale_shared::jobs::{self, backup as backup_job};
+use supascale_shared::artifact::artifact_of;
+use supascale_shared::jobs;
 
 use super::ApiTags;
 use super::backups::visible_backup;
@@ -147,7 +148,7 @@ impl DownloadApi {
                 row.status
             )));
         }
-        let (key, compression) = backup_job::artifact_of(&row);
+        let (key, compression) = artifact_of(&row);
         let destination = state
             .destinations
             .get(&row.destination)

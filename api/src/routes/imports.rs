@@ -19,7 +19,7 @@ use supascale_shared::api_key::Permission;
 use supascale_shared::disk::{DiskGuard, UPLOAD_AREA};
 use supascale_shared::entities::{job, project};
 use supascale_shared::jobs::JobKind;
-use supascale_shared::jobs::{self, import::ImportPayload};
+use supascale_shared::jobs::{self, params::ImportPayload};
 use supascale_shared::uploads::UploadStore;
 use tokio::io::AsyncReadExt;
 

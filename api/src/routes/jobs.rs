@@ -414,7 +414,7 @@ pub async fn end_without_worker(state: &AppState, row: &job::Model, cause: &str)
         tracing::error!(job = %row.id, error = %e, "cannot record the job's end");
     }
     if let Some(project) = &row.project_id {
-        jobs::worker::redeliver_waiting(&state.db, &state.queue, project).await;
+        jobs::queue::redeliver_waiting(&state.db, &state.queue, project).await;
     }
 }
 

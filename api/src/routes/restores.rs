@@ -1,6 +1,6 @@
 //! `POST /backups/{id}/restore`: every check that needs no artifact is
 //! answered here, synchronously, before a job exists; the job (worker,
-//! `jobs/restore.rs`) repeats them, since the world may change meanwhile.
+//! `worker/src/kinds/restore.rs`) repeats them, since the world may change meanwhile.
 
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -9,7 +9,7 @@ use sea_orm::{ActiveValue::Set, EntityTrait};
 use supascale_shared::api_key::Permission;
 use supascale_shared::entities::{backup, job, restore};
 use supascale_shared::jobs;
-use supascale_shared::jobs::restore::RestorePayload;
+use supascale_shared::jobs::params::{RestorePayload, VerifyPayload};
 use supascale_shared::restore::plan::{self, PlanContext, plan_restore};
 
 use super::ApiTags;
@@ -238,7 +238,7 @@ impl RestoresApi {
                     backup_row.id, backup_row.status
                 )));
             }
-            let payload = serde_json::to_value(jobs::verify::VerifyPayload {
+            let payload = serde_json::to_value(VerifyPayload {
                 backup_id: backup_row.id.clone(),
             })
             .unwrap_or_default();
@@ -272,7 +272,7 @@ impl JobAnswer for StartedVerify {
         let job = wait_for_job(state, job_row, run_async).await?;
         match job.status.as_str() {
             jobs::STATUS_COMPLETED => {
-                let payload: jobs::verify::VerifyPayload = serde_json::from_str(&job.payload)
+                let payload: VerifyPayload = serde_json::from_str(&job.payload)
                     .map_err(|_| ApiError::internal("The verification's job has no backup"))?;
                 let row = backup::Entity::find_by_id(payload.backup_id)
                     .one(&state.db)

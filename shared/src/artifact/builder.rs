@@ -12,40 +12,8 @@ use xattr::FileExt;
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
-use super::compress::{Compressor, Precompressed};
+use super::compress::{COPY_BUFFER, Compression, Compressor, Precompressed};
 use super::manifest::{FORMAT_VERSION, Manifest, ManifestEntry, ManifestMeta};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    Gzip,
-    Zstd,
-}
-
-impl Compression {
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "gzip" => Some(Self::Gzip),
-            "zstd" => Some(Self::Zstd),
-            _ => None,
-        }
-    }
-
-    /// `gz` / `zst`
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Self::Gzip => "gz",
-            Self::Zstd => "zst",
-        }
-    }
-
-    /// `.tar.gz` / `.tar.zst`
-    pub fn extension(self) -> &'static str {
-        match self {
-            Self::Gzip => "tar.gz",
-            Self::Zstd => "tar.zst",
-        }
-    }
-}
 
 /// What was written, as the destination should then confirm it.
 #[derive(Debug, Clone)]
@@ -118,9 +86,6 @@ pub struct ArtifactBuilder<W: Write> {
     pax_sequence: u64,
     copy_buffer: Vec<u8>,
 }
-
-/// The size of one read of a source (a file, the dump's pipe).
-pub(super) const COPY_BUFFER: usize = 256 * 1024;
 
 impl<W: Write> ArtifactBuilder<W> {
     pub fn new(sink: W, compression: Compression) -> io::Result<Self> {

@@ -9,7 +9,41 @@ use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
 
-use super::builder::{COPY_BUFFER, Compression};
+/// The size of one read of a source (a file, the dump's pipe).
+pub(super) const COPY_BUFFER: usize = 256 * 1024;
+
+/// The artifact's compression, chosen per backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "gzip" => Some(Self::Gzip),
+            "zstd" => Some(Self::Zstd),
+            _ => None,
+        }
+    }
+
+    /// `gz` / `zst`
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Self::Gzip => "gz",
+            Self::Zstd => "zst",
+        }
+    }
+
+    /// `.tar.gz` / `.tar.zst`
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Gzip => "tar.gz",
+            Self::Zstd => "tar.zst",
+        }
+    }
+}
 
 const GZIP_LEVEL: u32 = 6;
 const ZSTD_LEVEL: i32 = 3;

@@ -14,9 +14,11 @@
 mod builder;
 mod compress;
 mod manifest;
+mod naming;
 mod pargz;
 
-pub use builder::{ArtifactBuilder, ArtifactSummary, Compression};
-pub use compress::{Compressor, Precompressed, compress_stream};
+pub use builder::{ArtifactBuilder, ArtifactSummary};
+pub use compress::{Compression, Compressor, Precompressed, compress_stream};
 pub use manifest::{Manifest, ManifestEntry, ManifestMeta};
+pub use naming::{artifact_key, artifact_of, components};
 pub use pargz::ParallelGzip;

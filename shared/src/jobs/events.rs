@@ -26,7 +26,6 @@ use sea_orm::{
 };
 use tokio::sync::broadcast;
 
-use super::store;
 use crate::config::Config;
 use crate::entities::{job, job_event};
 
@@ -191,7 +190,7 @@ impl NewEvent {
         Self {
             event: event.to_string(),
             data: data.to_string(),
-            at: store::now(),
+            at: super::now(),
         }
     }
 }

@@ -18,25 +18,21 @@
 //! - every change a client can see is also an event (`job_events`, see
 //!   [`events`]), appended by whoever made the change.
 //!
-//! The kinds are [`JobKind`]; one module per kind: [`backup`], [`restore`], [`verify`],
-//! [`import_database`], [`import_storage`], [`import_functions`].
+//! This module is the job *record*, which the API and the workers share:
+//! the row's lifecycle ([`store`]), the queue ([`queue`]), the events
+//! ([`events`]), the kinds ([`JobKind`]) and their typed parameters
+//! ([`params`]). The job *engine* (the worker loop, the reconciler, and one
+//! module per kind) is the `supascale-worker` crate.
 
-pub mod backup;
 pub mod events;
-pub mod import;
-pub mod import_database;
-pub mod import_functions;
-pub mod import_storage;
 pub mod kind;
+pub mod params;
 pub mod queue;
-pub mod reconciler;
-pub mod reporter;
-pub mod restore;
 pub mod store;
-pub mod verify;
-pub mod worker;
 
 use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
 
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +42,7 @@ pub use queue::JobQueue;
 /// A spawned task that is aborted when its handle is dropped: what a job
 /// or a worker starts beside itself must not outlive it. Awaiting it gives
 /// the task's output (or why it did not finish).
-pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
 
 impl<T> std::future::Future for AbortOnDrop<T> {
     type Output = Result<T, tokio::task::JoinError>;
@@ -119,13 +115,13 @@ impl From<sea_orm::DbErr> for JobError {
 }
 
 /// [`JobError::from`] an I/O error, for `map_err`.
-pub(crate) fn io_error(e: std::io::Error) -> JobError {
+pub fn io_error(e: std::io::Error) -> JobError {
     e.into()
 }
 
 /// A full disk in the contract's words (ours says which area and how
 /// much); any other error as it is.
-pub(crate) fn io_error_text(e: &std::io::Error) -> String {
+pub fn io_error_text(e: &std::io::Error) -> String {
     if let Some(ours) = crate::disk::find_out_of_space(e) {
         ours.to_string()
     } else if crate::disk::is_out_of_space(e) {
@@ -147,4 +143,28 @@ impl JobError {
     pub fn will_retry(&self, job: &crate::entities::job::Model) -> bool {
         matches!(self, JobError::Retry(_)) && job.attempt < job.max_attempts
     }
+}
+
+/// A destination's error as a job error: a full disk is permanent and says
+/// so; otherwise OpenDAL's `is_temporary()` decides.
+pub fn destination_error(e: &crate::destinations::DestinationError) -> JobError {
+    use crate::destinations::{DestinationError, permanent_io};
+    // A full local destination has the contract's wording, like a full spool.
+    if matches!(e, DestinationError::Storage(e) if permanent_io::is_storage_full(e)) {
+        return JobError::Abort("Insufficient disk space".into());
+    }
+    // Any other full disk under it: retrying fills it again.
+    if let Some(io) = crate::disk::out_of_space_in(e) {
+        return JobError::Abort(format!("destination: {}", io_error_text(io)));
+    }
+    if e.is_temporary() {
+        JobError::Retry(format!("destination: {e}"))
+    } else {
+        JobError::Abort(format!("destination: {e}"))
+    }
+}
+
+/// The time as the control plane stores it (microseconds).
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
 }

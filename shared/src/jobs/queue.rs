@@ -242,3 +242,19 @@ impl JobQueue {
         Ok(())
     }
 }
+
+/// Delivers again the project's jobs that waited behind another one: the
+/// job that just ended (in a worker, or in the API) may have been it.
+/// Taking them is still decided by the claim.
+pub async fn redeliver_waiting(db: &sea_orm::DatabaseConnection, queue: &JobQueue, project: &str) {
+    match super::store::wake_waiting(db, project).await {
+        Ok(ids) => {
+            for id in ids {
+                if let Err(e) = queue.push(&id).await {
+                    tracing::warn!(job = %id, error = %e, "cannot re-deliver a waiting job");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot look for waiting jobs"),
+    }
+}

@@ -1,7 +1,7 @@
 //! The job row's lifecycle. Every change is one conditional UPDATE, so two
 //! workers that receive the same envelope cannot both run it.
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement, UpdateStatement};
 use sea_orm::{
     ActiveModelBehavior, ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait,
@@ -14,9 +14,7 @@ use super::{
 };
 use crate::entities::job;
 
-pub fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
-}
+pub use super::now;
 
 /// A new `pending` row.
 pub fn new_job(
@@ -465,7 +463,7 @@ pub struct Ended {
 
 /// Ends the attempt, writes its last events (`batch`) and, for a job that
 /// finished (not one released for another attempt), its `result` write
-/// (see [`super::reporter::Reporter::record_with_end`]),
+/// (see the worker's `Reporter::record_with_end`),
 /// and makes the project's waiting jobs due, in one commit: on PostgreSQL
 /// one statement, since this is on every job's path. The events and the
 /// result are written only if the job was still `worker`'s.

@@ -13,9 +13,10 @@ use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
 use super::database;
 use crate::Config;
 use crate::artifact::Manifest;
+use crate::artifact::{artifact_of, components};
 use crate::destinations::Destinations;
 use crate::entities::{backup, project};
-use crate::jobs::{STATUS_COMPLETED, backup as backup_job, restore::COMPONENTS};
+use crate::jobs::{STATUS_COMPLETED, params::COMPONENTS};
 use crate::master_key::MasterKey;
 
 /// What `restoreTypes` may name.
@@ -221,7 +222,7 @@ pub async fn plan_restore(
         .and_then(|m| serde_json::from_str::<Manifest>(m).ok());
     let held: Vec<String> = match &manifest {
         Some(m) => m.meta.components.clone(),
-        None => backup_job::components(&backup_row.backup_type)
+        None => components(&backup_row.backup_type)
             .iter()
             .map(|c| c.to_string())
             .collect(),
@@ -302,7 +303,7 @@ async fn check_artifact(
         .destinations
         .get(&backup_row.destination)
         .map_err(|e| PlanError::DestinationUnusable(e.to_string()))?;
-    let (key, _) = backup_job::artifact_of(backup_row);
+    let (key, _) = artifact_of(backup_row);
     let recorded = backup_row.size.max(0) as u64;
     match destination.stat(&key).await {
         Ok(Some(stored)) if stored.size == recorded => {}

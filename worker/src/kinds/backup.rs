@@ -14,37 +14,28 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, IdenStatic, Iterable,
     QueryFilter, QueryTrait, Statement,
 };
 
-use super::reporter::Reporter;
-use super::worker::JobContext;
-use super::{AbortOnDrop, JobError, io_error};
-use crate::artifact::{ArtifactBuilder, ArtifactSummary, Compression, ManifestMeta, Precompressed};
-use crate::disk::{Need, TEMPORARY_AREA};
-use crate::domain::CONFIG_ALLOWLIST;
-use crate::entities::{backup, job, project};
-use crate::pgtools;
-use crate::pgtools::child;
-use crate::project_folders::{Create, PinnedFolders};
+use crate::JobContext;
+use crate::reporter::Reporter;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-
-/// The components a backup type holds, in artifact order.
-pub fn components(backup_type: &str) -> &'static [&'static str] {
-    match backup_type {
-        "full" => &["database", "storage", "functions", "config"],
-        "database" => &["database"],
-        "storage" => &["storage"],
-        "functions" => &["functions"],
-        "config" => &["config"],
-        _ => &[],
-    }
-}
+use supascale_shared::artifact::{
+    ArtifactBuilder, ArtifactSummary, Compression, ManifestMeta, Precompressed,
+};
+use supascale_shared::artifact::{artifact_of, components};
+use supascale_shared::disk::{Need, TEMPORARY_AREA};
+use supascale_shared::domain::CONFIG_ALLOWLIST;
+use supascale_shared::entities::{backup, job, project};
+use supascale_shared::jobs::params::BackupPayload;
+use supascale_shared::jobs::{AbortOnDrop, JobError, destination_error, io_error};
+use supascale_shared::pgtools;
+use supascale_shared::pgtools::child;
+use supascale_shared::project_folders::{Create, PinnedFolders};
 
 /// The order of the components inside the artifact: the database last,
 /// so that the files are archived while it is being dumped.
@@ -58,49 +49,6 @@ fn artifact_order(wanted: &[&'static str]) -> Vec<&'static str> {
         order.push("database");
     }
     order
-}
-
-/// Where a backup's artifact lives inside its destination:
-/// `<project>/<YYYY-MM-DDTHHMMSSZ>-<type>-<short id>.tar.gz`.
-pub fn artifact_key(
-    project_id: &str,
-    backup_id: &str,
-    backup_type: &str,
-    created_at: DateTime<Utc>,
-    compression: Compression,
-) -> String {
-    let short: String = backup_id
-        .chars()
-        .rev()
-        .take(8)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    format!(
-        "{project_id}/{}-{backup_type}-{short}.{}",
-        created_at.format("%Y-%m-%dT%H%M%SZ"),
-        compression.extension()
-    )
-}
-
-/// A backup row's artifact key and compression.
-pub fn artifact_of(row: &backup::Model) -> (String, Compression) {
-    let compression = Compression::parse(&row.compression).unwrap_or(Compression::Gzip);
-    let key = artifact_key(
-        &row.project_id,
-        &row.id,
-        &row.backup_type,
-        row.created_at,
-        compression,
-    );
-    (key, compression)
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Payload {
-    backup_id: String,
 }
 
 /// An UPDATE of the backup row `id` with `changes`.
@@ -122,7 +70,7 @@ fn running_update(
     changes: Vec<(backup::Column, sea_orm::sea_query::SimpleExpr)>,
 ) -> sea_orm::UpdateMany<backup::Entity> {
     let update = backup_update(id, changes);
-    match super::store::relaxed_commit(backend) {
+    match supascale_shared::jobs::store::relaxed_commit(backend) {
         Some(relaxed) => update.filter(relaxed),
         None => update,
     }
@@ -142,7 +90,7 @@ async fn set_backup(
 }
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
-    let payload: Payload = serde_json::from_str(&job.payload)
+    let payload: BackupPayload = serde_json::from_str(&job.payload)
         .map_err(|e| JobError::Abort(format!("bad job payload: {e}")))?;
     let started = Instant::now();
     let (row, project) = start(ctx, &payload.backup_id).await?;
@@ -157,7 +105,10 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
             }
             let manifest = serde_json::to_string(&summary.manifest).unwrap_or_default();
             let completed = vec![
-                (backup::Column::Status, Expr::value(super::STATUS_COMPLETED)),
+                (
+                    backup::Column::Status,
+                    Expr::value(supascale_shared::jobs::STATUS_COMPLETED),
+                ),
                 (backup::Column::Size, Expr::value(summary.bytes as i64)),
                 (backup::Column::Sha256, Expr::value(summary.sha256.clone())),
                 (backup::Column::Manifest, Expr::value(manifest)),
@@ -168,7 +119,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
                 ),
                 (
                     backup::Column::CompletedAt,
-                    Expr::value(super::store::now()),
+                    Expr::value(supascale_shared::jobs::store::now()),
                 ),
             ];
             // Written with the job's end, in its commit.
@@ -178,9 +129,9 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
         Err(e) => {
             let retry = e.will_retry(job);
             let status = if retry {
-                super::STATUS_PENDING
+                supascale_shared::jobs::STATUS_PENDING
             } else {
-                super::STATUS_FAILED
+                supascale_shared::jobs::STATUS_FAILED
             };
             let ended = vec![
                 (backup::Column::Status, Expr::value(status)),
@@ -217,7 +168,7 @@ async fn start(
         backup_id,
         vec![(
             backup::Column::Status,
-            Expr::value(super::STATUS_IN_PROGRESS),
+            Expr::value(supascale_shared::jobs::STATUS_IN_PROGRESS),
         )],
     );
     if backend != DbBackend::Postgres {
@@ -305,7 +256,7 @@ async fn produce(
     // these, never the stored paths again.
     let folders = if wanted.iter().any(|c| *c != "database") {
         Some(
-            crate::project_folders::FolderRules::from_config(&ctx.config)
+            supascale_shared::project_folders::FolderRules::from_config(&ctx.config)
                 .pin(project, Create::default())
                 .map_err(JobError::Abort)?,
         )
@@ -331,7 +282,7 @@ async fn produce(
     let started = Instant::now();
     let mut dumped_after = None;
     let spool_dir = ctx.config.data_dir.join("tmp");
-    crate::private_fs::create_dir_all(&spool_dir)
+    supascale_shared::private_fs::create_dir_all(&spool_dir)
         .map_err(|e| JobError::Abort(format!("cannot create {}: {e}", spool_dir.display())))?;
     let mut roles: Option<SpooledDump> = None;
     let mut postgres_version = None;
@@ -620,10 +571,10 @@ const HASH_HERE_UP_TO: u64 = 1024 * 1024;
 /// destination's `chunk_bytes`, 8 MiB by default: more would show in the
 /// worker's peak RSS).
 async fn read_back_sha256(
-    destination: &crate::destinations::Destination,
+    destination: &supascale_shared::destinations::Destination,
     key: &str,
     size: u64,
-) -> Result<String, crate::destinations::DestinationError> {
+) -> Result<String, supascale_shared::destinations::DestinationError> {
     use futures::StreamExt;
     use sha2::Digest;
     let reader = destination.reader(key).await?;
@@ -633,7 +584,7 @@ async fn read_back_sha256(
         let read = reader
             .read(0..size)
             .await
-            .map_err(crate::destinations::DestinationError::from)?;
+            .map_err(supascale_shared::destinations::DestinationError::from)?;
         let mut hasher = sha2::Sha256::new();
         for chunk in read {
             hasher.update(&chunk);
@@ -651,10 +602,10 @@ async fn read_back_sha256(
     let mut stream = reader
         .into_bytes_stream(0..size)
         .await
-        .map_err(crate::destinations::DestinationError::from)?;
+        .map_err(supascale_shared::destinations::DestinationError::from)?;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            crate::destinations::DestinationError::from(opendal::Error::new(
+            supascale_shared::destinations::DestinationError::from(opendal::Error::new(
                 opendal::ErrorKind::Unexpected,
                 e.to_string(),
             ))
@@ -665,28 +616,11 @@ async fn read_back_sha256(
     }
     drop(chunks);
     hashing.await.map_err(|e| {
-        crate::destinations::DestinationError::from(opendal::Error::new(
+        supascale_shared::destinations::DestinationError::from(opendal::Error::new(
             opendal::ErrorKind::Unexpected,
             format!("hashing the read-back failed: {e}"),
         ))
     })
-}
-
-pub(crate) fn destination_error(e: &crate::destinations::DestinationError) -> JobError {
-    use crate::destinations::{DestinationError, permanent_io};
-    // A full local destination has the contract's wording, like a full spool.
-    if matches!(e, DestinationError::Storage(e) if permanent_io::is_storage_full(e)) {
-        return JobError::Abort("Insufficient disk space".into());
-    }
-    // Any other full disk under it: retrying fills it again.
-    if let Some(io) = crate::disk::out_of_space_in(e) {
-        return JobError::Abort(format!("destination: {}", super::io_error_text(io)));
-    }
-    if e.is_temporary() {
-        JobError::Retry(format!("destination: {e}"))
-    } else {
-        JobError::Abort(format!("destination: {e}"))
-    }
 }
 
 struct Sources {
@@ -882,6 +816,9 @@ fn through_symlink<W: Write>(builder: &mut ArtifactBuilder<W>, shown: &str) {
 /// The files of a backup (no database) built from pinned folders, as the
 /// job builds them: the artifact's bytes and its summary.
 #[cfg(test)]
+mod tests;
+
+#[cfg(test)]
 pub(crate) fn build_files(
     folders: PinnedFolders,
     components: Vec<&'static str>,
@@ -932,7 +869,10 @@ struct ServerFacts {
 /// The project's server, and a refusal when its database is this
 /// deployment's control plane (its dump would hold every sealed secret and
 /// key hash): by address before connecting, by its tables after.
-async fn server_facts(config: &crate::Config, url: &str) -> Result<ServerFacts, JobError> {
+async fn server_facts(
+    config: &supascale_shared::Config,
+    url: &str,
+) -> Result<ServerFacts, JobError> {
     use sqlx::Connection;
     let control_plane = || {
         JobError::Abort(
@@ -941,9 +881,9 @@ async fn server_facts(config: &crate::Config, url: &str) -> Result<ServerFacts, 
                 .into(),
         )
     };
-    let target = crate::domain::parse_database_url(url)
+    let target = supascale_shared::domain::parse_database_url(url)
         .map_err(|_| JobError::Abort("the project's database URL is invalid".into()))?;
-    if crate::control_plane::is_control_plane_address(config, &target).await {
+    if supascale_shared::control_plane::is_control_plane_address(config, &target).await {
         return Err(control_plane());
     }
     let mut conn = tokio::time::timeout(
@@ -957,7 +897,7 @@ async fn server_facts(config: &crate::Config, url: &str) -> Result<ServerFacts, 
     .map_err(|e| {
         JobError::Retry(format!(
             "project database is not reachable ({})",
-            crate::redact::redact_urls(&e.to_string())
+            supascale_shared::redact::redact_urls(&e.to_string())
         ))
     })?;
     let (version, number, size, ours): (String, String, i64, bool) = sqlx::query_as(
@@ -965,7 +905,7 @@ async fn server_facts(config: &crate::Config, url: &str) -> Result<ServerFacts, 
         sqlx::AssertSqlSafe(format!(
             "SELECT current_setting('server_version'), current_setting('server_version_num'), \
              pg_database_size(current_database()), {}",
-            crate::control_plane::HOLDS_OUR_TABLES
+            supascale_shared::control_plane::HOLDS_OUR_TABLES
         )),
     )
     .fetch_one(&mut conn)
@@ -984,8 +924,11 @@ async fn server_facts(config: &crate::Config, url: &str) -> Result<ServerFacts, 
 
 /// Fails early when the places a job writes to cannot take what it will
 /// write and still keep `reserve` bytes free.
-pub(crate) fn check_free_space(needs: &[crate::disk::Need], reserve: u64) -> Result<(), JobError> {
-    crate::disk::check_all(needs, reserve).map_err(io_error)
+pub(crate) fn check_free_space(
+    needs: &[supascale_shared::disk::Need],
+    reserve: u64,
+) -> Result<(), JobError> {
+    supascale_shared::disk::check_all(needs, reserve).map_err(io_error)
 }
 
 /// The cluster's roles without passwords (`pg_dumpall --roles-only
@@ -1005,11 +948,12 @@ async fn dump_roles(
         std::process::Stdio::piped(),
     )
     .await?;
-    let roles = crate::pgtools::user_roles_only(&String::from_utf8_lossy(&output.stdout));
+    let roles =
+        supascale_shared::pgtools::user_roles_only(&String::from_utf8_lossy(&output.stdout));
     let spooled = SpooledDump {
         path: spool.join(format!("{job_id}.roles.sql")),
     };
-    crate::private_fs::write(&spooled.path, roles).map_err(io_error)?;
+    supascale_shared::private_fs::write(&spooled.path, roles).map_err(io_error)?;
     Ok(spooled)
 }
 
@@ -1044,7 +988,7 @@ fn pg_tool_command(
 /// A failed run of `name`: its last line of stderr, without any URL.
 fn pg_tool_failed(name: &str, stderr: &[u8]) -> JobError {
     let stderr = String::from_utf8_lossy(stderr);
-    let message = crate::redact::redact_urls(stderr.lines().last().unwrap_or("failed"));
+    let message = supascale_shared::redact::redact_urls(stderr.lines().last().unwrap_or("failed"));
     JobError::Abort(format!("{name}: {message}"))
 }
 
@@ -1096,7 +1040,7 @@ async fn dump_database(
     let dump = SpooledDump {
         path: spool.join(format!("{job_id}.dump.{}", compression.suffix())),
     };
-    let file = crate::private_fs::create_file(&dump.path).map_err(io_error)?;
+    let file = supascale_shared::private_fs::create_file(&dump.path).map_err(io_error)?;
     let spool_dir = spool.to_path_buf();
     let (pipe, pipe_input) = std::io::pipe().map_err(io_error)?;
     let (mut command, name) = pg_tool_command(
@@ -1115,12 +1059,12 @@ async fn dump_database(
     let compressing = tokio::task::spawn_blocking(move || {
         // The database's size was checked before; the dump may still grow
         // past it, or something else may fill the disk meanwhile.
-        let guarded = crate::disk::GuardedWriter {
+        let guarded = supascale_shared::disk::GuardedWriter {
             inner: file,
-            guard: crate::disk::DiskGuard::new(&spool_dir, TEMPORARY_AREA, reserve),
+            guard: supascale_shared::disk::DiskGuard::new(&spool_dir, TEMPORARY_AREA, reserve),
         };
         let sink = std::io::BufWriter::with_capacity(256 * 1024, guarded);
-        crate::artifact::compress_stream(pipe, sink, compression)
+        supascale_shared::artifact::compress_stream(pipe, sink, compression)
     });
     let finished = async {
         let mut errors = Vec::new();
@@ -1142,26 +1086,4 @@ async fn dump_database(
         return Err(pg_tool_failed(&name, &errors));
     }
     Ok(CompressedDump { spool: dump, entry })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn artifact_keys_name_project_time_type_and_id() {
-        let at = DateTime::parse_from_rfc3339("2026-01-19T02:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(
-            artifact_key(
-                "my-project",
-                "backup-0123456789abcdef",
-                "full",
-                at,
-                Compression::Gzip
-            ),
-            "my-project/2026-01-19T020000Z-full-89abcdef.tar.gz"
-        );
-    }
 }

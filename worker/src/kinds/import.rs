@@ -10,27 +10,14 @@ use std::path::PathBuf;
 
 use sea_orm::EntityTrait;
 
-use super::JobError;
-use super::worker::JobContext;
-use crate::entities::{job, project};
-use crate::import::archive::Detected;
-use crate::pgtools::child;
-use crate::restore::database::{self, TargetFacts};
-use crate::uploads::{LocalUpload, UploadStore};
-
-/// What the API puts in an import job's row.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImportPayload {
-    /// The name the client gave the file (its extension is a claim the
-    /// content must agree with).
-    pub file_name: String,
-    pub size: u64,
-    /// Write into a database that does not look like a Supabase project's
-    /// (`forceRestore`).
-    #[serde(default)]
-    pub force: bool,
-}
+use crate::JobContext;
+use supascale_shared::entities::{job, project};
+use supascale_shared::import::archive::Detected;
+use supascale_shared::jobs::JobError;
+pub use supascale_shared::jobs::params::ImportPayload;
+use supascale_shared::pgtools::child;
+use supascale_shared::restore::database::{self, TargetFacts};
+use supascale_shared::uploads::{LocalUpload, UploadStore};
 
 /// What `POST /import/database` takes (gzip of either too).
 pub const DATABASE_FORMATS: &[Detected] = &[
@@ -79,11 +66,12 @@ pub async fn start(
         .await
         .map_err(JobError::Abort)?;
     let path = upload.path.clone();
-    let detected = tokio::task::spawn_blocking(move || crate::import::archive::detect(&path))
-        .await
-        .map_err(|e| JobError::Abort(e.to_string()))?
-        .map_err(|e| JobError::Abort(format!("cannot read the upload: {e}")))?;
-    crate::import::archive::check_claim(&payload.file_name, &detected, formats)
+    let detected =
+        tokio::task::spawn_blocking(move || supascale_shared::import::archive::detect(&path))
+            .await
+            .map_err(|e| JobError::Abort(e.to_string()))?
+            .map_err(|e| JobError::Abort(format!("cannot read the upload: {e}")))?;
+    supascale_shared::import::archive::check_claim(&payload.file_name, &detected, formats)
         .map_err(JobError::Invalid)?;
     Ok(ImportStart {
         payload,
@@ -128,7 +116,11 @@ pub async fn target_database(
 /// Removes an ended import's upload (the worker calls it once the job will
 /// not run again).
 pub async fn remove_upload(ctx: &JobContext, job: &job::Model) {
-    if !job.kind.parse().is_ok_and(super::JobKind::is_import) {
+    if !job
+        .kind
+        .parse()
+        .is_ok_and(supascale_shared::jobs::JobKind::is_import)
+    {
         return;
     }
     let removed = match UploadStore::new(&ctx.config, &ctx.destinations) {
@@ -144,7 +136,7 @@ pub async fn remove_upload(ctx: &JobContext, job: &job::Model) {
 pub async fn finish(
     ctx: &JobContext,
     job: &job::Model,
-    reporter: &super::reporter::Reporter,
+    reporter: &crate::reporter::Reporter,
     mut result: serde_json::Value,
     warnings: &[String],
 ) -> Result<(), JobError> {
@@ -152,7 +144,7 @@ pub async fn finish(
         reporter.warning(warning).await;
     }
     result["warnings"] = serde_json::json!(warnings);
-    super::store::set_result(&ctx.db, &job.id, &result)
+    supascale_shared::jobs::store::set_result(&ctx.db, &job.id, &result)
         .await
         .map_err(JobError::from)
 }
@@ -165,10 +157,11 @@ pub fn limits(
     upload_bytes: u64,
     area: &'static str,
     dir: &std::path::Path,
-) -> Result<crate::restore::staging::Limits, JobError> {
-    use crate::restore::staging::{DiskReserve, Expansion, Limits};
-    std::fs::create_dir_all(dir).map_err(super::io_error)?;
-    let free = crate::disk::available_bytes(dir).map_err(super::io_error)?;
+) -> Result<supascale_shared::restore::staging::Limits, JobError> {
+    use supascale_shared::restore::staging::{DiskReserve, Expansion, Limits};
+    std::fs::create_dir_all(dir).map_err(supascale_shared::jobs::io_error)?;
+    let free =
+        supascale_shared::disk::available_bytes(dir).map_err(supascale_shared::jobs::io_error)?;
     Ok(Limits {
         max_bytes: Some(ctx.config.import_max_expanded_bytes),
         max_entries: Some(ctx.config.import_max_entries),
@@ -186,13 +179,13 @@ pub fn limits(
 
 /// An archive import's own failure, in the job's terms; a problem of the
 /// upload names it.
-pub fn archive_error(e: crate::import::ImportError, file_name: &str) -> JobError {
+pub fn archive_error(e: supascale_shared::import::ImportError, file_name: &str) -> JobError {
     match e {
-        crate::import::ImportError::Invalid(message) => {
+        supascale_shared::import::ImportError::Invalid(message) => {
             JobError::Invalid(format!("{file_name}: {message}"))
         }
-        crate::import::ImportError::Cancelled => JobError::Cancelled,
-        crate::import::ImportError::Io(e) => super::io_error(e),
+        supascale_shared::import::ImportError::Cancelled => JobError::Cancelled,
+        supascale_shared::import::ImportError::Io(e) => supascale_shared::jobs::io_error(e),
     }
 }
 
@@ -201,9 +194,11 @@ pub fn archive_error(e: crate::import::ImportError, file_name: &str) -> JobError
 /// entry and its staging folder goes with it. A problem of the upload
 /// names `file_name`.
 pub async fn stage_off_thread<T: Send + 'static>(
-    reporter: &super::reporter::Reporter,
+    reporter: &crate::reporter::Reporter,
     file_name: &str,
-    stage: impl FnOnce(&std::sync::atomic::AtomicBool) -> Result<T, crate::import::ImportError>
+    stage: impl FnOnce(
+        &std::sync::atomic::AtomicBool,
+    ) -> Result<T, supascale_shared::import::ImportError>
     + Send
     + 'static,
 ) -> Result<T, JobError> {

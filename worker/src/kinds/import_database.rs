@@ -1,6 +1,6 @@
 //! The `import_database` job: an uploaded dump loaded into a project's
 //! database, all or nothing, through the restore engine
-//! ([`crate::restore::database`]).
+//! ([`supascale_shared::restore::database`]).
 //!
 //! The format is read from the content, never the name: `PGDMP` is
 //! `pg_dump`'s custom format (through `pg_restore`), gzip may hold either
@@ -19,13 +19,14 @@ use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::reporter::Reporter;
-use super::worker::JobContext;
-use super::{JobError, import};
-use crate::entities::job;
-use crate::import::archive::Detected;
-use crate::restore::database::{self, DatabaseRestore, LoadMode};
-use crate::restore::staging::StageError;
+use super::import;
+use crate::JobContext;
+use crate::reporter::Reporter;
+use supascale_shared::entities::job;
+use supascale_shared::import::archive::Detected;
+use supascale_shared::jobs::JobError;
+use supascale_shared::restore::database::{self, DatabaseRestore, LoadMode};
+use supascale_shared::restore::staging::StageError;
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
     let started = Instant::now();
@@ -49,19 +50,20 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
         Detected::CustomDump | Detected::GzipCustomDump => {
             let mut spooled = None;
             let dump = if detected == Detected::GzipCustomDump {
-                crate::private_fs::create_dir_all(&start.spool).map_err(super::io_error)?;
+                supascale_shared::private_fs::create_dir_all(&start.spool)
+                    .map_err(supascale_shared::jobs::io_error)?;
                 let target = start.spool.join(format!("{}.import.dump", job.id));
                 let source = start.upload.path.clone();
                 let out = target.clone();
-                let guard = crate::disk::DiskGuard::new(
+                let guard = supascale_shared::disk::DiskGuard::new(
                     &start.spool,
-                    crate::disk::TEMPORARY_AREA,
+                    supascale_shared::disk::TEMPORARY_AREA,
                     ctx.config.disk_reserve_bytes,
                 );
                 let limits = import::limits(
                     ctx,
                     start.payload.size,
-                    crate::disk::TEMPORARY_AREA,
+                    supascale_shared::disk::TEMPORARY_AREA,
                     &start.spool,
                 )?;
                 tokio::task::spawn_blocking(move || gunzip_to(&source, &out, guard, limits))
@@ -77,10 +79,12 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
                             }) => JobError::Invalid(format!(
                                 "{name} expands past the limit of {ratio} times the upload's \
                                  size ({})",
-                                crate::disk::human_bytes(upload_bytes)
+                                supascale_shared::disk::human_bytes(upload_bytes)
                             )),
                             Gunzip::TooLarge(e) => JobError::Invalid(format!("{name}: {e}")),
-                            Gunzip::Io(e) if crate::disk::is_out_of_space(&e) => super::io_error(e),
+                            Gunzip::Io(e) if supascale_shared::disk::is_out_of_space(&e) => {
+                                supascale_shared::jobs::io_error(e)
+                            }
                             Gunzip::Io(e) => JobError::Invalid(format!(
                                 "{name} is not a complete gzip file: {e}"
                             )),
@@ -186,13 +190,13 @@ enum Gunzip {
 fn gunzip_to(
     source: &std::path::Path,
     target: &std::path::Path,
-    guard: crate::disk::DiskGuard,
-    limits: crate::restore::staging::Limits,
+    guard: supascale_shared::disk::DiskGuard,
+    limits: supascale_shared::restore::staging::Limits,
 ) -> Result<(), Gunzip> {
     let input = std::io::BufReader::new(std::fs::File::open(source).map_err(Gunzip::Io)?);
     let mut decoder = flate2::read::MultiGzDecoder::new(input);
-    let mut out = crate::disk::GuardedWriter {
-        inner: crate::private_fs::create_file(target).map_err(Gunzip::Io)?,
+    let mut out = supascale_shared::disk::GuardedWriter {
+        inner: supascale_shared::private_fs::create_file(target).map_err(Gunzip::Io)?,
         guard,
     };
     let mut buffer = vec![0u8; 256 * 1024];

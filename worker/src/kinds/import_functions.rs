@@ -1,16 +1,17 @@
 //! The `import_functions` job: Edge Functions from an uploaded archive into
 //! the project's functions folder. The archive's layout rules are
-//! [`crate::import::functions`]'s; the functions it holds replace those of
+//! [`supascale_shared::import::functions`]'s; the functions it holds replace those of
 //! the same name, the project's others (the `main` router among them) stay.
 //! Staged beside the folder and swapped in, so a failure changes nothing.
 
 use std::time::Instant;
 
-use super::reporter::Reporter;
-use super::worker::JobContext;
-use super::{JobError, import};
-use crate::entities::job;
-use crate::import::functions;
+use super::import;
+use crate::JobContext;
+use crate::reporter::Reporter;
+use supascale_shared::entities::job;
+use supascale_shared::import::functions;
+use supascale_shared::jobs::JobError;
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
     let started = Instant::now();
@@ -18,10 +19,10 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     let start = import::start(ctx, job, import::ARCHIVE_FORMATS).await?;
     // Opened beneath the project's root now (created there when missing):
     // the import writes through it, never the stored path again.
-    let folders = crate::project_folders::FolderRules::from_config(&ctx.config)
+    let folders = supascale_shared::project_folders::FolderRules::from_config(&ctx.config)
         .pin(
             &start.project,
-            crate::project_folders::Create {
+            supascale_shared::project_folders::Create {
                 functions: true,
                 ..Default::default()
             },
@@ -35,9 +36,11 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     })?;
     let dir = pinned.path();
     let detected = start.detected;
-    let mut warnings: Vec<String> = super::restore::recover_dead_attempt(&dir, &job.id, "import")?
-        .into_iter()
-        .collect();
+    let mut warnings: Vec<String> =
+        supascale_shared::restore::staging::recover_dead_attempt(&dir, &job.id, "import")
+            .map_err(supascale_shared::jobs::io_error)?
+            .into_iter()
+            .collect();
     reporter
         .step("read", "Unpacking the functions beside the project's", 2, 3)
         .await;
@@ -46,7 +49,12 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
             start.upload.path.clone(),
             dir.clone(),
             job.id.clone(),
-            import::limits(ctx, start.payload.size, crate::disk::FUNCTIONS_AREA, &dir)?,
+            import::limits(
+                ctx,
+                start.payload.size,
+                supascale_shared::disk::FUNCTIONS_AREA,
+                &dir,
+            )?,
         );
         import::stage_off_thread(reporter, &start.payload.file_name, move |stop| {
             functions::stage_functions(&path, &detected, &dir, &job_id, limits, stop)

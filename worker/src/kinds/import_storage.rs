@@ -1,6 +1,6 @@
 //! The `import_storage` job: objects from an uploaded archive into the
 //! project's Storage file backend, with the rows that make the Storage API
-//! serve them. The archive's layout rules are [`crate::import::storage`]'s.
+//! serve them. The archive's layout rules are [`supascale_shared::import::storage`]'s.
 //!
 //! Order, and why:
 //! 1. The project's current `storage.objects` rows are read (an object the
@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
-use super::reporter::Reporter;
-use super::worker::JobContext;
-use super::{JobError, import};
-use crate::entities::job;
-use crate::import::storage;
-use crate::import::storage::{ExistingObject, StorageObject};
+use super::import;
+use crate::JobContext;
+use crate::reporter::Reporter;
+use supascale_shared::entities::job;
+use supascale_shared::import::storage;
+use supascale_shared::import::storage::{ExistingObject, StorageObject};
+use supascale_shared::jobs::JobError;
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
     let started = Instant::now();
@@ -35,10 +36,10 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     let (url, _facts) = import::target_database(ctx, job, &start.project, true).await?;
     // Opened beneath the project's root now (created there when missing):
     // the import writes through it, never the stored path again.
-    let folders = crate::project_folders::FolderRules::from_config(&ctx.config)
+    let folders = supascale_shared::project_folders::FolderRules::from_config(&ctx.config)
         .pin(
             &start.project,
-            crate::project_folders::Create {
+            supascale_shared::project_folders::Create {
                 storage: true,
                 ..Default::default()
             },
@@ -52,9 +53,11 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     })?;
     let dir = pinned.path();
     let detected = start.detected;
-    let mut warnings: Vec<String> = super::restore::recover_dead_attempt(&dir, &job.id, "import")?
-        .into_iter()
-        .collect();
+    let mut warnings: Vec<String> =
+        supascale_shared::restore::staging::recover_dead_attempt(&dir, &job.id, "import")
+            .map_err(supascale_shared::jobs::io_error)?
+            .into_iter()
+            .collect();
     let mut conn = connect(&url, &start.project.id).await?;
     let existing = existing_objects(&mut conn).await?;
 
@@ -66,7 +69,12 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
             start.upload.path.clone(),
             dir.clone(),
             job.id.clone(),
-            import::limits(ctx, start.payload.size, crate::disk::STORAGE_AREA, &dir)?,
+            import::limits(
+                ctx,
+                start.payload.size,
+                supascale_shared::disk::STORAGE_AREA,
+                &dir,
+            )?,
         );
         import::stage_off_thread(reporter, &start.payload.file_name, move |stop| {
             storage::stage_storage(&path, &detected, &dir, &job_id, limits, &existing, stop)
@@ -121,7 +129,7 @@ async fn connect(url: &str, project_id: &str) -> Result<sqlx::PgConnection, JobE
         .map_err(|e| {
             JobError::Abort(format!(
                 "Project {project_id} is not running: {}",
-                crate::redact::redact_urls(&e.to_string())
+                supascale_shared::redact::redact_urls(&e.to_string())
             ))
         })
 }
@@ -129,7 +137,7 @@ async fn connect(url: &str, project_id: &str) -> Result<sqlx::PgConnection, JobE
 fn database_error(e: sqlx::Error) -> JobError {
     JobError::Abort(format!(
         "the storage rows could not be written (nothing was changed): {}",
-        crate::redact::redact_urls(&e.to_string())
+        supascale_shared::redact::redact_urls(&e.to_string())
     ))
 }
 

@@ -11,7 +11,7 @@
 //!    file's SHA-256 is compared with the manifest as it is written. A
 //!    mismatch stops here, before anything of the project changed.
 //! 3. The database is loaded in one open transaction
-//!    ([`crate::restore::database`]).
+//!    ([`supascale_shared::restore::database`]).
 //! 4. The staged files are swapped in; then the transaction commits. A
 //!    failure at 3 or 4 rolls both back; the target is as it was.
 //!
@@ -29,36 +29,27 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryTrait};
 use sha2::Digest;
 
-use super::JobError;
-use super::backup::{SpooledDump, artifact_of, check_free_space, destination_error};
-use super::io_error;
-use super::reporter::Reporter;
-use super::worker::JobContext;
-use crate::artifact::{Manifest, ManifestEntry};
-use crate::disk::{
+use super::backup::{SpooledDump, check_free_space};
+use crate::JobContext;
+use crate::reporter::Reporter;
+use supascale_shared::artifact::artifact_of;
+use supascale_shared::artifact::{Manifest, ManifestEntry};
+use supascale_shared::disk::{
     CONFIG_AREA, DiskGuard, FUNCTIONS_AREA, GuardedWriter, Need, STORAGE_AREA, TEMPORARY_AREA,
 };
-use crate::entities::{backup, job, project, restore};
-use crate::pgtools::child;
-use crate::project_folders::{Create, PinnedDir};
-use crate::restore::database::{self, DatabaseRestore, TargetFacts};
-use crate::restore::source;
-use crate::restore::staging::{
+use supascale_shared::entities::{backup, job, project, restore};
+use supascale_shared::jobs::JobError;
+use supascale_shared::jobs::destination_error;
+use supascale_shared::jobs::io_error;
+use supascale_shared::jobs::params::{COMPONENTS, RestorePayload};
+use supascale_shared::pgtools::child;
+use supascale_shared::project_folders::{Create, PinnedDir};
+use supascale_shared::restore::database::{self, DatabaseRestore, TargetFacts};
+use supascale_shared::restore::source;
+use supascale_shared::restore::staging::{
     Added, DiskReserve, Limits, Options, Ready, StagedFiles, StagedTree, SwappedFiles,
     SymlinkPolicy,
 };
-
-/// What the API puts in the job row.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RestorePayload {
-    pub restore_id: String,
-    #[serde(default)]
-    pub force: bool,
-}
-
-/// The components a restore may name, in the order they are restored.
-pub const COMPONENTS: &[&str] = &["database", "storage", "functions", "config"];
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
     let payload: RestorePayload = serde_json::from_str(&job.payload)
@@ -67,7 +58,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     let row = restore::Entity::update_many()
         .col_expr(
             restore::Column::Status,
-            Expr::value(super::STATUS_IN_PROGRESS),
+            Expr::value(supascale_shared::jobs::STATUS_IN_PROGRESS),
         )
         .filter(restore::Column::Id.eq(payload.restore_id.clone()))
         .exec_with_returning(&ctx.db)
@@ -90,7 +81,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
         Ok(warnings) => update
             .col_expr(
                 restore::Column::Status,
-                Expr::value(super::STATUS_COMPLETED),
+                Expr::value(supascale_shared::jobs::STATUS_COMPLETED),
             )
             .col_expr(
                 restore::Column::Warnings,
@@ -100,15 +91,15 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
             .col_expr(restore::Column::DurationSecs, Expr::value(duration))
             .col_expr(
                 restore::Column::RestoredAt,
-                Expr::value(super::store::now()),
+                Expr::value(supascale_shared::jobs::store::now()),
             ),
         Err(e) => update
             .col_expr(
                 restore::Column::Status,
                 Expr::value(if e.will_retry(job) {
-                    super::STATUS_PENDING
+                    supascale_shared::jobs::STATUS_PENDING
                 } else {
-                    super::STATUS_FAILED
+                    supascale_shared::jobs::STATUS_FAILED
                 }),
             )
             .col_expr(restore::Column::Error, Expr::value(e.to_string()))
@@ -176,7 +167,7 @@ async fn restore_backup(
             functions: wanted.contains(&"functions"),
         };
         Some(
-            crate::project_folders::FolderRules::from_config(&ctx.config)
+            supascale_shared::project_folders::FolderRules::from_config(&ctx.config)
                 .pin(&target, create)
                 .map_err(JobError::Abort)?,
         )
@@ -281,24 +272,31 @@ async fn restore_backup(
         .flat_map(|f| [&f.storage, &f.functions])
         .flatten()
     {
-        warnings.extend(recover_dead_attempt(&dir.path(), &job.id, "restore")?);
+        warnings.extend(
+            supascale_shared::restore::staging::recover_dead_attempt(
+                &dir.path(),
+                &job.id,
+                "restore",
+            )
+            .map_err(io_error)?,
+        );
     }
     // The same for config files, staged beside themselves.
     let extra: Vec<String> = serde_json::from_str(&target.config_paths).unwrap_or_default();
-    for dir in crate::domain::config_dirs(&root_dir, &extra) {
-        for (owner, path, old) in crate::restore::staging::file_leftovers_by_job(&dir) {
+    for dir in supascale_shared::domain::config_dirs(&root_dir, &extra) {
+        for (owner, path, old) in supascale_shared::restore::staging::file_leftovers_by_job(&dir) {
             if owner != job.id {
                 continue;
             }
             if old {
-                crate::restore::staging::put_back_file(&path).map_err(io_error)?;
+                supascale_shared::restore::staging::put_back_file(&path).map_err(io_error)?;
             } else {
                 std::fs::remove_file(&path).map_err(io_error)?;
             }
         }
     }
     let spool_dir = ctx.config.data_dir.join("tmp");
-    crate::private_fs::create_dir_all(&spool_dir).map_err(io_error)?;
+    supascale_shared::private_fs::create_dir_all(&spool_dir).map_err(io_error)?;
     let entries: HashMap<String, ManifestEntry> = manifest
         .entries
         .iter()
@@ -533,36 +531,6 @@ async fn restore_backup(
     Ok(warnings)
 }
 
-/// A previous attempt of `job_id` that died left its staging folder in
-/// `dir` (and, if it died between swapping in and committing, the content
-/// it replaced): the replaced content comes back first, so that a failure
-/// of this attempt leaves the project's own files, then this attempt starts
-/// over. Returns a warning (`what` names the job: restore, import) when
-/// something was put back.
-pub(super) fn recover_dead_attempt(
-    dir: &Path,
-    job_id: &str,
-    what: &str,
-) -> Result<Option<String>, JobError> {
-    use crate::restore::staging;
-    let mut warning = None;
-    for (owner, path, old) in staging::leftovers_by_job(dir) {
-        if owner != job_id {
-            continue;
-        }
-        if old {
-            staging::put_back(dir, &path).map_err(io_error)?;
-            warning = Some(format!(
-                "An earlier attempt of this {what} stopped after swapping its files in; they \
-                 were put back and the {what} done again from the start"
-            ));
-        } else {
-            staging::remove_leftover(&path).map_err(io_error)?;
-        }
-    }
-    Ok(warning)
-}
-
 /// How long the post-restore command may run.
 const POST_RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Output lines of the post-restore command sent as events, at most.
@@ -630,10 +598,10 @@ fn tokio_stream_lines<R: tokio::io::AsyncBufRead + Unpin + Send + 'static>(
 
 /// Where an artifact is and how to open it.
 pub(super) struct Artifact {
-    pub(super) destination: crate::destinations::Destination,
+    pub(super) destination: supascale_shared::destinations::Destination,
     pub(super) key: String,
     pub(super) size: u64,
-    pub(super) compression: crate::artifact::Compression,
+    pub(super) compression: supascale_shared::artifact::Compression,
     pub(super) encrypted: bool,
     pub(super) identities: Vec<age::x25519::Identity>,
 }
@@ -670,7 +638,9 @@ pub(super) async fn read_artifact(
     match (unpacked, failed.get()) {
         // Whatever the layers above made of it, the destination failed,
         // not the artifact: worth another attempt.
-        (Err(JobError::Abort(ours)), _) if ours.starts_with(crate::disk::INSUFFICIENT) => {
+        (Err(JobError::Abort(ours)), _)
+            if ours.starts_with(supascale_shared::disk::INSUFFICIENT) =>
+        {
             Err(JobError::Abort(ours))
         }
         (Err(JobError::Abort(_)), Some(cause)) => Err(JobError::Retry(format!(
@@ -763,9 +733,9 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
     let mut roles: Option<String> = None;
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut files = 0u64;
-    let stage_error = |e: crate::restore::staging::StageError| match e {
-        crate::restore::staging::StageError::Io { source, .. }
-            if crate::disk::is_out_of_space(&source) =>
+    let stage_error = |e: supascale_shared::restore::staging::StageError| match e {
+        supascale_shared::restore::staging::StageError::Io { source, .. }
+            if supascale_shared::disk::is_out_of_space(&source) =>
         {
             io_error(source)
         }
@@ -773,7 +743,7 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
     };
     // Out of space while spooling is ours to say, not a corrupt artifact.
     let spooling = |e: std::io::Error| {
-        if crate::disk::is_out_of_space(&e) {
+        if supascale_shared::disk::is_out_of_space(&e) {
             io_error(e)
         } else {
             corrupt(e)
@@ -846,7 +816,8 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
                     let mut guard = DiskGuard::new(spool_dir, TEMPORARY_AREA, plan.reserve);
                     guard.expect(entry.size()).map_err(io_error)?;
                     let file = GuardedWriter {
-                        inner: crate::private_fs::create_file(&spooled.path).map_err(io_error)?,
+                        inner: supascale_shared::private_fs::create_file(&spooled.path)
+                            .map_err(io_error)?,
                         guard,
                     };
                     let (size, sha256) = copy_hashed(&mut entry, file).map_err(spooling)?;

@@ -10,23 +10,19 @@
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
-use super::JobError;
-use super::backup::{artifact_of, destination_error};
-use super::io_error;
-use super::reporter::Reporter;
 use super::restore::{Artifact, check_artifact};
-use super::worker::JobContext;
-use crate::artifact::Manifest;
-use crate::entities::{backup, job};
-use crate::pgtools;
-use crate::pgtools::child;
-use crate::restore::database::major_of_version;
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VerifyPayload {
-    pub backup_id: String,
-}
+use crate::JobContext;
+use crate::reporter::Reporter;
+use supascale_shared::artifact::Manifest;
+use supascale_shared::artifact::artifact_of;
+use supascale_shared::entities::{backup, job};
+use supascale_shared::jobs::JobError;
+use supascale_shared::jobs::destination_error;
+use supascale_shared::jobs::io_error;
+use supascale_shared::jobs::params::VerifyPayload;
+use supascale_shared::pgtools;
+use supascale_shared::pgtools::child;
+use supascale_shared::restore::database::major_of_version;
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
     let payload: VerifyPayload = serde_json::from_str(&job.payload)
@@ -45,7 +41,10 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
         .filter(backup::Column::Id.eq(row.id.clone()))
         .col_expr(backup::Column::VerifyError, Expr::value(verdict.clone()));
     if verdict.is_none() {
-        update = update.col_expr(backup::Column::VerifiedAt, Expr::value(super::store::now()));
+        update = update.col_expr(
+            backup::Column::VerifiedAt,
+            Expr::value(supascale_shared::jobs::store::now()),
+        );
     }
     update.exec(&ctx.db).await.map_err(JobError::from)?;
     if let Some(cause) = verdict {
@@ -123,7 +122,8 @@ async fn check(
         )
         .await;
     let spool_dir = ctx.config.data_dir.join("tmp");
-    crate::private_fs::create_dir_all(&spool_dir).map_err(|e| Damage::CannotLook(io_error(e)))?;
+    supascale_shared::private_fs::create_dir_all(&spool_dir)
+        .map_err(|e| Damage::CannotLook(io_error(e)))?;
     let artifact = Artifact {
         destination,
         key,

@@ -348,3 +348,28 @@ impl Budget {
         Ok(())
     }
 }
+
+/// A previous attempt of `job_id` that died left its staging folder in
+/// `dir` (and, if it died between swapping in and committing, the content
+/// it replaced): the replaced content comes back first, so that a failure
+/// of this attempt leaves the project's own files, then this attempt starts
+/// over. Returns a warning (`what` names the job: restore, import) when
+/// something was put back.
+pub fn recover_dead_attempt(dir: &Path, job_id: &str, what: &str) -> io::Result<Option<String>> {
+    let mut warning = None;
+    for (owner, path, old) in leftovers_by_job(dir) {
+        if owner != job_id {
+            continue;
+        }
+        if old {
+            put_back(dir, &path)?;
+            warning = Some(format!(
+                "An earlier attempt of this {what} stopped after swapping its files in; they \
+                 were put back and the {what} done again from the start"
+            ));
+        } else {
+            remove_leftover(&path)?;
+        }
+    }
+    Ok(warning)
+}
