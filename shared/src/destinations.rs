@@ -136,6 +136,174 @@ fn trim_slashes(s: &str) -> &str {
     s.trim_matches('/')
 }
 
+/// A destination's configuration error.
+fn config_error(name: &str, reason: &str) -> DestinationError {
+    DestinationError::Config {
+        name: name.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The local destination: a folder (the data dir's `backups/` by default)
+/// whose `.incomplete` holds what is being written.
+fn local_operator(
+    name: &str,
+    config: &DestinationConfig,
+    data_dir: &Path,
+    prefix: &str,
+) -> Result<(Operator, String), DestinationError> {
+    let bad = |reason: &str| config_error(name, reason);
+    let dir = match &config.root {
+        Some(root) => PathBuf::from(root),
+        None => data_dir.join("backups"),
+    }
+    .join(prefix);
+    let dir = if dir.is_absolute() {
+        dir
+    } else {
+        std::env::current_dir()
+            .map_err(|e| bad(&format!("cannot resolve {}: {e}", dir.display())))?
+            .join(dir)
+    };
+    let tmp = dir.join(INCOMPLETE);
+    // Before OpenDAL's builder, which would create them `0755`.
+    private_fs::create_dir_all(&tmp)
+        .map_err(|e| bad(&format!("cannot create {}: {e}", tmp.display())))?;
+    let builder = opendal::services::Fs::default()
+        .root(&dir.to_string_lossy())
+        .atomic_write_dir(&tmp.to_string_lossy());
+    Ok((Operator::new(builder)?, format!("file://{}", dir.display())))
+}
+
+/// S3 and the services that speak it (R2, MinIO, Backblaze B2).
+fn s3_operator(
+    name: &str,
+    config: &DestinationConfig,
+    prefix: &str,
+    root: &str,
+) -> Result<(Operator, String, S3Target), DestinationError> {
+    let bad = |reason: &str| config_error(name, reason);
+    let bucket = config
+        .bucket
+        .as_deref()
+        .ok_or_else(|| bad("bucket is required"))?;
+    let region = config.region.as_deref().unwrap_or(match name {
+        "r2" => "auto",
+        _ => "us-east-1",
+    });
+    let mut builder = opendal::services::S3::default()
+        .bucket(bucket)
+        .root(root)
+        .region(region);
+    match (&config.endpoint, name) {
+        (Some(endpoint), _) => builder = builder.endpoint(endpoint),
+        (None, "s3") => {}
+        (None, _) => return Err(bad("endpoint is required")),
+    }
+    if let Some(id) = &config.access_key_id {
+        builder = builder.access_key_id(id);
+    }
+    let secret = read_secret(
+        name,
+        &config.secret_access_key,
+        &config.secret_access_key_file,
+        "secret_access_key",
+    )?
+    .map(Secret::new);
+    if let Some(secret) = &secret {
+        builder = builder.secret_access_key(secret.expose());
+    }
+    let target = S3Target::new(
+        config.endpoint.as_deref(),
+        bucket,
+        region,
+        prefix,
+        config.access_key_id.as_deref().zip(secret.as_ref()),
+    );
+    // Only what the configuration says: never the ambient
+    // ~/.aws profile or the EC2 metadata of the host.
+    builder = builder.disable_config_load().disable_ec2_metadata();
+    Ok((
+        Operator::new(builder)?,
+        format!("s3://{bucket}{}", slash_prefix(prefix)),
+        target,
+    ))
+}
+
+/// Google Cloud Storage.
+fn gcs_operator(
+    name: &str,
+    config: &DestinationConfig,
+    prefix: &str,
+    root: &str,
+) -> Result<(Operator, String), DestinationError> {
+    let bad = |reason: &str| config_error(name, reason);
+    let bucket = config
+        .bucket
+        .as_deref()
+        .ok_or_else(|| bad("bucket is required"))?;
+    let mut builder = opendal::services::Gcs::default()
+        .bucket(bucket)
+        .root(root)
+        .disable_vm_metadata()
+        .disable_config_load();
+    if let Some(endpoint) = &config.endpoint {
+        builder = builder.endpoint(endpoint);
+    }
+    if let Some(path) = &config.credential_file {
+        builder = builder.credential_path(&path.to_string_lossy());
+    }
+    if let Some(token) = &config.token {
+        builder = builder.token(token.expose().to_string());
+    }
+    Ok((
+        Operator::new(builder)?,
+        format!("gs://{bucket}{}", slash_prefix(prefix)),
+    ))
+}
+
+/// Azure Blob Storage.
+fn azure_operator(
+    name: &str,
+    config: &DestinationConfig,
+    prefix: &str,
+    root: &str,
+) -> Result<(Operator, String), DestinationError> {
+    let bad = |reason: &str| config_error(name, reason);
+    let container = config
+        .container
+        .as_deref()
+        .ok_or_else(|| bad("container is required"))?;
+    let account = config
+        .account_name
+        .as_deref()
+        .ok_or_else(|| bad("account_name is required"))?;
+    let mut builder = opendal::services::Azblob::default()
+        .container(container)
+        .root(root)
+        .account_name(account)
+        .endpoint(
+            config
+                .endpoint
+                .as_deref()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"))
+                .as_str(),
+        );
+    if let Some(key) = read_secret(
+        name,
+        &config.account_key,
+        &config.account_key_file,
+        "account_key",
+    )? {
+        builder = builder.account_key(&key);
+    }
+    Ok((
+        Operator::new(builder)?,
+        format!("azure://{account}/{container}{}", slash_prefix(prefix)),
+    ))
+}
+
 impl Destination {
     /// Builds the destination `name` from its configuration.
     pub fn new(
@@ -144,10 +312,7 @@ impl Destination {
         data_dir: &Path,
     ) -> Result<Self, DestinationError> {
         install_transport();
-        let bad = |reason: &str| DestinationError::Config {
-            name: name.into(),
-            reason: reason.into(),
-        };
+        let bad = |reason: &str| config_error(name, reason);
         let prefix = config.prefix.as_deref().map(trim_slashes).unwrap_or("");
         let root = if prefix.is_empty() {
             "/".to_string()
@@ -156,132 +321,14 @@ impl Destination {
         };
         let mut s3 = None;
         let (operator, url_base) = match name {
-            "local" => {
-                let dir = match &config.root {
-                    Some(root) => PathBuf::from(root),
-                    None => data_dir.join("backups"),
-                }
-                .join(prefix);
-                let dir = if dir.is_absolute() {
-                    dir
-                } else {
-                    std::env::current_dir()
-                        .map_err(|e| bad(&format!("cannot resolve {}: {e}", dir.display())))?
-                        .join(dir)
-                };
-                let tmp = dir.join(INCOMPLETE);
-                // Before OpenDAL's builder, which would create them `0755`.
-                private_fs::create_dir_all(&tmp)
-                    .map_err(|e| bad(&format!("cannot create {}: {e}", tmp.display())))?;
-                let builder = opendal::services::Fs::default()
-                    .root(&dir.to_string_lossy())
-                    .atomic_write_dir(&tmp.to_string_lossy());
-                (Operator::new(builder)?, format!("file://{}", dir.display()))
-            }
+            "local" => local_operator(name, config, data_dir, prefix)?,
             "s3" | "r2" | "minio" | "backblaze" => {
-                let bucket = config
-                    .bucket
-                    .as_deref()
-                    .ok_or_else(|| bad("bucket is required"))?;
-                let region = config.region.as_deref().unwrap_or(match name {
-                    "r2" => "auto",
-                    _ => "us-east-1",
-                });
-                let mut builder = opendal::services::S3::default()
-                    .bucket(bucket)
-                    .root(&root)
-                    .region(region);
-                match (&config.endpoint, name) {
-                    (Some(endpoint), _) => builder = builder.endpoint(endpoint),
-                    (None, "s3") => {}
-                    (None, _) => return Err(bad("endpoint is required")),
-                }
-                if let Some(id) = &config.access_key_id {
-                    builder = builder.access_key_id(id);
-                }
-                let secret = read_secret(
-                    name,
-                    &config.secret_access_key,
-                    &config.secret_access_key_file,
-                    "secret_access_key",
-                )?
-                .map(Secret::new);
-                if let Some(secret) = &secret {
-                    builder = builder.secret_access_key(secret.expose());
-                }
-                s3 = Some(S3Target::new(
-                    config.endpoint.as_deref(),
-                    bucket,
-                    region,
-                    prefix,
-                    config.access_key_id.as_deref().zip(secret.as_ref()),
-                ));
-                // Only what the configuration says: never the ambient
-                // ~/.aws profile or the EC2 metadata of the host.
-                builder = builder.disable_config_load().disable_ec2_metadata();
-                (
-                    Operator::new(builder)?,
-                    format!("s3://{bucket}{}", slash_prefix(prefix)),
-                )
+                let (operator, url_base, target) = s3_operator(name, config, prefix, &root)?;
+                s3 = Some(target);
+                (operator, url_base)
             }
-            "gcs" => {
-                let bucket = config
-                    .bucket
-                    .as_deref()
-                    .ok_or_else(|| bad("bucket is required"))?;
-                let mut builder = opendal::services::Gcs::default()
-                    .bucket(bucket)
-                    .root(&root)
-                    .disable_vm_metadata()
-                    .disable_config_load();
-                if let Some(endpoint) = &config.endpoint {
-                    builder = builder.endpoint(endpoint);
-                }
-                if let Some(path) = &config.credential_file {
-                    builder = builder.credential_path(&path.to_string_lossy());
-                }
-                if let Some(token) = &config.token {
-                    builder = builder.token(token.expose().to_string());
-                }
-                (
-                    Operator::new(builder)?,
-                    format!("gs://{bucket}{}", slash_prefix(prefix)),
-                )
-            }
-            "azure" => {
-                let container = config
-                    .container
-                    .as_deref()
-                    .ok_or_else(|| bad("container is required"))?;
-                let account = config
-                    .account_name
-                    .as_deref()
-                    .ok_or_else(|| bad("account_name is required"))?;
-                let mut builder = opendal::services::Azblob::default()
-                    .container(container)
-                    .root(&root)
-                    .account_name(account)
-                    .endpoint(
-                        config
-                            .endpoint
-                            .as_deref()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"))
-                            .as_str(),
-                    );
-                if let Some(key) = read_secret(
-                    name,
-                    &config.account_key,
-                    &config.account_key_file,
-                    "account_key",
-                )? {
-                    builder = builder.account_key(&key);
-                }
-                (
-                    Operator::new(builder)?,
-                    format!("azure://{account}/{container}{}", slash_prefix(prefix)),
-                )
-            }
+            "gcs" => gcs_operator(name, config, prefix, &root)?,
+            "azure" => azure_operator(name, config, prefix, &root)?,
             other => {
                 return Err(bad(&format!(
                     "{other:?} is not a destination; use one of {}",

@@ -237,138 +237,60 @@ async fn produce(
         .get(&row.destination)
         .map_err(|e| JobError::Abort(e.to_string()))?
         .clone();
-    let recipients = if row.encrypted {
-        let recipients = ctx
-            .config
-            .recipients()
-            .map_err(|e| JobError::Abort(e.to_string()))?;
-        if recipients.is_empty() {
-            return Err(JobError::Abort(
-                "the backup is to be encrypted and no encryption recipients are configured".into(),
-            ));
-        }
-        recipients
-    } else {
-        Vec::new()
-    };
+    let recipients = recipients_of(ctx, row)?;
     let wanted = components(&row.backup_type);
     // Opened now, beneath the project's root: the builder reads through
     // these, never the stored paths again.
-    let folders = if wanted.iter().any(|c| *c != "database") {
-        Some(
+    let folders = wanted
+        .iter()
+        .any(|c| *c != "database")
+        .then(|| {
             supascale_shared::project_folders::FolderRules::from_config(&ctx.config)
                 .pin(project, Create::default())
-                .map_err(JobError::Abort)?,
-        )
-    } else {
-        None
-    };
+        })
+        .transpose()
+        .map_err(JobError::Abort)?;
     // The files go into the artifact while `pg_dump` writes its spool, and
     // the database comes last, once its size is known: dump and archiving
     // overlap instead of following each other (restores do not depend on
     // entry order).
     let order = artifact_order(wanted);
-    // One step per component, then the destination's confirmation.
-    let total = wanted.len() as u32 + 1;
-    let step_of = |component: &str| {
-        order
-            .iter()
-            .position(|c| *c == component)
-            .map(|i| i as u32 + 1)
-            .unwrap_or(0)
+    let steps = Steps {
+        order: &order,
+        total: wanted.len() as u32 + 1,
     };
+    let total = steps.total;
 
     // Where the time goes, for the log (`debug`): `bench-backup` prints it.
     let started = Instant::now();
-    let mut dumped_after = None;
     let spool_dir = ctx.config.data_dir.join("tmp");
     supascale_shared::private_fs::create_dir_all(&spool_dir)
         .map_err(|e| JobError::Abort(format!("cannot create {}: {e}", spool_dir.display())))?;
-    let mut roles: Option<SpooledDump> = None;
-    let mut postgres_version = None;
-    // The running dump and, for the builder, the word that it has ended.
-    let mut dumping = None;
-    let mut dump_ready = None;
-    let mut ready_rx = None;
-    let mut dump_url = None;
-    let mut database_reported = false;
-    if wanted.contains(&"database") {
-        let url = ctx
-            .master_key
-            .decrypt(&project.database_url_enc)
-            .map_err(|e| JobError::Abort(e.to_string()))?;
-        if order.first() == Some(&"database") {
-            reporter
-                .step(
-                    "database",
-                    "Dumping the database",
-                    step_of("database"),
-                    total,
-                )
-                .await;
-            database_reported = true;
-        }
-        let server = server_facts(&ctx.config, &url).await?;
-        postgres_version = Some(server.version.clone());
-        // Before any work: the right programs, and room for the dump.
-        let configured = ctx.config.postgres_bin_dirs.as_deref();
-        // Each lookup runs every candidate's `--version`: both at once,
-        // pg_dump's answer first.
-        let (pg_dump, pg_dumpall) = tokio::join!(
-            pgtools::tool_for("pg_dump", server.major, configured),
-            pgtools::tool_for("pg_dumpall", server.major, configured),
-        );
-        let pg_dump = pg_dump.map_err(JobError::Abort)?;
-        let pg_dumpall = pg_dumpall.map_err(JobError::Abort)?;
-        let mut needs = vec![Need {
-            area: TEMPORARY_AREA,
-            path: spool_dir.clone(),
-            bytes: server.database_bytes,
-        }];
-        if let Some(root) = destination.local_root() {
-            needs.push(Need {
-                area: "the local destination",
-                path: root,
-                bytes: server.database_bytes,
-            });
-        }
-        check_free_space(&needs, ctx.config.disk_reserve_bytes)?;
-        if job.attempt > 1 {
-            child::end_leftover_sessions(&url, &job.id).await;
-        }
-        let (ready_tx, ready) = tokio::sync::oneshot::channel::<(PathBuf, Precompressed)>();
-        dump_ready = Some(ready_tx);
-        ready_rx = Some(ready);
-        let pg_dump_path = pg_dump.path.clone();
-        let dump_dir = spool_dir.clone();
-        let dump_job = job.id.clone();
-        let dump_from = url.clone();
-        let reserve = ctx.config.disk_reserve_bytes;
-        // A task, so that it starts now, not when first polled: the roles
-        // are dumped (and the destination opened) while it runs. Dropping it
-        // aborts the task, which ends `pg_dump` (`kill_on_drop`) and removes
-        // the spool.
-        dumping = Some(AbortOnDrop(tokio::spawn(async move {
-            dump_database(
-                &pg_dump_path,
-                &dump_from,
-                &dump_dir,
-                &dump_job,
-                compression,
-                reserve,
-            )
-            .await
-        })));
-        let dumped_roles = dump_roles(&pg_dumpall.path, &url, &spool_dir, &job.id).await;
-        dump_url = Some(url);
-        match dumped_roles {
-            Ok(spooled) => roles = Some(spooled),
-            Err(e) => {
-                stop_dump(&mut dumping, dump_url.as_deref(), &job.id).await;
-                return Err(e);
-            }
-        }
-    }
+    let DumpStarted {
+        mut dumping,
+        dump_ready,
+        ready_rx,
+        dump_url,
+        roles,
+        postgres_version,
+        mut database_reported,
+    } = if wanted.contains(&"database") {
+        let first = order.first() == Some(&"database");
+        start_dump(
+            ctx,
+            job,
+            project,
+            &destination,
+            &spool_dir,
+            compression,
+            reporter,
+            first.then(|| (steps.of("database"), total)),
+        )
+        .await?
+    } else {
+        DumpStarted::default()
+    };
+    let mut dump_ready = dump_ready;
 
     let meta = ManifestMeta {
         project_id: project.id.clone(),
@@ -400,66 +322,22 @@ async fn produce(
     let builder = tokio::task::spawn_blocking(move || {
         build_artifact(sources, meta, compression, &recipients, sender)
     });
-    let mut dump: Option<CompressedDump> = None;
-    let mut upload_error = None;
-    let mut uploaded = 0u64;
-    let mut step = (order.first().copied().unwrap_or("archive"), 1u32);
-    loop {
-        tokio::select! {
-            chunk = receiver.recv() => {
-                let Some(chunk) = chunk else { break };
-                uploaded += chunk.len() as u64;
-                if let Err(e) = writer.write(chunk).await {
-                    upload_error = Some(destination_error(&e.into()));
-                    break;
-                }
-                reporter
-                    .bytes(step.0, "Writing the artifact", step.1, total, uploaded)
-                    .await;
-            }
-            Some(component) = started_rx.recv() => {
-                step = (component, step_of(component));
-                if component != "database" {
-                    reporter
-                        .step(component, &format!("Archiving {component}"), step.1, total)
-                        .await;
-                } else if !database_reported {
-                    database_reported = true;
-                    let message = if dumping.is_some() {
-                        "Dumping the database"
-                    } else {
-                        "Archiving the database dump"
-                    };
-                    reporter.step(component, message, step.1, total).await;
-                }
-            }
-            // In an `async` block: select! evaluates every branch's
-            // expression, even one whose condition is false.
-            dumped = async { dumping.as_mut().expect("guarded").await }, if dumping.is_some() => {
-                dumping = None;
-                dumped_after = Some(started.elapsed());
-                let dumped = dumped.unwrap_or_else(|e| {
-                    Err(JobError::Abort(format!("the dump task failed: {e}")))
-                });
-                match dumped {
-                    Ok(spooled) => {
-                        if let Some(ready) = dump_ready.take() {
-                            let _ = ready.send((spooled.spool.path.clone(), spooled.entry.clone()));
-                        }
-                        dump = Some(spooled);
-                    }
-                    Err(e) => {
-                        upload_error = Some(e);
-                        break;
-                    }
-                }
-            }
-            _ = reporter.cancelled() => {
-                upload_error = Some(JobError::Cancelled);
-                break;
-            }
-        }
-    }
+    let Pumped {
+        dump,
+        upload_error,
+        dumped_after,
+    } = pump(
+        &mut writer,
+        &mut receiver,
+        &mut started_rx,
+        &mut dumping,
+        &mut dump_ready,
+        &mut database_reported,
+        reporter,
+        &steps,
+        started,
+    )
+    .await;
     // The builder may be waiting for the dump: this tells it there will be
     // none (it then fails, and the error above is the one reported).
     drop(dump_ready);
@@ -486,6 +364,260 @@ async fn produce(
         return Err(destination_error(&e.into()));
     }
     let closed_after = started.elapsed();
+    let summary = confirm_stored(ctx, &destination, &key, summary, reporter, total).await?;
+    tracing::debug!(
+        job = %job.id,
+        dumped_ms = dumped_after.map(|d| d.as_millis() as u64),
+        uploaded_ms = uploaded_after.as_millis() as u64,
+        closed_ms = closed_after.as_millis() as u64,
+        confirmed_ms = started.elapsed().as_millis() as u64,
+        "backup timeline"
+    );
+    Ok(summary)
+}
+
+/// One step per component, in artifact order, then the destination's
+/// confirmation.
+struct Steps<'a> {
+    order: &'a [&'static str],
+    total: u32,
+}
+
+impl Steps<'_> {
+    fn of(&self, component: &str) -> u32 {
+        self.order
+            .iter()
+            .position(|c| *c == component)
+            .map(|i| i as u32 + 1)
+            .unwrap_or(0)
+    }
+}
+
+/// What [`pump`] ends with.
+#[derive(Default)]
+struct Pumped {
+    /// The finished dump's spool (removed when dropped).
+    dump: Option<CompressedDump>,
+    /// Why the upload stopped early.
+    upload_error: Option<JobError>,
+    dumped_after: Option<std::time::Duration>,
+}
+
+/// Writes the builder's chunks to the destination as they come, reports
+/// each component's step as the builder starts it, and hands the dump to
+/// the builder when `pg_dump` ends; stops at the first failure or a cancel.
+#[allow(clippy::too_many_arguments)]
+async fn pump(
+    writer: &mut supascale_shared::destinations::ObjectWriter,
+    receiver: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+    started_rx: &mut tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+    dumping: &mut Option<AbortOnDrop<Result<CompressedDump, JobError>>>,
+    dump_ready: &mut Option<tokio::sync::oneshot::Sender<(PathBuf, Precompressed)>>,
+    database_reported: &mut bool,
+    reporter: &Reporter,
+    steps: &Steps<'_>,
+    started: Instant,
+) -> Pumped {
+    let mut pumped = Pumped::default();
+    let mut uploaded = 0u64;
+    let mut step = (steps.order.first().copied().unwrap_or("archive"), 1u32);
+    loop {
+        tokio::select! {
+            chunk = receiver.recv() => {
+                let Some(chunk) = chunk else { break };
+                uploaded += chunk.len() as u64;
+                if let Err(e) = writer.write(chunk).await {
+                    pumped.upload_error = Some(destination_error(&e.into()));
+                    break;
+                }
+                reporter
+                    .bytes(step.0, "Writing the artifact", step.1, steps.total, uploaded)
+                    .await;
+            }
+            Some(component) = started_rx.recv() => {
+                step = (component, steps.of(component));
+                if component != "database" {
+                    reporter
+                        .step(component, &format!("Archiving {component}"), step.1, steps.total)
+                        .await;
+                } else if !*database_reported {
+                    *database_reported = true;
+                    let message = if dumping.is_some() {
+                        "Dumping the database"
+                    } else {
+                        "Archiving the database dump"
+                    };
+                    reporter.step(component, message, step.1, steps.total).await;
+                }
+            }
+            // In an `async` block: select! evaluates every branch's
+            // expression, even one whose condition is false.
+            dumped = async { dumping.as_mut().expect("guarded").await }, if dumping.is_some() => {
+                *dumping = None;
+                pumped.dumped_after = Some(started.elapsed());
+                let dumped = dumped.unwrap_or_else(|e| {
+                    Err(JobError::Abort(format!("the dump task failed: {e}")))
+                });
+                match dumped {
+                    Ok(spooled) => {
+                        if let Some(ready) = dump_ready.take() {
+                            let _ = ready.send((spooled.spool.path.clone(), spooled.entry.clone()));
+                        }
+                        pumped.dump = Some(spooled);
+                    }
+                    Err(e) => {
+                        pumped.upload_error = Some(e);
+                        break;
+                    }
+                }
+            }
+            _ = reporter.cancelled() => {
+                pumped.upload_error = Some(JobError::Cancelled);
+                break;
+            }
+        }
+    }
+    pumped
+}
+
+/// The age recipients of an encrypted backup (none for a plain one).
+fn recipients_of(
+    ctx: &JobContext,
+    row: &backup::Model,
+) -> Result<Vec<age::x25519::Recipient>, JobError> {
+    if !row.encrypted {
+        return Ok(Vec::new());
+    }
+    let recipients = ctx
+        .config
+        .recipients()
+        .map_err(|e| JobError::Abort(e.to_string()))?;
+    if recipients.is_empty() {
+        return Err(JobError::Abort(
+            "the backup is to be encrypted and no encryption recipients are configured".into(),
+        ));
+    }
+    Ok(recipients)
+}
+
+/// The database's part of a backup once started: the dump running in its
+/// task, the channel that hands its spool to the builder, the roles
+/// already spooled.
+#[derive(Default)]
+struct DumpStarted {
+    /// The running dump (dropping it ends `pg_dump` and removes the spool).
+    dumping: Option<AbortOnDrop<Result<CompressedDump, JobError>>>,
+    /// Tells the builder where the finished dump is.
+    dump_ready: Option<tokio::sync::oneshot::Sender<(PathBuf, Precompressed)>>,
+    ready_rx: Option<tokio::sync::oneshot::Receiver<(PathBuf, Precompressed)>>,
+    /// To end the dump's server session if it must be stopped.
+    dump_url: Option<String>,
+    roles: Option<SpooledDump>,
+    postgres_version: Option<String>,
+    /// Whether the database's step was already reported.
+    database_reported: bool,
+}
+
+/// Checks the project's server (version, not the control plane, room for
+/// the dump), then starts `pg_dump` in a task of its own and spools the
+/// roles beside it. `first_step` reports the database's step at once when
+/// it is the artifact's first.
+#[allow(clippy::too_many_arguments)]
+async fn start_dump(
+    ctx: &JobContext,
+    job: &job::Model,
+    project: &project::Model,
+    destination: &supascale_shared::destinations::Destination,
+    spool_dir: &Path,
+    compression: Compression,
+    reporter: &Reporter,
+    first_step: Option<(u32, u32)>,
+) -> Result<DumpStarted, JobError> {
+    let mut started = DumpStarted::default();
+    let url = ctx
+        .master_key
+        .decrypt(&project.database_url_enc)
+        .map_err(|e| JobError::Abort(e.to_string()))?;
+    if let Some((step, total)) = first_step {
+        reporter
+            .step("database", "Dumping the database", step, total)
+            .await;
+        started.database_reported = true;
+    }
+    let server = server_facts(&ctx.config, &url).await?;
+    started.postgres_version = Some(server.version.clone());
+    // Before any work: the right programs, and room for the dump.
+    let configured = ctx.config.postgres_bin_dirs.as_deref();
+    // Each lookup runs every candidate's `--version`: both at once,
+    // pg_dump's answer first.
+    let (pg_dump, pg_dumpall) = tokio::join!(
+        pgtools::tool_for("pg_dump", server.major, configured),
+        pgtools::tool_for("pg_dumpall", server.major, configured),
+    );
+    let pg_dump = pg_dump.map_err(JobError::Abort)?;
+    let pg_dumpall = pg_dumpall.map_err(JobError::Abort)?;
+    let mut needs = vec![Need {
+        area: TEMPORARY_AREA,
+        path: spool_dir.to_path_buf(),
+        bytes: server.database_bytes,
+    }];
+    if let Some(root) = destination.local_root() {
+        needs.push(Need {
+            area: "the local destination",
+            path: root,
+            bytes: server.database_bytes,
+        });
+    }
+    check_free_space(&needs, ctx.config.disk_reserve_bytes)?;
+    if job.attempt > 1 {
+        child::end_leftover_sessions(&url, &job.id).await;
+    }
+    let (ready_tx, ready) = tokio::sync::oneshot::channel::<(PathBuf, Precompressed)>();
+    started.dump_ready = Some(ready_tx);
+    started.ready_rx = Some(ready);
+    let pg_dump_path = pg_dump.path.clone();
+    let dump_dir = spool_dir.to_path_buf();
+    let dump_job = job.id.clone();
+    let dump_from = url.clone();
+    let reserve = ctx.config.disk_reserve_bytes;
+    // A task, so that it starts now, not when first polled: the roles
+    // are dumped (and the destination opened) while it runs. Dropping it
+    // aborts the task, which ends `pg_dump` (`kill_on_drop`) and removes
+    // the spool.
+    started.dumping = Some(AbortOnDrop(tokio::spawn(async move {
+        dump_database(
+            &pg_dump_path,
+            &dump_from,
+            &dump_dir,
+            &dump_job,
+            compression,
+            reserve,
+        )
+        .await
+    })));
+    let dumped_roles = dump_roles(&pg_dumpall.path, &url, spool_dir, &job.id).await;
+    started.dump_url = Some(url);
+    match dumped_roles {
+        Ok(spooled) => started.roles = Some(spooled),
+        Err(e) => {
+            stop_dump(&mut started.dumping, started.dump_url.as_deref(), &job.id).await;
+            return Err(e);
+        }
+    }
+    Ok(started)
+}
+
+/// The destination itself must confirm what was written: its size, then
+/// (unless turned off) the bytes it gives back, hashed. What it cannot
+/// confirm is deleted.
+async fn confirm_stored(
+    ctx: &JobContext,
+    destination: &supascale_shared::destinations::Destination,
+    key: &str,
+    summary: ArtifactSummary,
+    reporter: &Reporter,
+    total: u32,
+) -> Result<ArtifactSummary, JobError> {
     reporter
         .step(
             "verify",
@@ -498,22 +630,20 @@ async fn produce(
             total,
         )
         .await;
-    // The destination itself must confirm what we wrote: its size, then
-    // (unless turned off) the bytes it gives back, hashed.
-    match destination.stat(&key).await {
+    match destination.stat(key).await {
         Ok(Some(stored)) if stored.size == summary.bytes => {
             if ctx.config.verify_readback {
                 let read = tokio::select! {
-                    read = read_back_sha256(&destination, &key, stored.size) => read,
+                    read = read_back_sha256(destination, key, stored.size) => read,
                     _ = reporter.cancelled() => {
-                        let _ = destination.delete(&key).await;
+                        let _ = destination.delete(key).await;
                         return Err(JobError::Cancelled);
                     }
                 };
                 match read {
                     Ok(sha) if sha == summary.sha256 => {}
                     Ok(sha) => {
-                        let _ = destination.delete(&key).await;
+                        let _ = destination.delete(key).await;
                         return Err(JobError::Retry(format!(
                             "the destination gave back other bytes than were written \
                              (SHA-256 {sha}, expected {})",
@@ -521,23 +651,15 @@ async fn produce(
                         )));
                     }
                     Err(e) => {
-                        let _ = destination.delete(&key).await;
+                        let _ = destination.delete(key).await;
                         return Err(destination_error(&e));
                     }
                 }
             }
-            tracing::debug!(
-                job = %job.id,
-                dumped_ms = dumped_after.map(|d| d.as_millis() as u64),
-                uploaded_ms = uploaded_after.as_millis() as u64,
-                closed_ms = closed_after.as_millis() as u64,
-                confirmed_ms = started.elapsed().as_millis() as u64,
-                "backup timeline"
-            );
             Ok(summary)
         }
         Ok(Some(stored)) => {
-            let _ = destination.delete(&key).await;
+            let _ = destination.delete(key).await;
             Err(JobError::Retry(format!(
                 "the destination stored {} bytes of {}",
                 stored.size, summary.bytes
