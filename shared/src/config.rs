@@ -249,15 +249,13 @@ impl Config {
                 self.log_format
             )));
         }
-        if let Some(name) = self
-            .destinations
-            .keys()
-            .find(|name| !crate::domain::DESTINATIONS.contains(&name.as_str()))
-        {
+        if let Some(name) = self.destinations.keys().find(|name| {
+            <crate::domain::DestinationName as crate::domain::Vocabulary>::parse(name).is_err()
+        }) {
             return Err(ConfigError(format!(
                 "SUPASCALE_DESTINATIONS__{}: {name:?} is not a destination; use one of {}",
                 name.to_uppercase(),
-                crate::domain::DESTINATIONS.join(", ")
+                <crate::domain::DestinationName as crate::domain::Vocabulary>::names().join(", ")
             )));
         }
         if !(1..=25).contains(&self.job_attempts) {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use opendal::{ErrorKind, Operator};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::DESTINATIONS;
+use crate::domain::{DestinationName, Vocabulary};
 use crate::private_fs;
 use crate::secret::Secret;
 
@@ -332,7 +332,7 @@ impl Destination {
             other => {
                 return Err(bad(&format!(
                     "{other:?} is not a destination; use one of {}",
-                    DESTINATIONS.join(", ")
+                    DestinationName::names().join(", ")
                 )));
             }
         };

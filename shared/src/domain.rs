@@ -1,12 +1,120 @@
-//! The words of the contract (backup types, destinations, statuses) and the
+//! The words of the contract ([`BackupType`], [`Component`], [`DestinationName`],
+//! [`Status`]) and the
 //! shape of a self-hosted Supabase project on disk.
 
 use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{self, Path, PathBuf};
 
-pub const BACKUP_TYPES: [&str; 5] = ["full", "database", "storage", "functions", "config"];
-pub const DESTINATIONS: [&str; 7] = ["local", "s3", "gcs", "azure", "r2", "minio", "backblaze"];
-pub const STATUSES: [&str; 4] = ["pending", "in_progress", "completed", "failed"];
+/// A closed set of words of the contract. Parsed once where the word
+/// arrives (a request, a row), then matched as a value.
+pub trait Vocabulary: Copy + PartialEq + Sized + 'static {
+    /// What the word is called in messages (`type`, `destination`, …).
+    const FIELD: &'static str;
+    /// Every word, in the contract's order.
+    const ALL: &'static [Self];
+
+    fn as_str(self) -> &'static str;
+
+    /// `word` as a value, or a message naming the field and every word
+    /// allowed.
+    fn parse(word: &str) -> Result<Self, String> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|v| v.as_str() == word)
+            .ok_or_else(|| {
+                format!(
+                    "{} must be one of {}, not {word:?}",
+                    Self::FIELD,
+                    Self::names().join(", ")
+                )
+            })
+    }
+
+    fn names() -> Vec<&'static str> {
+        Self::ALL.iter().map(|v| v.as_str()).collect()
+    }
+}
+
+/// Declares a [`Vocabulary`] enum with its words.
+macro_rules! vocabulary {
+    ($(#[$meta:meta])* $name:ident, $field:literal, { $($variant:ident = $word:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl Vocabulary for $name {
+            const FIELD: &'static str = $field;
+            const ALL: &'static [Self] = &[$(Self::$variant),+];
+            fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $word),+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+vocabulary!(
+    /// What a backup holds (`type`).
+    BackupType, "type", {
+        Full = "full",
+        Database = "database",
+        Storage = "storage",
+        Functions = "functions",
+        Config = "config",
+    }
+);
+
+vocabulary!(
+    /// One part of a project in an artifact, in restore order.
+    Component, "component", {
+        Database = "database",
+        Storage = "storage",
+        Functions = "functions",
+        Config = "config",
+    }
+);
+
+vocabulary!(
+    /// Where artifacts are stored.
+    DestinationName, "destination", {
+        Local = "local",
+        S3 = "s3",
+        Gcs = "gcs",
+        Azure = "azure",
+        R2 = "r2",
+        Minio = "minio",
+        Backblaze = "backblaze",
+    }
+);
+
+vocabulary!(
+    /// Where a job, a backup or a restore is.
+    Status, "status", {
+        Pending = "pending",
+        InProgress = "in_progress",
+        Completed = "completed",
+        Failed = "failed",
+    }
+);
+
+impl BackupType {
+    /// The parts a backup of this type holds, in restore order.
+    pub fn parts(self) -> &'static [Component] {
+        match self {
+            Self::Full => Component::ALL,
+            Self::Database => &[Component::Database],
+            Self::Storage => &[Component::Storage],
+            Self::Functions => &[Component::Functions],
+            Self::Config => &[Component::Config],
+        }
+    }
+}
 
 /// Config files a backup takes, relative to the project root (DOMAIN.md);
 /// never `volumes/db/data`, the live PGDATA.
@@ -61,7 +169,7 @@ pub fn clean_absolute(path: &str) -> Option<PathBuf> {
         return None;
     }
     p.components()
-        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        .all(|c| matches!(c, path::Component::RootDir | path::Component::Normal(_)))
         .then(|| p.to_path_buf())
 }
 

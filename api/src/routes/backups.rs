@@ -20,7 +20,7 @@ use sea_orm::{
 use supascale_shared::api_key::Permission;
 use supascale_shared::artifact::Compression;
 use supascale_shared::artifact::{artifact_key, artifact_of};
-use supascale_shared::domain::{BACKUP_TYPES, DESTINATIONS, STATUSES};
+use supascale_shared::domain::{BackupType, DestinationName, Status, Vocabulary};
 use supascale_shared::entities::{backup, backup_stat, backup_total, job, project, restore};
 use supascale_shared::jobs;
 
@@ -202,11 +202,11 @@ impl BackupsApi {
                 principal,
                 parse_list_filter("projectId", project_id.0.as_deref(), None)?,
             ),
-            statuses: parse_list_filter("status", status.0.as_deref(), Some(&STATUSES))?,
+            statuses: parse_list_filter("status", status.0.as_deref(), Some(&Status::names()))?,
             destinations: parse_list_filter(
                 "destination",
                 destination.0.as_deref(),
-                Some(&DESTINATIONS),
+                Some(&DestinationName::names()),
             )?,
         };
 
@@ -671,23 +671,17 @@ async fn new_backup_rows(
         .await?
         .filter(|p| principal.may_see(&p.id))
         .ok_or(ApiError::UnknownProject)?;
-    let backup_type = input.backup_type.unwrap_or_else(|| "full".into());
-    if !BACKUP_TYPES.contains(&backup_type.as_str()) {
-        return Err(ApiError::bad_request(format!(
-            "type must be one of {}, not {backup_type:?}",
-            BACKUP_TYPES.join(", ")
-        )));
-    }
-    let destination_name = input.destination.unwrap_or_else(|| "local".into());
-    if !DESTINATIONS.contains(&destination_name.as_str()) {
-        return Err(ApiError::bad_request(format!(
-            "destination must be one of {}, not {destination_name:?}",
-            DESTINATIONS.join(", ")
-        )));
-    }
+    let backup_type = match input.backup_type.as_deref() {
+        Some(word) => BackupType::parse(word).map_err(ApiError::InvalidField)?,
+        None => BackupType::Full,
+    };
+    let destination_name = match input.destination.as_deref() {
+        Some(word) => DestinationName::parse(word).map_err(ApiError::InvalidField)?,
+        None => DestinationName::Local,
+    };
     let destination = state
         .destinations
-        .get(&destination_name)
+        .get(destination_name.as_str())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let encrypt = input.encrypt.unwrap_or(false);
     if encrypt
@@ -710,7 +704,13 @@ async fn new_backup_rows(
     })?;
     let id = format!("backup-{}", uuid::Uuid::now_v7().simple());
     let created_at = crate::now();
-    let key = artifact_key(&project.id, &id, &backup_type, created_at, compression);
+    let key = artifact_key(
+        &project.id,
+        &id,
+        backup_type.as_str(),
+        created_at,
+        compression,
+    );
     let job = jobs::store::new_job(
         jobs::JobKind::Backup,
         Some(&project.id),
@@ -721,9 +721,9 @@ async fn new_backup_rows(
         id: Set(id),
         project_id: Set(project.id.clone()),
         project_name: Set(project.name.clone()),
-        backup_type: Set(backup_type),
+        backup_type: Set(backup_type.to_string()),
         status: Set(jobs::STATUS_PENDING.into()),
-        destination: Set(destination_name),
+        destination: Set(destination_name.to_string()),
         path: Set(destination.url_for(&key)),
         size: Set(0),
         encrypted: Set(encrypt),

@@ -18,6 +18,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Value, json};
 use supascale_shared::api_key::Permission;
+use supascale_shared::domain::{Status, Vocabulary};
 use supascale_shared::entities::{backup, job, job_event, restore};
 use supascale_shared::jobs::{self, events};
 
@@ -221,7 +222,7 @@ impl JobsApi {
         let statuses = parse_list_filter(
             "status",
             status.0.as_deref(),
-            Some(&supascale_shared::domain::STATUSES),
+            Some(&<Status as Vocabulary>::names()),
         )?;
         let kinds = parse_list_filter(
             "kind",

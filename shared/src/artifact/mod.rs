@@ -20,5 +20,5 @@ mod pargz;
 pub use builder::{ArtifactBuilder, ArtifactSummary};
 pub use compress::{Compression, Compressor, Precompressed, compress_stream};
 pub use manifest::{Manifest, ManifestEntry, ManifestMeta};
-pub use naming::{artifact_key, artifact_of, components};
+pub use naming::{artifact_key, artifact_of};
 pub use pargz::ParallelGzip;

@@ -7,18 +7,6 @@ use chrono::{DateTime, Utc};
 use super::Compression;
 use crate::entities::backup;
 
-/// The components a backup type holds, in artifact order.
-pub fn components(backup_type: &str) -> &'static [&'static str] {
-    match backup_type {
-        "full" => &["database", "storage", "functions", "config"],
-        "database" => &["database"],
-        "storage" => &["storage"],
-        "functions" => &["functions"],
-        "config" => &["config"],
-        _ => &[],
-    }
-}
-
 /// Where a backup's artifact lives inside its destination:
 /// `<project>/<YYYY-MM-DDTHHMMSSZ>-<type>-<short id>.tar.gz`.
 pub fn artifact_key(

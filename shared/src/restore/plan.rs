@@ -13,8 +13,9 @@ use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
 use super::database;
 use crate::Config;
 use crate::artifact::Manifest;
-use crate::artifact::{artifact_of, components};
+use crate::artifact::artifact_of;
 use crate::destinations::Destinations;
+use crate::domain::{BackupType, Vocabulary};
 use crate::entities::{backup, project};
 use crate::jobs::{STATUS_COMPLETED, params::COMPONENTS};
 use crate::master_key::MasterKey;
@@ -222,10 +223,9 @@ pub async fn plan_restore(
         .and_then(|m| serde_json::from_str::<Manifest>(m).ok());
     let held: Vec<String> = match &manifest {
         Some(m) => m.meta.components.clone(),
-        None => components(&backup_row.backup_type)
-            .iter()
-            .map(|c| c.to_string())
-            .collect(),
+        None => BackupType::parse(&backup_row.backup_type)
+            .map(|t| t.parts().iter().map(|c| c.to_string()).collect())
+            .unwrap_or_default(),
     };
     let (types, warnings) = choose_components(backup_row, &target.id, &held, request)?;
     check_artifact(ctx, backup_row).await?;

@@ -24,12 +24,13 @@ use crate::JobContext;
 use crate::reporter::Reporter;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
+use supascale_shared::artifact::artifact_of;
 use supascale_shared::artifact::{
     ArtifactBuilder, ArtifactSummary, Compression, ManifestMeta, Precompressed,
 };
-use supascale_shared::artifact::{artifact_of, components};
 use supascale_shared::disk::{Need, TEMPORARY_AREA};
 use supascale_shared::domain::CONFIG_ALLOWLIST;
+use supascale_shared::domain::{BackupType, Component, Vocabulary};
 use supascale_shared::entities::{backup, job, project};
 use supascale_shared::jobs::params::BackupPayload;
 use supascale_shared::jobs::{AbortOnDrop, JobError, destination_error, io_error};
@@ -39,14 +40,14 @@ use supascale_shared::project_folders::{Create, PinnedFolders};
 
 /// The order of the components inside the artifact: the database last,
 /// so that the files are archived while it is being dumped.
-fn artifact_order(wanted: &[&'static str]) -> Vec<&'static str> {
+fn artifact_order(wanted: &[Component]) -> Vec<Component> {
     let mut order: Vec<_> = wanted
         .iter()
         .copied()
-        .filter(|c| *c != "database")
+        .filter(|c| *c != Component::Database)
         .collect();
-    if wanted.contains(&"database") {
-        order.push("database");
+    if wanted.contains(&Component::Database) {
+        order.push(Component::Database);
     }
     order
 }
@@ -238,12 +239,14 @@ async fn produce(
         .map_err(|e| JobError::Abort(e.to_string()))?
         .clone();
     let recipients = recipients_of(ctx, row)?;
-    let wanted = components(&row.backup_type);
+    let wanted = BackupType::parse(&row.backup_type)
+        .map_err(JobError::Abort)?
+        .parts();
     // Opened now, beneath the project's root: the builder reads through
     // these, never the stored paths again.
     let folders = wanted
         .iter()
-        .any(|c| *c != "database")
+        .any(|c| *c != Component::Database)
         .then(|| {
             supascale_shared::project_folders::FolderRules::from_config(&ctx.config)
                 .pin(project, Create::default())
@@ -274,8 +277,8 @@ async fn produce(
         roles,
         postgres_version,
         mut database_reported,
-    } = if wanted.contains(&"database") {
-        let first = order.first() == Some(&"database");
+    } = if wanted.contains(&Component::Database) {
+        let first = order.first() == Some(&Component::Database);
         start_dump(
             ctx,
             job,
@@ -284,7 +287,7 @@ async fn produce(
             &spool_dir,
             compression,
             reporter,
-            first.then(|| (steps.of("database"), total)),
+            first.then(|| (steps.of(Component::Database), total)),
         )
         .await?
     } else {
@@ -302,7 +305,7 @@ async fn produce(
             .created_at
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
-    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<Component>();
     let sources = Sources {
         folders,
         dump: ready_rx,
@@ -379,12 +382,12 @@ async fn produce(
 /// One step per component, in artifact order, then the destination's
 /// confirmation.
 struct Steps<'a> {
-    order: &'a [&'static str],
+    order: &'a [Component],
     total: u32,
 }
 
 impl Steps<'_> {
-    fn of(&self, component: &str) -> u32 {
+    fn of(&self, component: Component) -> u32 {
         self.order
             .iter()
             .position(|c| *c == component)
@@ -410,7 +413,7 @@ struct Pumped {
 async fn pump(
     writer: &mut supascale_shared::destinations::ObjectWriter,
     receiver: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
-    started_rx: &mut tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+    started_rx: &mut tokio::sync::mpsc::UnboundedReceiver<Component>,
     dumping: &mut Option<AbortOnDrop<Result<CompressedDump, JobError>>>,
     dump_ready: &mut Option<tokio::sync::oneshot::Sender<(PathBuf, Precompressed)>>,
     database_reported: &mut bool,
@@ -420,7 +423,7 @@ async fn pump(
 ) -> Pumped {
     let mut pumped = Pumped::default();
     let mut uploaded = 0u64;
-    let mut step = (steps.order.first().copied().unwrap_or("archive"), 1u32);
+    let mut step = (steps.order.first().map_or("archive", |c| c.as_str()), 1u32);
     loop {
         tokio::select! {
             chunk = receiver.recv() => {
@@ -435,10 +438,10 @@ async fn pump(
                     .await;
             }
             Some(component) = started_rx.recv() => {
-                step = (component, steps.of(component));
-                if component != "database" {
+                step = (component.as_str(), steps.of(component));
+                if component != Component::Database {
                     reporter
-                        .step(component, &format!("Archiving {component}"), step.1, steps.total)
+                        .step(step.0, &format!("Archiving {component}"), step.1, steps.total)
                         .await;
                 } else if !*database_reported {
                     *database_reported = true;
@@ -447,7 +450,7 @@ async fn pump(
                     } else {
                         "Archiving the database dump"
                     };
-                    reporter.step(component, message, step.1, steps.total).await;
+                    reporter.step(step.0, message, step.1, steps.total).await;
                 }
             }
             // In an `async` block: select! evaluates every branch's
@@ -753,9 +756,9 @@ struct Sources {
     dump: Option<tokio::sync::oneshot::Receiver<(PathBuf, Precompressed)>>,
     /// The cluster's own roles (`pg_dumpall --roles-only`, Supabase's left out).
     roles: Option<PathBuf>,
-    components: Vec<&'static str>,
+    components: Vec<Component>,
     /// Told each component as the builder starts it.
-    started: tokio::sync::mpsc::UnboundedSender<&'static str>,
+    started: tokio::sync::mpsc::UnboundedSender<Component>,
 }
 
 /// Forwards what the builder writes to the upload, 1 MiB at a time.
@@ -801,7 +804,7 @@ fn build_artifact(
     for component in std::mem::take(&mut sources.components) {
         let _ = sources.started.send(component);
         match component {
-            "database" => {
+            Component::Database => {
                 if let Some(path) = &sources.roles {
                     let file = std::fs::File::open(path)?;
                     let size = file.metadata()?.len();
@@ -816,13 +819,13 @@ fn build_artifact(
                     builder.add_precompressed("database/database.dump", file, &entry)?;
                 }
             }
-            "storage" | "functions" | "config" => {
+            Component::Storage | Component::Functions | Component::Config => {
                 let Some(folders) = &sources.folders else {
                     continue;
                 };
                 let folder = match component {
-                    "storage" => &folders.storage,
-                    "functions" => &folders.functions,
+                    Component::Storage => &folders.storage,
+                    Component::Functions => &folders.functions,
                     _ => {
                         add_config(&mut builder, folders)?;
                         continue;
@@ -830,10 +833,9 @@ fn build_artifact(
                 };
                 // A missing folder adds nothing.
                 if let Some(folder) = folder {
-                    builder.add_folder(folder.fd(), component)?;
+                    builder.add_folder(folder.fd(), component.as_str())?;
                 }
             }
-            _ => {}
         }
     }
     let (mut sink, summary) = builder.finish(meta)?;
@@ -943,7 +945,7 @@ mod tests;
 #[cfg(test)]
 pub(crate) fn build_files(
     folders: PinnedFolders,
-    components: Vec<&'static str>,
+    components: Vec<Component>,
 ) -> std::io::Result<(Vec<u8>, ArtifactSummary)> {
     let (started, _) = tokio::sync::mpsc::unbounded_channel();
     let (sender, mut receiver) = tokio::sync::mpsc::channel(1024);

@@ -5,6 +5,7 @@
 use std::fs;
 use std::os::unix::fs::symlink;
 
+use supascale_shared::domain::Component;
 use supascale_shared::project_folders::Create;
 use supascale_shared::project_folders::testing::{SECRET, entries_of, project};
 
@@ -17,7 +18,11 @@ fn a_backup_reads_the_pinned_folders_not_a_symlink_put_in_their_place() {
     // Whatever writes into the project's volumes swaps them after the pin.
     p.swap_for_symlink("volumes/storage");
     p.swap_for_symlink("volumes/functions");
-    let (artifact, summary) = build_files(pinned, vec!["storage", "functions", "config"]).unwrap();
+    let (artifact, summary) = build_files(
+        pinned,
+        vec![Component::Storage, Component::Functions, Component::Config],
+    )
+    .unwrap();
     let entries = entries_of(&artifact);
     assert_eq!(
         entries
@@ -50,7 +55,7 @@ fn a_config_folder_reached_through_a_symlink_is_left_out_with_a_warning() {
     fs::create_dir_all(p.root.join("volumes")).unwrap();
     symlink(&p.outside, p.root.join("volumes/api")).unwrap();
     let pinned = p.rules.pin(&p.row, Create::default()).unwrap();
-    let (artifact, summary) = build_files(pinned, vec!["config"]).unwrap();
+    let (artifact, summary) = build_files(pinned, vec![Component::Config]).unwrap();
     let entries = entries_of(&artifact);
     assert!(!entries.values().any(|v| v.as_slice() == SECRET));
     assert!(
