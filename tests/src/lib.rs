@@ -481,23 +481,34 @@ impl TestApp {
             .unwrap_or_default()
     }
 
-    /// Runs SQL against the control plane directly (to set up rows that
-    /// later issues' endpoints will write).
-    pub async fn control_plane(&self) -> ControlPlane {
+    /// The control plane's URL: the SQLite file in the data dir or the
+    /// PostgreSQL database.
+    pub fn control_plane_url(&self) -> String {
         match &self.database {
-            Some(db) => ControlPlane::Postgres(
-                sqlx::PgPool::connect(&db.url)
+            Some(db) => db.url.clone(),
+            None => format!(
+                "sqlite://{}",
+                self.data_dir.path().join("supascale.db").display()
+            ),
+        }
+    }
+
+    /// The control plane, to insert rows through the entities (rows that no
+    /// endpoint writes, or written as an older version left them) and to
+    /// read or change them with SQL.
+    pub async fn control_plane(&self) -> ControlPlane {
+        let url = self.control_plane_url();
+        match &self.database {
+            Some(_) => ControlPlane::Postgres(
+                sqlx::PgPool::connect(&url)
                     .await
                     .expect("connect to control plane"),
             ),
-            None => {
-                let path = self.data_dir.path().join("supascale.db");
-                ControlPlane::Sqlite(
-                    sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-                        .await
-                        .expect("open control plane"),
-                )
-            }
+            None => ControlPlane::Sqlite(
+                sqlx::SqlitePool::connect(&url)
+                    .await
+                    .expect("open control plane"),
+            ),
         }
     }
 
@@ -585,43 +596,48 @@ pub struct BackupRow {
 }
 
 impl ControlPlane {
-    pub async fn insert_backup(&self, row: &BackupRow) {
-        let completed =
-            (row.status == "completed").then_some(row.created_at + chrono::Duration::seconds(90));
-        let path = format!("/backups/{}/{}.tar.gz", row.project_id, row.id);
-        macro_rules! insert {
-            ($pool:expr, $sql:expr) => {
-                sqlx::query($sql)
-                    .bind(&row.id)
-                    .bind(&row.project_id)
-                    .bind(&row.project_name)
-                    .bind(&row.backup_type)
-                    .bind(&row.status)
-                    .bind(&row.destination)
-                    .bind(&path)
-                    .bind(row.size)
-                    .bind(row.created_at)
-                    .bind(completed)
-                    .bind(completed.map(|_| 90i64))
-                    .execute($pool)
-                    .await
-                    .expect("insert backup")
-            };
-        }
+    /// The same pool as a sea-orm connection: rows are written through the
+    /// entities the service itself uses, so one text fits both backends.
+    pub fn db(&self) -> sea_orm::DatabaseConnection {
         match self {
             ControlPlane::Sqlite(pool) => {
-                insert!(
-                    pool,
-                    "INSERT INTO backups (id, project_id, project_name, backup_type, status, destination, path, size, created_at, completed_at, duration_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                );
+                sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool.clone())
             }
             ControlPlane::Postgres(pool) => {
-                insert!(
-                    pool,
-                    "INSERT INTO backups (id, project_id, project_name, backup_type, status, destination, path, size, created_at, completed_at, duration_secs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-                );
+                sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool.clone())
             }
         }
+    }
+
+    pub async fn insert_backup(&self, row: &BackupRow) {
+        use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+        use supascale_shared::entities::backup;
+        let completed =
+            (row.status == "completed").then_some(row.created_at + chrono::Duration::seconds(90));
+        backup::ActiveModel {
+            id: Set(row.id.clone()),
+            project_id: Set(row.project_id.clone()),
+            project_name: Set(row.project_name.clone()),
+            backup_type: Set(row.backup_type.clone()),
+            status: Set(row.status.clone()),
+            destination: Set(row.destination.clone()),
+            path: Set(format!("/backups/{}/{}.tar.gz", row.project_id, row.id)),
+            size: Set(row.size),
+            encrypted: Set(false),
+            compression: Set("gzip".into()),
+            sha256: Set(None),
+            duration_secs: Set(completed.map(|_| 90)),
+            error: Set(None),
+            manifest: Set(None),
+            job_id: Set(None),
+            created_at: Set(row.created_at),
+            completed_at: Set(completed),
+            verified_at: Set(None),
+            verify_error: Set(None),
+        }
+        .insert(&self.db())
+        .await
+        .expect("insert backup");
     }
 
     pub async fn insert_restore(
@@ -632,37 +648,34 @@ impl ControlPlane {
         restored_at: chrono::DateTime<chrono::Utc>,
         duration: i64,
     ) {
-        macro_rules! insert {
-            ($pool:expr, $sql:expr) => {
-                sqlx::query($sql)
-                    .bind(id)
-                    .bind(backup_id)
-                    .bind(project_id)
-                    .bind(r#"["database"]"#)
-                    .bind("completed")
-                    .bind(r#"["role x is missing"]"#)
-                    .bind(duration)
-                    .bind(restored_at)
-                    .bind(restored_at)
-                    .execute($pool)
-                    .await
-                    .expect("insert restore")
-            };
+        use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+        use supascale_shared::entities::restore;
+        restore::ActiveModel {
+            id: Set(id.into()),
+            backup_id: Set(backup_id.into()),
+            project_id: Set(project_id.into()),
+            restore_types: Set(r#"["database"]"#.into()),
+            status: Set("completed".into()),
+            warnings: Set(r#"["role x is missing"]"#.into()),
+            error: Set(None),
+            duration_secs: Set(Some(duration)),
+            job_id: Set(None),
+            created_at: Set(restored_at),
+            restored_at: Set(Some(restored_at)),
         }
-        match self {
-            ControlPlane::Sqlite(pool) => {
-                insert!(
-                    pool,
-                    "INSERT INTO restores (id, backup_id, project_id, restore_types, status, warnings, duration_secs, created_at, restored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                );
-            }
-            ControlPlane::Postgres(pool) => {
-                insert!(
-                    pool,
-                    "INSERT INTO restores (id, backup_id, project_id, restore_types, status, warnings, duration_secs, created_at, restored_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-                );
-            }
-        }
+        .insert(&self.db())
+        .await
+        .expect("insert restore");
+    }
+
+    /// Inserts a job row: `store::new_job(..)` with the fields a test
+    /// needs changed.
+    pub async fn insert_job(
+        &self,
+        job: supascale_shared::entities::job::ActiveModel,
+    ) -> supascale_shared::entities::job::Model {
+        use sea_orm::ActiveModelTrait;
+        job.insert(&self.db()).await.expect("insert job")
     }
 
     /// The first column of the first row of `sql`, as text (`None` when

@@ -4,11 +4,37 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use sea_orm::ActiveValue::Set;
 use serde_json::{Value, json};
+use supascale_shared::entities::job;
+use supascale_shared::jobs::{JobKind, STATUS_IN_PROGRESS, store};
 use supascale_tests::{
     Backend, Cluster, Deployment, Launch, TableLock, TestApp, both_backends, job_sessions,
     make_project, read_events, register, start_backup, status_and_body, wait_for_job_state,
 };
+
+fn at(timestamp: &str) -> DateTime<Utc> {
+    timestamp.parse().unwrap()
+}
+
+/// `job-restore-1`: a restore of `project` running on another worker since
+/// `since`, its last heartbeat at `heartbeat`.
+fn running_restore(
+    project: &str,
+    since: DateTime<Utc>,
+    heartbeat: DateTime<Utc>,
+) -> job::ActiveModel {
+    let mut job = store::new_job(JobKind::Restore, Some(project), json!({}), 3);
+    job.id = Set("job-restore-1".into());
+    job.status = Set(STATUS_IN_PROGRESS.into());
+    job.attempt = Set(1);
+    job.worker_id = Set(Some("elsewhere-1-abc".into()));
+    job.enqueued_at = Set(since);
+    job.started_at = Set(Some(since));
+    job.heartbeat_at = Set(Some(heartbeat));
+    job
+}
 
 async fn events(app: &TestApp, job_id: &str, last_event_id: Option<&str>) -> reqwest::Response {
     let mut request = app.get(&format!("/api/v1/jobs/{job_id}/events"));
@@ -322,20 +348,15 @@ async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backe
         ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryTrait,
         sea_query::Expr,
     };
-    use supascale_shared::entities::{backup, job};
+    use supascale_shared::entities::backup;
     use supascale_shared::jobs::events::Batch;
-    use supascale_shared::jobs::store::{self, Claim, Ending};
-    use supascale_shared::jobs::{JobError, STATUS_COMPLETED, STATUS_FAILED, STATUS_IN_PROGRESS};
+    use supascale_shared::jobs::store::{Claim, Ending};
+    use supascale_shared::jobs::{JobError, STATUS_COMPLETED, STATUS_FAILED};
 
     let app = TestApp::spawn_with(backend, Launch::default().env("SUPASCALE_WORKERS", "0")).await;
-    let url = match &app.database {
-        Some(database) => database.url.clone(),
-        None => format!(
-            "sqlite://{}",
-            app.data_dir.path().join("supascale.db").display()
-        ),
-    };
-    let db = sea_orm::Database::connect(&url).await.unwrap();
+    let db = sea_orm::Database::connect(&app.control_plane_url())
+        .await
+        .unwrap();
     let control = app.control_plane().await;
     let backup_of = |id: &str, job_id: &str| backup::ActiveModel {
         id: Set(id.into()),
@@ -385,15 +406,10 @@ async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backe
         }
     };
 
-    let first = store::new_job(
-        supascale_shared::jobs::JobKind::Backup,
-        Some("p"),
-        json!({}),
-        3,
-    )
-    .insert(&db)
-    .await
-    .unwrap();
+    let first = store::new_job(JobKind::Backup, Some("p"), json!({}), 3)
+        .insert(&db)
+        .await
+        .unwrap();
     backup_of("backup-taken-over", &first.id)
         .insert(&db)
         .await
@@ -448,15 +464,10 @@ async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backe
     assert_eq!(job_row.status, STATUS_COMPLETED);
 
     // Released for another attempt: nothing is recorded; failed: it is.
-    let second = store::new_job(
-        supascale_shared::jobs::JobKind::Backup,
-        Some("p"),
-        json!({}),
-        3,
-    )
-    .insert(&db)
-    .await
-    .unwrap();
+    let second = store::new_job(JobKind::Backup, Some("p"), json!({}), 3)
+        .insert(&db)
+        .await
+        .unwrap();
     backup_of("backup-failed", &second.id)
         .insert(&db)
         .await
@@ -521,17 +532,11 @@ async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backe
 /// version, or by hand) is taken and failed for good, saying so, instead of
 /// waiting forever or being skipped.
 async fn a_job_of_an_unknown_kind_fails_for_good_saying_so(backend: Backend) {
-    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
-    use supascale_shared::jobs::{JobKind, store};
+    use sea_orm::ActiveModelTrait;
     let app = TestApp::spawn(backend).await;
-    let url = match &app.database {
-        Some(database) => database.url.clone(),
-        None => format!(
-            "sqlite://{}",
-            app.data_dir.path().join("supascale.db").display()
-        ),
-    };
-    let db = sea_orm::Database::connect(&url).await.unwrap();
+    let db = sea_orm::Database::connect(&app.control_plane_url())
+        .await
+        .unwrap();
     let mut row = store::new_job(JobKind::Backup, None, json!({}), 3);
     row.kind = Set("from_the_future".into());
     let job = row.insert(&db).await.unwrap();
@@ -637,14 +642,8 @@ async fn a_backup_waits_for_a_restore_of_its_project() {
     register(&app, &project, "p").await;
     let control = app.control_plane().await;
     // A restore running on another worker (its heartbeat kept fresh).
-    control
-        .execute(
-            "INSERT INTO jobs (id, kind, project_id, status, attempt, max_attempts, payload, \
-             warnings, worker_id, enqueued_at, started_at, heartbeat_at, cancel_requested) \
-             VALUES ('job-restore-1', 'restore', 'p', 'in_progress', 1, 3, '{}', '[]', \
-             'elsewhere-1-abc', now(), now(), now(), false)",
-        )
-        .await;
+    let now = store::now();
+    control.insert_job(running_restore("p", now, now)).await;
     let beat = {
         let url = app.database.as_ref().unwrap().url.clone();
         tokio::spawn(async move {
@@ -697,7 +696,7 @@ async fn a_backup_waits_for_a_restore_of_its_project() {
 /// both start, and two backups of a project (readers) both do.
 #[tokio::test]
 async fn conflicting_jobs_claimed_at_once_never_both_start() {
-    use supascale_shared::jobs::store::{self, Claim};
+    use supascale_shared::jobs::store::Claim;
     let app = TestApp::spawn_with(
         Backend::Postgres,
         Launch::default().env("SUPASCALE_WORKERS", "0"),
@@ -706,19 +705,17 @@ async fn conflicting_jobs_claimed_at_once_never_both_start() {
     let url = app.database.as_ref().unwrap().url.clone();
     let db = sea_orm::Database::connect(&url).await.unwrap();
     let control = app.control_plane().await;
-    let insert = |id: String, kind: &str| {
-        format!(
-            "INSERT INTO jobs (id, kind, project_id, status, attempt, max_attempts, payload, \
-             warnings, enqueued_at, cancel_requested) \
-             VALUES ('{id}', '{kind}', 'p', 'pending', 0, 3, '{{}}', '[]', now(), false)"
-        )
+    let insert = |id: String, kind: JobKind| {
+        let mut job = store::new_job(kind, Some("p"), json!({}), 3);
+        job.id = Set(id);
+        control.insert_job(job)
     };
     let taken = |claim: &Claim| matches!(claim, Claim::Taken(_));
     let mut restores_won = 0;
     for round in 0..60 {
         let (restore, backup) = (format!("job-r{round}"), format!("job-b{round}"));
-        control.execute(&insert(restore.clone(), "restore")).await;
-        control.execute(&insert(backup.clone(), "backup")).await;
+        insert(restore.clone(), JobKind::Restore).await;
+        insert(backup.clone(), JobKind::Backup).await;
         let (a, b) = tokio::join!(
             store::claim(&db, &restore, "worker-a"),
             store::claim(&db, &backup, "worker-b"),
@@ -744,9 +741,7 @@ async fn conflicting_jobs_claimed_at_once_never_both_start() {
     eprintln!("the restore won {restores_won} of 60 races");
 
     for n in 0..2 {
-        control
-            .execute(&insert(format!("job-reader{n}"), "backup"))
-            .await;
+        insert(format!("job-reader{n}"), JobKind::Backup).await;
     }
     let (a, b) = tokio::join!(
         store::claim(&db, "job-reader0", "worker-a"),
@@ -819,14 +814,13 @@ async fn verify_jobs_belong_to_their_backups_project(backend: Backend) {
     // A restore of the project runs (on another worker, its heartbeat
     // fresh for as long as the test lasts): the verification goes on.
     let control = app.control_plane().await;
+    let long_ago = at("2026-01-01T00:00:00Z");
     control
-        .execute(
-            "INSERT INTO jobs (id, kind, project_id, status, attempt, max_attempts, payload, \
-             warnings, worker_id, enqueued_at, started_at, heartbeat_at, cancel_requested) \
-             VALUES ('job-restore-1', 'restore', 'theirs', 'in_progress', 1, 3, '{}', '[]', \
-             'elsewhere-1-abc', '2026-01-01T00:00:00.000000+00:00', \
-             '2026-01-01T00:00:00.000000+00:00', '2999-01-01T00:00:00.000000+00:00', false)",
-        )
+        .insert_job(running_restore(
+            "theirs",
+            long_ago,
+            at("2999-01-01T00:00:00Z"),
+        ))
         .await;
     let (status, verified) = status_and_body(
         app.post(&format!("/api/v1/backups/{backup_id}/verify"))
@@ -846,14 +840,12 @@ async fn verify_jobs_belong_to_their_backups_project(backend: Backend) {
 
     // A verify job written before jobs carried a project: the migration
     // gives it its backup's.
+    let mut old_verify = store::new_job(JobKind::Verify, None, json!({"backupId": backup_id}), 3);
+    old_verify.id = Set("job-old-verify".into());
+    old_verify.enqueued_at = Set(long_ago);
+    control.insert_job(old_verify).await;
     control
-        .execute(&format!(
-            "INSERT INTO jobs (id, kind, project_id, status, attempt, max_attempts, payload, \
-             warnings, enqueued_at, cancel_requested) \
-             VALUES ('job-old-verify', 'verify', NULL, 'pending', 0, 3, \
-             '{{\"backupId\":\"{backup_id}\"}}', '[]', '2026-01-01T00:00:00.000000+00:00', false); \
-             DELETE FROM seaql_migrations WHERE version LIKE '%_000007_%'"
-        ))
+        .execute("DELETE FROM seaql_migrations WHERE version LIKE '%_000007_%'")
         .await;
     drop(control);
     app.restart();
