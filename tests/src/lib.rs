@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
+pub mod api;
 pub mod emulators;
 pub mod refproject;
+
+pub use api::{Caller, SendJson, file_form};
 
 /// The PostgreSQL server the tests use (trust auth, see README).
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -415,32 +418,24 @@ impl TestApp {
     }
 
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .get(self.url(path))
-            .header("X-API-Key", &self.admin_key)
+        self.as_admin().get(path)
     }
 
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .post(self.url(path))
-            .header("X-API-Key", &self.admin_key)
+        self.as_admin().post(path)
     }
 
     pub fn patch(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .patch(self.url(path))
-            .header("X-API-Key", &self.admin_key)
+        self.as_admin().patch(path)
     }
 
     pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .delete(self.url(path))
-            .header("X-API-Key", &self.admin_key)
+        self.as_admin().delete(path)
     }
 
     /// `GET path` as the admin: its status and JSON body.
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
-        status_and_body(self.get(path).send().await.expect("GET")).await
+        self.as_admin().get_json(path).await
     }
 
     /// `POST path` with the JSON `body` as the admin: status and JSON body.
@@ -449,7 +444,7 @@ impl TestApp {
         path: &str,
         body: &serde_json::Value,
     ) -> (u16, serde_json::Value) {
-        status_and_body(self.post(path).json(body).send().await.expect("POST")).await
+        self.as_admin().post_json(path, body).await
     }
 
     /// `PATCH path` with the JSON `body` as the admin: status and JSON body.
@@ -458,12 +453,12 @@ impl TestApp {
         path: &str,
         body: &serde_json::Value,
     ) -> (u16, serde_json::Value) {
-        status_and_body(self.patch(path).json(body).send().await.expect("PATCH")).await
+        self.as_admin().patch_json(path, body).await
     }
 
     /// `DELETE path` as the admin: its status and JSON body.
     pub async fn delete_json(&self, path: &str) -> (u16, serde_json::Value) {
-        status_and_body(self.delete(path).send().await.expect("DELETE")).await
+        self.as_admin().delete_json(path).await
     }
 
     /// The server's log so far.
@@ -517,14 +512,7 @@ impl TestApp {
     pub async fn wait_for_job(&self, job_url: &str, timeout: Duration) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
         loop {
-            let job: serde_json::Value = self
-                .get(job_url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let (_, job) = self.get_json(job_url).await;
             if job["status"] == "completed"
                 || job["status"] == "failed"
                 || Instant::now() > deadline
@@ -753,14 +741,12 @@ pub async fn make_project() -> Project {
 
 /// Registers `project` as `id` through the API.
 pub async fn register(app: &TestApp, project: &Project, id: &str) {
-    let response = app.post("/api/v1/projects")
-            .json(&serde_json::json!({"id": id, "name": "Test Project",
-                "rootDir": project.root.path().to_str().unwrap(), "databaseUrl": project.database.url}))
-            .send()
-            .await
-            .unwrap();
-    let status = response.status();
-    assert_eq!(status, 201, "{}", response.text().await.unwrap());
+    let (status, body) = app
+        .projects()
+        .register(serde_json::json!({"id": id, "name": "Test Project",
+            "rootDir": project.root.path().to_str().unwrap(), "databaseUrl": project.database.url}))
+        .await;
+    assert_eq!(status, 201, "{body}");
 }
 
 /// Runs async test bodies against both control planes: each `name` becomes
@@ -935,14 +921,12 @@ pub async fn start_restore_behind_lock(
     database_url: &str,
     backup_id: &str,
 ) -> (serde_json::Value, String) {
-    let (status, accepted) = status_and_body(
-        app.post(&format!("/api/v1/backups/{backup_id}/restore?async=true"))
-            .json(&serde_json::json!({}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, accepted) = app
+        .post_json(
+            &format!("/api/v1/backups/{backup_id}/restore?async=true"),
+            &serde_json::json!({}),
+        )
+        .await;
     assert_eq!(status, 202, "{accepted}");
     let job_id = accepted["job"]["id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -955,14 +939,7 @@ pub async fn start_restore_behind_lock(
 
 /// `POST /backups?async=true` with `body`: the 202 body.
 pub async fn start_backup(app: &TestApp, body: serde_json::Value) -> serde_json::Value {
-    let (status, accepted) = status_and_body(
-        app.post("/api/v1/backups?async=true")
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, accepted) = app.backups().start(body).await;
     assert_eq!(status, 202, "{accepted}");
     accepted
 }
@@ -977,14 +954,7 @@ pub async fn wait_for_job_state(
 ) -> serde_json::Value {
     let deadline = Instant::now() + timeout;
     loop {
-        let job: serde_json::Value = app
-            .get(&format!("/api/v1/jobs/{job_id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, job) = app.jobs().get(job_id).await;
         if check(&job) || Instant::now() > deadline {
             return job;
         }

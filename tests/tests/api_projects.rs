@@ -1,7 +1,7 @@
 //! Projects through HTTP, against both control planes.
 
 use serde_json::{Value, json};
-use supascale_tests::{Backend, BackupRow, TempDatabase, TestApp, both_backends, status_and_body};
+use supascale_tests::{Backend, BackupRow, SendJson, TempDatabase, TestApp, both_backends};
 
 both_backends!(
     a_project_is_registered_without_showing_its_password,
@@ -213,14 +213,12 @@ async fn invalid_projects_answer_400_and_change_nothing(backend: Backend) {
         assert!(!response.to_string().contains("secret"), "{response}");
     }
     // Malformed JSON and a wrong content type.
-    let response = app
+    let (status, body) = app
         .post("/api/v1/projects")
         .header("content-type", "application/json")
         .body("{\"id\": ")
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = status_and_body(response).await;
+        .send_json()
+        .await;
     assert_eq!(status, 400);
     assert!(
         body["error"]

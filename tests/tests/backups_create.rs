@@ -93,16 +93,7 @@ async fn a_full_backup_holds_the_database_and_the_files() {
     );
 
     // The list and the details show it.
-    let (_, details) = status_and_body(
-        app.get(&format!(
-            "/api/v1/backups/{}",
-            backup["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+    let (_, details) = app.backups().get(backup["id"].as_str().unwrap()).await;
     assert_eq!(details["status"], "completed");
     assert_eq!(details["sha256"], backup["sha256"]);
     // The spooled dump is gone.

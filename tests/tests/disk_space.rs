@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use supascale_tests::refproject::{self, register, table_fingerprints, tree_snapshot};
 use supascale_tests::{
-    Backend, Launch, SmallDisk, TestApp, disk_usage, make_project, status_and_body, waiting_uploads,
+    Backend, Launch, SendJson, SmallDisk, TestApp, disk_usage, make_project, waiting_uploads,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -26,17 +26,9 @@ async fn import(
     what: &str,
     path: &Path,
 ) -> (u16, Value, Duration) {
-    let name = path.file_name().unwrap().to_string_lossy().into_owned();
-    let part = reqwest::multipart::Part::bytes(std::fs::read(path).unwrap()).file_name(name);
-    let form = reqwest::multipart::Form::new().part("file", part);
+    let request = app.imports(project_id).request(what, "", path);
     let started = Instant::now();
-    let response = app
-        .post(&format!("/api/v1/projects/{project_id}/import/{what}"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = status_and_body(response).await;
+    let (status, body) = request.send_json().await;
     (status, body, started.elapsed())
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use supascale_tests::{
     Backend, Cluster, Deployment, Launch, RedisServer, TableLock, TestApp, job_sessions,
-    make_project, read_events, register, start_backup, status_and_body, wait_for_job_state,
+    make_project, read_events, register, start_backup, wait_for_job_state,
 };
 
 /// Redis restarted empty while a job waits: the reconciler re-delivers it
@@ -135,28 +135,13 @@ async fn a_killed_workers_job_is_taken_over(deployment: Deployment) {
         killed_at.elapsed()
     );
     assert_eq!(job["attempt"], 2, "{job}");
-    let (_, running) = status_and_body(
-        cluster
-            .app
-            .get("/api/v1/jobs?status=in_progress,pending")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, running) = cluster.app.jobs().list("status=in_progress,pending").await;
     assert_eq!(running["pagination"]["total"], 0, "{running}");
-    let (_, backup) = status_and_body(
-        cluster
-            .app
-            .get(&format!(
-                "/api/v1/backups/{}",
-                accepted["backup"]["id"].as_str().unwrap()
-            ))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, backup) = cluster
+        .app
+        .backups()
+        .get(accepted["backup"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(backup["status"], "completed");
     let artifact = backup["path"]
         .as_str()
@@ -497,18 +482,11 @@ async fn a_job_lost_on_its_last_attempt_fails_within_the_limit(deployment: Deplo
         .cloned()
         .unwrap();
     assert_eq!(listed["attempt"], 1, "{listed}");
-    let (_, backup) = status_and_body(
-        cluster
-            .app
-            .get(&format!(
-                "/api/v1/backups/{}",
-                accepted["backup"]["id"].as_str().unwrap()
-            ))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, backup) = cluster
+        .app
+        .backups()
+        .get(accepted["backup"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(backup["status"], "failed", "{backup}");
 }
 

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use supascale_shared::entities::job;
 use supascale_shared::jobs::{JobKind, STATUS_IN_PROGRESS, store};
 use supascale_tests::{
-    Backend, Cluster, Deployment, Launch, TableLock, TestApp, both_backends, job_sessions,
-    make_project, read_events, register, start_backup, status_and_body, wait_for_job_state,
+    Backend, Cluster, Deployment, Launch, SendJson, TableLock, TestApp, both_backends,
+    job_sessions, make_project, read_events, register, start_backup, wait_for_job_state,
 };
 
 fn at(timestamp: &str) -> DateTime<Utc> {
@@ -37,7 +37,7 @@ fn running_restore(
 }
 
 async fn events(app: &TestApp, job_id: &str, last_event_id: Option<&str>) -> reqwest::Response {
-    let mut request = app.get(&format!("/api/v1/jobs/{job_id}/events"));
+    let mut request = app.jobs().events(job_id);
     if let Some(id) = last_event_id {
         request = request.header("Last-Event-ID", id);
     }
@@ -89,16 +89,10 @@ async fn events_stream_a_running_backup_and_resume(backend: Backend) {
     assert_eq!(complete["backup"]["id"], accepted["backup"]["id"]);
     assert_eq!(complete["backup"]["status"], "completed");
     assert!(complete["durationMs"].is_i64());
-    let (_, backup) = status_and_body(
-        app.get(&format!(
-            "/api/v1/backups/{}",
-            accepted["backup"]["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+    let (_, backup) = app
+        .backups()
+        .get(accepted["backup"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(complete["backup"]["sha256"], backup["sha256"]);
 
     // Resuming after the second event replays exactly the rest, at once.
@@ -125,17 +119,15 @@ async fn events_stream_a_running_backup_and_resume(backend: Backend) {
     .await;
     assert!(after_end.is_empty(), "{after_end:?}");
 
-    let (status, body) = status_and_body(
-        app.get(&format!("/api/v1/jobs/{job_id}/events"))
-            .header("Last-Event-ID", "yesterday")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .jobs()
+        .events(&job_id)
+        .header("Last-Event-ID", "yesterday")
+        .send_json()
+        .await;
     assert_eq!(status, 400);
     assert_eq!(body["success"], false);
-    let (status, _) = app.get_json("/api/v1/jobs/job-nope/events").await;
+    let (status, _) = app.jobs().events("job-nope").send_json().await;
     assert_eq!(status, 404);
 }
 
@@ -162,27 +154,15 @@ async fn cancelling_stops_pending_and_running_jobs(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (status, body) = status_and_body(
-        app.post(&format!("/api/v1/jobs/{job_id}/cancel"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app.jobs().cancel(&job_id).await;
     assert_eq!(status, 200, "{body}\n{}", app.logs());
     assert_eq!(body["job"]["status"], "failed");
     assert_eq!(body["job"]["error"], "Cancelled");
     assert_eq!(job_sessions(&project.database.url, &job_id).await, 0);
-    let (_, backup) = status_and_body(
-        app.get(&format!(
-            "/api/v1/backups/{}",
-            running["backup"]["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+    let (_, backup) = app
+        .backups()
+        .get(running["backup"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(backup["status"], "failed");
     assert_eq!(backup["error"], "Cancelled");
     // Nothing half-written is left: no spooled dump, no artifact.
@@ -207,13 +187,7 @@ async fn cancelling_stops_pending_and_running_jobs(backend: Backend) {
     lock.release().await;
 
     // Over already: 409.
-    let (status, body) = status_and_body(
-        app.post(&format!("/api/v1/jobs/{job_id}/cancel"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app.jobs().cancel(&job_id).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["success"], false);
 }
@@ -230,13 +204,7 @@ async fn a_pending_job_is_cancelled_at_once() {
     register(&app, &project, "p").await;
     let accepted = start_backup(&app, json!({"projectId": "p", "type": "config"})).await;
     let job_id = accepted["job"]["id"].as_str().unwrap();
-    let (status, body) = status_and_body(
-        app.post(&format!("/api/v1/jobs/{job_id}/cancel"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app.jobs().cancel(job_id).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["job"]["status"], "failed");
     assert_eq!(body["job"]["error"], "Cancelled");
@@ -250,16 +218,10 @@ async fn a_pending_job_is_cancelled_at_once() {
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].event, "error");
     assert_eq!(seen[0].data["error"], "Backup failed: Cancelled");
-    let (_, backup) = status_and_body(
-        app.get(&format!(
-            "/api/v1/backups/{}",
-            accepted["backup"]["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+    let (_, backup) = app
+        .backups()
+        .get(accepted["backup"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(backup["status"], "failed");
     assert_eq!(backup["error"], "Cancelled");
 }
@@ -273,31 +235,27 @@ async fn an_idempotency_key_returns_the_first_job(backend: Backend) {
         app.post("/api/v1/backups")
             .header("Idempotency-Key", key)
             .json(body)
-            .send()
+            .send_json()
     };
-    let (status, first) = status_and_body(send("retry-me-1", &request).await.unwrap()).await;
+    let (status, first) = send("retry-me-1", &request).await;
     assert_eq!(status, 200, "{first}");
-    let (status, again) = status_and_body(send("retry-me-1", &request).await.unwrap()).await;
+    let (status, again) = send("retry-me-1", &request).await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["backup"]["id"], first["backup"]["id"]);
     // Same key, another request: refused, nothing started.
-    let (status, body) = status_and_body(
-        send(
-            "retry-me-1",
-            &json!({"projectId": "p", "type": "functions"}),
-        )
-        .await
-        .unwrap(),
+    let (status, body) = send(
+        "retry-me-1",
+        &json!({"projectId": "p", "type": "functions"}),
     )
     .await;
     assert_eq!(status, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("Idempotency-Key"));
-    let (status, other) = status_and_body(send("retry-me-2", &request).await.unwrap()).await;
+    let (status, other) = send("retry-me-2", &request).await;
     assert_eq!(status, 200);
     assert_ne!(other["backup"]["id"], first["backup"]["id"]);
-    let (status, body) = status_and_body(send(&"k".repeat(300), &request).await.unwrap()).await;
+    let (status, body) = send(&"k".repeat(300), &request).await;
     assert_eq!(status, 400, "{body}");
-    let (_, list) = app.get_json("/api/v1/backups").await;
+    let (_, list) = app.backups().list("").await;
     assert_eq!(list["pagination"]["total"], 2, "{list}");
 }
 
@@ -309,15 +267,14 @@ async fn jobs_are_listed_with_filters(backend: Backend) {
     register(&app, &other, "q").await;
     for id in ["p", "q", "p"] {
         let (status, body) = app
-            .post_json(
-                "/api/v1/backups",
-                &json!({"projectId": id, "type": "config"}),
-            )
+            .backups()
+            .create(json!({"projectId": id, "type": "config"}))
             .await;
         assert_eq!(status, 200, "{body}");
     }
     let (status, list) = app
-        .get_json("/api/v1/jobs?kind=backup&status=completed&projectId=p")
+        .jobs()
+        .list("kind=backup&status=completed&projectId=p")
         .await;
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["pagination"]["total"], 2);
@@ -328,12 +285,12 @@ async fn jobs_are_listed_with_filters(backend: Backend) {
             .all(|j| j["projectId"] == "p" && j["status"] == "completed")
     );
     assert!(jobs[0]["enqueuedAt"].as_str() >= jobs[1]["enqueuedAt"].as_str());
-    let (_, page) = app.get_json("/api/v1/jobs?limit=1&offset=1").await;
+    let (_, page) = app.jobs().list("limit=1&offset=1").await;
     assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
     assert_eq!(page["pagination"]["total"], 3);
     assert_eq!(page["pagination"]["hasMore"], true);
     for bad in ["status=done", "kind=snapshot", "limit=0"] {
-        let (status, body) = app.get_json(&format!("/api/v1/jobs?{bad}")).await;
+        let (status, body) = app.jobs().list(bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert_eq!(body["success"], false);
     }
@@ -578,17 +535,16 @@ async fn a_failing_job_stops_at_the_attempt_limit(deployment: Deployment) {
     register(app, &project, "p").await;
     // The project's database goes away.
     let (status, body) = app
-        .patch_json(
-            "/api/v1/projects/p",
-            &json!({"databaseUrl": "postgres://postgres:pw@127.0.0.1:9/postgres"}),
+        .projects()
+        .patch(
+            "p",
+            json!({"databaseUrl": "postgres://postgres:pw@127.0.0.1:9/postgres"}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = app
-        .post_json(
-            "/api/v1/backups",
-            &json!({"projectId": "p", "type": "database"}),
-        )
+        .backups()
+        .create(json!({"projectId": "p", "type": "database"}))
         .await;
     assert_eq!(status, 500, "{body}");
     let error = body["error"].as_str().unwrap();
@@ -597,7 +553,7 @@ async fn a_failing_job_stops_at_the_attempt_limit(deployment: Deployment) {
         "{error}"
     );
     assert!(!error.contains("pw@"), "{error}");
-    let (_, jobs) = app.get_json("/api/v1/jobs").await;
+    let (_, jobs) = app.jobs().list("").await;
     let job = &jobs["jobs"][0];
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["attempt"], 2);
@@ -756,28 +712,16 @@ async fn conflicting_jobs_claimed_at_once_never_both_start() {
 /// A key limited to other projects gets 404 for the job everywhere (read,
 /// events, cancel) and does not find it in the list.
 async fn hidden_from(app: &TestApp, key: &str, job_id: &str) {
-    let request = |method: reqwest::Method, path: String| {
-        app.client
-            .request(method, app.url(&path))
-            .header("X-API-Key", key)
-    };
-    for request in [
-        request(reqwest::Method::GET, format!("/api/v1/jobs/{job_id}")),
-        request(
-            reqwest::Method::GET,
-            format!("/api/v1/jobs/{job_id}/events"),
-        ),
-        request(
-            reqwest::Method::POST,
-            format!("/api/v1/jobs/{job_id}/cancel"),
-        ),
+    let jobs = app.as_key(key).jobs();
+    for (status, body) in [
+        jobs.get(job_id).await,
+        jobs.events(job_id).send_json().await,
+        jobs.cancel(job_id).await,
     ] {
-        let (status, body) = status_and_body(request.send().await.unwrap()).await;
         assert_eq!(status, 404, "{job_id}: {body}");
         assert_eq!(body["error"], "Job not found");
     }
-    let list = request(reqwest::Method::GET, "/api/v1/jobs?kind=verify".into());
-    let (status, body) = status_and_body(list.send().await.unwrap()).await;
+    let (status, body) = jobs.list("kind=verify").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["pagination"]["total"], 0, "{body}");
 }
@@ -791,24 +735,18 @@ async fn verify_jobs_belong_to_their_backups_project(backend: Backend) {
     let project = make_project().await;
     register(&app, &project, "theirs").await;
     let (status, created) = app
-        .post_json(
-            "/api/v1/backups",
-            &json!({"projectId": "theirs", "type": "config"}),
-        )
+        .backups()
+        .create(json!({"projectId": "theirs", "type": "config"}))
         .await;
     assert_eq!(status, 200, "{created}");
     let backup_id = created["backup"]["id"].as_str().unwrap().to_string();
-    let (status, key) = status_and_body(
-        app.post("/api/v1/api-keys")
-            .json(
-                &json!({"name": "mine only", "permissions": ["backups:read", "backups:write"],
-                          "projectIds": ["mine"]}),
-            )
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, key) = app
+        .api_keys()
+        .create(
+            json!({"name": "mine only", "permissions": ["backups:read", "backups:write"],
+                       "projectIds": ["mine"]}),
+        )
+        .await;
     assert_eq!(status, 201, "{key}");
     let key = key["apiKey"]["key"].as_str().unwrap().to_string();
     // A restore of the project runs (on another worker, its heartbeat
@@ -822,16 +760,10 @@ async fn verify_jobs_belong_to_their_backups_project(backend: Backend) {
             at("2999-01-01T00:00:00Z"),
         ))
         .await;
-    let (status, verified) = status_and_body(
-        app.post(&format!("/api/v1/backups/{backup_id}/verify"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, verified) = app.backups().verify(&backup_id).await;
     assert_eq!(status, 200, "waited behind the restore? {verified}");
     assert_eq!(verified["verification"]["valid"], true, "{verified}");
-    let (_, listed) = app.get_json("/api/v1/jobs?kind=verify").await;
+    let (_, listed) = app.jobs().list("kind=verify").await;
     let job = &listed["jobs"][0];
     assert_eq!(job["projectId"], "theirs", "{listed}");
     let job_id = job["id"].as_str().unwrap().to_string();
@@ -850,6 +782,6 @@ async fn verify_jobs_belong_to_their_backups_project(backend: Backend) {
     drop(control);
     app.restart();
     hidden_from(&app, &key, "job-old-verify").await;
-    let (_, old) = app.get_json("/api/v1/jobs/job-old-verify").await;
+    let (_, old) = app.jobs().get("job-old-verify").await;
     assert_eq!(old["projectId"], "theirs", "{old}");
 }
