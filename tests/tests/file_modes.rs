@@ -245,10 +245,8 @@ async fn restored_and_imported_files_carry_no_set_id_bits_and_objects_no_execute
     std::fs::remove_file(&object).unwrap();
     std::fs::remove_file(&function).unwrap();
     let (status, body) = app
-        .post_json(
-            &format!("/api/v1/backups/{backup_id}/restore"),
-            &json!({"restoreTypes": ["storage", "functions"]}),
-        )
+        .backups()
+        .restore(backup_id, json!({"restoreTypes": ["storage", "functions"]}))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(std::fs::read_to_string(&object).unwrap(), "#!/bin/sh\n");

@@ -227,12 +227,10 @@ async fn checks_that_need_no_job_answer_at_once() {
     // A project whose database does not answer.
     let down_root = tempfile::tempdir().unwrap();
     let (status, body) = app
-        .post_json(
-            "/api/v1/projects",
-            &json!({"id": "down", "name": "Down",
+        .projects()
+        .register(json!({"id": "down", "name": "Down",
                 "rootDir": down_root.path().to_str().unwrap(),
-                "databaseUrl": "postgres://postgres@127.0.0.1:1/none"}),
-        )
+                "databaseUrl": "postgres://postgres@127.0.0.1:1/none"}))
         .await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = import(&app, "down", "database", &small).await;

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use supascale_tests::{
     Backend, Cluster, Deployment, Launch, RedisServer, TableLock, TestApp, job_sessions,
     make_project, read_events, register, start_backup, wait_for_job_state,
@@ -27,14 +27,11 @@ async fn a_job_survives_redis_losing_everything() {
     .await;
     let project = make_project().await;
     register(&app, &project, "p").await;
-    let response = app
-        .post("/api/v1/backups?async=true")
-        .json(&json!({"projectId": "p", "type": "config"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let accepted: Value = response.json().await.unwrap();
+    let (status, accepted) = app
+        .backups()
+        .start(json!({"projectId": "p", "type": "config"}))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
     let job_url = accepted["job"]["jobUrl"].as_str().unwrap().to_string();
 
     // Redis loses the queued job.
@@ -47,17 +44,10 @@ async fn a_job_survives_redis_losing_everything() {
     let mut worker = app.start_worker(Launch::default().env("SUPASCALE_REDIS_URL", redis_url));
     let job = app.wait_for_job(&job_url, Duration::from_secs(30)).await;
     assert_eq!(job["status"], "completed", "{job}");
-    let backup: Value = app
-        .get(&format!(
-            "/api/v1/backups/{}",
-            accepted["backup"]["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, backup) = app
+        .backups()
+        .get(accepted["backup"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(backup["status"], "completed");
     let log = worker.stderr.lock().unwrap().join("\n");
     assert!(
@@ -245,7 +235,7 @@ async fn running_and_waiting_jobs_survive_a_redis_flush() {
     // Two run (one per worker slot), one waits.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, running) = app.get_json("/api/v1/jobs?status=in_progress").await;
+        let (_, running) = app.jobs().list("status=in_progress").await;
         if running["pagination"]["total"] == 2 {
             break;
         }
@@ -339,7 +329,7 @@ async fn a_client_that_disconnects_does_not_cancel_the_job() {
     lock.release().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, list) = app.get_json("/api/v1/backups").await;
+        let (_, list) = app.backups().list("").await;
         let backup = &list["backups"][0];
         if backup["status"] == "completed" {
             break;
@@ -408,10 +398,8 @@ async fn the_redis_queue_does_not_grow_with_finished_jobs() {
     register(&app, &project, "p").await;
     for _ in 0..3 {
         let (status, body) = app
-            .post_json(
-                "/api/v1/backups",
-                &json!({"projectId": "p", "type": "config"}),
-            )
+            .backups()
+            .create(json!({"projectId": "p", "type": "config"}))
             .await;
         assert_eq!(status, 200, "{body}");
     }
@@ -473,7 +461,7 @@ async fn a_job_lost_on_its_last_attempt_fails_within_the_limit(deployment: Deplo
             .contains("stopped during attempt 1 of 1"),
         "{job}"
     );
-    let (_, listed) = cluster.app.get_json("/api/v1/jobs").await;
+    let (_, listed) = cluster.app.jobs().list("").await;
     let listed = listed["jobs"]
         .as_array()
         .unwrap()

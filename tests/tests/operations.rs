@@ -73,7 +73,7 @@ async fn errors_outside_endpoints_have_the_contract_shape(backend: Backend) {
         Ok(response) => assert_eq!(response.status(), 413),
         Err(e) => assert!(e.is_request(), "{e:?}"),
     }
-    let (_, body) = app.get_json("/api/v1/projects").await;
+    let (_, body) = app.projects().list().await;
     assert_eq!(body["pagination"]["total"], 0);
 }
 
