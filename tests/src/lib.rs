@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
+pub mod api;
 pub mod emulators;
 pub mod refproject;
+
+pub use api::{Caller, SendJson, file_form};
 
 /// The PostgreSQL server the tests use (trust auth, see README).
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -415,32 +418,24 @@ impl TestApp {
     }
 
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .get(self.url(path))
-            .header("X-API-Key", &self.admin_key)
+        self.as_admin().get(path)
     }
 
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .post(self.url(path))
-            .header("X-API-Key", &self.admin_key)
+        self.as_admin().post(path)
     }
 
     pub fn patch(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .patch(self.url(path))
-            .header("X-API-Key", &self.admin_key)
+        self.as_admin().patch(path)
     }
 
     pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .delete(self.url(path))
-            .header("X-API-Key", &self.admin_key)
+        self.as_admin().delete(path)
     }
 
     /// `GET path` as the admin: its status and JSON body.
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
-        status_and_body(self.get(path).send().await.expect("GET")).await
+        self.as_admin().get_json(path).await
     }
 
     /// `POST path` with the JSON `body` as the admin: status and JSON body.
@@ -449,7 +444,7 @@ impl TestApp {
         path: &str,
         body: &serde_json::Value,
     ) -> (u16, serde_json::Value) {
-        status_and_body(self.post(path).json(body).send().await.expect("POST")).await
+        self.as_admin().post_json(path, body).await
     }
 
     /// `PATCH path` with the JSON `body` as the admin: status and JSON body.
@@ -458,12 +453,12 @@ impl TestApp {
         path: &str,
         body: &serde_json::Value,
     ) -> (u16, serde_json::Value) {
-        status_and_body(self.patch(path).json(body).send().await.expect("PATCH")).await
+        self.as_admin().patch_json(path, body).await
     }
 
     /// `DELETE path` as the admin: its status and JSON body.
     pub async fn delete_json(&self, path: &str) -> (u16, serde_json::Value) {
-        status_and_body(self.delete(path).send().await.expect("DELETE")).await
+        self.as_admin().delete_json(path).await
     }
 
     /// The server's log so far.
@@ -481,23 +476,34 @@ impl TestApp {
             .unwrap_or_default()
     }
 
-    /// Runs SQL against the control plane directly (to set up rows that
-    /// later issues' endpoints will write).
-    pub async fn control_plane(&self) -> ControlPlane {
+    /// The control plane's URL: the SQLite file in the data dir or the
+    /// PostgreSQL database.
+    pub fn control_plane_url(&self) -> String {
         match &self.database {
-            Some(db) => ControlPlane::Postgres(
-                sqlx::PgPool::connect(&db.url)
+            Some(db) => db.url.clone(),
+            None => format!(
+                "sqlite://{}",
+                self.data_dir.path().join("supascale.db").display()
+            ),
+        }
+    }
+
+    /// The control plane, to insert rows through the entities (rows that no
+    /// endpoint writes, or written as an older version left them) and to
+    /// read or change them with SQL.
+    pub async fn control_plane(&self) -> ControlPlane {
+        let url = self.control_plane_url();
+        match &self.database {
+            Some(_) => ControlPlane::Postgres(
+                sqlx::PgPool::connect(&url)
                     .await
                     .expect("connect to control plane"),
             ),
-            None => {
-                let path = self.data_dir.path().join("supascale.db");
-                ControlPlane::Sqlite(
-                    sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-                        .await
-                        .expect("open control plane"),
-                )
-            }
+            None => ControlPlane::Sqlite(
+                sqlx::SqlitePool::connect(&url)
+                    .await
+                    .expect("open control plane"),
+            ),
         }
     }
 
@@ -506,14 +512,7 @@ impl TestApp {
     pub async fn wait_for_job(&self, job_url: &str, timeout: Duration) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
         loop {
-            let job: serde_json::Value = self
-                .get(job_url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let (_, job) = self.get_json(job_url).await;
             if job["status"] == "completed"
                 || job["status"] == "failed"
                 || Instant::now() > deadline
@@ -585,43 +584,48 @@ pub struct BackupRow {
 }
 
 impl ControlPlane {
-    pub async fn insert_backup(&self, row: &BackupRow) {
-        let completed =
-            (row.status == "completed").then_some(row.created_at + chrono::Duration::seconds(90));
-        let path = format!("/backups/{}/{}.tar.gz", row.project_id, row.id);
-        macro_rules! insert {
-            ($pool:expr, $sql:expr) => {
-                sqlx::query($sql)
-                    .bind(&row.id)
-                    .bind(&row.project_id)
-                    .bind(&row.project_name)
-                    .bind(&row.backup_type)
-                    .bind(&row.status)
-                    .bind(&row.destination)
-                    .bind(&path)
-                    .bind(row.size)
-                    .bind(row.created_at)
-                    .bind(completed)
-                    .bind(completed.map(|_| 90i64))
-                    .execute($pool)
-                    .await
-                    .expect("insert backup")
-            };
-        }
+    /// The same pool as a sea-orm connection: rows are written through the
+    /// entities the service itself uses, so one text fits both backends.
+    pub fn db(&self) -> sea_orm::DatabaseConnection {
         match self {
             ControlPlane::Sqlite(pool) => {
-                insert!(
-                    pool,
-                    "INSERT INTO backups (id, project_id, project_name, backup_type, status, destination, path, size, created_at, completed_at, duration_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                );
+                sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool.clone())
             }
             ControlPlane::Postgres(pool) => {
-                insert!(
-                    pool,
-                    "INSERT INTO backups (id, project_id, project_name, backup_type, status, destination, path, size, created_at, completed_at, duration_secs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-                );
+                sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool.clone())
             }
         }
+    }
+
+    pub async fn insert_backup(&self, row: &BackupRow) {
+        use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+        use supascale_shared::entities::backup;
+        let completed =
+            (row.status == "completed").then_some(row.created_at + chrono::Duration::seconds(90));
+        backup::ActiveModel {
+            id: Set(row.id.clone()),
+            project_id: Set(row.project_id.clone()),
+            project_name: Set(row.project_name.clone()),
+            backup_type: Set(row.backup_type.clone()),
+            status: Set(row.status.clone()),
+            destination: Set(row.destination.clone()),
+            path: Set(format!("/backups/{}/{}.tar.gz", row.project_id, row.id)),
+            size: Set(row.size),
+            encrypted: Set(false),
+            compression: Set("gzip".into()),
+            sha256: Set(None),
+            duration_secs: Set(completed.map(|_| 90)),
+            error: Set(None),
+            manifest: Set(None),
+            job_id: Set(None),
+            created_at: Set(row.created_at),
+            completed_at: Set(completed),
+            verified_at: Set(None),
+            verify_error: Set(None),
+        }
+        .insert(&self.db())
+        .await
+        .expect("insert backup");
     }
 
     pub async fn insert_restore(
@@ -632,37 +636,34 @@ impl ControlPlane {
         restored_at: chrono::DateTime<chrono::Utc>,
         duration: i64,
     ) {
-        macro_rules! insert {
-            ($pool:expr, $sql:expr) => {
-                sqlx::query($sql)
-                    .bind(id)
-                    .bind(backup_id)
-                    .bind(project_id)
-                    .bind(r#"["database"]"#)
-                    .bind("completed")
-                    .bind(r#"["role x is missing"]"#)
-                    .bind(duration)
-                    .bind(restored_at)
-                    .bind(restored_at)
-                    .execute($pool)
-                    .await
-                    .expect("insert restore")
-            };
+        use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+        use supascale_shared::entities::restore;
+        restore::ActiveModel {
+            id: Set(id.into()),
+            backup_id: Set(backup_id.into()),
+            project_id: Set(project_id.into()),
+            restore_types: Set(r#"["database"]"#.into()),
+            status: Set("completed".into()),
+            warnings: Set(r#"["role x is missing"]"#.into()),
+            error: Set(None),
+            duration_secs: Set(Some(duration)),
+            job_id: Set(None),
+            created_at: Set(restored_at),
+            restored_at: Set(Some(restored_at)),
         }
-        match self {
-            ControlPlane::Sqlite(pool) => {
-                insert!(
-                    pool,
-                    "INSERT INTO restores (id, backup_id, project_id, restore_types, status, warnings, duration_secs, created_at, restored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                );
-            }
-            ControlPlane::Postgres(pool) => {
-                insert!(
-                    pool,
-                    "INSERT INTO restores (id, backup_id, project_id, restore_types, status, warnings, duration_secs, created_at, restored_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-                );
-            }
-        }
+        .insert(&self.db())
+        .await
+        .expect("insert restore");
+    }
+
+    /// Inserts a job row: `store::new_job(..)` with the fields a test
+    /// needs changed.
+    pub async fn insert_job(
+        &self,
+        job: supascale_shared::entities::job::ActiveModel,
+    ) -> supascale_shared::entities::job::Model {
+        use sea_orm::ActiveModelTrait;
+        job.insert(&self.db()).await.expect("insert job")
     }
 
     /// The first column of the first row of `sql`, as text (`None` when
@@ -740,14 +741,12 @@ pub async fn make_project() -> Project {
 
 /// Registers `project` as `id` through the API.
 pub async fn register(app: &TestApp, project: &Project, id: &str) {
-    let response = app.post("/api/v1/projects")
-            .json(&serde_json::json!({"id": id, "name": "Test Project",
-                "rootDir": project.root.path().to_str().unwrap(), "databaseUrl": project.database.url}))
-            .send()
-            .await
-            .unwrap();
-    let status = response.status();
-    assert_eq!(status, 201, "{}", response.text().await.unwrap());
+    let (status, body) = app
+        .projects()
+        .register(serde_json::json!({"id": id, "name": "Test Project",
+            "rootDir": project.root.path().to_str().unwrap(), "databaseUrl": project.database.url}))
+        .await;
+    assert_eq!(status, 201, "{body}");
 }
 
 /// Runs async test bodies against both control planes: each `name` becomes
@@ -922,14 +921,12 @@ pub async fn start_restore_behind_lock(
     database_url: &str,
     backup_id: &str,
 ) -> (serde_json::Value, String) {
-    let (status, accepted) = status_and_body(
-        app.post(&format!("/api/v1/backups/{backup_id}/restore?async=true"))
-            .json(&serde_json::json!({}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, accepted) = app
+        .post_json(
+            &format!("/api/v1/backups/{backup_id}/restore?async=true"),
+            &serde_json::json!({}),
+        )
+        .await;
     assert_eq!(status, 202, "{accepted}");
     let job_id = accepted["job"]["id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -942,14 +939,7 @@ pub async fn start_restore_behind_lock(
 
 /// `POST /backups?async=true` with `body`: the 202 body.
 pub async fn start_backup(app: &TestApp, body: serde_json::Value) -> serde_json::Value {
-    let (status, accepted) = status_and_body(
-        app.post("/api/v1/backups?async=true")
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, accepted) = app.backups().start(body).await;
     assert_eq!(status, 202, "{accepted}");
     accepted
 }
@@ -964,14 +954,7 @@ pub async fn wait_for_job_state(
 ) -> serde_json::Value {
     let deadline = Instant::now() + timeout;
     loop {
-        let job: serde_json::Value = app
-            .get(&format!("/api/v1/jobs/{job_id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, job) = app.jobs().get(job_id).await;
         if check(&job) || Instant::now() > deadline {
             return job;
         }

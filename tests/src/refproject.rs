@@ -451,17 +451,13 @@ pub fn schema_of(url: &str) -> String {
 
 /// Registers `project` with the API as `id` (its folder and database).
 pub async fn register(app: &crate::TestApp, project: &RefProject, id: &str) {
-    let (status, body) = crate::status_and_body(
-        app.post("/api/v1/projects")
-            .json(
-                &serde_json::json!({"id": id, "name": format!("Project {id}"),
-                "rootDir": project.root.path().to_str().unwrap(),
-                "databaseUrl": project.database.url}),
-            )
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .projects()
+        .register(
+            serde_json::json!({"id": id, "name": format!("Project {id}"),
+            "rootDir": project.root.path().to_str().unwrap(),
+            "databaseUrl": project.database.url}),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
 }

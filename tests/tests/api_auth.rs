@@ -2,7 +2,7 @@
 
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};
-use supascale_tests::{Backend, BackupRow, TestApp, both_backends, status_and_body};
+use supascale_tests::{Backend, BackupRow, SendJson, TestApp, both_backends};
 
 both_backends!(
     requests_without_a_valid_key_answer_401,
@@ -16,7 +16,7 @@ both_backends!(
 );
 
 async fn create_key(app: &TestApp, body: Value) -> (String, String) {
-    let (status, body) = app.post_json("/api/v1/api-keys", &body).await;
+    let (status, body) = app.api_keys().create(body).await;
     assert_eq!(status, 201, "{body}");
     (
         body["apiKey"]["id"].as_str().unwrap().to_string(),
@@ -24,36 +24,22 @@ async fn create_key(app: &TestApp, body: Value) -> (String, String) {
     )
 }
 
-fn with_key(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    key: &str,
-) -> reqwest::RequestBuilder {
-    app.client
-        .request(method, app.url(path))
-        .header("X-API-Key", key)
-}
-
 async fn requests_without_a_valid_key_answer_401(backend: Backend) {
     let app = TestApp::spawn(backend).await;
+    let nobody = app.anonymous();
     for request in [
-        app.client.get(app.url("/api/v1/backups")),
-        app.client
-            .get(app.url("/api/v1/backups"))
-            .header("X-API-Key", "ssk_wrong"),
-        app.client
-            .get(app.url("/api/v1/backups"))
+        nobody.get("/api/v1/backups"),
+        app.as_key("ssk_wrong").get("/api/v1/backups"),
+        nobody
+            .get("/api/v1/backups")
             .header("Authorization", "Bearer ssk_wrong"),
-        app.client
-            .get(app.url("/api/v1/projects"))
+        nobody
+            .get("/api/v1/projects")
             .header("Authorization", "Basic Zm9vOmJhcg=="),
-        app.client
-            .post(app.url("/api/v1/projects"))
-            .json(&json!({})),
-        app.client.get(app.url("/api/v1/api-keys")),
+        nobody.post("/api/v1/projects").json(&json!({})),
+        nobody.get("/api/v1/api-keys"),
     ] {
-        let (status, body) = status_and_body(request.send().await.unwrap()).await;
+        let (status, body) = request.send_json().await;
         assert_eq!(status, 401, "{body}");
         assert_eq!(body["success"], false);
         assert!(
@@ -66,8 +52,8 @@ async fn requests_without_a_valid_key_answer_401(backend: Backend) {
 async fn bearer_tokens_work_like_x_api_key(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let response = app
-        .client
-        .get(app.url("/api/v1/backups"))
+        .anonymous()
+        .get("/api/v1/backups")
         .bearer_auth(&app.admin_key)
         .send()
         .await
@@ -114,11 +100,11 @@ async fn permissions_are_enforced_with_403(backend: Backend) {
         ),
     ];
     for (key, method, path, body, allowed) in cases {
-        let mut request = with_key(&app, method.clone(), path, key);
+        let mut request = app.as_key(key).request(method.clone(), path);
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let (status, body) = status_and_body(request.send().await.unwrap()).await;
+        let (status, body) = request.send_json().await;
         if allowed {
             assert!(ok(status), "{method} {path}: {status} {body}");
         } else {
@@ -167,11 +153,8 @@ async fn keys_are_shown_once_and_stored_as_hashes(backend: Backend) {
     );
     assert!(key.starts_with(entry["prefix"].as_str().unwrap()));
     // The key works.
-    let response = with_key(&app, reqwest::Method::GET, "/api/v1/backups", &key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let (status, body) = app.as_key(&key).backups().list("").await;
+    assert_eq!(status, 200, "{body}");
     // Nothing in the control plane holds the key itself.
     let cp = app.control_plane().await;
     let dump = match &cp {
@@ -202,18 +185,19 @@ async fn revoked_and_expired_keys_stop_working(backend: Backend) {
         json!({"name": "temp", "permissions": ["backups:read"]}),
     )
     .await;
-    let get = || with_key(&app, reqwest::Method::GET, "/api/v1/backups", &key).send();
-    assert_eq!(get().await.unwrap().status(), 200);
-    let (status, body) = app.delete_json(&format!("/api/v1/api-keys/{id}")).await;
+    let get = || app.as_key(&key).backups().list("");
+    let (status, body) = get().await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app.api_keys().revoke(&id).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, json!({"success": true, "message": "API key revoked"}));
-    let (status, body) = status_and_body(get().await.unwrap()).await;
+    let (status, body) = get().await;
     assert_eq!(status, 401);
     assert!(
         body["error"].as_str().unwrap().contains("revoked"),
         "{body}"
     );
-    let (status, _) = app.delete_json("/api/v1/api-keys/key-nope").await;
+    let (status, _) = app.api_keys().revoke("key-nope").await;
     assert_eq!(status, 404);
 
     let soon = (Utc::now() + Duration::seconds(2)).to_rfc3339();
@@ -222,10 +206,11 @@ async fn revoked_and_expired_keys_stop_working(backend: Backend) {
         json!({"name": "short", "permissions": ["backups:read"], "expiresAt": soon}),
     )
     .await;
-    let get = || with_key(&app, reqwest::Method::GET, "/api/v1/backups", &short).send();
-    assert_eq!(get().await.unwrap().status(), 200);
+    let get = || app.as_key(&short).backups().list("");
+    let (status, body) = get().await;
+    assert_eq!(status, 200, "{body}");
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let (status, body) = status_and_body(get().await.unwrap()).await;
+    let (status, body) = get().await;
     assert_eq!(status, 401, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("expired"),
@@ -236,16 +221,14 @@ async fn revoked_and_expired_keys_stop_working(backend: Backend) {
 async fn keys_limited_to_projects_see_nothing_else(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     for id in ["mine", "theirs"] {
-        let response = app
-            .post("/api/v1/projects")
-            .json(
-                &json!({"id": id, "name": id, "rootDir": format!("/srv/{id}"),
-                          "databaseUrl": format!("postgres://u:p@127.0.0.1:1/{id}")}),
+        let (status, body) = app
+            .projects()
+            .register(
+                json!({"id": id, "name": id, "rootDir": format!("/srv/{id}"),
+                             "databaseUrl": format!("postgres://u:p@127.0.0.1:1/{id}")}),
             )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
+            .await;
+        assert_eq!(status, 201, "{body}");
     }
     let cp = app.control_plane().await;
     for (i, project) in ["mine", "theirs", "mine"].iter().enumerate() {
@@ -267,14 +250,8 @@ async fn keys_limited_to_projects_see_nothing_else(backend: Backend) {
                "projectIds": ["mine"]}),
     )
     .await;
-    use reqwest::Method;
-    let (status, body) = status_and_body(
-        with_key(&app, Method::GET, "/api/v1/backups?stats=true", &key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let as_key = app.as_key(&key);
+    let (status, body) = as_key.backups().list("stats=true").await;
     assert_eq!(status, 200);
     let ids: Vec<&str> = body["backups"]
         .as_array()
@@ -287,56 +264,28 @@ async fn keys_limited_to_projects_see_nothing_else(backend: Backend) {
     assert_eq!(body["pagination"]["total"], 2);
     assert_eq!(body["stats"]["totalBackups"], 2);
     // Asking for the other project explicitly gives nothing either.
-    let (_, body) = status_and_body(
-        with_key(&app, Method::GET, "/api/v1/backups?projectId=theirs", &key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, body) = as_key.backups().list("projectId=theirs").await;
     assert_eq!(body["backups"], json!([]));
     assert_eq!(body["pagination"]["total"], 0);
     // Their backup is not there for this key.
-    let (status, body) = status_and_body(
-        with_key(&app, Method::GET, "/api/v1/backups/backup-theirs-1", &key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = as_key.backups().get("backup-theirs-1").await;
     assert_eq!(
         (status, body),
         (404, json!({"success": false, "error": "Backup not found"}))
     );
-    let (status, _) = status_and_body(
-        with_key(&app, Method::GET, "/api/v1/backups/backup-mine-0", &key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = as_key.backups().get("backup-mine-0").await;
     assert_eq!(status, 200);
     // Projects: the same.
-    let (_, body) = status_and_body(
-        with_key(&app, Method::GET, "/api/v1/projects", &key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, body) = as_key.projects().list().await;
     assert_eq!(body["projects"].as_array().unwrap().len(), 1);
     assert_eq!(body["projects"][0]["id"], "mine");
-    for method in [Method::GET, Method::DELETE] {
-        let (status, _) = status_and_body(
-            with_key(&app, method, "/api/v1/projects/theirs", &key)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+    for (status, _) in [
+        as_key.projects().get("theirs").await,
+        as_key.projects().delete("theirs").await,
+    ] {
         assert_eq!(status, 404);
     }
-    let (status, _) = app.get_json("/api/v1/projects/theirs").await;
+    let (status, _) = app.projects().get("theirs").await;
     assert_eq!(status, 200, "the limited key must not have deleted it");
 }
 
@@ -347,28 +296,17 @@ async fn key_management_is_for_unrestricted_admins(backend: Backend) {
         json!({"name": "la", "permissions": ["admin"], "projectIds": ["p"]}),
     )
     .await;
-    let (status, body) = status_and_body(
-        with_key(
-            &app,
-            reqwest::Method::POST,
-            "/api/v1/api-keys",
-            &limited_admin,
-        )
-        .json(&json!({"name": "escalate", "permissions": ["admin"]}))
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .as_key(&limited_admin)
+        .api_keys()
+        .create(json!({"name": "escalate", "permissions": ["admin"]}))
+        .await;
     assert_eq!(status, 403, "{body}");
     let (_, admin) = create_key(&app, json!({"name": "a2", "permissions": ["admin"]})).await;
     // admin implies every permission.
     for path in ["/api/v1/backups", "/api/v1/projects", "/api/v1/api-keys"] {
-        let response = with_key(&app, reqwest::Method::GET, path, &admin)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "{path}");
+        let (status, body) = app.as_key(&admin).get_json(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
     }
 }
 
@@ -398,21 +336,14 @@ async fn bad_key_requests_answer_400(backend: Backend) {
             "scope",
         ),
     ] {
-        let (status, response) = app.post_json("/api/v1/api-keys", &body).await;
+        let (status, response) = app.api_keys().create(body.clone()).await;
         assert_eq!(status, 400, "{body} -> {response}");
         assert!(
             response["error"].as_str().unwrap().contains(word),
             "{body} -> {response}"
         );
     }
-    let listing: Value = app
-        .get("/api/v1/api-keys")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, listing) = app.api_keys().list().await;
     assert_eq!(
         listing["apiKeys"].as_array().unwrap().len(),
         1,

@@ -3,7 +3,6 @@
 use std::collections::HashSet;
 
 use chrono::{Duration, TimeZone, Utc};
-use serde_json::Value;
 use supascale_tests::{Backend, BackupRow, TestApp, both_backends};
 
 both_backends! {
@@ -44,21 +43,11 @@ async fn seed(app: &TestApp) -> Vec<BackupRow> {
     rows
 }
 
-async fn json(response: reqwest::Response, status: u16) -> Value {
-    let code = response.status().as_u16();
-    let body: Value = response.json().await.expect("JSON body");
-    assert_eq!(code, status, "unexpected status, body: {body}");
-    body
-}
-
 async fn lists_are_newest_first_with_contract_fields(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let rows = seed(&app).await;
-    let body = json(
-        app.get("/api/v1/backups?limit=10").send().await.unwrap(),
-        200,
-    )
-    .await;
+    let (status, body) = app.backups().list("limit=10").await;
+    assert_eq!(status, 200, "{body}");
     let backups = body["backups"].as_array().unwrap();
     assert_eq!(backups.len(), 10);
     assert_eq!(body["pagination"]["total"], 30);
@@ -115,14 +104,8 @@ async fn filters_take_one_value_or_a_comma_list(backend: Backend) {
         ("projectId=nobody", HashSet::new()),
     ];
     for (query, expected) in cases {
-        let body = json(
-            app.get(&format!("/api/v1/backups?limit=500&{query}"))
-                .send()
-                .await
-                .unwrap(),
-            200,
-        )
-        .await;
+        let (status, body) = app.backups().list(&format!("limit=500&{query}")).await;
+        assert_eq!(status, 200, "{body}");
         let got: HashSet<String> = body["backups"]
             .as_array()
             .unwrap()
@@ -147,11 +130,12 @@ async fn pages_by_offset_and_by_cursor_cover_every_backup_once(backend: Backend)
     let mut by_cursor = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let path = match &cursor {
-            Some(c) => format!("/api/v1/backups?limit=5&cursor={c}"),
-            None => "/api/v1/backups?limit=5".to_string(),
+        let query = match &cursor {
+            Some(c) => format!("limit=5&cursor={c}"),
+            None => "limit=5".to_string(),
         };
-        let body = json(app.get(&path).send().await.unwrap(), 200).await;
+        let (status, body) = app.backups().list(&query).await;
+        assert_eq!(status, 200, "{body}");
         assert_eq!(body["pagination"]["total"], 23);
         for b in body["backups"].as_array().unwrap() {
             by_cursor.push(b["id"].as_str().unwrap().to_string());
@@ -163,14 +147,11 @@ async fn pages_by_offset_and_by_cursor_cover_every_backup_once(backend: Backend)
     }
     let mut by_offset = Vec::new();
     for offset in (0..25).step_by(5) {
-        let body = json(
-            app.get(&format!("/api/v1/backups?limit=5&offset={offset}"))
-                .send()
-                .await
-                .unwrap(),
-            200,
-        )
-        .await;
+        let (status, body) = app
+            .backups()
+            .list(&format!("limit=5&offset={offset}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
         for b in body["backups"].as_array().unwrap() {
             by_offset.push(b["id"].as_str().unwrap().to_string());
         }
@@ -180,14 +161,8 @@ async fn pages_by_offset_and_by_cursor_cover_every_backup_once(backend: Backend)
     let unique: HashSet<_> = by_cursor.iter().collect();
     assert_eq!(unique.len(), 23);
     // A cursor that was never issued is a 400, not a silent first page.
-    let body = json(
-        app.get("/api/v1/backups?cursor=bm9wZQ")
-            .send()
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
+    let (status, body) = app.backups().list("cursor=bm9wZQ").await;
+    assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("cursor"));
 }
 
@@ -199,14 +174,8 @@ async fn stats_follow_inserts_updates_and_deletes(backend: Backend) {
             .filter(|r| f(r))
             .fold((0, 0), |(c, s), r| (c + 1, s + r.size))
     };
-    let body = json(
-        app.get("/api/v1/backups?stats=true&limit=1")
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let (status, body) = app.backups().list("stats=true&limit=1").await;
+    assert_eq!(status, 200, "{body}");
     let stats = &body["stats"];
     let (count, size) = sum(&|_| true);
     assert_eq!(stats["totalBackups"], count);
@@ -225,14 +194,11 @@ async fn stats_follow_inserts_updates_and_deletes(backend: Backend) {
     assert!(stats["byDestination"].get("azure").is_none());
 
     // Stats follow the filters.
-    let body = json(
-        app.get("/api/v1/backups?stats=true&projectId=b&status=completed")
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let (status, body) = app
+        .backups()
+        .list("stats=true&projectId=b&status=completed")
+        .await;
+    assert_eq!(status, 200, "{body}");
     let (c, s) = sum(&|r| r.project_id == "b" && r.status == "completed");
     assert_eq!(body["stats"]["totalBackups"], c);
     assert_eq!(body["stats"]["totalSize"], s);
@@ -245,14 +211,8 @@ async fn stats_follow_inserts_updates_and_deletes(backend: Backend) {
     .await;
     cp.execute("DELETE FROM backups WHERE destination = 's3'")
         .await;
-    let body = json(
-        app.get("/api/v1/backups?stats=true&status=completed")
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let (status, body) = app.backups().list("stats=true&status=completed").await;
+    assert_eq!(status, 200, "{body}");
     let (c, s) = rows
         .iter()
         .filter(|r| r.destination != "s3" && (r.status == "completed" || r.status == "pending"))
@@ -275,11 +235,8 @@ async fn details_carry_project_name_and_restore_history(backend: Backend) {
     let restored = Utc.with_ymd_and_hms(2026, 1, 19, 10, 0, 0).unwrap();
     cp.insert_restore("restore-1", "backup-0001", "b", restored, 180)
         .await;
-    let body = json(
-        app.get("/api/v1/backups/backup-0001").send().await.unwrap(),
-        200,
-    )
-    .await;
+    let (status, body) = app.backups().get("backup-0001").await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["id"], "backup-0001");
     assert_eq!(body["projectName"], "Project b");
     assert_eq!(body["status"], "completed");
@@ -289,18 +246,12 @@ async fn details_carry_project_name_and_restore_history(backend: Backend) {
     assert_eq!(history[0]["duration"], 180);
     assert_eq!(history[0]["warnings"][0], "role x is missing");
 
-    let body = json(
-        app.get("/api/v1/backups/backup-0002").send().await.unwrap(),
-        200,
-    )
-    .await;
+    let (status, body) = app.backups().get("backup-0002").await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["restoreHistory"], serde_json::json!([]));
 
-    let body = json(
-        app.get("/api/v1/backups/backup-9999").send().await.unwrap(),
-        404,
-    )
-    .await;
+    let (status, body) = app.backups().get("backup-9999").await;
+    assert_eq!(status, 404, "{body}");
     assert_eq!(
         body,
         serde_json::json!({"success": false, "error": "Backup not found"})
@@ -319,14 +270,8 @@ async fn bad_list_parameters_answer_400_naming_the_parameter(backend: Backend) {
         ("offset=-1", "offset"),
         ("stats=maybe", "stats"),
     ] {
-        let body = json(
-            app.get(&format!("/api/v1/backups?{query}"))
-                .send()
-                .await
-                .unwrap(),
-            400,
-        )
-        .await;
+        let (status, body) = app.backups().list(query).await;
+        assert_eq!(status, 400, "{body}");
         assert_eq!(body["success"], false, "{query}");
         assert!(
             body["error"].as_str().unwrap().contains(word),
@@ -341,9 +286,11 @@ async fn bad_list_parameters_answer_400_naming_the_parameter(backend: Backend) {
 async fn a_cached_list_follows_changes_made_elsewhere() {
     let app = TestApp::spawn(Backend::Postgres).await;
     seed(&app).await;
-    let path = "/api/v1/backups?limit=5&status=completed&stats=true";
-    let first = json(app.get(path).send().await.unwrap(), 200).await;
-    let again = json(app.get(path).send().await.unwrap(), 200).await;
+    let query = "limit=5&status=completed&stats=true";
+    let (status, first) = app.backups().list(query).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = app.backups().list(query).await;
+    assert_eq!(status, 200, "{again}");
     assert_eq!(first, again);
     let newest = first["backups"][0]["id"].as_str().unwrap().to_string();
     let cp = app.control_plane().await;
@@ -353,7 +300,8 @@ async fn a_cached_list_follows_changes_made_elsewhere() {
     .await;
     let mut seen = None;
     for _ in 0..40 {
-        let body = json(app.get(path).send().await.unwrap(), 200).await;
+        let (status, body) = app.backups().list(query).await;
+        assert_eq!(status, 200, "{body}");
         if body["backups"][0]["id"] != newest.as_str() {
             seen = Some(body);
             break;

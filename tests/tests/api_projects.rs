@@ -1,7 +1,7 @@
 //! Projects through HTTP, against both control planes.
 
 use serde_json::{Value, json};
-use supascale_tests::{Backend, BackupRow, TempDatabase, TestApp, both_backends, status_and_body};
+use supascale_tests::{Backend, BackupRow, SendJson, TempDatabase, TestApp, both_backends};
 
 both_backends!(
     a_project_is_registered_without_showing_its_password,
@@ -15,11 +15,11 @@ both_backends!(
 const PASSWORD: &str = "pr0ject-pa55word";
 
 async fn create(app: &TestApp, body: Value) -> (u16, Value) {
-    app.post_json("/api/v1/projects", &body).await
+    app.projects().register(body).await
 }
 
 async fn project_count(app: &TestApp) -> u64 {
-    let (_, body) = app.get_json("/api/v1/projects").await;
+    let (_, body) = app.projects().list().await;
     body["pagination"]["total"].as_u64().unwrap()
 }
 
@@ -213,14 +213,12 @@ async fn invalid_projects_answer_400_and_change_nothing(backend: Backend) {
         assert!(!response.to_string().contains("secret"), "{response}");
     }
     // Malformed JSON and a wrong content type.
-    let response = app
+    let (status, body) = app
         .post("/api/v1/projects")
         .header("content-type", "application/json")
         .body("{\"id\": ")
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = status_and_body(response).await;
+        .send_json()
+        .await;
     assert_eq!(status, 400);
     assert!(
         body["error"]
@@ -255,15 +253,15 @@ async fn status_reports_whether_the_database_answers(backend: Backend) {
     )
     .await;
     assert_eq!(status, 201);
-    let (status, body) = app.get_json("/api/v1/projects/up").await;
+    let (status, body) = app.projects().get("up").await;
     assert_eq!(status, 200);
     assert_eq!(body["status"], "running", "{body}");
     assert!(body.get("statusDetail").is_none());
-    let (_, body) = app.get_json("/api/v1/projects/down").await;
+    let (_, body) = app.projects().get("down").await;
     assert_eq!(body["status"], "stopped");
     assert!(!body["statusDetail"].as_str().unwrap().is_empty());
     assert!(!body.to_string().contains(PASSWORD));
-    let (status, body) = app.get_json("/api/v1/projects/missing").await;
+    let (status, body) = app.projects().get("missing").await;
     assert_eq!(
         (status, body),
         (404, json!({"success": false, "error": "Project not found"}))
@@ -280,10 +278,8 @@ async fn updates_change_only_what_is_given(backend: Backend) {
     .await;
     assert_eq!(status, 201);
     let (status, body) = app
-        .patch_json(
-            "/api/v1/projects/p",
-            &json!({"name": "New", "rootDir": "/srv/old/app"}),
-        )
+        .projects()
+        .patch("p", json!({"name": "New", "rootDir": "/srv/old/app"}))
         .await;
     assert_eq!(status, 200, "{body}");
     let project = &body["project"];
@@ -300,19 +296,18 @@ async fn updates_change_only_what_is_given(backend: Backend) {
     assert_eq!(project["database"]["database"], "db");
 
     let (status, body) = app
-        .patch_json(
-            "/api/v1/projects/p",
-            &json!({"name": "Newer", "databaseUrl": "not a url"}),
-        )
+        .projects()
+        .patch("p", json!({"name": "Newer", "databaseUrl": "not a url"}))
         .await;
     assert_eq!(status, 400, "{body}");
-    let (_, body) = app.get_json("/api/v1/projects/p").await;
+    let (_, body) = app.projects().get("p").await;
     assert_eq!(body["name"], "New", "a rejected update changed the name");
 
     let (status, body) = app
-        .patch_json(
-            "/api/v1/projects/p",
-            &json!({"databaseUrl": "postgres://admin:x@127.0.0.5:5433/other"}),
+        .projects()
+        .patch(
+            "p",
+            json!({"databaseUrl": "postgres://admin:x@127.0.0.5:5433/other"}),
         )
         .await;
     assert_eq!(status, 200);
@@ -320,9 +315,7 @@ async fn updates_change_only_what_is_given(backend: Backend) {
         body["project"]["database"],
         json!({"host": "127.0.0.5", "port": 5433, "database": "other", "user": "admin"})
     );
-    let (status, _) = app
-        .patch_json("/api/v1/projects/nope", &json!({"name": "x"}))
-        .await;
+    let (status, _) = app.projects().patch("nope", json!({"name": "x"})).await;
     assert_eq!(status, 404);
 }
 
@@ -347,14 +340,14 @@ async fn deleting_a_project_keeps_its_backups(backend: Backend) {
         created_at: chrono::Utc::now(),
     })
     .await;
-    let (status, body) = app.delete_json("/api/v1/projects/gone").await;
+    let (status, body) = app.projects().delete("gone").await;
     assert_eq!(status, 200);
     assert_eq!(body, json!({"success": true, "message": "Project deleted"}));
-    let (status, _) = app.get_json("/api/v1/projects/gone").await;
+    let (status, _) = app.projects().get("gone").await;
     assert_eq!(status, 404);
-    let (status, body) = app.get_json("/api/v1/backups/backup-gone-1").await;
+    let (status, body) = app.backups().get("backup-gone-1").await;
     assert_eq!(status, 200);
     assert_eq!(body["projectName"], "Gone Project");
-    let (status, _) = app.delete_json("/api/v1/projects/gone").await;
+    let (status, _) = app.projects().delete("gone").await;
     assert_eq!(status, 404);
 }

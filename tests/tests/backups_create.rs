@@ -39,7 +39,7 @@ async fn a_full_backup_holds_the_database_and_the_files() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let project = make_project().await;
     register(&app, &project, "my-project").await;
-    let (status, body) = app.post_json("/api/v1/backups", &json!({"projectId": "my-project", "type": "full", "destination": "local", "encrypt": false})).await;
+    let (status, body) = app.backups().create(json!({"projectId": "my-project", "type": "full", "destination": "local", "encrypt": false})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["success"], true);
     let backup = &body["backup"];
@@ -93,16 +93,7 @@ async fn a_full_backup_holds_the_database_and_the_files() {
     );
 
     // The list and the details show it.
-    let (_, details) = status_and_body(
-        app.get(&format!(
-            "/api/v1/backups/{}",
-            backup["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+    let (_, details) = app.backups().get(backup["id"].as_str().unwrap()).await;
     assert_eq!(details["status"], "completed");
     assert_eq!(details["sha256"], backup["sha256"]);
     // The spooled dump is gone.
@@ -133,38 +124,31 @@ async fn bad_backup_requests_answer_400_and_create_nothing() {
         (json!({"projectId": "p", "kind": "full"}), "kind"),
         (json!({"type": "full"}), "projectId"),
     ] {
-        let (status, response) = app.post_json("/api/v1/backups", &body).await;
+        let (status, response) = app.backups().create(body.clone()).await;
         assert_eq!(status, 400, "{body} -> {response}");
         assert!(
             response["error"].as_str().unwrap().contains(expected),
             "{body} -> {response}"
         );
     }
-    let (status, response) = app
-        .post_json("/api/v1/backups", &json!({"projectId": "nope"}))
-        .await;
+    let (status, response) = app.backups().create(json!({"projectId": "nope"})).await;
     assert_eq!(
         (status, response),
         (400, json!({"success": false, "error": "Project not found"}))
     );
-    let (_, list) = app.get_json("/api/v1/backups").await;
+    let (_, list) = app.backups().list("").await;
     assert_eq!(list["pagination"]["total"], 0);
     // A read-only key may not start one.
     let (_, key) = app
-        .post_json(
-            "/api/v1/api-keys",
-            &json!({"name": "ro", "permissions": ["backups:read"]}),
-        )
+        .api_keys()
+        .create(json!({"name": "ro", "permissions": ["backups:read"]}))
         .await;
-    let response = app
-        .client
-        .post(app.url("/api/v1/backups"))
-        .header("X-API-Key", key["apiKey"]["key"].as_str().unwrap())
-        .json(&json!({"projectId": "p"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 403);
+    let (status, body) = app
+        .as_key(key["apiKey"]["key"].as_str().unwrap())
+        .backups()
+        .create(json!({"projectId": "p"}))
+        .await;
+    assert_eq!(status, 403, "{body}");
 }
 
 #[tokio::test]
@@ -189,7 +173,7 @@ async fn an_async_backup_answers_202_and_finishes() {
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["attempt"], 1);
     assert!(job["durationMs"].is_i64());
-    let (_, backup) = app.get_json(&format!("/api/v1/backups/{backup_id}")).await;
+    let (_, backup) = app.backups().get(&backup_id).await;
     assert_eq!(backup["status"], "completed");
     assert!(backup["path"].as_str().unwrap().ends_with(".tar.zst"));
     let listing = Command::new("tar")
@@ -213,14 +197,12 @@ async fn a_backup_of_an_unreachable_database_fails_with_the_cause() {
     )
     .await;
     let root = tempfile::tempdir().unwrap();
-    let (status, _) = app.post_json("/api/v1/projects", &json!({"id": "down", "name": "Down", "rootDir": root.path().to_str().unwrap(),
+    let (status, _) = app.projects().register(json!({"id": "down", "name": "Down", "rootDir": root.path().to_str().unwrap(),
                           "databaseUrl": "postgres://supabase_admin:hunter22@127.0.0.1:1/postgres"})).await;
     assert_eq!(status, 201);
     let (status, body) = app
-        .post_json(
-            "/api/v1/backups",
-            &json!({"projectId": "down", "type": "database"}),
-        )
+        .backups()
+        .create(json!({"projectId": "down", "type": "database"}))
         .await;
     assert_eq!(status, 500, "{body}");
     let error = body["error"].as_str().unwrap();
@@ -229,7 +211,7 @@ async fn a_backup_of_an_unreachable_database_fails_with_the_cause() {
         "{error}"
     );
     assert!(!error.contains("hunter22"));
-    let (_, list) = app.get_json("/api/v1/backups?status=failed").await;
+    let (_, list) = app.backups().list("status=failed").await;
     assert_eq!(list["pagination"]["total"], 1);
     assert!(
         !app.logs().contains("hunter22"),
@@ -258,10 +240,8 @@ async fn scale_out_backups_run_on_a_separate_worker() {
     let project = make_project().await;
     register(&app, &project, "scaled").await;
     let (status, body) = app
-        .post_json(
-            "/api/v1/backups",
-            &json!({"projectId": "scaled", "type": "full"}),
-        )
+        .backups()
+        .create(json!({"projectId": "scaled", "type": "full"}))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["backup"]["status"], "completed");
@@ -303,10 +283,8 @@ async fn a_database_backup_holds_the_clusters_own_roles() {
         &format!("CREATE ROLE {own} LOGIN; CREATE ROLE {reserved}; GRANT {reserved} TO {own};"),
     );
     let (status, body) = app
-        .post_json(
-            "/api/v1/backups",
-            &json!({"projectId": "p", "type": "database"}),
-        )
+        .backups()
+        .create(json!({"projectId": "p", "type": "database"}))
         .await;
     psql(
         &project.database.url,
@@ -378,15 +356,13 @@ async fn a_backup_that_cannot_succeed_fails_before_it_starts() {
     ] {
         register(app, &project, "p").await;
         let (status, body) = app
-            .post_json(
-                "/api/v1/backups",
-                &json!({"projectId": "p", "type": "full"}),
-            )
+            .backups()
+            .create(json!({"projectId": "p", "type": "full"}))
             .await;
         assert_eq!(status, 500, "{body}");
         let error = body["error"].as_str().unwrap();
         assert!(error.starts_with(expected), "{error}");
-        let (_, jobs) = app.get_json("/api/v1/jobs").await;
+        let (_, jobs) = app.jobs().list("").await;
         assert_eq!(jobs["jobs"][0]["attempt"], 1, "{jobs}");
         let leftovers = app.spool_files();
         assert!(leftovers.is_empty(), "{leftovers:?}");
@@ -409,10 +385,8 @@ async fn an_encrypted_backup_opens_with_the_age_tool() {
     let project = make_project().await;
     register(&app, &project, "p").await;
     let (status, body) = app
-        .post_json(
-            "/api/v1/backups",
-            &json!({"projectId": "p", "type": "full", "encrypt": true}),
-        )
+        .backups()
+        .create(json!({"projectId": "p", "type": "full", "encrypt": true}))
         .await;
     assert_eq!(status, 200, "{body}");
     let backup = &body["backup"];

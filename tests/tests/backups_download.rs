@@ -66,10 +66,8 @@ async fn create_download_delete(name: &str, scheme: &str) {
     let project = make_project().await;
     register(&app, &project, "my-project").await;
     let (status, body) = app
-        .post_json(
-            "/api/v1/backups",
-            &json!({"projectId": "my-project", "type": "full", "destination": name}),
-        )
+        .backups()
+        .create(json!({"projectId": "my-project", "type": "full", "destination": name}))
         .await;
     assert_eq!(status, 200, "{body}");
     let backup = body["backup"].clone();
@@ -154,7 +152,7 @@ async fn create_download_delete(name: &str, scheme: &str) {
     );
 
     // Delete: the object, then the record.
-    let (status, body) = app.delete_json(&format!("/api/v1/backups/{id}")).await;
+    let (status, body) = app.backups().delete(&id).await;
     assert_eq!(
         (status, body),
         (200, json!({"success": true, "message": "Backup deleted"}))
@@ -171,7 +169,7 @@ async fn create_download_delete(name: &str, scheme: &str) {
             (404, json!({"success": false, "error": "Backup not found"}))
         );
     }
-    let (status, _) = app.delete_json(&format!("/api/v1/backups/{id}")).await;
+    let (status, _) = app.backups().delete(&id).await;
     assert_eq!(status, 404);
 }
 
@@ -198,24 +196,20 @@ async fn only_a_completed_backup_downloads_and_a_gone_artifact_still_deletes() {
     )
     .await;
     let root = tempfile::tempdir().unwrap();
-    let response = app
-        .post("/api/v1/projects")
-        .json(
-            &json!({"id": "down", "name": "Down", "rootDir": root.path().to_str().unwrap(),
-                      "databaseUrl": "postgres://u:p@127.0.0.1:1/postgres"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let (status, _) = app
-        .post_json(
-            "/api/v1/backups",
-            &json!({"projectId": "down", "type": "database"}),
+    let (status, body) = app
+        .projects()
+        .register(
+            json!({"id": "down", "name": "Down", "rootDir": root.path().to_str().unwrap(),
+                         "databaseUrl": "postgres://u:p@127.0.0.1:1/postgres"}),
         )
         .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = app
+        .backups()
+        .create(json!({"projectId": "down", "type": "database"}))
+        .await;
     assert_eq!(status, 500);
-    let (_, list) = app.get_json("/api/v1/backups").await;
+    let (_, list) = app.backups().list("").await;
     let failed = list["backups"][0]["id"].as_str().unwrap().to_string();
     let (status, body) = app
         .get_json(&format!("/api/v1/backups/{failed}/download"))
@@ -225,10 +219,8 @@ async fn only_a_completed_backup_downloads_and_a_gone_artifact_still_deletes() {
 
     // A completed backup whose artifact vanished from the destination.
     let (status, body) = app
-        .post_json(
-            "/api/v1/backups",
-            &json!({"projectId": "down", "type": "config"}),
-        )
+        .backups()
+        .create(json!({"projectId": "down", "type": "config"}))
         .await;
     assert_eq!(status, 200, "{body}");
     let id = body["backup"]["id"].as_str().unwrap();
@@ -244,9 +236,9 @@ async fn only_a_completed_backup_downloads_and_a_gone_artifact_still_deletes() {
         .await;
     assert_eq!(status, 409);
     for id in [id, failed.as_str()] {
-        let (status, body) = app.delete_json(&format!("/api/v1/backups/{id}")).await;
+        let (status, body) = app.backups().delete(id).await;
         assert_eq!(status, 200, "{body}");
     }
-    let (_, list) = app.get_json("/api/v1/backups").await;
+    let (_, list) = app.backups().list("").await;
     assert_eq!(list["pagination"]["total"], 0);
 }

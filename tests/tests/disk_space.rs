@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use supascale_tests::refproject::{self, register, table_fingerprints, tree_snapshot};
 use supascale_tests::{
-    Backend, Launch, SmallDisk, TestApp, disk_usage, make_project, status_and_body, waiting_uploads,
+    Backend, Launch, SendJson, SmallDisk, TestApp, disk_usage, make_project, waiting_uploads,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -26,17 +26,9 @@ async fn import(
     what: &str,
     path: &Path,
 ) -> (u16, Value, Duration) {
-    let name = path.file_name().unwrap().to_string_lossy().into_owned();
-    let part = reqwest::multipart::Part::bytes(std::fs::read(path).unwrap()).file_name(name);
-    let form = reqwest::multipart::Form::new().part("file", part);
+    let request = app.imports(project_id).request(what, "", path);
     let started = Instant::now();
-    let response = app
-        .post(&format!("/api/v1/projects/{project_id}/import/{what}"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = status_and_body(response).await;
+    let (status, body) = request.send_json().await;
     (status, body, started.elapsed())
 }
 
@@ -429,7 +421,7 @@ async fn an_import_that_does_not_fit_fails_with_the_space_message_and_changes_no
     assert!(waiting_uploads(app.data_dir.path()).is_empty());
     assert!(disk.free() + MIB >= free_before);
     // One attempt: a full disk is not worth another.
-    let (_, jobs) = app.get_json("/api/v1/jobs").await;
+    let (_, jobs) = app.jobs().list("").await;
     assert_eq!(jobs["jobs"][0]["attempt"], 1, "{jobs}");
     drop(app);
 }
@@ -447,10 +439,8 @@ async fn restore_onto_a_small_disk(
     area: &str,
 ) {
     let (status, body) = app
-        .post_json(
-            "/api/v1/backups",
-            &json!({"projectId": "p", "type": component}),
-        )
+        .backups()
+        .create(json!({"projectId": "p", "type": component}))
         .await;
     assert_eq!(status, 200, "{body}");
     let backup = body["backup"]["id"].as_str().unwrap().to_string();
@@ -467,10 +457,8 @@ async fn restore_onto_a_small_disk(
     let free_before = disk.free();
 
     let (status, body) = app
-        .post_json(
-            &format!("/api/v1/backups/{backup}/restore"),
-            &json!({ "restoreTypes": [component] }),
-        )
+        .backups()
+        .restore(&backup, json!({ "restoreTypes": [component] }))
         .await;
     let prefix = format!("Restore failed: Insufficient disk space on {area}: ");
     error_of(status, &body, 500, &prefix);
@@ -478,7 +466,7 @@ async fn restore_onto_a_small_disk(
     assert!(leftovers(dir).is_empty(), "{:?}", leftovers(dir));
     assert!(app.spool_files().is_empty(), "{:?}", app.spool_files());
     assert!(disk.free() + MIB >= free_before);
-    let (_, jobs) = app.get_json("/api/v1/jobs?kind=restore").await;
+    let (_, jobs) = app.jobs().list("kind=restore").await;
     assert_eq!(jobs["jobs"][0]["attempt"], 1, "{jobs}");
 }
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use supascale_tests::refproject;
 use supascale_tests::{
-    Backend, Launch, TableLock, TestApp, make_project, register, start_backup,
-    start_restore_behind_lock, status_and_body,
+    Backend, Launch, SendJson, TableLock, TestApp, make_project, register, start_backup,
+    start_restore_behind_lock,
 };
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -105,16 +105,7 @@ fn write_with_mode(path: &Path, content: &str, mode: u32) {
 
 /// `POST /projects/<id>/import/<what>` with the file; `query` as given.
 async fn import(app: &TestApp, id: &str, what: &str, query: &str, file: &Path) -> (u16, Value) {
-    let name = file.file_name().unwrap().to_string_lossy().into_owned();
-    let part = reqwest::multipart::Part::bytes(std::fs::read(file).unwrap()).file_name(name);
-    status_and_body(
-        app.post(&format!("/api/v1/projects/{id}/import/{what}{query}"))
-            .multipart(reqwest::multipart::Form::new().part("file", part))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    app.imports(id).request(what, query, file).send_json().await
 }
 
 async fn completed(app: &TestApp, job: &Value) {
@@ -161,7 +152,7 @@ async fn what_the_service_keeps_on_disk_is_private_to_its_user() {
     .unwrap();
     let functions = work.path().join("functions.tar.gz");
     tar_gz(&functions, work.path(), "functions");
-    let (status, import_accepted) = import(&app, "p", "functions", "?async=true", &functions).await;
+    let (status, import_accepted) = import(&app, "p", "functions", "async=true", &functions).await;
     assert_eq!(status, 202, "{import_accepted}");
     let import_job = import_accepted["job"]["id"].as_str().unwrap();
     let upload = data.join("uploads/.supascale-uploads").join(import_job);
@@ -254,10 +245,8 @@ async fn restored_and_imported_files_carry_no_set_id_bits_and_objects_no_execute
     std::fs::remove_file(&object).unwrap();
     std::fs::remove_file(&function).unwrap();
     let (status, body) = app
-        .post_json(
-            &format!("/api/v1/backups/{backup_id}/restore"),
-            &json!({"restoreTypes": ["storage", "functions"]}),
-        )
+        .backups()
+        .restore(backup_id, json!({"restoreTypes": ["storage", "functions"]}))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(std::fs::read_to_string(&object).unwrap(), "#!/bin/sh\n");

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use supascale_tests::{Backend, Launch, TestApp, make_project, register, status_and_body};
+use supascale_tests::{
+    Backend, Launch, SendJson, TestApp, make_project, register, status_and_body,
+};
 
 /// `{"success": false, "error": <non-empty>}` with a JSON content type.
 async fn assert_error_shape(response: reqwest::Response, status: u16) -> String {
@@ -78,20 +80,19 @@ async fn a_malformed_idempotency_key_is_refused() {
         let error = assert_error_shape(response, 400).await;
         assert!(error.contains("Idempotency-Key"), "{error}");
     }
-    let (_, jobs) = app.get_json("/api/v1/jobs").await;
+    let (_, jobs) = app.jobs().list("").await;
     assert_eq!(jobs["pagination"]["total"], 0, "{jobs}");
-    let (_, backups) = app.get_json("/api/v1/backups").await;
+    let (_, backups) = app.backups().list("").await;
     assert_eq!(backups["pagination"]["total"], 0, "{backups}");
 
     // A good key still works.
-    let response = app
+    let (status, body) = app
         .post("/api/v1/backups?async=true")
         .header("Idempotency-Key", "retry-safe-1")
         .json(&json!({"projectId": "p", "type": "config"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
+        .send_json()
+        .await;
+    assert_eq!(status, 202, "{body}");
 }
 
 /// Slow-client limits short enough for a test (seconds).
@@ -204,7 +205,7 @@ async fn stalled_clients_are_cut_off() {
         );
     }
     // Nothing was started by either.
-    let (_, jobs) = app.get_json("/api/v1/jobs").await;
+    let (_, jobs) = app.jobs().list("").await;
     assert_eq!(jobs["pagination"]["total"], 0, "{jobs}");
 }
 
@@ -416,10 +417,8 @@ async fn keep_alive_traffic_is_answered_by_the_app() {
     .unwrap();
     register(&app, &project, "p").await;
     let (status, body) = app
-        .post_json(
-            "/api/v1/backups",
-            &json!({"projectId": "p", "type": "full"}),
-        )
+        .backups()
+        .create(json!({"projectId": "p", "type": "full"}))
         .await;
     assert_eq!(status, 200, "{body}");
     let id = body["backup"]["id"].as_str().unwrap().to_string();

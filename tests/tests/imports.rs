@@ -7,21 +7,11 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use supascale_tests::refproject::{self, register, schema_of, table_fingerprints, tree_snapshot};
-use supascale_tests::{Backend, Launch, TestApp, psql, status_and_body};
+use supascale_tests::{Backend, Launch, SendJson, TestApp, psql};
 
 /// `curl -F "file=@<path>"` to `/projects/<id>/import/<what>`.
 async fn import(app: &TestApp, project_id: &str, what: &str, path: &Path) -> (u16, Value) {
-    let name = path.file_name().unwrap().to_string_lossy().into_owned();
-    let part = reqwest::multipart::Part::bytes(std::fs::read(path).unwrap()).file_name(name);
-    let form = reqwest::multipart::Form::new().part("file", part);
-    status_and_body(
-        app.post(&format!("/api/v1/projects/{project_id}/import/{what}"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    app.imports(project_id).upload(what, path).await
 }
 
 fn run(command: &mut Command) {
@@ -237,12 +227,10 @@ async fn checks_that_need_no_job_answer_at_once() {
     // A project whose database does not answer.
     let down_root = tempfile::tempdir().unwrap();
     let (status, body) = app
-        .post_json(
-            "/api/v1/projects",
-            &json!({"id": "down", "name": "Down",
+        .projects()
+        .register(json!({"id": "down", "name": "Down",
                 "rootDir": down_root.path().to_str().unwrap(),
-                "databaseUrl": "postgres://postgres@127.0.0.1:1/none"}),
-        )
+                "databaseUrl": "postgres://postgres@127.0.0.1:1/none"}))
         .await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = import(&app, "down", "database", &small).await;
@@ -659,16 +647,11 @@ async fn a_copy_of_a_storage_folder_is_kept_as_it_is() {
         .arg("-C")
         .arg(source.root.path().join("volumes"))
         .arg("storage"));
-    let name = archive.file_name().unwrap().to_string_lossy().into_owned();
-    let part = reqwest::multipart::Part::bytes(std::fs::read(&archive).unwrap()).file_name(name);
-    let (status, accepted) = status_and_body(
-        app.post("/api/v1/projects/t/import/storage?async=true")
-            .multipart(reqwest::multipart::Form::new().part("file", part))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, accepted) = app
+        .imports("t")
+        .request("storage", "async=true", &archive)
+        .send_json()
+        .await;
     assert_eq!(status, 202, "{accepted}");
     let events = app
         .get(accepted["job"]["eventsUrl"].as_str().unwrap())
@@ -742,15 +725,11 @@ async fn an_idempotency_key_returns_the_first_import() {
                 .arg("hello"));
             let part = reqwest::multipart::Part::bytes(std::fs::read(&archive).unwrap())
                 .file_name("functions.tar.gz");
-            status_and_body(
-                app.post("/api/v1/projects/t/import/functions")
-                    .header("Idempotency-Key", "import-1")
-                    .multipart(reqwest::multipart::Form::new().part("file", part))
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await
+            app.post("/api/v1/projects/t/import/functions")
+                .header("Idempotency-Key", "import-1")
+                .multipart(reqwest::multipart::Form::new().part("file", part))
+                .send_json()
+                .await
         }
     };
     let (status, first) = send("v1").await;

@@ -4,10 +4,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use supascale_tests::{
     Backend, Cluster, Deployment, Launch, RedisServer, TableLock, TestApp, job_sessions,
-    make_project, read_events, register, start_backup, status_and_body, wait_for_job_state,
+    make_project, read_events, register, start_backup, wait_for_job_state,
 };
 
 /// Redis restarted empty while a job waits: the reconciler re-delivers it
@@ -27,14 +27,11 @@ async fn a_job_survives_redis_losing_everything() {
     .await;
     let project = make_project().await;
     register(&app, &project, "p").await;
-    let response = app
-        .post("/api/v1/backups?async=true")
-        .json(&json!({"projectId": "p", "type": "config"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let accepted: Value = response.json().await.unwrap();
+    let (status, accepted) = app
+        .backups()
+        .start(json!({"projectId": "p", "type": "config"}))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
     let job_url = accepted["job"]["jobUrl"].as_str().unwrap().to_string();
 
     // Redis loses the queued job.
@@ -47,17 +44,10 @@ async fn a_job_survives_redis_losing_everything() {
     let mut worker = app.start_worker(Launch::default().env("SUPASCALE_REDIS_URL", redis_url));
     let job = app.wait_for_job(&job_url, Duration::from_secs(30)).await;
     assert_eq!(job["status"], "completed", "{job}");
-    let backup: Value = app
-        .get(&format!(
-            "/api/v1/backups/{}",
-            accepted["backup"]["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, backup) = app
+        .backups()
+        .get(accepted["backup"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(backup["status"], "completed");
     let log = worker.stderr.lock().unwrap().join("\n");
     assert!(
@@ -135,28 +125,13 @@ async fn a_killed_workers_job_is_taken_over(deployment: Deployment) {
         killed_at.elapsed()
     );
     assert_eq!(job["attempt"], 2, "{job}");
-    let (_, running) = status_and_body(
-        cluster
-            .app
-            .get("/api/v1/jobs?status=in_progress,pending")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, running) = cluster.app.jobs().list("status=in_progress,pending").await;
     assert_eq!(running["pagination"]["total"], 0, "{running}");
-    let (_, backup) = status_and_body(
-        cluster
-            .app
-            .get(&format!(
-                "/api/v1/backups/{}",
-                accepted["backup"]["id"].as_str().unwrap()
-            ))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, backup) = cluster
+        .app
+        .backups()
+        .get(accepted["backup"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(backup["status"], "completed");
     let artifact = backup["path"]
         .as_str()
@@ -260,7 +235,7 @@ async fn running_and_waiting_jobs_survive_a_redis_flush() {
     // Two run (one per worker slot), one waits.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, running) = app.get_json("/api/v1/jobs?status=in_progress").await;
+        let (_, running) = app.jobs().list("status=in_progress").await;
         if running["pagination"]["total"] == 2 {
             break;
         }
@@ -354,7 +329,7 @@ async fn a_client_that_disconnects_does_not_cancel_the_job() {
     lock.release().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, list) = app.get_json("/api/v1/backups").await;
+        let (_, list) = app.backups().list("").await;
         let backup = &list["backups"][0];
         if backup["status"] == "completed" {
             break;
@@ -423,10 +398,8 @@ async fn the_redis_queue_does_not_grow_with_finished_jobs() {
     register(&app, &project, "p").await;
     for _ in 0..3 {
         let (status, body) = app
-            .post_json(
-                "/api/v1/backups",
-                &json!({"projectId": "p", "type": "config"}),
-            )
+            .backups()
+            .create(json!({"projectId": "p", "type": "config"}))
             .await;
         assert_eq!(status, 200, "{body}");
     }
@@ -488,7 +461,7 @@ async fn a_job_lost_on_its_last_attempt_fails_within_the_limit(deployment: Deplo
             .contains("stopped during attempt 1 of 1"),
         "{job}"
     );
-    let (_, listed) = cluster.app.get_json("/api/v1/jobs").await;
+    let (_, listed) = cluster.app.jobs().list("").await;
     let listed = listed["jobs"]
         .as_array()
         .unwrap()
@@ -497,18 +470,11 @@ async fn a_job_lost_on_its_last_attempt_fails_within_the_limit(deployment: Deplo
         .cloned()
         .unwrap();
     assert_eq!(listed["attempt"], 1, "{listed}");
-    let (_, backup) = status_and_body(
-        cluster
-            .app
-            .get(&format!(
-                "/api/v1/backups/{}",
-                accepted["backup"]["id"].as_str().unwrap()
-            ))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, backup) = cluster
+        .app
+        .backups()
+        .get(accepted["backup"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(backup["status"], "failed", "{backup}");
 }
 

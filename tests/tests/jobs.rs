@@ -4,14 +4,40 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use sea_orm::ActiveValue::Set;
 use serde_json::{Value, json};
+use supascale_shared::entities::job;
+use supascale_shared::jobs::{JobKind, STATUS_IN_PROGRESS, store};
 use supascale_tests::{
-    Backend, Cluster, Deployment, Launch, TableLock, TestApp, both_backends, job_sessions,
-    make_project, read_events, register, start_backup, status_and_body, wait_for_job_state,
+    Backend, Cluster, Deployment, Launch, SendJson, TableLock, TestApp, both_backends,
+    job_sessions, make_project, read_events, register, start_backup, wait_for_job_state,
 };
 
+fn at(timestamp: &str) -> DateTime<Utc> {
+    timestamp.parse().unwrap()
+}
+
+/// `job-restore-1`: a restore of `project` running on another worker since
+/// `since`, its last heartbeat at `heartbeat`.
+fn running_restore(
+    project: &str,
+    since: DateTime<Utc>,
+    heartbeat: DateTime<Utc>,
+) -> job::ActiveModel {
+    let mut job = store::new_job(JobKind::Restore, Some(project), json!({}), 3);
+    job.id = Set("job-restore-1".into());
+    job.status = Set(STATUS_IN_PROGRESS.into());
+    job.attempt = Set(1);
+    job.worker_id = Set(Some("elsewhere-1-abc".into()));
+    job.enqueued_at = Set(since);
+    job.started_at = Set(Some(since));
+    job.heartbeat_at = Set(Some(heartbeat));
+    job
+}
+
 async fn events(app: &TestApp, job_id: &str, last_event_id: Option<&str>) -> reqwest::Response {
-    let mut request = app.get(&format!("/api/v1/jobs/{job_id}/events"));
+    let mut request = app.jobs().events(job_id);
     if let Some(id) = last_event_id {
         request = request.header("Last-Event-ID", id);
     }
@@ -63,16 +89,10 @@ async fn events_stream_a_running_backup_and_resume(backend: Backend) {
     assert_eq!(complete["backup"]["id"], accepted["backup"]["id"]);
     assert_eq!(complete["backup"]["status"], "completed");
     assert!(complete["durationMs"].is_i64());
-    let (_, backup) = status_and_body(
-        app.get(&format!(
-            "/api/v1/backups/{}",
-            accepted["backup"]["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+    let (_, backup) = app
+        .backups()
+        .get(accepted["backup"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(complete["backup"]["sha256"], backup["sha256"]);
 
     // Resuming after the second event replays exactly the rest, at once.
@@ -99,17 +119,15 @@ async fn events_stream_a_running_backup_and_resume(backend: Backend) {
     .await;
     assert!(after_end.is_empty(), "{after_end:?}");
 
-    let (status, body) = status_and_body(
-        app.get(&format!("/api/v1/jobs/{job_id}/events"))
-            .header("Last-Event-ID", "yesterday")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .jobs()
+        .events(&job_id)
+        .header("Last-Event-ID", "yesterday")
+        .send_json()
+        .await;
     assert_eq!(status, 400);
     assert_eq!(body["success"], false);
-    let (status, _) = app.get_json("/api/v1/jobs/job-nope/events").await;
+    let (status, _) = app.jobs().events("job-nope").send_json().await;
     assert_eq!(status, 404);
 }
 
@@ -136,27 +154,15 @@ async fn cancelling_stops_pending_and_running_jobs(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (status, body) = status_and_body(
-        app.post(&format!("/api/v1/jobs/{job_id}/cancel"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app.jobs().cancel(&job_id).await;
     assert_eq!(status, 200, "{body}\n{}", app.logs());
     assert_eq!(body["job"]["status"], "failed");
     assert_eq!(body["job"]["error"], "Cancelled");
     assert_eq!(job_sessions(&project.database.url, &job_id).await, 0);
-    let (_, backup) = status_and_body(
-        app.get(&format!(
-            "/api/v1/backups/{}",
-            running["backup"]["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+    let (_, backup) = app
+        .backups()
+        .get(running["backup"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(backup["status"], "failed");
     assert_eq!(backup["error"], "Cancelled");
     // Nothing half-written is left: no spooled dump, no artifact.
@@ -181,13 +187,7 @@ async fn cancelling_stops_pending_and_running_jobs(backend: Backend) {
     lock.release().await;
 
     // Over already: 409.
-    let (status, body) = status_and_body(
-        app.post(&format!("/api/v1/jobs/{job_id}/cancel"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app.jobs().cancel(&job_id).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["success"], false);
 }
@@ -204,13 +204,7 @@ async fn a_pending_job_is_cancelled_at_once() {
     register(&app, &project, "p").await;
     let accepted = start_backup(&app, json!({"projectId": "p", "type": "config"})).await;
     let job_id = accepted["job"]["id"].as_str().unwrap();
-    let (status, body) = status_and_body(
-        app.post(&format!("/api/v1/jobs/{job_id}/cancel"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app.jobs().cancel(job_id).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["job"]["status"], "failed");
     assert_eq!(body["job"]["error"], "Cancelled");
@@ -224,16 +218,10 @@ async fn a_pending_job_is_cancelled_at_once() {
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].event, "error");
     assert_eq!(seen[0].data["error"], "Backup failed: Cancelled");
-    let (_, backup) = status_and_body(
-        app.get(&format!(
-            "/api/v1/backups/{}",
-            accepted["backup"]["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+    let (_, backup) = app
+        .backups()
+        .get(accepted["backup"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(backup["status"], "failed");
     assert_eq!(backup["error"], "Cancelled");
 }
@@ -247,31 +235,27 @@ async fn an_idempotency_key_returns_the_first_job(backend: Backend) {
         app.post("/api/v1/backups")
             .header("Idempotency-Key", key)
             .json(body)
-            .send()
+            .send_json()
     };
-    let (status, first) = status_and_body(send("retry-me-1", &request).await.unwrap()).await;
+    let (status, first) = send("retry-me-1", &request).await;
     assert_eq!(status, 200, "{first}");
-    let (status, again) = status_and_body(send("retry-me-1", &request).await.unwrap()).await;
+    let (status, again) = send("retry-me-1", &request).await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["backup"]["id"], first["backup"]["id"]);
     // Same key, another request: refused, nothing started.
-    let (status, body) = status_and_body(
-        send(
-            "retry-me-1",
-            &json!({"projectId": "p", "type": "functions"}),
-        )
-        .await
-        .unwrap(),
+    let (status, body) = send(
+        "retry-me-1",
+        &json!({"projectId": "p", "type": "functions"}),
     )
     .await;
     assert_eq!(status, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("Idempotency-Key"));
-    let (status, other) = status_and_body(send("retry-me-2", &request).await.unwrap()).await;
+    let (status, other) = send("retry-me-2", &request).await;
     assert_eq!(status, 200);
     assert_ne!(other["backup"]["id"], first["backup"]["id"]);
-    let (status, body) = status_and_body(send(&"k".repeat(300), &request).await.unwrap()).await;
+    let (status, body) = send(&"k".repeat(300), &request).await;
     assert_eq!(status, 400, "{body}");
-    let (_, list) = app.get_json("/api/v1/backups").await;
+    let (_, list) = app.backups().list("").await;
     assert_eq!(list["pagination"]["total"], 2, "{list}");
 }
 
@@ -283,15 +267,14 @@ async fn jobs_are_listed_with_filters(backend: Backend) {
     register(&app, &other, "q").await;
     for id in ["p", "q", "p"] {
         let (status, body) = app
-            .post_json(
-                "/api/v1/backups",
-                &json!({"projectId": id, "type": "config"}),
-            )
+            .backups()
+            .create(json!({"projectId": id, "type": "config"}))
             .await;
         assert_eq!(status, 200, "{body}");
     }
     let (status, list) = app
-        .get_json("/api/v1/jobs?kind=backup&status=completed&projectId=p")
+        .jobs()
+        .list("kind=backup&status=completed&projectId=p")
         .await;
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["pagination"]["total"], 2);
@@ -302,12 +285,12 @@ async fn jobs_are_listed_with_filters(backend: Backend) {
             .all(|j| j["projectId"] == "p" && j["status"] == "completed")
     );
     assert!(jobs[0]["enqueuedAt"].as_str() >= jobs[1]["enqueuedAt"].as_str());
-    let (_, page) = app.get_json("/api/v1/jobs?limit=1&offset=1").await;
+    let (_, page) = app.jobs().list("limit=1&offset=1").await;
     assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
     assert_eq!(page["pagination"]["total"], 3);
     assert_eq!(page["pagination"]["hasMore"], true);
     for bad in ["status=done", "kind=snapshot", "limit=0"] {
-        let (status, body) = app.get_json(&format!("/api/v1/jobs?{bad}")).await;
+        let (status, body) = app.jobs().list(bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert_eq!(body["success"], false);
     }
@@ -322,20 +305,15 @@ async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backe
         ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryTrait,
         sea_query::Expr,
     };
-    use supascale_shared::entities::{backup, job};
+    use supascale_shared::entities::backup;
     use supascale_shared::jobs::events::Batch;
-    use supascale_shared::jobs::store::{self, Claim, Ending};
-    use supascale_shared::jobs::{JobError, STATUS_COMPLETED, STATUS_FAILED, STATUS_IN_PROGRESS};
+    use supascale_shared::jobs::store::{Claim, Ending};
+    use supascale_shared::jobs::{JobError, STATUS_COMPLETED, STATUS_FAILED};
 
     let app = TestApp::spawn_with(backend, Launch::default().env("SUPASCALE_WORKERS", "0")).await;
-    let url = match &app.database {
-        Some(database) => database.url.clone(),
-        None => format!(
-            "sqlite://{}",
-            app.data_dir.path().join("supascale.db").display()
-        ),
-    };
-    let db = sea_orm::Database::connect(&url).await.unwrap();
+    let db = sea_orm::Database::connect(&app.control_plane_url())
+        .await
+        .unwrap();
     let control = app.control_plane().await;
     let backup_of = |id: &str, job_id: &str| backup::ActiveModel {
         id: Set(id.into()),
@@ -385,15 +363,10 @@ async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backe
         }
     };
 
-    let first = store::new_job(
-        supascale_shared::jobs::JobKind::Backup,
-        Some("p"),
-        json!({}),
-        3,
-    )
-    .insert(&db)
-    .await
-    .unwrap();
+    let first = store::new_job(JobKind::Backup, Some("p"), json!({}), 3)
+        .insert(&db)
+        .await
+        .unwrap();
     backup_of("backup-taken-over", &first.id)
         .insert(&db)
         .await
@@ -448,15 +421,10 @@ async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backe
     assert_eq!(job_row.status, STATUS_COMPLETED);
 
     // Released for another attempt: nothing is recorded; failed: it is.
-    let second = store::new_job(
-        supascale_shared::jobs::JobKind::Backup,
-        Some("p"),
-        json!({}),
-        3,
-    )
-    .insert(&db)
-    .await
-    .unwrap();
+    let second = store::new_job(JobKind::Backup, Some("p"), json!({}), 3)
+        .insert(&db)
+        .await
+        .unwrap();
     backup_of("backup-failed", &second.id)
         .insert(&db)
         .await
@@ -521,17 +489,11 @@ async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backe
 /// version, or by hand) is taken and failed for good, saying so, instead of
 /// waiting forever or being skipped.
 async fn a_job_of_an_unknown_kind_fails_for_good_saying_so(backend: Backend) {
-    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
-    use supascale_shared::jobs::{JobKind, store};
+    use sea_orm::ActiveModelTrait;
     let app = TestApp::spawn(backend).await;
-    let url = match &app.database {
-        Some(database) => database.url.clone(),
-        None => format!(
-            "sqlite://{}",
-            app.data_dir.path().join("supascale.db").display()
-        ),
-    };
-    let db = sea_orm::Database::connect(&url).await.unwrap();
+    let db = sea_orm::Database::connect(&app.control_plane_url())
+        .await
+        .unwrap();
     let mut row = store::new_job(JobKind::Backup, None, json!({}), 3);
     row.kind = Set("from_the_future".into());
     let job = row.insert(&db).await.unwrap();
@@ -573,17 +535,16 @@ async fn a_failing_job_stops_at_the_attempt_limit(deployment: Deployment) {
     register(app, &project, "p").await;
     // The project's database goes away.
     let (status, body) = app
-        .patch_json(
-            "/api/v1/projects/p",
-            &json!({"databaseUrl": "postgres://postgres:pw@127.0.0.1:9/postgres"}),
+        .projects()
+        .patch(
+            "p",
+            json!({"databaseUrl": "postgres://postgres:pw@127.0.0.1:9/postgres"}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = app
-        .post_json(
-            "/api/v1/backups",
-            &json!({"projectId": "p", "type": "database"}),
-        )
+        .backups()
+        .create(json!({"projectId": "p", "type": "database"}))
         .await;
     assert_eq!(status, 500, "{body}");
     let error = body["error"].as_str().unwrap();
@@ -592,7 +553,7 @@ async fn a_failing_job_stops_at_the_attempt_limit(deployment: Deployment) {
         "{error}"
     );
     assert!(!error.contains("pw@"), "{error}");
-    let (_, jobs) = app.get_json("/api/v1/jobs").await;
+    let (_, jobs) = app.jobs().list("").await;
     let job = &jobs["jobs"][0];
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["attempt"], 2);
@@ -637,14 +598,8 @@ async fn a_backup_waits_for_a_restore_of_its_project() {
     register(&app, &project, "p").await;
     let control = app.control_plane().await;
     // A restore running on another worker (its heartbeat kept fresh).
-    control
-        .execute(
-            "INSERT INTO jobs (id, kind, project_id, status, attempt, max_attempts, payload, \
-             warnings, worker_id, enqueued_at, started_at, heartbeat_at, cancel_requested) \
-             VALUES ('job-restore-1', 'restore', 'p', 'in_progress', 1, 3, '{}', '[]', \
-             'elsewhere-1-abc', now(), now(), now(), false)",
-        )
-        .await;
+    let now = store::now();
+    control.insert_job(running_restore("p", now, now)).await;
     let beat = {
         let url = app.database.as_ref().unwrap().url.clone();
         tokio::spawn(async move {
@@ -697,7 +652,7 @@ async fn a_backup_waits_for_a_restore_of_its_project() {
 /// both start, and two backups of a project (readers) both do.
 #[tokio::test]
 async fn conflicting_jobs_claimed_at_once_never_both_start() {
-    use supascale_shared::jobs::store::{self, Claim};
+    use supascale_shared::jobs::store::Claim;
     let app = TestApp::spawn_with(
         Backend::Postgres,
         Launch::default().env("SUPASCALE_WORKERS", "0"),
@@ -706,19 +661,17 @@ async fn conflicting_jobs_claimed_at_once_never_both_start() {
     let url = app.database.as_ref().unwrap().url.clone();
     let db = sea_orm::Database::connect(&url).await.unwrap();
     let control = app.control_plane().await;
-    let insert = |id: String, kind: &str| {
-        format!(
-            "INSERT INTO jobs (id, kind, project_id, status, attempt, max_attempts, payload, \
-             warnings, enqueued_at, cancel_requested) \
-             VALUES ('{id}', '{kind}', 'p', 'pending', 0, 3, '{{}}', '[]', now(), false)"
-        )
+    let insert = |id: String, kind: JobKind| {
+        let mut job = store::new_job(kind, Some("p"), json!({}), 3);
+        job.id = Set(id);
+        control.insert_job(job)
     };
     let taken = |claim: &Claim| matches!(claim, Claim::Taken(_));
     let mut restores_won = 0;
     for round in 0..60 {
         let (restore, backup) = (format!("job-r{round}"), format!("job-b{round}"));
-        control.execute(&insert(restore.clone(), "restore")).await;
-        control.execute(&insert(backup.clone(), "backup")).await;
+        insert(restore.clone(), JobKind::Restore).await;
+        insert(backup.clone(), JobKind::Backup).await;
         let (a, b) = tokio::join!(
             store::claim(&db, &restore, "worker-a"),
             store::claim(&db, &backup, "worker-b"),
@@ -744,9 +697,7 @@ async fn conflicting_jobs_claimed_at_once_never_both_start() {
     eprintln!("the restore won {restores_won} of 60 races");
 
     for n in 0..2 {
-        control
-            .execute(&insert(format!("job-reader{n}"), "backup"))
-            .await;
+        insert(format!("job-reader{n}"), JobKind::Backup).await;
     }
     let (a, b) = tokio::join!(
         store::claim(&db, "job-reader0", "worker-a"),
@@ -761,28 +712,16 @@ async fn conflicting_jobs_claimed_at_once_never_both_start() {
 /// A key limited to other projects gets 404 for the job everywhere (read,
 /// events, cancel) and does not find it in the list.
 async fn hidden_from(app: &TestApp, key: &str, job_id: &str) {
-    let request = |method: reqwest::Method, path: String| {
-        app.client
-            .request(method, app.url(&path))
-            .header("X-API-Key", key)
-    };
-    for request in [
-        request(reqwest::Method::GET, format!("/api/v1/jobs/{job_id}")),
-        request(
-            reqwest::Method::GET,
-            format!("/api/v1/jobs/{job_id}/events"),
-        ),
-        request(
-            reqwest::Method::POST,
-            format!("/api/v1/jobs/{job_id}/cancel"),
-        ),
+    let jobs = app.as_key(key).jobs();
+    for (status, body) in [
+        jobs.get(job_id).await,
+        jobs.events(job_id).send_json().await,
+        jobs.cancel(job_id).await,
     ] {
-        let (status, body) = status_and_body(request.send().await.unwrap()).await;
         assert_eq!(status, 404, "{job_id}: {body}");
         assert_eq!(body["error"], "Job not found");
     }
-    let list = request(reqwest::Method::GET, "/api/v1/jobs?kind=verify".into());
-    let (status, body) = status_and_body(list.send().await.unwrap()).await;
+    let (status, body) = jobs.list("kind=verify").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["pagination"]["total"], 0, "{body}");
 }
@@ -796,48 +735,35 @@ async fn verify_jobs_belong_to_their_backups_project(backend: Backend) {
     let project = make_project().await;
     register(&app, &project, "theirs").await;
     let (status, created) = app
-        .post_json(
-            "/api/v1/backups",
-            &json!({"projectId": "theirs", "type": "config"}),
-        )
+        .backups()
+        .create(json!({"projectId": "theirs", "type": "config"}))
         .await;
     assert_eq!(status, 200, "{created}");
     let backup_id = created["backup"]["id"].as_str().unwrap().to_string();
-    let (status, key) = status_and_body(
-        app.post("/api/v1/api-keys")
-            .json(
-                &json!({"name": "mine only", "permissions": ["backups:read", "backups:write"],
-                          "projectIds": ["mine"]}),
-            )
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, key) = app
+        .api_keys()
+        .create(
+            json!({"name": "mine only", "permissions": ["backups:read", "backups:write"],
+                       "projectIds": ["mine"]}),
+        )
+        .await;
     assert_eq!(status, 201, "{key}");
     let key = key["apiKey"]["key"].as_str().unwrap().to_string();
     // A restore of the project runs (on another worker, its heartbeat
     // fresh for as long as the test lasts): the verification goes on.
     let control = app.control_plane().await;
+    let long_ago = at("2026-01-01T00:00:00Z");
     control
-        .execute(
-            "INSERT INTO jobs (id, kind, project_id, status, attempt, max_attempts, payload, \
-             warnings, worker_id, enqueued_at, started_at, heartbeat_at, cancel_requested) \
-             VALUES ('job-restore-1', 'restore', 'theirs', 'in_progress', 1, 3, '{}', '[]', \
-             'elsewhere-1-abc', '2026-01-01T00:00:00.000000+00:00', \
-             '2026-01-01T00:00:00.000000+00:00', '2999-01-01T00:00:00.000000+00:00', false)",
-        )
+        .insert_job(running_restore(
+            "theirs",
+            long_ago,
+            at("2999-01-01T00:00:00Z"),
+        ))
         .await;
-    let (status, verified) = status_and_body(
-        app.post(&format!("/api/v1/backups/{backup_id}/verify"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, verified) = app.backups().verify(&backup_id).await;
     assert_eq!(status, 200, "waited behind the restore? {verified}");
     assert_eq!(verified["verification"]["valid"], true, "{verified}");
-    let (_, listed) = app.get_json("/api/v1/jobs?kind=verify").await;
+    let (_, listed) = app.jobs().list("kind=verify").await;
     let job = &listed["jobs"][0];
     assert_eq!(job["projectId"], "theirs", "{listed}");
     let job_id = job["id"].as_str().unwrap().to_string();
@@ -846,18 +772,16 @@ async fn verify_jobs_belong_to_their_backups_project(backend: Backend) {
 
     // A verify job written before jobs carried a project: the migration
     // gives it its backup's.
+    let mut old_verify = store::new_job(JobKind::Verify, None, json!({"backupId": backup_id}), 3);
+    old_verify.id = Set("job-old-verify".into());
+    old_verify.enqueued_at = Set(long_ago);
+    control.insert_job(old_verify).await;
     control
-        .execute(&format!(
-            "INSERT INTO jobs (id, kind, project_id, status, attempt, max_attempts, payload, \
-             warnings, enqueued_at, cancel_requested) \
-             VALUES ('job-old-verify', 'verify', NULL, 'pending', 0, 3, \
-             '{{\"backupId\":\"{backup_id}\"}}', '[]', '2026-01-01T00:00:00.000000+00:00', false); \
-             DELETE FROM seaql_migrations WHERE version LIKE '%_000007_%'"
-        ))
+        .execute("DELETE FROM seaql_migrations WHERE version LIKE '%_000007_%'")
         .await;
     drop(control);
     app.restart();
     hidden_from(&app, &key, "job-old-verify").await;
-    let (_, old) = app.get_json("/api/v1/jobs/job-old-verify").await;
+    let (_, old) = app.jobs().get("job-old-verify").await;
     assert_eq!(old["projectId"], "theirs", "{old}");
 }

@@ -127,15 +127,13 @@ async fn a_completed_backup_shows_in_the_metrics(deployment: Deployment) {
     let project = make_project().await;
     register(app, &project, "metrics-p").await;
     let (status, body) = app
-        .post_json(
-            "/api/v1/backups",
-            &json!({"projectId": "metrics-p", "type": "config"}),
-        )
+        .backups()
+        .create(json!({"projectId": "metrics-p", "type": "config"}))
         .await;
     assert_eq!(status, 200, "{body}");
     let backup = &body["backup"];
     assert_eq!(backup["status"], "completed");
-    let (_, jobs) = app.get_json("/api/v1/jobs?kind=backup").await;
+    let (_, jobs) = app.jobs().list("kind=backup").await;
     let job = &jobs["jobs"][0];
     assert_eq!(job["status"], "completed", "{jobs}");
 
@@ -306,10 +304,8 @@ async fn a_job_without_a_worker_is_queued() {
         Some(0.0)
     );
     let (status, accepted) = app
-        .post_json(
-            "/api/v1/backups?async=true",
-            &json!({"projectId": "waiting", "type": "config"}),
-        )
+        .backups()
+        .start(json!({"projectId": "waiting", "type": "config"}))
         .await;
     assert_eq!(status, 202, "{accepted}");
 

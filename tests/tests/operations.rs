@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use supascale_tests::{
-    Backend, Launch, RedisServer, TempDatabase, TestApp, both_backends, start, status_and_body,
+    Backend, Launch, RedisServer, SendJson, TempDatabase, TestApp, both_backends, start,
 };
 
 both_backends!(
@@ -18,11 +18,9 @@ both_backends!(
 
 async fn health_and_readiness_answer(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let (status, body) =
-        status_and_body(app.client.get(app.url("/healthz")).send().await.unwrap()).await;
+    let (status, body) = app.anonymous().get_json("/healthz").await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
-    let (status, body) =
-        status_and_body(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
+    let (status, body) = app.anonymous().get_json("/readyz").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["database"], "ok");
 }
@@ -38,24 +36,13 @@ async fn errors_outside_endpoints_have_the_contract_shape(backend: Backend) {
         (status, body),
         (404, json!({"success": false, "error": "Not found"}))
     );
-    let (status, body) = status_and_body(
-        app.client
-            .get(app.url("/no/such/route"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app.anonymous().get_json("/no/such/route").await;
     assert_eq!((status, body["success"].clone()), (404, json!(false)));
-    let (status, body) = status_and_body(
-        app.client
-            .put(app.url("/api/v1/backups"))
-            .header("X-API-Key", &app.admin_key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app
+        .as_admin()
+        .request(reqwest::Method::PUT, "/api/v1/backups")
+        .send_json()
+        .await;
     assert_eq!(
         (status, body),
         (
@@ -64,7 +51,7 @@ async fn errors_outside_endpoints_have_the_contract_shape(backend: Backend) {
         )
     );
     let big = json!({"id": "x", "name": "y".repeat(5000), "rootDir": "/srv/x"});
-    let (status, body) = app.post_json("/api/v1/projects", &big).await;
+    let (status, body) = app.projects().register(big.clone()).await;
     assert_eq!(
         (status, body),
         (
@@ -86,7 +73,7 @@ async fn errors_outside_endpoints_have_the_contract_shape(backend: Backend) {
         Ok(response) => assert_eq!(response.status(), 413),
         Err(e) => assert!(e.is_request(), "{e:?}"),
     }
-    let (_, body) = app.get_json("/api/v1/projects").await;
+    let (_, body) = app.projects().list().await;
     assert_eq!(body["pagination"]["total"], 0);
 }
 
@@ -181,12 +168,10 @@ async fn readiness_fails_when_redis_goes_away() {
         Launch::default().env("SUPASCALE_REDIS_URL", redis.url()),
     )
     .await;
-    let (status, body) =
-        status_and_body(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
+    let (status, body) = app.anonymous().get_json("/readyz").await;
     assert_eq!(status, 200, "{body}");
     redis.stop();
-    let (status, body) =
-        status_and_body(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
+    let (status, body) = app.anonymous().get_json("/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["success"], false);
     assert!(body["error"].as_str().unwrap().contains("Redis"), "{body}");

@@ -55,19 +55,15 @@ async fn a_full_backup_of_the_reference_project_opens_with_standard_tools() {
     assert!(!project.objects.is_empty());
     let app = TestApp::spawn(Backend::Sqlite).await;
     let (status, body) = app
-        .post_json(
-            "/api/v1/projects",
-            &json!({"id": "ref", "name": "Reference ✓",
+        .projects()
+        .register(json!({"id": "ref", "name": "Reference ✓",
                 "rootDir": project.root.path().to_str().unwrap(),
-                "databaseUrl": project.database.url}),
-        )
+                "databaseUrl": project.database.url}))
         .await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = app
-        .post_json(
-            "/api/v1/backups",
-            &json!({"projectId": "ref", "type": "full"}),
-        )
+        .backups()
+        .create(json!({"projectId": "ref", "type": "full"}))
         .await;
     assert_eq!(status, 200, "{body}");
     let id = body["backup"]["id"].as_str().unwrap();
