@@ -914,45 +914,10 @@ pub(super) struct Unpacked {
 /// Reads every entry, stages those of the wanted components and checks
 /// each file against the manifest.
 pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<Unpacked, JobError> {
-    let corrupt = |e: std::io::Error| {
-        JobError::Abort(format!(
-            "the artifact cannot be read (corrupt or truncated): {e}"
-        ))
-    };
     let mut archive = tar::Archive::new(reader);
-    let own = Options {
-        // A backup of a real project may hold absolute links; it is ours.
-        symlinks: SymlinkPolicy::KeepAsIs,
-        ..Options::default()
-    };
-    let mut storage: Option<StagedTree> = None;
-    let mut functions: Option<StagedTree> = None;
-    let mut config: Option<StagedFiles> = None;
-    let mut dump: Option<SpooledDump> = None;
-    let mut roles: Option<String> = None;
+    let mut staged = Staging::default();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut files = 0u64;
-    let stage_error = |e: supascale_shared::restore::staging::StageError| match e {
-        supascale_shared::restore::staging::StageError::Io { source, .. }
-            if supascale_shared::disk::is_out_of_space(&source) =>
-        {
-            io_error(source)
-        }
-        other => JobError::Abort(other.to_string()),
-    };
-    // Out of space while spooling is ours to say, not a corrupt artifact.
-    let spooling = |e: std::io::Error| {
-        if supascale_shared::disk::is_out_of_space(&e) {
-            io_error(e)
-        } else {
-            corrupt(e)
-        }
-    };
-    let disk = |area| DiskReserve {
-        area,
-        reserve: plan.reserve,
-        free: None,
-    };
     for entry in archive.entries().map_err(corrupt)? {
         if plan.stop.load(Ordering::Relaxed) {
             return Err(JobError::Cancelled);
@@ -983,103 +948,8 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
             .unwrap_or("")
             .trim_start_matches('/')
             .to_string();
-        let added = match component.as_str() {
-            "storage" | "functions" | "config" if !plan.stage => {
-                let kind = entry.header().entry_type();
-                if kind.is_file() {
-                    let (size, sha256) =
-                        copy_hashed(&mut entry, std::io::sink()).map_err(corrupt)?;
-                    Added::File { size, sha256 }
-                } else if kind.is_dir() {
-                    Added::Dir
-                } else if kind.is_symlink() {
-                    Added::Symlink {
-                        target: entry
-                            .link_name()
-                            .map_err(corrupt)?
-                            .map(|l| l.into_owned())
-                            .unwrap_or_default(),
-                    }
-                } else {
-                    Added::HardLink {
-                        to: PathBuf::from("?"),
-                    }
-                }
-            }
-            "database" => match rest.as_str() {
-                "database.dump" => {
-                    let spooled = SpooledDump {
-                        path: plan.spool.clone(),
-                    };
-                    let spool_dir = plan.spool.parent().unwrap_or(Path::new("/"));
-                    let mut guard = DiskGuard::new(spool_dir, TEMPORARY_AREA, plan.reserve);
-                    guard.expect(entry.size()).map_err(io_error)?;
-                    let file = GuardedWriter {
-                        inner: supascale_shared::private_fs::create_file(&spooled.path)
-                            .map_err(io_error)?,
-                        guard,
-                    };
-                    let (size, sha256) = copy_hashed(&mut entry, file).map_err(spooling)?;
-                    dump = Some(spooled);
-                    Added::File { size, sha256 }
-                }
-                "roles.sql" => {
-                    let mut text = Vec::new();
-                    let (size, sha256) = copy_hashed(&mut entry, &mut text).map_err(corrupt)?;
-                    roles = Some(String::from_utf8_lossy(&text).into_owned());
-                    Added::File { size, sha256 }
-                }
-                _ => continue,
-            },
-            "storage" | "functions" => {
-                let (slot, target, area) = if component == "storage" {
-                    (&mut storage, &plan.storage, STORAGE_AREA)
-                } else {
-                    (&mut functions, &plan.functions, FUNCTIONS_AREA)
-                };
-                if slot.is_none() {
-                    let options = Options {
-                        archive_prefix: Some(PathBuf::from(&component)),
-                        drop_exec_bits: component == "storage",
-                        limits: Limits {
-                            disk: Some(disk(area)),
-                            ..Limits::default()
-                        },
-                        ..own.clone()
-                    };
-                    *slot = Some(
-                        StagedTree::begin_with(target, &plan.job_id, options).map_err(io_error)?,
-                    );
-                }
-                let tree = slot.as_mut().expect("just set");
-                tree.add(Path::new(&rest), &mut entry)
-                    .map_err(stage_error)?
-            }
-            "config" => {
-                if rest.is_empty() {
-                    continue;
-                }
-                if config.is_none() {
-                    let options = Options {
-                        limits: Limits {
-                            disk: Some(disk(CONFIG_AREA)),
-                            ..Limits::default()
-                        },
-                        ..own.clone()
-                    };
-                    config =
-                        Some(StagedFiles::begin_with(&plan.job_id, options).map_err(io_error)?);
-                }
-                let files = config.as_mut().expect("just set");
-                let (base, relative) = match rest.strip_prefix("extra/") {
-                    Some(absolute) => (PathBuf::from("/"), absolute.to_string()),
-                    None => (plan.root.clone(), rest.clone()),
-                };
-                files
-                    .add(&base, Path::new(&relative), &mut entry)
-                    .map_err(stage_error)?
-            }
-            _ => continue,
+        let Some(added) = staged.add(&plan, &component, &rest, &mut entry)? else {
+            continue;
         };
         // Each entry must be what the manifest says it is, once: a file
         // with its bytes, a link to its target, a folder. Our builder never
@@ -1089,32 +959,232 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
                 "{path} appears twice in the artifact"
             )));
         }
-        let matches = match &added {
-            Added::File { size, sha256 } => {
-                if expected.kind == "file"
-                    && (Some(sha256) != expected.sha256.as_ref() || *size != expected.size)
-                {
-                    return Err(JobError::Abort(format!("checksum mismatch in {path}")));
-                }
-                expected.kind == "file"
-            }
-            Added::Dir => expected.kind == "dir",
-            Added::Symlink { target } => {
-                expected.kind == "symlink"
-                    && expected.link.as_deref() == Some(target.to_string_lossy().as_ref())
-            }
-            Added::HardLink { .. } => false,
-        };
-        if !matches {
-            return Err(JobError::Abort(format!(
-                "{path} in the artifact is not the {} its manifest lists",
-                expected.kind
-            )));
-        }
+        check_against_manifest(&path, expected, &added)?;
         if matches!(added, Added::File { .. }) {
             files += 1;
         }
     }
+    check_nothing_lacking(&plan, &seen)?;
+    staged.finish(files)
+}
+
+/// What the pass has staged and spooled so far; dropping it removes it.
+#[derive(Default)]
+struct Staging {
+    storage: Option<StagedTree>,
+    functions: Option<StagedTree>,
+    config: Option<StagedFiles>,
+    dump: Option<SpooledDump>,
+    roles: Option<String>,
+}
+
+impl Staging {
+    /// What one entry of `component` became; `None` for an entry the pass
+    /// leaves out. `rest` is its path without the component.
+    fn add<R: Read>(
+        &mut self,
+        plan: &UnpackPlan,
+        component: &str,
+        rest: &str,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<Option<Added>, JobError> {
+        match component {
+            "storage" | "functions" | "config" if !plan.stage => only_checked(entry).map(Some),
+            "database" => self.add_database(plan, rest, entry),
+            "storage" | "functions" => self.add_tree(plan, component, rest, entry).map(Some),
+            "config" => self.add_config(plan, rest, entry),
+            _ => Ok(None),
+        }
+    }
+
+    /// Spools the dump (checked or not: `pg_restore -l` reads it) and keeps
+    /// the roles' SQL.
+    fn add_database<R: Read>(
+        &mut self,
+        plan: &UnpackPlan,
+        rest: &str,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<Option<Added>, JobError> {
+        match rest {
+            "database.dump" => {
+                let spooled = SpooledDump {
+                    path: plan.spool.clone(),
+                };
+                let spool_dir = plan.spool.parent().unwrap_or(Path::new("/"));
+                let mut guard = DiskGuard::new(spool_dir, TEMPORARY_AREA, plan.reserve);
+                guard.expect(entry.size()).map_err(io_error)?;
+                let file = GuardedWriter {
+                    inner: supascale_shared::private_fs::create_file(&spooled.path)
+                        .map_err(io_error)?,
+                    guard,
+                };
+                let (size, sha256) = copy_hashed(entry, file).map_err(spooling)?;
+                self.dump = Some(spooled);
+                Ok(Some(Added::File { size, sha256 }))
+            }
+            "roles.sql" => {
+                let mut text = Vec::new();
+                let (size, sha256) = copy_hashed(entry, &mut text).map_err(corrupt)?;
+                self.roles = Some(String::from_utf8_lossy(&text).into_owned());
+                Ok(Some(Added::File { size, sha256 }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Stages an entry of storage or functions beside its target folder.
+    fn add_tree<R: Read>(
+        &mut self,
+        plan: &UnpackPlan,
+        component: &str,
+        rest: &str,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<Added, JobError> {
+        let (slot, target, area) = if component == "storage" {
+            (&mut self.storage, &plan.storage, STORAGE_AREA)
+        } else {
+            (&mut self.functions, &plan.functions, FUNCTIONS_AREA)
+        };
+        if slot.is_none() {
+            let options = Options {
+                archive_prefix: Some(PathBuf::from(component)),
+                drop_exec_bits: component == "storage",
+                limits: Limits {
+                    disk: Some(plan.disk(area)),
+                    ..Limits::default()
+                },
+                ..own()
+            };
+            *slot = Some(StagedTree::begin_with(target, &plan.job_id, options).map_err(io_error)?);
+        }
+        let tree = slot.as_mut().expect("just set");
+        tree.add(Path::new(rest), entry).map_err(stage_error)
+    }
+
+    /// Stages a config file beside itself: in the project's folder, or at
+    /// its absolute path for `config/extra/…`.
+    fn add_config<R: Read>(
+        &mut self,
+        plan: &UnpackPlan,
+        rest: &str,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<Option<Added>, JobError> {
+        if rest.is_empty() {
+            return Ok(None);
+        }
+        if self.config.is_none() {
+            let options = Options {
+                limits: Limits {
+                    disk: Some(plan.disk(CONFIG_AREA)),
+                    ..Limits::default()
+                },
+                ..own()
+            };
+            self.config = Some(StagedFiles::begin_with(&plan.job_id, options).map_err(io_error)?);
+        }
+        let files = self.config.as_mut().expect("just set");
+        let (base, relative) = match rest.strip_prefix("extra/") {
+            Some(absolute) => (PathBuf::from("/"), absolute.to_string()),
+            None => (plan.root.clone(), rest.to_string()),
+        };
+        files
+            .add(&base, Path::new(&relative), entry)
+            .map(Some)
+            .map_err(stage_error)
+    }
+
+    /// The staged trees finished, ready to swap in.
+    fn finish(self, files: u64) -> Result<Unpacked, JobError> {
+        let finish = |tree: Option<StagedTree>| -> Result<Option<Ready>, JobError> {
+            tree.map(|t| t.finish().map_err(io_error)).transpose()
+        };
+        Ok(Unpacked {
+            dump: self.dump,
+            files,
+            roles: self.roles,
+            storage: finish(self.storage)?,
+            functions: finish(self.functions)?,
+            config: self.config,
+        })
+    }
+}
+
+impl UnpackPlan {
+    /// The disk reserve kept in `area` while staging.
+    fn disk(&self, area: &'static str) -> DiskReserve {
+        DiskReserve {
+            area,
+            reserve: self.reserve,
+            free: None,
+        }
+    }
+}
+
+/// The staging options of every component.
+fn own() -> Options {
+    Options {
+        // A backup of a real project may hold absolute links; it is ours.
+        symlinks: SymlinkPolicy::KeepAsIs,
+        ..Options::default()
+    }
+}
+
+/// What a file, folder or link entry is, read but staged nowhere (verify).
+fn only_checked<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Added, JobError> {
+    let kind = entry.header().entry_type();
+    Ok(if kind.is_file() {
+        let (size, sha256) = copy_hashed(entry, std::io::sink()).map_err(corrupt)?;
+        Added::File { size, sha256 }
+    } else if kind.is_dir() {
+        Added::Dir
+    } else if kind.is_symlink() {
+        Added::Symlink {
+            target: entry
+                .link_name()
+                .map_err(corrupt)?
+                .map(|l| l.into_owned())
+                .unwrap_or_default(),
+        }
+    } else {
+        Added::HardLink {
+            to: PathBuf::from("?"),
+        }
+    })
+}
+
+/// The entry at `path` became what the manifest lists there.
+fn check_against_manifest(
+    path: &str,
+    expected: &ManifestEntry,
+    added: &Added,
+) -> Result<(), JobError> {
+    let matches = match added {
+        Added::File { size, sha256 } => {
+            if expected.kind == "file"
+                && (Some(sha256) != expected.sha256.as_ref() || *size != expected.size)
+            {
+                return Err(JobError::Abort(format!("checksum mismatch in {path}")));
+            }
+            expected.kind == "file"
+        }
+        Added::Dir => expected.kind == "dir",
+        Added::Symlink { target } => {
+            expected.kind == "symlink"
+                && expected.link.as_deref() == Some(target.to_string_lossy().as_ref())
+        }
+        Added::HardLink { .. } => false,
+    };
+    if !matches {
+        return Err(JobError::Abort(format!(
+            "{path} in the artifact is not the {} its manifest lists",
+            expected.kind
+        )));
+    }
+    Ok(())
+}
+
+/// Every file the manifest lists for the wanted components was `seen`.
+fn check_nothing_lacking(plan: &UnpackPlan, seen: &BTreeSet<String>) -> Result<(), JobError> {
     for (path, entry) in &plan.entries {
         let component = path.split('/').next().unwrap_or("");
         if plan.wanted.contains(component)
@@ -1128,17 +1198,33 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
             )));
         }
     }
-    let finish = |tree: Option<StagedTree>| -> Result<Option<Ready>, JobError> {
-        tree.map(|t| t.finish().map_err(io_error)).transpose()
-    };
-    Ok(Unpacked {
-        dump,
-        files,
-        roles,
-        storage: finish(storage)?,
-        functions: finish(functions)?,
-        config,
-    })
+    Ok(())
+}
+
+fn corrupt(e: std::io::Error) -> JobError {
+    JobError::Abort(format!(
+        "the artifact cannot be read (corrupt or truncated): {e}"
+    ))
+}
+
+/// Out of space while spooling is ours to say, not a corrupt artifact.
+fn spooling(e: std::io::Error) -> JobError {
+    if supascale_shared::disk::is_out_of_space(&e) {
+        io_error(e)
+    } else {
+        corrupt(e)
+    }
+}
+
+fn stage_error(e: supascale_shared::restore::staging::StageError) -> JobError {
+    match e {
+        supascale_shared::restore::staging::StageError::Io { source, .. }
+            if supascale_shared::disk::is_out_of_space(&source) =>
+        {
+            io_error(source)
+        }
+        other => JobError::Abort(other.to_string()),
+    }
 }
 
 /// Copies `reader` to `sink`, returning the size and SHA-256 of the bytes.
