@@ -43,11 +43,11 @@ use supascale_shared::jobs::destination_error;
 use supascale_shared::jobs::io_error;
 use supascale_shared::jobs::params::{COMPONENTS, RestorePayload};
 use supascale_shared::pgtools::child;
-use supascale_shared::project_folders::{Create, PinnedDir};
+use supascale_shared::project_folders::{Create, PinnedDir, PinnedFolders};
 use supascale_shared::restore::database::{self, DatabaseRestore, TargetFacts};
 use supascale_shared::restore::source;
 use supascale_shared::restore::staging::{
-    Added, DiskReserve, Limits, Options, Ready, StagedFiles, StagedTree, SwappedFiles,
+    Added, DiskReserve, Limits, Options, Ready, StagedFiles, StagedTree, Swapped, SwappedFiles,
     SymlinkPolicy,
 };
 
@@ -127,114 +127,301 @@ async fn restore_backup(
     force: bool,
     reporter: &Reporter,
 ) -> Result<Vec<String>, JobError> {
-    let backup_row = backup::Entity::find_by_id(row.backup_id.clone())
-        .one(&ctx.db)
-        .await
-        .map_err(JobError::from)?
-        .ok_or_else(|| JobError::Abort("Backup not found".into()))?;
-    let target = project::Entity::find_by_id(row.project_id.clone())
-        .one(&ctx.db)
-        .await
-        .map_err(JobError::from)?
-        .ok_or_else(|| JobError::Abort("Project not found".into()))?;
-    let manifest: Manifest = backup_row
-        .manifest
-        .as_deref()
-        .and_then(|m| serde_json::from_str(m).ok())
-        .ok_or_else(|| JobError::Abort("the backup has no manifest".into()))?;
-    let wanted: Vec<String> = serde_json::from_str(&row.restore_types)
-        .map_err(|e| JobError::Abort(format!("bad restore types: {e}")))?;
-    let wanted: Vec<&'static str> = COMPONENTS
-        .iter()
-        .copied()
-        .filter(|c| wanted.iter().any(|w| w == c))
-        .collect();
-    if let Some(missing) = wanted
-        .iter()
-        .find(|c| !manifest.meta.components.iter().any(|m| m == *c))
-    {
-        return Err(JobError::Abort(format!(
-            "Backup does not contain: {missing}"
-        )));
-    }
-    // The project's folders, opened beneath its root now: everything below
-    // goes through them (`/proc/self/fd/…`), never the stored paths again.
-    // A folder to restore that does not exist yet is created beneath the
-    // root, one `mkdirat` at a time.
-    let folders = if wanted.iter().any(|c| *c != "database") {
-        let create = Create {
-            storage: wanted.contains(&"storage"),
-            functions: wanted.contains(&"functions"),
-        };
-        Some(
-            supascale_shared::project_folders::FolderRules::from_config(&ctx.config)
-                .pin(&target, create)
-                .map_err(JobError::Abort)?,
-        )
-    } else {
-        None
+    let request = Request::load(ctx, row).await?;
+    let run = Restoring {
+        ctx,
+        job,
+        force,
+        reporter,
+        total: request.wanted.len() as u32 + 2,
     };
-    let pinned = |dir: Option<&PinnedDir>, stored: &str| match dir {
-        Some(dir) => dir.path(),
-        None => PathBuf::from(stored),
-    };
-    let root_dir = pinned(folders.as_ref().map(|f| &f.root), &target.root_dir);
-    let storage_dir = pinned(
-        folders.as_ref().and_then(|f| f.storage.as_ref()),
-        &target.storage_dir,
-    );
-    let functions_dir = pinned(
-        folders.as_ref().and_then(|f| f.functions.as_ref()),
-        &target.functions_dir,
-    );
-    let total = wanted.len() as u32 + 2;
     let mut warnings: Vec<String> = Vec::new();
 
     // 1. What can be known before reading the artifact.
     reporter
-        .step("check", "Checking the backup and the target", 1, total)
+        .step("check", "Checking the backup and the target", 1, run.total)
         .await;
-    let (key, compression) = artifact_of(&backup_row);
-    let destination = ctx
-        .destinations
-        .get(&backup_row.destination)
-        .map_err(|e| JobError::Abort(e.to_string()))?
-        .clone();
-    let recorded = backup_row.size.max(0) as u64;
-    match destination.stat(&key).await {
-        Ok(Some(stored)) if stored.size == recorded => {}
-        Ok(Some(stored)) => {
-            return Err(JobError::Abort(format!(
-                "the artifact on {} has {} bytes, not the {recorded} recorded",
-                backup_row.destination, stored.size
-            )));
-        }
-        Ok(None) => {
-            return Err(JobError::Abort(format!(
-                "the backup's artifact is missing from destination {}",
-                backup_row.destination
-            )));
-        }
-        Err(e) => return Err(destination_error(&e)),
+    let Prepared {
+        artifact,
+        plan,
+        database,
+    } = run.prepare(&request, &mut warnings).await?;
+    if reporter.is_cancelled() {
+        return Err(JobError::Cancelled);
     }
-    let identities = if backup_row.encrypted {
-        let identities = ctx
-            .config
-            .identities()
-            .map_err(|e| JobError::Abort(e.to_string()))?;
-        if identities.is_empty() {
-            return Err(JobError::Abort(
-                "Backup is encrypted and no decryption key is configured".into(),
-            ));
+
+    // 2. One pass over the artifact.
+    reporter
+        .step("read", "Reading and checking the artifact", 2, run.total)
+        .await;
+    warnings.extend(request.extra_config_left_out());
+    let unpacked = read_artifact(artifact, plan, reporter).await?;
+    warnings.extend(
+        request
+            .manifest
+            .warnings
+            .iter()
+            .map(|w| format!("At backup time: {w}")),
+    );
+
+    // 3. The database, up to its commit.
+    let mut step = 3;
+    let loaded = run
+        .load_database(database.as_ref(), &unpacked, &mut step)
+        .await?;
+
+    // 4. Files in, then the commit; any failure puts everything back.
+    run.swap_in(unpacked, loaded, database.as_ref(), step, &mut warnings)
+        .await?;
+    if request.wanted.contains(&"database") {
+        run.post_restore_step(&request.target, &mut warnings).await;
+    }
+    for warning in &warnings {
+        reporter.warning(warning).await;
+    }
+    Ok(warnings)
+}
+
+/// What every phase of one restore reads.
+struct Restoring<'a> {
+    ctx: &'a JobContext,
+    job: &'a job::Model,
+    force: bool,
+    reporter: &'a Reporter,
+    /// Steps the events count: one per component, plus checking and
+    /// reading.
+    total: u32,
+}
+
+/// The rows a restore works from, and the target's folders.
+struct Request {
+    backup: backup::Model,
+    target: project::Model,
+    manifest: Manifest,
+    /// The components to restore, in [`COMPONENTS`] order.
+    wanted: Vec<&'static str>,
+    /// Open until the restore ends: the three paths below go through them.
+    folders: Option<PinnedFolders>,
+    root_dir: PathBuf,
+    storage_dir: PathBuf,
+    functions_dir: PathBuf,
+}
+
+/// What phase 1 found, for the phases after it.
+struct Prepared {
+    /// The pass over the artifact (phase 2).
+    artifact: Artifact,
+    plan: UnpackPlan,
+    /// Set when the database is restored.
+    database: Option<DatabaseTarget>,
+}
+
+/// The target database, as phase 1 checked it.
+struct DatabaseTarget {
+    url: String,
+    facts: TargetFacts,
+    /// The backup's PostgreSQL major version (the target's if unknown).
+    backup_major: u32,
+}
+
+impl Request {
+    /// Reads the rows and pins the target's folders.
+    async fn load(ctx: &JobContext, row: &restore::Model) -> Result<Request, JobError> {
+        let backup_row = backup::Entity::find_by_id(row.backup_id.clone())
+            .one(&ctx.db)
+            .await
+            .map_err(JobError::from)?
+            .ok_or_else(|| JobError::Abort("Backup not found".into()))?;
+        let target = project::Entity::find_by_id(row.project_id.clone())
+            .one(&ctx.db)
+            .await
+            .map_err(JobError::from)?
+            .ok_or_else(|| JobError::Abort("Project not found".into()))?;
+        let manifest: Manifest = backup_row
+            .manifest
+            .as_deref()
+            .and_then(|m| serde_json::from_str(m).ok())
+            .ok_or_else(|| JobError::Abort("the backup has no manifest".into()))?;
+        let wanted: Vec<String> = serde_json::from_str(&row.restore_types)
+            .map_err(|e| JobError::Abort(format!("bad restore types: {e}")))?;
+        let wanted: Vec<&'static str> = COMPONENTS
+            .iter()
+            .copied()
+            .filter(|c| wanted.iter().any(|w| w == c))
+            .collect();
+        if let Some(missing) = wanted
+            .iter()
+            .find(|c| !manifest.meta.components.iter().any(|m| m == *c))
+        {
+            return Err(JobError::Abort(format!(
+                "Backup does not contain: {missing}"
+            )));
         }
-        identities
-    } else {
-        Vec::new()
+        let folders = pin_folders(ctx, &target, &wanted)?;
+        let pinned = |dir: Option<&PinnedDir>, stored: &str| match dir {
+            Some(dir) => dir.path(),
+            None => PathBuf::from(stored),
+        };
+        let root_dir = pinned(folders.as_ref().map(|f| &f.root), &target.root_dir);
+        let storage_dir = pinned(
+            folders.as_ref().and_then(|f| f.storage.as_ref()),
+            &target.storage_dir,
+        );
+        let functions_dir = pinned(
+            folders.as_ref().and_then(|f| f.functions.as_ref()),
+            &target.functions_dir,
+        );
+        Ok(Request {
+            backup: backup_row,
+            target,
+            manifest,
+            wanted,
+            folders,
+            root_dir,
+            storage_dir,
+            functions_dir,
+        })
+    }
+
+    /// The warning for a cross-project restore of config whose backup holds
+    /// extra config paths, which are left out.
+    fn extra_config_left_out(&self) -> Option<String> {
+        let (backup_row, target) = (&self.backup, &self.target);
+        let left_out = self.wanted.contains(&"config")
+            && backup_row.project_id != target.id
+            && self
+                .manifest
+                .entries
+                .iter()
+                .any(|e| e.path.starts_with("config/extra/"));
+        left_out.then(|| {
+            format!(
+                "The backup's extra config paths (outside project {}'s folder) were not restored \
+                 into project {}: they are {}'s own",
+                backup_row.project_id, target.id, backup_row.project_id
+            )
+        })
+    }
+}
+
+/// The project's folders, opened beneath its root now: everything below
+/// goes through them (`/proc/self/fd/…`), never the stored paths again.
+/// A folder to restore that does not exist yet is created beneath the
+/// root, one `mkdirat` at a time.
+fn pin_folders(
+    ctx: &JobContext,
+    target: &project::Model,
+    wanted: &[&'static str],
+) -> Result<Option<PinnedFolders>, JobError> {
+    if !wanted.iter().any(|c| *c != "database") {
+        return Ok(None);
+    }
+    let create = Create {
+        storage: wanted.contains(&"storage"),
+        functions: wanted.contains(&"functions"),
     };
-    let restores_database = wanted.contains(&"database");
-    let mut database_target: Option<(String, TargetFacts)> = None;
-    if restores_database {
-        let url = ctx
+    supascale_shared::project_folders::FolderRules::from_config(&ctx.config)
+        .pin(target, create)
+        .map(Some)
+        .map_err(JobError::Abort)
+}
+
+impl Restoring<'_> {
+    /// Phase 1: every check that needs no artifact, what a dead attempt of
+    /// this job left put right, and the plan for the pass.
+    async fn prepare(
+        &self,
+        request: &Request,
+        warnings: &mut Vec<String>,
+    ) -> Result<Prepared, JobError> {
+        let (ctx, job) = (self.ctx, self.job);
+        let artifact = self.stored_artifact(&request.backup).await?;
+        let database = if request.wanted.contains(&"database") {
+            Some(self.database_target(request).await?)
+        } else {
+            None
+        };
+        warnings.extend(self.recover_dead_attempts(request)?);
+        let spool_dir = ctx.config.data_dir.join("tmp");
+        supascale_shared::private_fs::create_dir_all(&spool_dir).map_err(io_error)?;
+        self.check_disk(request, &spool_dir)?;
+        let plan = UnpackPlan {
+            wanted: request.wanted.iter().map(|c| c.to_string()).collect(),
+            entries: entries_by_path(&request.manifest),
+            root: request.root_dir.clone(),
+            storage: request.storage_dir.clone(),
+            functions: request.functions_dir.clone(),
+            spool: spool_dir.join(format!("{}.restore.dump", job.id)),
+            job_id: job.id.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            stage: true,
+            skip_extra_config: request.backup.project_id != request.target.id,
+            reserve: ctx.config.disk_reserve_bytes,
+        };
+        Ok(Prepared {
+            artifact,
+            plan,
+            database,
+        })
+    }
+
+    /// The backup's artifact: on its destination with its recorded size,
+    /// and a key to decrypt it if it is encrypted.
+    async fn stored_artifact(&self, backup_row: &backup::Model) -> Result<Artifact, JobError> {
+        let ctx = self.ctx;
+        let (key, compression) = artifact_of(backup_row);
+        let destination = ctx
+            .destinations
+            .get(&backup_row.destination)
+            .map_err(|e| JobError::Abort(e.to_string()))?
+            .clone();
+        let recorded = backup_row.size.max(0) as u64;
+        match destination.stat(&key).await {
+            Ok(Some(stored)) if stored.size == recorded => {}
+            Ok(Some(stored)) => {
+                return Err(JobError::Abort(format!(
+                    "the artifact on {} has {} bytes, not the {recorded} recorded",
+                    backup_row.destination, stored.size
+                )));
+            }
+            Ok(None) => {
+                return Err(JobError::Abort(format!(
+                    "the backup's artifact is missing from destination {}",
+                    backup_row.destination
+                )));
+            }
+            Err(e) => return Err(destination_error(&e)),
+        }
+        let identities = if backup_row.encrypted {
+            let identities = ctx
+                .config
+                .identities()
+                .map_err(|e| JobError::Abort(e.to_string()))?;
+            if identities.is_empty() {
+                return Err(JobError::Abort(
+                    "Backup is encrypted and no decryption key is configured".into(),
+                ));
+            }
+            identities
+        } else {
+            Vec::new()
+        };
+        Ok(Artifact {
+            destination,
+            key,
+            size: recorded,
+            compression,
+            encrypted: backup_row.encrypted,
+            identities,
+        })
+    }
+
+    /// The target database answers, its role may restore, its major
+    /// version is not older than the backup's.
+    async fn database_target(&self, request: &Request) -> Result<DatabaseTarget, JobError> {
+        let (target, job) = (&request.target, self.job);
+        let url = self
+            .ctx
             .master_key
             .decrypt(&target.database_url_enc)
             .map_err(|e| JobError::Abort(e.to_string()))?;
@@ -244,10 +431,11 @@ async fn restore_backup(
         if let Some(missing) = database::missing_privilege(&facts) {
             return Err(JobError::Abort(missing));
         }
-        if let Some(problem) = database::identity_problem(&facts, force) {
+        if let Some(problem) = database::identity_problem(&facts, self.force) {
             return Err(JobError::Abort(format!("Project {}: {problem}", target.id)));
         }
-        let backup_major = manifest
+        let backup_major = request
+            .manifest
             .meta
             .postgres_version
             .as_deref()
@@ -262,273 +450,279 @@ async fn restore_backup(
         if job.attempt > 1 {
             child::end_leftover_sessions(&url, &job.id).await;
         }
-        database_target = Some((url, facts));
+        Ok(DatabaseTarget {
+            url,
+            facts,
+            backup_major,
+        })
     }
-    // A previous attempt of this job that died left its staging folders
-    // (and, if it died between swapping its files in and committing, the
-    // content it replaced): this attempt does the whole restore again.
-    for dir in folders
-        .iter()
-        .flat_map(|f| [&f.storage, &f.functions])
-        .flatten()
-    {
-        warnings.extend(
-            supascale_shared::restore::staging::recover_dead_attempt(
-                &dir.path(),
-                &job.id,
-                "restore",
-            )
-            .map_err(io_error)?,
-        );
-    }
-    // The same for config files, staged beside themselves.
-    let extra: Vec<String> = serde_json::from_str(&target.config_paths).unwrap_or_default();
-    for dir in supascale_shared::domain::config_dirs(&root_dir, &extra) {
-        for (owner, path, old) in supascale_shared::restore::staging::file_leftovers_by_job(&dir) {
-            if owner != job.id {
-                continue;
-            }
-            if old {
-                supascale_shared::restore::staging::put_back_file(&path).map_err(io_error)?;
-            } else {
-                std::fs::remove_file(&path).map_err(io_error)?;
+
+    /// Returns the warnings of putting back what dead attempts left.
+    fn recover_dead_attempts(&self, request: &Request) -> Result<Vec<String>, JobError> {
+        let job = self.job;
+        let mut warnings = Vec::new();
+        // A previous attempt of this job that died left its staging folders
+        // (and, if it died between swapping its files in and committing, the
+        // content it replaced): this attempt does the whole restore again.
+        for dir in request
+            .folders
+            .iter()
+            .flat_map(|f| [&f.storage, &f.functions])
+            .flatten()
+        {
+            warnings.extend(
+                supascale_shared::restore::staging::recover_dead_attempt(
+                    &dir.path(),
+                    &job.id,
+                    "restore",
+                )
+                .map_err(io_error)?,
+            );
+        }
+        // The same for config files, staged beside themselves.
+        let extra: Vec<String> =
+            serde_json::from_str(&request.target.config_paths).unwrap_or_default();
+        for dir in supascale_shared::domain::config_dirs(&request.root_dir, &extra) {
+            for (owner, path, old) in
+                supascale_shared::restore::staging::file_leftovers_by_job(&dir)
+            {
+                if owner != job.id {
+                    continue;
+                }
+                if old {
+                    supascale_shared::restore::staging::put_back_file(&path).map_err(io_error)?;
+                } else {
+                    std::fs::remove_file(&path).map_err(io_error)?;
+                }
             }
         }
-    }
-    let spool_dir = ctx.config.data_dir.join("tmp");
-    supascale_shared::private_fs::create_dir_all(&spool_dir).map_err(io_error)?;
-    let entries: HashMap<String, ManifestEntry> = manifest
-        .entries
-        .iter()
-        .map(|e| (e.path.trim_end_matches('/').to_string(), e.clone()))
-        .collect();
-    let bytes_of = |prefix: &str| -> u64 {
-        manifest
-            .entries
-            .iter()
-            .filter(|e| e.path.starts_with(prefix))
-            .map(|e| e.size)
-            .sum()
-    };
-    let mut needs = Vec::new();
-    let mut need = |area, path: &Path, bytes| {
-        needs.push(Need {
-            area,
-            path: path.to_path_buf(),
-            bytes,
-        })
-    };
-    if restores_database {
-        need(TEMPORARY_AREA, &spool_dir, bytes_of("database/"));
-    }
-    if wanted.contains(&"storage") {
-        need(STORAGE_AREA, &storage_dir, bytes_of("storage/"));
-    }
-    if wanted.contains(&"functions") {
-        need(FUNCTIONS_AREA, &functions_dir, bytes_of("functions/"));
-    }
-    check_free_space(&needs, ctx.config.disk_reserve_bytes)?;
-    if reporter.is_cancelled() {
-        return Err(JobError::Cancelled);
+        Ok(warnings)
     }
 
-    // 2. One pass over the artifact.
-    reporter
-        .step("read", "Reading and checking the artifact", 2, total)
-        .await;
-    let plan = UnpackPlan {
-        wanted: wanted.iter().map(|c| c.to_string()).collect(),
-        entries,
-        root: root_dir,
-        storage: storage_dir,
-        functions: functions_dir,
-        spool: spool_dir.join(format!("{}.restore.dump", job.id)),
-        job_id: job.id.clone(),
-        stop: Arc::new(AtomicBool::new(false)),
-        stage: true,
-        skip_extra_config: backup_row.project_id != target.id,
-        reserve: ctx.config.disk_reserve_bytes,
-    };
-    let read = Artifact {
-        destination,
-        key,
-        size: recorded,
-        compression,
-        encrypted: backup_row.encrypted,
-        identities,
-    };
-    if wanted.contains(&"config")
-        && backup_row.project_id != target.id
-        && manifest
-            .entries
-            .iter()
-            .any(|e| e.path.starts_with("config/extra/"))
-    {
-        warnings.push(format!(
-            "The backup's extra config paths (outside project {}'s folder) were not restored \
-             into project {}: they are {}'s own",
-            backup_row.project_id, target.id, backup_row.project_id
-        ));
+    /// Room for the spooled dump and the staged files, as the manifest
+    /// counts them.
+    fn check_disk(&self, request: &Request, spool_dir: &Path) -> Result<(), JobError> {
+        let (manifest, wanted) = (&request.manifest, &request.wanted);
+        let bytes_of = |prefix: &str| -> u64 {
+            manifest
+                .entries
+                .iter()
+                .filter(|e| e.path.starts_with(prefix))
+                .map(|e| e.size)
+                .sum()
+        };
+        let mut needs = Vec::new();
+        let mut need = |area, path: &Path, bytes| {
+            needs.push(Need {
+                area,
+                path: path.to_path_buf(),
+                bytes,
+            })
+        };
+        if wanted.contains(&"database") {
+            need(TEMPORARY_AREA, spool_dir, bytes_of("database/"));
+        }
+        if wanted.contains(&"storage") {
+            need(STORAGE_AREA, &request.storage_dir, bytes_of("storage/"));
+        }
+        if wanted.contains(&"functions") {
+            need(
+                FUNCTIONS_AREA,
+                &request.functions_dir,
+                bytes_of("functions/"),
+            );
+        }
+        check_free_space(&needs, self.ctx.config.disk_reserve_bytes)
     }
-    let unpacked = read_artifact(read, plan, reporter).await?;
-    warnings.extend(
-        manifest
-            .warnings
-            .iter()
-            .map(|w| format!("At backup time: {w}")),
-    );
 
-    // 3. The database, up to its commit.
-    let mut step = 3;
-    let loaded = match (&database_target, &unpacked.dump) {
-        (Some((url, facts)), Some(dump)) => {
+    /// Phase 3: loads the dump into `database`, its transaction left open.
+    async fn load_database(
+        &self,
+        database: Option<&DatabaseTarget>,
+        unpacked: &Unpacked,
+        step: &mut u32,
+    ) -> Result<Option<database::Loaded>, JobError> {
+        let (ctx, reporter) = (self.ctx, self.reporter);
+        match (database, &unpacked.dump) {
+            (Some(target), Some(dump)) => {
+                reporter
+                    .step("database", "Restoring the database", *step, self.total)
+                    .await;
+                *step += 1;
+                let restore = DatabaseRestore {
+                    url: &target.url,
+                    job_id: &self.job.id,
+                    dump: &dump.path,
+                    roles_sql: unpacked.roles.as_deref().unwrap_or(""),
+                    facts: &target.facts,
+                    backup_major: target.backup_major,
+                    force: self.force,
+                    lock_timeout: Duration::from_secs(ctx.config.restore_lock_timeout_seconds),
+                    postgres_bin_dirs: ctx.config.postgres_bin_dirs.as_deref(),
+                    mode: database::LoadMode::ReplaceAll,
+                };
+                let loaded = tokio::select! {
+                    loaded = restore.load() => loaded?,
+                    _ = reporter.cancelled() => return Err(JobError::Cancelled),
+                };
+                Ok(Some(loaded))
+            }
+            (Some(_), None) => Err(JobError::Abort(
+                "the artifact holds no database dump".into(),
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    /// Phase 4: swaps the staged files in, then commits the database; any
+    /// failure puts everything back.
+    async fn swap_in(
+        &self,
+        unpacked: Unpacked,
+        loaded: Option<database::Loaded>,
+        database: Option<&DatabaseTarget>,
+        mut step: u32,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), JobError> {
+        let (reporter, total) = (self.reporter, self.total);
+        let Unpacked {
+            storage,
+            functions,
+            config,
+            dump,
+            ..
+        } = unpacked;
+        let mut swapped = SwappedIn::default();
+        let mut failure: Option<JobError> = None;
+        for (name, ready) in [("storage", storage), ("functions", functions)] {
+            let Some(ready) = ready else { continue };
             reporter
-                .step("database", "Restoring the database", step, total)
+                .step(name, &format!("Swapping in {name}"), step, total)
                 .await;
             step += 1;
-            let restore = DatabaseRestore {
-                url,
-                job_id: &job.id,
-                dump: &dump.path,
-                roles_sql: unpacked.roles.as_deref().unwrap_or(""),
-                facts,
-                backup_major: manifest
-                    .meta
-                    .postgres_version
-                    .as_deref()
-                    .and_then(database::major_of_version)
-                    .unwrap_or(facts.major),
-                force,
-                lock_timeout: Duration::from_secs(ctx.config.restore_lock_timeout_seconds),
-                postgres_bin_dirs: ctx.config.postgres_bin_dirs.as_deref(),
-                mode: database::LoadMode::ReplaceAll,
-            };
-            let loaded = tokio::select! {
-                loaded = restore.load() => loaded?,
-                _ = reporter.cancelled() => return Err(JobError::Cancelled),
-            };
-            Some(loaded)
-        }
-        (Some(_), None) => {
-            return Err(JobError::Abort(
-                "the artifact holds no database dump".into(),
-            ));
-        }
-        _ => None,
-    };
-
-    // 4. Files in, then the commit; any failure puts everything back.
-    let Unpacked {
-        storage,
-        functions,
-        config,
-        dump,
-        ..
-    } = unpacked;
-    let mut swapped = Vec::new();
-    let mut swapped_config: Option<SwappedFiles> = None;
-    let mut failure: Option<JobError> = None;
-    for (name, ready) in [("storage", storage), ("functions", functions)] {
-        let Some(ready) = ready else { continue };
-        reporter
-            .step(name, &format!("Swapping in {name}"), step, total)
-            .await;
-        step += 1;
-        match ready.swap_in() {
-            Ok(done) => swapped.push(done),
-            Err(e) => {
-                failure = Some(JobError::Abort(format!("cannot swap in {name}: {e}")));
-                break;
+            match ready.swap_in() {
+                Ok(done) => swapped.trees.push(done),
+                Err(e) => {
+                    failure = Some(JobError::Abort(format!("cannot swap in {name}: {e}")));
+                    break;
+                }
             }
         }
-    }
-    if failure.is_none()
-        && let Some(config) = config
-    {
-        reporter
-            .step("config", "Swapping in config", step, total)
-            .await;
-        match config.swap_in() {
-            Ok(done) => swapped_config = Some(done),
-            Err(e) => failure = Some(JobError::Abort(format!("cannot swap in config: {e}"))),
-        }
-    }
-    let mut pending_rollback = None;
-    if failure.is_none()
-        && let Some(loaded) = loaded
-    {
-        warnings.extend(loaded.warnings.iter().cloned());
-        if let Err(e) = loaded.commit().await {
-            failure = Some(e);
-        }
-    } else {
-        pending_rollback = loaded;
-    }
-    drop(dump);
-    if let Some(e) = failure {
-        // Files first: putting them back is quick and synchronous, and a
-        // worker stopping meanwhile must not leave them swapped in. The
-        // database rolls back with its session in any case.
-        for done in swapped.into_iter().rev() {
-            if let Err(undo) = done.roll_back() {
-                tracing::error!(job = %job.id, error = %undo, "cannot put the project's files back");
-            }
-        }
-        if let Some(done) = swapped_config
-            && let Err(undo) = done.roll_back()
+        if failure.is_none()
+            && let Some(config) = config
         {
-            tracing::error!(job = %job.id, error = %undo, "cannot put the project's config back");
+            reporter
+                .step("config", "Swapping in config", step, total)
+                .await;
+            match config.swap_in() {
+                Ok(done) => swapped.config = Some(done),
+                Err(e) => failure = Some(JobError::Abort(format!("cannot swap in config: {e}"))),
+            }
         }
-        if let Some(loaded) = pending_rollback {
-            loaded.roll_back().await;
+        let mut pending_rollback = None;
+        if failure.is_none()
+            && let Some(loaded) = loaded
+        {
+            warnings.extend(loaded.warnings.iter().cloned());
+            if let Err(e) = loaded.commit().await {
+                failure = Some(e);
+            }
+        } else {
+            pending_rollback = loaded;
         }
-        // A statement still running in a backend whose client died keeps
-        // its locks until it notices: end it.
-        if let Some((url, _)) = &database_target {
-            child::end_leftover_sessions(url, &job.id).await;
+        drop(dump);
+        if let Some(e) = failure {
+            // Files first: putting them back is quick and synchronous, and a
+            // worker stopping meanwhile must not leave them swapped in. The
+            // database rolls back with its session in any case.
+            swapped.roll_back(&self.job.id);
+            if let Some(loaded) = pending_rollback {
+                loaded.roll_back().await;
+            }
+            // A statement still running in a backend whose client died keeps
+            // its locks until it notices: end it.
+            if let Some(target) = database {
+                child::end_leftover_sessions(&target.url, &self.job.id).await;
+            }
+            return Err(e);
         }
-        return Err(e);
+        swapped.commit(warnings);
+        Ok(())
     }
-    for done in swapped {
-        if let Err(e) = done.commit() {
-            warnings.push(format!("The previous files could not all be removed: {e}"));
-        }
-    }
-    if let Some(done) = swapped_config
-        && let Err(e) = done.commit()
-    {
-        warnings.push(format!(
-            "The previous config files could not all be removed: {e}"
-        ));
-    }
-    if restores_database
-        && let Some(command) = target
+
+    /// Runs the project's post-restore command, if it has one, as the last
+    /// step; a failure is a warning.
+    async fn post_restore_step(&self, target: &project::Model, warnings: &mut Vec<String>) {
+        let Some(command) = target
             .post_restore_command
             .as_deref()
             .and_then(|c| serde_json::from_str::<Vec<String>>(c).ok())
             .filter(|c| !c.is_empty())
-    {
-        reporter
+        else {
+            return;
+        };
+        self.reporter
             .step(
                 "post_restore",
                 &format!(
                     "Running the project's post-restore command: {}",
                     command.join(" ")
                 ),
-                total,
-                total,
+                self.total,
+                self.total,
             )
             .await;
-        if let Err(problem) =
-            post_restore(&command, Path::new(&target.root_dir), job, reporter).await
+        if let Err(problem) = post_restore(
+            &command,
+            Path::new(&target.root_dir),
+            self.job,
+            self.reporter,
+        )
+        .await
         {
             warnings.push(format!("The post-restore command {problem}"));
         }
     }
-    for warning in &warnings {
-        reporter.warning(warning).await;
+}
+
+/// The files phase 4 swapped in, the content they replaced kept until
+/// [`commit`](Self::commit).
+#[derive(Default)]
+struct SwappedIn {
+    trees: Vec<Swapped>,
+    config: Option<SwappedFiles>,
+}
+
+impl SwappedIn {
+    /// Puts the project's files back; a failure is logged.
+    fn roll_back(self, job_id: &str) {
+        for done in self.trees.into_iter().rev() {
+            if let Err(undo) = done.roll_back() {
+                tracing::error!(job = %job_id, error = %undo, "cannot put the project's files back");
+            }
+        }
+        if let Some(done) = self.config
+            && let Err(undo) = done.roll_back()
+        {
+            tracing::error!(job = %job_id, error = %undo, "cannot put the project's config back");
+        }
     }
-    Ok(warnings)
+
+    /// Removes the replaced content; what cannot be removed is a warning.
+    fn commit(self, warnings: &mut Vec<String>) {
+        for done in self.trees {
+            if let Err(e) = done.commit() {
+                warnings.push(format!("The previous files could not all be removed: {e}"));
+            }
+        }
+        if let Some(done) = self.config
+            && let Err(e) = done.commit()
+        {
+            warnings.push(format!(
+                "The previous config files could not all be removed: {e}"
+            ));
+        }
+    }
 }
 
 /// How long the post-restore command may run.
@@ -662,11 +856,7 @@ pub(super) async fn check_artifact(
 ) -> Result<Unpacked, JobError> {
     let plan = UnpackPlan {
         wanted: manifest.meta.components.iter().cloned().collect(),
-        entries: manifest
-            .entries
-            .iter()
-            .map(|e| (e.path.trim_end_matches('/').to_string(), e.clone()))
-            .collect(),
+        entries: entries_by_path(manifest),
         root: PathBuf::new(),
         storage: PathBuf::new(),
         functions: PathBuf::new(),
@@ -678,6 +868,15 @@ pub(super) async fn check_artifact(
         reserve,
     };
     read_artifact(artifact, plan, reporter).await
+}
+
+/// The manifest's entries by path, folders without their `/`.
+fn entries_by_path(manifest: &Manifest) -> HashMap<String, ManifestEntry> {
+    manifest
+        .entries
+        .iter()
+        .map(|e| (e.path.trim_end_matches('/').to_string(), e.clone()))
+        .collect()
 }
 
 /// What the pass over the artifact needs.
@@ -715,45 +914,10 @@ pub(super) struct Unpacked {
 /// Reads every entry, stages those of the wanted components and checks
 /// each file against the manifest.
 pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<Unpacked, JobError> {
-    let corrupt = |e: std::io::Error| {
-        JobError::Abort(format!(
-            "the artifact cannot be read (corrupt or truncated): {e}"
-        ))
-    };
     let mut archive = tar::Archive::new(reader);
-    let own = Options {
-        // A backup of a real project may hold absolute links; it is ours.
-        symlinks: SymlinkPolicy::KeepAsIs,
-        ..Options::default()
-    };
-    let mut storage: Option<StagedTree> = None;
-    let mut functions: Option<StagedTree> = None;
-    let mut config: Option<StagedFiles> = None;
-    let mut dump: Option<SpooledDump> = None;
-    let mut roles: Option<String> = None;
+    let mut staged = Staging::default();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut files = 0u64;
-    let stage_error = |e: supascale_shared::restore::staging::StageError| match e {
-        supascale_shared::restore::staging::StageError::Io { source, .. }
-            if supascale_shared::disk::is_out_of_space(&source) =>
-        {
-            io_error(source)
-        }
-        other => JobError::Abort(other.to_string()),
-    };
-    // Out of space while spooling is ours to say, not a corrupt artifact.
-    let spooling = |e: std::io::Error| {
-        if supascale_shared::disk::is_out_of_space(&e) {
-            io_error(e)
-        } else {
-            corrupt(e)
-        }
-    };
-    let disk = |area| DiskReserve {
-        area,
-        reserve: plan.reserve,
-        free: None,
-    };
     for entry in archive.entries().map_err(corrupt)? {
         if plan.stop.load(Ordering::Relaxed) {
             return Err(JobError::Cancelled);
@@ -784,103 +948,8 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
             .unwrap_or("")
             .trim_start_matches('/')
             .to_string();
-        let added = match component.as_str() {
-            "storage" | "functions" | "config" if !plan.stage => {
-                let kind = entry.header().entry_type();
-                if kind.is_file() {
-                    let (size, sha256) =
-                        copy_hashed(&mut entry, std::io::sink()).map_err(corrupt)?;
-                    Added::File { size, sha256 }
-                } else if kind.is_dir() {
-                    Added::Dir
-                } else if kind.is_symlink() {
-                    Added::Symlink {
-                        target: entry
-                            .link_name()
-                            .map_err(corrupt)?
-                            .map(|l| l.into_owned())
-                            .unwrap_or_default(),
-                    }
-                } else {
-                    Added::HardLink {
-                        to: PathBuf::from("?"),
-                    }
-                }
-            }
-            "database" => match rest.as_str() {
-                "database.dump" => {
-                    let spooled = SpooledDump {
-                        path: plan.spool.clone(),
-                    };
-                    let spool_dir = plan.spool.parent().unwrap_or(Path::new("/"));
-                    let mut guard = DiskGuard::new(spool_dir, TEMPORARY_AREA, plan.reserve);
-                    guard.expect(entry.size()).map_err(io_error)?;
-                    let file = GuardedWriter {
-                        inner: supascale_shared::private_fs::create_file(&spooled.path)
-                            .map_err(io_error)?,
-                        guard,
-                    };
-                    let (size, sha256) = copy_hashed(&mut entry, file).map_err(spooling)?;
-                    dump = Some(spooled);
-                    Added::File { size, sha256 }
-                }
-                "roles.sql" => {
-                    let mut text = Vec::new();
-                    let (size, sha256) = copy_hashed(&mut entry, &mut text).map_err(corrupt)?;
-                    roles = Some(String::from_utf8_lossy(&text).into_owned());
-                    Added::File { size, sha256 }
-                }
-                _ => continue,
-            },
-            "storage" | "functions" => {
-                let (slot, target, area) = if component == "storage" {
-                    (&mut storage, &plan.storage, STORAGE_AREA)
-                } else {
-                    (&mut functions, &plan.functions, FUNCTIONS_AREA)
-                };
-                if slot.is_none() {
-                    let options = Options {
-                        archive_prefix: Some(PathBuf::from(&component)),
-                        drop_exec_bits: component == "storage",
-                        limits: Limits {
-                            disk: Some(disk(area)),
-                            ..Limits::default()
-                        },
-                        ..own.clone()
-                    };
-                    *slot = Some(
-                        StagedTree::begin_with(target, &plan.job_id, options).map_err(io_error)?,
-                    );
-                }
-                let tree = slot.as_mut().expect("just set");
-                tree.add(Path::new(&rest), &mut entry)
-                    .map_err(stage_error)?
-            }
-            "config" => {
-                if rest.is_empty() {
-                    continue;
-                }
-                if config.is_none() {
-                    let options = Options {
-                        limits: Limits {
-                            disk: Some(disk(CONFIG_AREA)),
-                            ..Limits::default()
-                        },
-                        ..own.clone()
-                    };
-                    config =
-                        Some(StagedFiles::begin_with(&plan.job_id, options).map_err(io_error)?);
-                }
-                let files = config.as_mut().expect("just set");
-                let (base, relative) = match rest.strip_prefix("extra/") {
-                    Some(absolute) => (PathBuf::from("/"), absolute.to_string()),
-                    None => (plan.root.clone(), rest.clone()),
-                };
-                files
-                    .add(&base, Path::new(&relative), &mut entry)
-                    .map_err(stage_error)?
-            }
-            _ => continue,
+        let Some(added) = staged.add(&plan, &component, &rest, &mut entry)? else {
+            continue;
         };
         // Each entry must be what the manifest says it is, once: a file
         // with its bytes, a link to its target, a folder. Our builder never
@@ -890,32 +959,232 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
                 "{path} appears twice in the artifact"
             )));
         }
-        let matches = match &added {
-            Added::File { size, sha256 } => {
-                if expected.kind == "file"
-                    && (Some(sha256) != expected.sha256.as_ref() || *size != expected.size)
-                {
-                    return Err(JobError::Abort(format!("checksum mismatch in {path}")));
-                }
-                expected.kind == "file"
-            }
-            Added::Dir => expected.kind == "dir",
-            Added::Symlink { target } => {
-                expected.kind == "symlink"
-                    && expected.link.as_deref() == Some(target.to_string_lossy().as_ref())
-            }
-            Added::HardLink { .. } => false,
-        };
-        if !matches {
-            return Err(JobError::Abort(format!(
-                "{path} in the artifact is not the {} its manifest lists",
-                expected.kind
-            )));
-        }
+        check_against_manifest(&path, expected, &added)?;
         if matches!(added, Added::File { .. }) {
             files += 1;
         }
     }
+    check_nothing_lacking(&plan, &seen)?;
+    staged.finish(files)
+}
+
+/// What the pass has staged and spooled so far; dropping it removes it.
+#[derive(Default)]
+struct Staging {
+    storage: Option<StagedTree>,
+    functions: Option<StagedTree>,
+    config: Option<StagedFiles>,
+    dump: Option<SpooledDump>,
+    roles: Option<String>,
+}
+
+impl Staging {
+    /// What one entry of `component` became; `None` for an entry the pass
+    /// leaves out. `rest` is its path without the component.
+    fn add<R: Read>(
+        &mut self,
+        plan: &UnpackPlan,
+        component: &str,
+        rest: &str,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<Option<Added>, JobError> {
+        match component {
+            "storage" | "functions" | "config" if !plan.stage => only_checked(entry).map(Some),
+            "database" => self.add_database(plan, rest, entry),
+            "storage" | "functions" => self.add_tree(plan, component, rest, entry).map(Some),
+            "config" => self.add_config(plan, rest, entry),
+            _ => Ok(None),
+        }
+    }
+
+    /// Spools the dump (checked or not: `pg_restore -l` reads it) and keeps
+    /// the roles' SQL.
+    fn add_database<R: Read>(
+        &mut self,
+        plan: &UnpackPlan,
+        rest: &str,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<Option<Added>, JobError> {
+        match rest {
+            "database.dump" => {
+                let spooled = SpooledDump {
+                    path: plan.spool.clone(),
+                };
+                let spool_dir = plan.spool.parent().unwrap_or(Path::new("/"));
+                let mut guard = DiskGuard::new(spool_dir, TEMPORARY_AREA, plan.reserve);
+                guard.expect(entry.size()).map_err(io_error)?;
+                let file = GuardedWriter {
+                    inner: supascale_shared::private_fs::create_file(&spooled.path)
+                        .map_err(io_error)?,
+                    guard,
+                };
+                let (size, sha256) = copy_hashed(entry, file).map_err(spooling)?;
+                self.dump = Some(spooled);
+                Ok(Some(Added::File { size, sha256 }))
+            }
+            "roles.sql" => {
+                let mut text = Vec::new();
+                let (size, sha256) = copy_hashed(entry, &mut text).map_err(corrupt)?;
+                self.roles = Some(String::from_utf8_lossy(&text).into_owned());
+                Ok(Some(Added::File { size, sha256 }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Stages an entry of storage or functions beside its target folder.
+    fn add_tree<R: Read>(
+        &mut self,
+        plan: &UnpackPlan,
+        component: &str,
+        rest: &str,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<Added, JobError> {
+        let (slot, target, area) = if component == "storage" {
+            (&mut self.storage, &plan.storage, STORAGE_AREA)
+        } else {
+            (&mut self.functions, &plan.functions, FUNCTIONS_AREA)
+        };
+        if slot.is_none() {
+            let options = Options {
+                archive_prefix: Some(PathBuf::from(component)),
+                drop_exec_bits: component == "storage",
+                limits: Limits {
+                    disk: Some(plan.disk(area)),
+                    ..Limits::default()
+                },
+                ..own()
+            };
+            *slot = Some(StagedTree::begin_with(target, &plan.job_id, options).map_err(io_error)?);
+        }
+        let tree = slot.as_mut().expect("just set");
+        tree.add(Path::new(rest), entry).map_err(stage_error)
+    }
+
+    /// Stages a config file beside itself: in the project's folder, or at
+    /// its absolute path for `config/extra/…`.
+    fn add_config<R: Read>(
+        &mut self,
+        plan: &UnpackPlan,
+        rest: &str,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<Option<Added>, JobError> {
+        if rest.is_empty() {
+            return Ok(None);
+        }
+        if self.config.is_none() {
+            let options = Options {
+                limits: Limits {
+                    disk: Some(plan.disk(CONFIG_AREA)),
+                    ..Limits::default()
+                },
+                ..own()
+            };
+            self.config = Some(StagedFiles::begin_with(&plan.job_id, options).map_err(io_error)?);
+        }
+        let files = self.config.as_mut().expect("just set");
+        let (base, relative) = match rest.strip_prefix("extra/") {
+            Some(absolute) => (PathBuf::from("/"), absolute.to_string()),
+            None => (plan.root.clone(), rest.to_string()),
+        };
+        files
+            .add(&base, Path::new(&relative), entry)
+            .map(Some)
+            .map_err(stage_error)
+    }
+
+    /// The staged trees finished, ready to swap in.
+    fn finish(self, files: u64) -> Result<Unpacked, JobError> {
+        let finish = |tree: Option<StagedTree>| -> Result<Option<Ready>, JobError> {
+            tree.map(|t| t.finish().map_err(io_error)).transpose()
+        };
+        Ok(Unpacked {
+            dump: self.dump,
+            files,
+            roles: self.roles,
+            storage: finish(self.storage)?,
+            functions: finish(self.functions)?,
+            config: self.config,
+        })
+    }
+}
+
+impl UnpackPlan {
+    /// The disk reserve kept in `area` while staging.
+    fn disk(&self, area: &'static str) -> DiskReserve {
+        DiskReserve {
+            area,
+            reserve: self.reserve,
+            free: None,
+        }
+    }
+}
+
+/// The staging options of every component.
+fn own() -> Options {
+    Options {
+        // A backup of a real project may hold absolute links; it is ours.
+        symlinks: SymlinkPolicy::KeepAsIs,
+        ..Options::default()
+    }
+}
+
+/// What a file, folder or link entry is, read but staged nowhere (verify).
+fn only_checked<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Added, JobError> {
+    let kind = entry.header().entry_type();
+    Ok(if kind.is_file() {
+        let (size, sha256) = copy_hashed(entry, std::io::sink()).map_err(corrupt)?;
+        Added::File { size, sha256 }
+    } else if kind.is_dir() {
+        Added::Dir
+    } else if kind.is_symlink() {
+        Added::Symlink {
+            target: entry
+                .link_name()
+                .map_err(corrupt)?
+                .map(|l| l.into_owned())
+                .unwrap_or_default(),
+        }
+    } else {
+        Added::HardLink {
+            to: PathBuf::from("?"),
+        }
+    })
+}
+
+/// The entry at `path` became what the manifest lists there.
+fn check_against_manifest(
+    path: &str,
+    expected: &ManifestEntry,
+    added: &Added,
+) -> Result<(), JobError> {
+    let matches = match added {
+        Added::File { size, sha256 } => {
+            if expected.kind == "file"
+                && (Some(sha256) != expected.sha256.as_ref() || *size != expected.size)
+            {
+                return Err(JobError::Abort(format!("checksum mismatch in {path}")));
+            }
+            expected.kind == "file"
+        }
+        Added::Dir => expected.kind == "dir",
+        Added::Symlink { target } => {
+            expected.kind == "symlink"
+                && expected.link.as_deref() == Some(target.to_string_lossy().as_ref())
+        }
+        Added::HardLink { .. } => false,
+    };
+    if !matches {
+        return Err(JobError::Abort(format!(
+            "{path} in the artifact is not the {} its manifest lists",
+            expected.kind
+        )));
+    }
+    Ok(())
+}
+
+/// Every file the manifest lists for the wanted components was `seen`.
+fn check_nothing_lacking(plan: &UnpackPlan, seen: &BTreeSet<String>) -> Result<(), JobError> {
     for (path, entry) in &plan.entries {
         let component = path.split('/').next().unwrap_or("");
         if plan.wanted.contains(component)
@@ -929,17 +1198,33 @@ pub(super) fn unpack(reader: Box<dyn Read + Send>, plan: UnpackPlan) -> Result<U
             )));
         }
     }
-    let finish = |tree: Option<StagedTree>| -> Result<Option<Ready>, JobError> {
-        tree.map(|t| t.finish().map_err(io_error)).transpose()
-    };
-    Ok(Unpacked {
-        dump,
-        files,
-        roles,
-        storage: finish(storage)?,
-        functions: finish(functions)?,
-        config,
-    })
+    Ok(())
+}
+
+fn corrupt(e: std::io::Error) -> JobError {
+    JobError::Abort(format!(
+        "the artifact cannot be read (corrupt or truncated): {e}"
+    ))
+}
+
+/// Out of space while spooling is ours to say, not a corrupt artifact.
+fn spooling(e: std::io::Error) -> JobError {
+    if supascale_shared::disk::is_out_of_space(&e) {
+        io_error(e)
+    } else {
+        corrupt(e)
+    }
+}
+
+fn stage_error(e: supascale_shared::restore::staging::StageError) -> JobError {
+    match e {
+        supascale_shared::restore::staging::StageError::Io { source, .. }
+            if supascale_shared::disk::is_out_of_space(&source) =>
+        {
+            io_error(source)
+        }
+        other => JobError::Abort(other.to_string()),
+    }
 }
 
 /// Copies `reader` to `sink`, returning the size and SHA-256 of the bytes.
