@@ -105,6 +105,8 @@ pub trait OwnTable: OwnRow {
         job_id: &str,
     ) -> impl Future<Output = Result<Option<Self::Model>, DbErr>> + Send;
     fn status(row: &Self::Model) -> &str;
+    /// Why it failed, when it did.
+    fn error(row: &Self::Model) -> Option<&str>;
 }
 
 impl OwnRow for () {
@@ -143,6 +145,9 @@ impl OwnTable for backup::ActiveModel {
     fn status(row: &backup::Model) -> &str {
         &row.status
     }
+    fn error(row: &backup::Model) -> Option<&str> {
+        row.error.as_deref()
+    }
 }
 
 impl OwnTable for restore::ActiveModel {
@@ -158,6 +163,9 @@ impl OwnTable for restore::ActiveModel {
     }
     fn status(row: &restore::Model) -> &str {
         &row.status
+    }
+    fn error(row: &restore::Model) -> Option<&str> {
+        row.error.as_deref()
     }
 }
 
@@ -342,4 +350,34 @@ pub async fn wait_for_own_row<R: OwnTable>(
         }
     })
     .await
+}
+
+/// The answer of a job whose outcome is its own row: `done` once it
+/// completed, 500 `<failed>: <cause>` once it failed, else `accepted`
+/// (202) with the job's reference and `Location`.
+pub async fn answer_own_row<R: OwnTable, A>(
+    state: &AppState,
+    job_row: &job::Model,
+    run_async: bool,
+    known: Option<R::Model>,
+    failed: &str,
+    done: impl FnOnce(R::Model) -> A,
+    accepted: impl FnOnce(crate::routes::backups::JobRef, R::Model, String) -> A,
+) -> ApiResult<A> {
+    let row = wait_for_own_row::<R>(state, job_row, run_async, known).await?;
+    match R::status(&row) {
+        jobs::STATUS_COMPLETED => Ok(done(row)),
+        jobs::STATUS_FAILED => Err(ApiError::JobFailed(format!(
+            "{failed}: {}",
+            R::error(&row).unwrap_or("unknown cause")
+        ))),
+        status => {
+            let job = crate::routes::jobs::job_ref(job_row, status);
+            Ok(accepted(
+                job,
+                row,
+                crate::routes::jobs::job_url(&job_row.id),
+            ))
+        }
+    }
 }

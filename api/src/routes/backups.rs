@@ -29,7 +29,7 @@ use super::{ApiTags, page_window, parse_list_filter};
 use crate::auth::{Auth, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::payload::{JsonBody, JsonBytes};
-use crate::start_job::{JobAnswer, NewJob, StartRequest, start_job, wait_for_own_row};
+use crate::start_job::{JobAnswer, NewJob, StartRequest, answer_own_row, start_job};
 use crate::state::AppState;
 use crate::timestamp::Timestamp;
 
@@ -638,25 +638,30 @@ impl JobAnswer for CreatedBackup {
         run_async: bool,
         known: Option<backup::Model>,
     ) -> ApiResult<Self> {
-        let row = wait_for_own_row::<Self::Row>(state, job_row, run_async, known).await?;
-        match row.status.as_str() {
-            jobs::STATUS_COMPLETED => Ok(CreatedBackup::Done(Json(BackupEnvelope {
-                success: true,
-                backup: row.into(),
-            }))),
-            jobs::STATUS_FAILED => {
-                let cause = row.error.unwrap_or_else(|| "unknown cause".into());
-                Err(ApiError::JobFailed(format!("Backup failed: {cause}")))
-            }
-            status => Ok(CreatedBackup::Accepted(
-                Json(BackupAccepted {
+        answer_own_row::<Self::Row, _>(
+            state,
+            job_row,
+            run_async,
+            known,
+            "Backup failed",
+            |row| {
+                CreatedBackup::Done(Json(BackupEnvelope {
                     success: true,
-                    job: super::jobs::job_ref(job_row, status),
                     backup: row.into(),
-                }),
-                super::jobs::job_url(&job_row.id),
-            )),
-        }
+                }))
+            },
+            |job, row, url| {
+                CreatedBackup::Accepted(
+                    Json(BackupAccepted {
+                        success: true,
+                        job,
+                        backup: row.into(),
+                    }),
+                    url,
+                )
+            },
+        )
+        .await
     }
 }
 

@@ -17,9 +17,7 @@ use super::backups::{JobRef, visible_backup};
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::payload::JsonBody;
-use crate::start_job::{
-    JobAnswer, NewJob, StartRequest, start_job, wait_for_job, wait_for_own_row,
-};
+use crate::start_job::{JobAnswer, NewJob, StartRequest, answer_own_row, start_job, wait_for_job};
 use crate::state::AppState;
 use crate::timestamp::Timestamp;
 
@@ -349,24 +347,29 @@ impl JobAnswer for StartedRestore {
         run_async: bool,
         known: Option<restore::Model>,
     ) -> ApiResult<Self> {
-        let row = wait_for_own_row::<Self::Row>(state, job_row, run_async, known).await?;
-        match row.status.as_str() {
-            jobs::STATUS_COMPLETED => Ok(StartedRestore::Done(Json(RestoreEnvelope {
-                success: true,
-                restore: row.into(),
-            }))),
-            jobs::STATUS_FAILED => {
-                let cause = row.error.unwrap_or_else(|| "unknown cause".into());
-                Err(ApiError::JobFailed(format!("Restore failed: {cause}")))
-            }
-            status => Ok(StartedRestore::Accepted(
-                Json(RestoreAccepted {
+        answer_own_row::<Self::Row, _>(
+            state,
+            job_row,
+            run_async,
+            known,
+            "Restore failed",
+            |row| {
+                StartedRestore::Done(Json(RestoreEnvelope {
                     success: true,
-                    job: super::jobs::job_ref(job_row, status),
                     restore: row.into(),
-                }),
-                super::jobs::job_url(&job_row.id),
-            )),
-        }
+                }))
+            },
+            |job, row, url| {
+                StartedRestore::Accepted(
+                    Json(RestoreAccepted {
+                        success: true,
+                        job,
+                        restore: row.into(),
+                    }),
+                    url,
+                )
+            },
+        )
+        .await
     }
 }
