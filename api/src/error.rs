@@ -73,8 +73,6 @@ pub enum ApiError {
     /// A job ended because of what the client sent (an upload that is not
     /// what it claims, a hostile archive); the job's own words.
     RejectedInput(String),
-    /// The project's database refused, or is not the project's.
-    TargetRefused(String),
     /// Restore planning (see `shared::restore::plan`).
     Plan(supascale_shared::restore::plan::PlanError),
     // 401, 403
@@ -118,10 +116,9 @@ impl ApiError {
     /// The status of each cause: the one place that chooses it.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidField(_)
-            | Self::UnknownProject
-            | Self::RejectedInput(_)
-            | Self::TargetRefused(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidField(_) | Self::UnknownProject | Self::RejectedInput(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Plan(e) if e.is_temporary() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Plan(supascale_shared::restore::plan::PlanError::ControlPlane(_)) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -186,7 +183,6 @@ impl std::fmt::Display for ApiError {
         match self {
             Self::InvalidField(m)
             | Self::RejectedInput(m)
-            | Self::TargetRefused(m)
             | Self::Unauthenticated(m)
             | Self::NotPermitted(m)
             | Self::WrongState(m)

@@ -556,22 +556,7 @@ mod tests {
         let rules = rules(data.path(), &[allowed.path()]);
         let asked = folders(&allowed.path().join("p"));
         let real = rules.check(&asked, false, &[]).unwrap();
-        let row = project::Model {
-            id: "p".into(),
-            name: "P".into(),
-            database_url_enc: String::new(),
-            db_host: String::new(),
-            db_port: 5432,
-            db_name: String::new(),
-            db_user: String::new(),
-            root_dir: real.root.to_string_lossy().into(),
-            storage_dir: real.storage.to_string_lossy().into(),
-            functions_dir: real.functions.to_string_lossy().into(),
-            config_paths: "[]".into(),
-            post_restore_command: None,
-            created_at: chrono::Utc::now(),
-            updated_at: chrono::Utc::now(),
-        };
+        let row = testing::row_of(&real.root, &real.storage, &real.functions);
         assert!(rules.at_use(&row).is_ok());
         std::fs::create_dir_all(real.root.join("volumes")).unwrap();
         std::os::unix::fs::symlink("/etc", real.root.join("volumes/functions")).unwrap();

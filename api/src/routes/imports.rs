@@ -20,6 +20,7 @@ use supascale_shared::disk::{DiskGuard, UPLOAD_AREA};
 use supascale_shared::entities::{job, project};
 use supascale_shared::jobs::JobKind;
 use supascale_shared::jobs::{self, params::ImportPayload};
+use supascale_shared::restore::plan::{PlanContext, check_target_database};
 use supascale_shared::uploads::UploadStore;
 use tokio::io::AsyncReadExt;
 
@@ -386,38 +387,23 @@ async fn start_import(
 
 /// Database and storage imports both write rows into the project's
 /// database: refused at once when it does not answer, lacks a privilege or
-/// does not look like the project's, before the upload is read.
+/// does not look like the project's, before the upload is read. A storage
+/// import only adds rows to the storage schema: only the control plane is
+/// refused for it.
 async fn check_target(
     state: &AppState,
     project: &project::Model,
     kind: JobKind,
     force: bool,
 ) -> ApiResult<()> {
-    let url = state
-        .master_key
-        .decrypt(&project.database_url_enc)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let facts = supascale_shared::restore::database::target_facts(&url)
-        .await
-        .map_err(|cause| {
-            ApiError::TargetRefused(format!("Project {} is not running: {cause}", project.id))
-        })?;
-    if let Some(missing) = supascale_shared::restore::database::missing_privilege(&facts) {
-        return Err(ApiError::TargetRefused(format!(
-            "Project {}: {missing}",
-            project.id
-        )));
-    }
-    // A storage import only adds rows to the storage schema: only the
-    // control plane is refused for it.
+    let ctx = PlanContext {
+        db: &state.db,
+        config: &state.config,
+        destinations: &state.destinations,
+        master_key: &state.master_key,
+    };
     let force = force || kind == JobKind::ImportStorage;
-    if let Some(problem) = supascale_shared::restore::database::identity_problem(&facts, force) {
-        return Err(ApiError::TargetRefused(format!(
-            "Project {}: {problem}",
-            project.id
-        )));
-    }
-    Ok(())
+    Ok(check_target_database(&ctx, project, force, None).await?)
 }
 
 /// Streams the part `file` into the upload area under `job_id`; returns

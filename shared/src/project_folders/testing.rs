@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::symlink;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::entities::project;
@@ -46,22 +46,11 @@ pub fn project() -> Project {
         project_roots: Some(base.to_string_lossy().into_owned()),
         ..Config::default()
     };
-    let row = project::Model {
-        id: "p".into(),
-        name: "P".into(),
-        database_url_enc: String::new(),
-        db_host: String::new(),
-        db_port: 5432,
-        db_name: String::new(),
-        db_user: String::new(),
-        root_dir: root.to_string_lossy().into(),
-        storage_dir: root.join("volumes/storage").to_string_lossy().into(),
-        functions_dir: root.join("volumes/functions").to_string_lossy().into(),
-        config_paths: "[]".into(),
-        post_restore_command: None,
-        created_at: chrono::Utc::now(),
-        updated_at: chrono::Utc::now(),
-    };
+    let row = row_of(
+        &root,
+        &root.join("volumes/storage"),
+        &root.join("volumes/functions"),
+    );
     Project {
         _dirs: (data, allowed),
         rules: FolderRules::from_config(&config),
@@ -95,4 +84,24 @@ pub fn entries_of(artifact: &[u8]) -> BTreeMap<String, Vec<u8>> {
         entries.insert(path, data);
     }
     entries
+}
+
+/// Project `p`'s row as registered with these (resolved) folders.
+pub fn row_of(root: &Path, storage: &Path, functions: &Path) -> project::Model {
+    project::Model {
+        id: "p".into(),
+        name: "P".into(),
+        database_url_enc: String::new(),
+        db_host: String::new(),
+        db_port: 5432,
+        db_name: String::new(),
+        db_user: String::new(),
+        root_dir: root.to_string_lossy().into(),
+        storage_dir: storage.to_string_lossy().into(),
+        functions_dir: functions.to_string_lossy().into(),
+        config_paths: "[]".into(),
+        post_restore_command: None,
+        created_at: chrono::Utc::now(),
+        updated_at: chrono::Utc::now(),
+    }
 }

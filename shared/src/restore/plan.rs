@@ -338,8 +338,9 @@ async fn check_artifact(
 }
 
 /// The target database answers, lets us restore, looks like the project's
-/// (unless forced) and is not older than the dump.
-async fn check_target_database(
+/// (unless forced) and is not older than the dump (`backup_major`, when
+/// known). Database and storage imports check their target with it too.
+pub async fn check_target_database(
     ctx: &PlanContext<'_>,
     target: &project::Model,
     force: bool,

@@ -11,11 +11,13 @@ use std::path::PathBuf;
 use sea_orm::EntityTrait;
 
 use crate::JobContext;
+use supascale_shared::domain::Component;
 use supascale_shared::entities::{job, project};
 use supascale_shared::import::archive::Detected;
 use supascale_shared::jobs::JobError;
 pub use supascale_shared::jobs::params::ImportPayload;
 use supascale_shared::pgtools::child;
+use supascale_shared::project_folders::{Create, FolderRules, PinnedDir};
 use supascale_shared::restore::database::{self, TargetFacts};
 use supascale_shared::uploads::{LocalUpload, UploadStore};
 
@@ -214,4 +216,55 @@ pub async fn stage_off_thread<T: Send + 'static>(
         }
     };
     staged.map_err(|e| archive_error(e, file_name))
+}
+
+/// The folder an archive import writes into (`Storage` or `Functions`),
+/// opened beneath the project's root (created there when missing): the
+/// import writes through it, never the stored path again. Also puts back
+/// what a dead attempt of this job left swapped in, with its warning. The
+/// folder is only reachable (through [`PinnedDir::path`]) while the
+/// returned pin lives.
+pub fn open_target_folder(
+    ctx: &JobContext,
+    job: &job::Model,
+    project: &project::Model,
+    which: Component,
+) -> Result<(PinnedDir, Vec<String>), JobError> {
+    let (create, field, stored) = match which {
+        Component::Storage => (
+            Create {
+                storage: true,
+                ..Default::default()
+            },
+            "storageDir",
+            &project.storage_dir,
+        ),
+        _ => (
+            Create {
+                functions: true,
+                ..Default::default()
+            },
+            "functionsDir",
+            &project.functions_dir,
+        ),
+    };
+    let folders = FolderRules::from_config(&ctx.config)
+        .pin(project, create)
+        .map_err(JobError::Abort)?;
+    let pinned = match which {
+        Component::Storage => folders.storage,
+        _ => folders.functions,
+    }
+    .ok_or_else(|| {
+        JobError::Abort(format!(
+            "project {}'s {field} {stored} could not be created",
+            project.id
+        ))
+    })?;
+    let warnings =
+        supascale_shared::restore::staging::recover_dead_attempt(&pinned.path(), &job.id, "import")
+            .map_err(supascale_shared::jobs::io_error)?
+            .into_iter()
+            .collect();
+    Ok((pinned, warnings))
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use super::import;
 use crate::JobContext;
 use crate::reporter::Reporter;
+use supascale_shared::domain::Component;
 use supascale_shared::entities::job;
 use supascale_shared::import::functions;
 use supascale_shared::jobs::JobError;
@@ -17,30 +18,10 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     let started = Instant::now();
     reporter.step("check", "Checking the upload", 1, 3).await;
     let start = import::start(ctx, job, import::ARCHIVE_FORMATS).await?;
-    // Opened beneath the project's root now (created there when missing):
-    // the import writes through it, never the stored path again.
-    let folders = supascale_shared::project_folders::FolderRules::from_config(&ctx.config)
-        .pin(
-            &start.project,
-            supascale_shared::project_folders::Create {
-                functions: true,
-                ..Default::default()
-            },
-        )
-        .map_err(JobError::Abort)?;
-    let pinned = folders.functions.as_ref().ok_or_else(|| {
-        JobError::Abort(format!(
-            "project {}'s functionsDir {} could not be created",
-            start.project.id, start.project.functions_dir
-        ))
-    })?;
+    let (pinned, mut warnings) =
+        import::open_target_folder(ctx, job, &start.project, Component::Functions)?;
     let dir = pinned.path();
     let detected = start.detected;
-    let mut warnings: Vec<String> =
-        supascale_shared::restore::staging::recover_dead_attempt(&dir, &job.id, "import")
-            .map_err(supascale_shared::jobs::io_error)?
-            .into_iter()
-            .collect();
     reporter
         .step("read", "Unpacking the functions beside the project's", 2, 3)
         .await;

@@ -20,6 +20,7 @@ use sqlx::Connection;
 use super::import;
 use crate::JobContext;
 use crate::reporter::Reporter;
+use supascale_shared::domain::Component;
 use supascale_shared::entities::job;
 use supascale_shared::import::storage;
 use supascale_shared::import::storage::{ExistingObject, StorageObject};
@@ -34,30 +35,10 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     // Only the storage schema's rows are added to: any Supabase-shaped or
     // not, but never the control plane.
     let (url, _facts) = import::target_database(ctx, job, &start.project, true).await?;
-    // Opened beneath the project's root now (created there when missing):
-    // the import writes through it, never the stored path again.
-    let folders = supascale_shared::project_folders::FolderRules::from_config(&ctx.config)
-        .pin(
-            &start.project,
-            supascale_shared::project_folders::Create {
-                storage: true,
-                ..Default::default()
-            },
-        )
-        .map_err(JobError::Abort)?;
-    let pinned = folders.storage.as_ref().ok_or_else(|| {
-        JobError::Abort(format!(
-            "project {}'s storageDir {} could not be created",
-            start.project.id, start.project.storage_dir
-        ))
-    })?;
+    let (pinned, mut warnings) =
+        import::open_target_folder(ctx, job, &start.project, Component::Storage)?;
     let dir = pinned.path();
     let detected = start.detected;
-    let mut warnings: Vec<String> =
-        supascale_shared::restore::staging::recover_dead_attempt(&dir, &job.id, "import")
-            .map_err(supascale_shared::jobs::io_error)?
-            .into_iter()
-            .collect();
     let mut conn = connect(&url, &start.project.id).await?;
     let existing = existing_objects(&mut conn).await?;
 
