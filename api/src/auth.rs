@@ -2,13 +2,7 @@
 //!
 //! A key arrives as `X-API-Key: <key>` or `Authorization: Bearer <key>`; it
 //! is hashed and looked up, so the stored hash is all the database holds.
-//! Verified keys are cached for [`CACHE_TTL`] to keep the hot read paths off
-//! the database; revoking a key drops it from this process's cache at once,
-//! and other API processes forget it within the TTL.
-
-use std::collections::{HashMap, HashSet};
-use std::sync::RwLock;
-use std::time::{Duration, Instant};
+//! Verified keys are cached ([`crate::key_cache`]).
 
 use chrono::Utc;
 use poem::Request;
@@ -20,99 +14,8 @@ use sea_orm::{
 use supascale_shared::api_key::{self, Permission};
 use supascale_shared::entities::{api_key as api_key_row, setting};
 
-use crate::error::ApiError;
+pub use crate::principal::Principal;
 use crate::state::AppState;
-
-pub const CACHE_TTL: Duration = Duration::from_secs(5);
-const CACHE_MAX: usize = 10_000;
-
-/// Who is calling: a verified key's permissions and project restriction.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    pub key_id: String,
-    permissions: HashSet<Permission>,
-    /// `Some` when the key is limited to these projects.
-    pub project_ids: Option<Vec<String>>,
-    expires_at: Option<chrono::DateTime<Utc>>,
-}
-
-impl Principal {
-    pub fn has(&self, permission: Permission) -> bool {
-        self.permissions.contains(&Permission::Admin) || self.permissions.contains(&permission)
-    }
-
-    /// 403 unless the key holds `permission`.
-    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
-        if self.has(permission) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(format!(
-                "API key lacks the {} permission",
-                permission.as_str()
-            )))
-        }
-    }
-
-    /// Whether the key may see this project's data at all.
-    pub fn may_see(&self, project_id: &str) -> bool {
-        self.project_ids
-            .as_ref()
-            .is_none_or(|ids| ids.iter().any(|id| id == project_id))
-    }
-
-    /// Managing keys needs an admin key that is not limited to projects: a
-    /// limited key must not be able to mint an unlimited one.
-    pub fn require_unrestricted_admin(&self) -> Result<(), ApiError> {
-        self.require(Permission::Admin)?;
-        if self.project_ids.is_some() {
-            return Err(ApiError::forbidden(
-                "API keys can only be managed with an admin key that is not limited to projects",
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// A key's verdict: who it is, or why it is refused.
-type Verdict = Result<Principal, String>;
-
-pub struct KeyCache {
-    entries: RwLock<HashMap<String, (Instant, Verdict)>>,
-}
-
-impl Default for KeyCache {
-    fn default() -> Self {
-        Self {
-            entries: RwLock::new(HashMap::new()),
-        }
-    }
-}
-
-impl KeyCache {
-    fn get(&self, hash: &str) -> Option<Verdict> {
-        let entries = self.entries.read().expect("key cache lock");
-        entries
-            .get(hash)
-            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
-            .map(|(_, v)| v.clone())
-    }
-
-    fn put(&self, hash: String, value: Verdict) {
-        let mut entries = self.entries.write().expect("key cache lock");
-        if entries.len() >= CACHE_MAX {
-            entries.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
-            if entries.len() >= CACHE_MAX {
-                entries.clear();
-            }
-        }
-        entries.insert(hash, (Instant::now(), value));
-    }
-
-    pub fn forget_key(&self, key_id: &str) {
-        let mut entries = self.entries.write().expect("key cache lock");
-        entries.retain(|_, (_, v)| !matches!(v, Ok(p) if p.key_id == key_id));
-    }
-}
 
 /// Verifies a presented key against the control plane.
 pub async fn verify(state: &AppState, key: &str) -> poem::Result<Principal> {

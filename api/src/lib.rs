@@ -2,18 +2,22 @@
 //! answers from them. It never runs a job itself; in the embedded default the
 //! same process also hosts the worker loop.
 
+pub mod answers;
 pub mod auth;
 pub mod error;
 mod hyper_errors;
 pub mod idempotency;
+pub mod key_cache;
 pub mod list_cache;
 pub mod metrics;
 pub mod payload;
+pub mod principal;
 pub mod routes;
 pub mod server;
 pub mod start_job;
 pub mod state;
 pub mod timestamp;
+pub mod visible;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -391,7 +395,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         master_key,
         config: Arc::new(config),
         redis,
-        keys: Arc::new(auth::KeyCache::default()),
+        keys: Arc::new(key_cache::KeyCache::default()),
         destinations: Arc::new(destinations),
         queue,
         events,

@@ -128,6 +128,21 @@ impl<T: poem_openapi::types::ToJSON> JsonBytes<T> {
     }
 }
 
+impl<T> JsonBytes<T> {
+    /// A body kept from an earlier [`JsonBytes::new`] of the same `T`
+    /// (the backup list cache keeps bytes, not values).
+    pub fn cached(body: bytes::Bytes) -> Self {
+        Self {
+            body,
+            _schema: std::marker::PhantomData,
+        }
+    }
+
+    pub fn body(&self) -> bytes::Bytes {
+        self.body.clone()
+    }
+}
+
 impl<T> Clone for JsonBytes<T> {
     fn clone(&self) -> Self {
         Self {

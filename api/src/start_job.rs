@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 use supascale_shared::entities::{backup, job, restore};
-use supascale_shared::jobs;
+use supascale_shared::jobs::{self, events};
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
@@ -257,7 +257,7 @@ async fn enqueue(state: &AppState, job: &job::Model) -> ApiResult<()> {
         jobs::store::fail_pending(&state.db, &job.id, cause, false).await,
         Ok(true)
     ) {
-        crate::routes::jobs::end_without_worker(state, job, cause).await;
+        end_without_worker(state, job, cause).await;
     }
     Err(ApiError::unavailable(format!(
         "{}: {cause}",
@@ -362,7 +362,7 @@ pub async fn answer_own_row<R: OwnTable, A>(
     known: Option<R::Model>,
     failed: &str,
     done: impl FnOnce(R::Model) -> A,
-    accepted: impl FnOnce(crate::routes::backups::JobRef, R::Model, String) -> A,
+    accepted: impl FnOnce(crate::answers::JobRef, R::Model, String) -> A,
 ) -> ApiResult<A> {
     let row = wait_for_own_row::<R>(state, job_row, run_async, known).await?;
     match R::status(&row) {
@@ -372,12 +372,38 @@ pub async fn answer_own_row<R: OwnTable, A>(
             R::error(&row).unwrap_or("unknown cause")
         ))),
         status => {
-            let job = crate::routes::jobs::job_ref(job_row, status);
-            Ok(accepted(
-                job,
-                row,
-                crate::routes::jobs::job_url(&job_row.id),
-            ))
+            let job = crate::answers::job_ref(job_row, status);
+            Ok(accepted(job, row, crate::answers::job_url(&job_row.id)))
         }
+    }
+}
+
+/// For a job that ended without a worker (cancelled while pending, never
+/// queued): fails its kind's own row, records the `error` event, and wakes
+/// the jobs that waited behind it.
+pub async fn end_without_worker(state: &AppState, row: &job::Model, cause: &str) {
+    if let Err(e) = jobs::store::fail_owned_row(&state.db, row, cause).await {
+        tracing::error!(job = %row.id, error = %e, "cannot fail the job's own row");
+    }
+    let duration_ms = row
+        .started_at
+        .map(|at| (crate::now() - at).num_milliseconds())
+        .unwrap_or(0);
+    let data = events::failure(&row.kind, cause, duration_ms);
+    let appended = events::append(
+        &state.db,
+        &state.events,
+        &row.id,
+        events::ERROR,
+        data,
+        None,
+        events::Durability::Durable,
+    )
+    .await;
+    if let Err(e) = appended {
+        tracing::error!(job = %row.id, error = %e, "cannot record the job's end");
+    }
+    if let Some(project) = &row.project_id {
+        jobs::queue::redeliver_waiting(&state.db, &state.queue, project).await;
     }
 }

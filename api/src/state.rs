@@ -5,10 +5,8 @@ use std::sync::Arc;
 use sea_orm::DatabaseConnection;
 use supascale_shared::{Config, MasterKey};
 
-use crate::auth::KeyCache;
+use crate::key_cache::KeyCache;
 use crate::list_cache::ListCache;
-use crate::payload::JsonBytes;
-use crate::routes::backups::BackupList;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -23,5 +21,6 @@ pub struct AppState {
     pub queue: supascale_shared::jobs::JobQueue,
     /// Wakes the event streams of jobs.
     pub events: supascale_shared::jobs::events::EventBus,
-    pub list_cache: Arc<ListCache<JsonBytes<BackupList>>>,
+    /// Pages of `GET /backups`, as the JSON bytes that answered them.
+    pub list_cache: Arc<ListCache<bytes::Bytes>>,
 }

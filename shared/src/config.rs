@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
+/// The embedded default's control plane, in the data dir.
+pub const CONTROL_PLANE_FILE: &str = "supascale.db";
+
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
 pub struct ConfigError(pub String);
@@ -397,9 +400,7 @@ impl Config {
             Some(url) => url.expose().to_string(),
             None => format!(
                 "sqlite://{}?mode=rwc",
-                self.data_dir
-                    .join(crate::control_plane::CONTROL_PLANE_FILE)
-                    .display()
+                self.data_dir.join(CONTROL_PLANE_FILE).display()
             ),
         }
     }

@@ -30,8 +30,7 @@ pub enum ControlPlaneError {
     Db(#[from] sea_orm::DbErr),
 }
 
-/// The embedded default's control plane, in the data dir.
-pub const CONTROL_PLANE_FILE: &str = "supascale.db";
+pub use crate::config::CONTROL_PLANE_FILE;
 
 /// Opens the database named by the config: SQLite in WAL mode with
 /// `synchronous=NORMAL` (the job rows must survive a crash; apalis' own

@@ -771,7 +771,7 @@ mod tests {
         assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
         // A backup says so in the contract's words.
         assert_eq!(
-            crate::jobs::destination_error(&error).to_string(),
+            crate::jobs::destination_text(&error),
             "Insufficient disk space"
         );
     }

@@ -47,6 +47,13 @@ macro_rules! vocabulary {
             const FIELD: &'static str = $field;
             const ALL: &'static [Self] = &[$(Self::$variant),+];
             fn as_str(self) -> &'static str {
+                self.word()
+            }
+        }
+
+        impl $name {
+            /// The word as the contract and the control plane spell it.
+            pub const fn word(self) -> &'static str {
                 match self { $(Self::$variant => $word),+ }
             }
         }

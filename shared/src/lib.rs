@@ -17,6 +17,7 @@ pub mod pgtools;
 pub mod private_fs;
 pub mod project_folders;
 pub mod redact;
+pub mod redis_connection;
 pub mod restore;
 pub mod secret;
 pub mod telemetry;

@@ -463,7 +463,7 @@ async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backe
         ))
         .await;
     let held = claimed(second.id.clone()).await;
-    let failure = JobError::Abort("the destination is full".into());
+    let failure = JobError::Target("the destination is full".into());
     store::end_job(
         &db,
         &held,

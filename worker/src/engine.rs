@@ -193,7 +193,7 @@ async fn handle(envelope: JobEnvelope, ctx: Data<Arc<JobContext>>) -> Result<(),
     let outcome = if job.cancel_requested {
         Err(JobError::Cancelled)
     } else if lost {
-        Err(JobError::Abort(format!(
+        Err(JobError::Internal(format!(
             "the worker running it stopped during attempt {} of {}{}",
             job.max_attempts,
             job.max_attempts,
@@ -242,7 +242,7 @@ async fn run_kind(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Re
     let kind: JobKind = job
         .kind
         .parse()
-        .map_err(|e: supascale_shared::jobs::kind::UnknownKind| JobError::Abort(e.to_string()))?;
+        .map_err(|e: supascale_shared::jobs::kind::UnknownKind| JobError::Record(e.to_string()))?;
     match kind {
         JobKind::Backup => backup::run(ctx, job, reporter).await,
         JobKind::Restore => crate::kinds::restore::run(ctx, job, reporter).await,
@@ -250,7 +250,7 @@ async fn run_kind(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Re
         JobKind::ImportDatabase => crate::kinds::import_database::run(ctx, job, reporter).await,
         JobKind::ImportStorage => crate::kinds::import_storage::run(ctx, job, reporter).await,
         JobKind::ImportFunctions => crate::kinds::import_functions::run(ctx, job, reporter).await,
-        JobKind::LiftShift => Err(JobError::Abort(
+        JobKind::LiftShift => Err(JobError::Record(
             "lift & shift jobs are not built yet".into(),
         )),
     }

@@ -10,7 +10,7 @@ use supascale_shared::domain;
 use supascale_shared::entities::api_key as api_key_row;
 
 use super::ApiTags;
-use super::projects::Message;
+use crate::answers::Message;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::payload::JsonBody;

@@ -24,14 +24,16 @@ use supascale_shared::domain::{BackupType, DestinationName, Status, Vocabulary};
 use supascale_shared::entities::{backup, backup_stat, backup_total, job, project, restore};
 use supascale_shared::jobs;
 
-use super::projects::Message;
 use super::{ApiTags, page_window, parse_list_filter};
+use crate::answers::JobRef;
+use crate::answers::Message;
 use crate::auth::{Auth, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::payload::{JsonBody, JsonBytes};
 use crate::start_job::{JobAnswer, NewJob, StartRequest, answer_own_row, start_job};
 use crate::state::AppState;
 use crate::timestamp::Timestamp;
+use crate::visible::visible_backup;
 
 pub const DEFAULT_LIMIT: u64 = 50;
 pub const MAX_LIMIT: u64 = 500;
@@ -215,7 +217,7 @@ impl BackupsApi {
             filters.projects, filters.statuses, filters.destinations, cursor_param
         );
         if let Some(page) = state.list_cache.get(&cache_key) {
-            return Ok(page);
+            return Ok(JsonBytes::cached(page));
         }
         let generation = state.list_cache.generation();
 
@@ -278,7 +280,7 @@ impl BackupsApi {
         };
         let page = JsonBytes::new(&page);
         if let Some(generation) = generation {
-            state.list_cache.put(cache_key, generation, page.clone());
+            state.list_cache.put(cache_key, generation, page.body());
         }
         Ok(page)
     }
@@ -298,7 +300,7 @@ impl BackupsApi {
         let row = visible_backup(&state, principal, &id.0).await?;
         let history = restore::Entity::find()
             .filter(restore::Column::BackupId.eq(row.id.clone()))
-            .filter(restore::Column::Status.eq("completed"))
+            .filter(restore::Column::Status.eq(supascale_shared::jobs::STATUS_COMPLETED))
             .order_by_asc(restore::Column::CreatedAt)
             .all(&state.db)
             .await?
@@ -420,20 +422,6 @@ impl BackupsApi {
             message: "Backup deleted".into(),
         }))
     }
-}
-
-/// A backup the key may see, or `404 Backup not found` (also for backups of
-/// projects outside the key's restriction: they are not there for it).
-pub async fn visible_backup(
-    state: &AppState,
-    principal: &Principal,
-    id: &str,
-) -> ApiResult<backup::Model> {
-    backup::Entity::find_by_id(id.to_string())
-        .one(&state.db)
-        .await?
-        .filter(|b| principal.may_see(&b.project_id))
-        .ok_or(ApiError::BackupNotFound)
 }
 
 /// The projects a query may cover: the requested ones, limited to what the
@@ -579,19 +567,6 @@ pub struct CreateBackup {
 pub struct BackupEnvelope {
     pub success: bool,
     pub backup: Backup,
-}
-
-/// A job that is still running.
-#[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
-pub struct JobRef {
-    pub id: String,
-    pub kind: String,
-    pub status: String,
-    /// Where the job's record is.
-    pub job_url: String,
-    /// The job's live events (SSE).
-    pub events_url: String,
 }
 
 #[derive(Debug, Object)]

@@ -20,10 +20,10 @@ use supascale_shared::artifact::artifact_of;
 use supascale_shared::jobs;
 
 use super::ApiTags;
-use super::backups::visible_backup;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+use crate::visible::visible_backup;
 
 /// The artifact's bytes, typed as what they are.
 pub struct ArtifactBytes {

@@ -25,7 +25,7 @@ use supascale_shared::uploads::UploadStore;
 use tokio::io::AsyncReadExt;
 
 use super::ApiTags;
-use super::backups::JobRef;
+use crate::answers::JobRef;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::start_job::{JobAnswer, NewJob, StartRequest, start_job, wait_for_job};
@@ -344,7 +344,7 @@ async fn start_import(
 ) -> ApiResult<StartedImport> {
     let principal = auth.principal();
     principal.require(Permission::BackupsWrite)?;
-    let project = super::projects::visible_project(state, principal, project_id).await?;
+    let project = crate::visible::visible_project(state, principal, project_id).await?;
     // The key stands for "this import into this project": the file is not
     // read (hashing it would mean receiving it again).
     let start = StartRequest::new(
@@ -541,10 +541,10 @@ impl JobAnswer for StartedImport {
             status => Ok(StartedImport::Accepted(
                 Json(ImportAccepted {
                     success: true,
-                    job: super::jobs::job_ref(job_row, status),
+                    job: crate::answers::job_ref(job_row, status),
                     message: "Import started".into(),
                 }),
-                super::jobs::job_url(&job_row.id),
+                crate::answers::job_url(&job_row.id),
             )),
         }
     }

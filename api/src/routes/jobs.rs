@@ -24,11 +24,14 @@ use supascale_shared::jobs::{self, events};
 
 use super::backups::{Backup, BackupEnvelope};
 use super::{ApiTags, page_window, parse_list_filter};
-use crate::auth::{Auth, Principal};
+use crate::answers::{events_url, job_url};
+use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::start_job::OwnTable;
+use crate::start_job::end_without_worker;
 use crate::state::AppState;
 use crate::timestamp::Timestamp;
+use crate::visible::visible_job;
 
 /// Keep-alive comments on an idle events stream (proxies drop silent
 /// connections).
@@ -124,25 +127,6 @@ impl From<job::Model> for Job {
             heartbeat_at: row.heartbeat_at.map(Into::into),
             duration_ms,
         }
-    }
-}
-
-pub fn events_url(job_id: &str) -> String {
-    format!("{}/jobs/{job_id}/events", crate::API_PREFIX)
-}
-
-pub fn job_url(job_id: &str) -> String {
-    format!("{}/jobs/{job_id}", crate::API_PREFIX)
-}
-
-/// How a job-starting request refers to its job while it runs.
-pub fn job_ref(job: &job::Model, status: &str) -> super::backups::JobRef {
-    super::backups::JobRef {
-        id: job.id.clone(),
-        kind: job.kind.clone(),
-        status: status.to_string(),
-        job_url: job_url(&job.id),
-        events_url: events_url(&job.id),
     }
 }
 
@@ -373,49 +357,6 @@ impl JobsApi {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-}
-
-/// A job the key may see, or 404 `Job not found`.
-pub async fn visible_job(
-    state: &AppState,
-    principal: &Principal,
-    id: &str,
-) -> ApiResult<job::Model> {
-    job::Entity::find_by_id(id.to_string())
-        .one(&state.db)
-        .await?
-        .filter(|j| j.project_id.as_deref().is_none_or(|p| principal.may_see(p)))
-        .ok_or(ApiError::JobNotFound)
-}
-
-/// For a job that ended without a worker (cancelled while pending, never
-/// queued): fails its kind's own row, records the `error` event, and wakes
-/// the jobs that waited behind it.
-pub async fn end_without_worker(state: &AppState, row: &job::Model, cause: &str) {
-    if let Err(e) = jobs::store::fail_owned_row(&state.db, row, cause).await {
-        tracing::error!(job = %row.id, error = %e, "cannot fail the job's own row");
-    }
-    let duration_ms = row
-        .started_at
-        .map(|at| (crate::now() - at).num_milliseconds())
-        .unwrap_or(0);
-    let data = events::failure(&row.kind, cause, duration_ms);
-    let appended = events::append(
-        &state.db,
-        &state.events,
-        &row.id,
-        events::ERROR,
-        data,
-        None,
-        events::Durability::Durable,
-    )
-    .await;
-    if let Err(e) = appended {
-        tracing::error!(job = %row.id, error = %e, "cannot record the job's end");
-    }
-    if let Some(project) = &row.project_id {
-        jobs::queue::redeliver_waiting(&state.db, &state.queue, project).await;
     }
 }
 

@@ -19,11 +19,13 @@ use supascale_shared::entities::project;
 use supascale_shared::project_folders::{FolderRules, ProjectFolders, Refusal};
 
 use super::{ApiTags, page_window};
+use crate::answers::Message;
 use crate::auth::{Auth, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::payload::JsonBody;
 use crate::state::AppState;
 use crate::timestamp::Timestamp;
+use crate::visible::visible_project;
 
 const STATUS_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -154,12 +156,6 @@ pub struct ProjectPagination {
     pub total: u64,
     pub limit: u64,
     pub offset: u64,
-}
-
-#[derive(Debug, Object)]
-pub struct Message {
-    pub success: bool,
-    pub message: String,
 }
 
 #[derive(ApiResponse)]
@@ -449,19 +445,6 @@ impl ProjectsApi {
             message: "Project deleted".into(),
         }))
     }
-}
-
-/// A project the key may see, or `404 Project not found`.
-pub async fn visible_project(
-    state: &AppState,
-    principal: &Principal,
-    id: &str,
-) -> ApiResult<project::Model> {
-    project::Entity::find_by_id(id.to_string())
-        .one(&state.db)
-        .await?
-        .filter(|p| principal.may_see(&p.id))
-        .ok_or(ApiError::ProjectNotFound)
 }
 
 fn valid_name(name: &str) -> ApiResult<String> {

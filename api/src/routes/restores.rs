@@ -13,13 +13,14 @@ use supascale_shared::jobs::params::{RestorePayload, VerifyPayload};
 use supascale_shared::restore::plan::{self, PlanContext, plan_restore};
 
 use super::ApiTags;
-use super::backups::{JobRef, visible_backup};
+use crate::answers::JobRef;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::payload::JsonBody;
 use crate::start_job::{JobAnswer, NewJob, StartRequest, answer_own_row, start_job, wait_for_job};
 use crate::state::AppState;
 use crate::timestamp::Timestamp;
+use crate::visible::visible_backup;
 
 #[derive(Debug, Default, Object, serde::Deserialize)]
 #[oai(rename_all = "camelCase")]
@@ -293,9 +294,9 @@ impl JobAnswer for StartedVerify {
             status => Ok(StartedVerify::Accepted(
                 Json(VerifyAccepted {
                     success: true,
-                    job: super::jobs::job_ref(&job, status),
+                    job: crate::answers::job_ref(&job, status),
                 }),
-                super::jobs::job_url(&job.id),
+                crate::answers::job_url(&job.id),
             )),
         }
     }

@@ -85,7 +85,7 @@ impl EventBus {
         let Some(url) = &config.redis_url else {
             return Ok(Self::local());
         };
-        let (client, conn) = super::queue::connect_redis(url).await?;
+        let (client, conn) = crate::redis_connection::connect(url).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 local: broadcast::channel(1024).0,

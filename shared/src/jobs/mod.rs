@@ -24,6 +24,7 @@
 //! ([`params`]). The job *engine* (the worker loop, the reconciler, and one
 //! module per kind) is the `supascale-worker` crate.
 
+pub mod error;
 pub mod events;
 pub mod kind;
 pub mod params;
@@ -36,6 +37,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 
 use serde::{Deserialize, Serialize};
 
+pub use error::{JobError, Outcome, destination_text};
 pub use kind::{JobKind, failure_prefix};
 pub use queue::JobQueue;
 
@@ -72,51 +74,19 @@ pub struct JobEnvelope {
     pub job_id: String,
 }
 
-pub const STATUS_PENDING: &str = "pending";
-pub const STATUS_IN_PROGRESS: &str = "in_progress";
-pub const STATUS_COMPLETED: &str = "completed";
-pub const STATUS_FAILED: &str = "failed";
+// The status words as the rows store them, spelled once by [`Status`].
+use crate::domain::Status;
+pub const STATUS_PENDING: &str = Status::Pending.word();
+pub const STATUS_IN_PROGRESS: &str = Status::InProgress.word();
+pub const STATUS_COMPLETED: &str = Status::Completed.word();
+pub const STATUS_FAILED: &str = Status::Failed.word();
 
-/// Why a job did not finish, and whether trying again can help.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    /// Temporary: a destination that timed out, a database that restarts.
-    #[error("{0}")]
-    Retry(String),
-    /// Permanent: the input or the environment is wrong; retrying repeats it.
-    #[error("{0}")]
-    Abort(String),
-    /// Permanent, and the caller's fault: an upload that is not what it
-    /// claims, a hostile archive. The waiting request answers 400, not 500.
-    #[error("{0}")]
-    Invalid(String),
-    /// Stopped on request (`POST /jobs/{id}/cancel`).
-    #[error("Cancelled")]
-    Cancelled,
-}
-
-/// `jobs.error_kind` of a job that failed with [`JobError::Invalid`].
+/// `jobs.error_kind` of a job that failed with [`Outcome::InvalidInput`].
 pub const ERROR_KIND_INVALID_INPUT: &str = "invalid_input";
-
-impl From<std::io::Error> for JobError {
-    /// Every I/O failure is permanent, a full disk included (a retry fills
-    /// it again).
-    fn from(e: std::io::Error) -> Self {
-        JobError::Abort(io_error_text(&e))
-    }
-}
-
-impl From<sea_orm::DbErr> for JobError {
-    /// The control plane not answering is temporary: the job's row is
-    /// still there when it comes back.
-    fn from(e: sea_orm::DbErr) -> Self {
-        JobError::Retry(format!("control plane: {e}"))
-    }
-}
 
 /// [`JobError::from`] an I/O error, for `map_err`.
 pub fn io_error(e: std::io::Error) -> JobError {
-    e.into()
+    JobError::Io(e)
 }
 
 /// A full disk in the contract's words (ours says which area and how
@@ -135,33 +105,6 @@ pub fn io_error_text(e: &std::io::Error) -> String {
 /// to a minute.
 pub fn backoff(attempt: i32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(attempt.clamp(1, 6) as u32).min(60))
-}
-
-impl JobError {
-    /// Whether `job` gets another attempt after this error: the one rule
-    /// for the job row, the kind's own row and the queue.
-    pub fn will_retry(&self, job: &crate::entities::job::Model) -> bool {
-        matches!(self, JobError::Retry(_)) && job.attempt < job.max_attempts
-    }
-}
-
-/// A destination's error as a job error: a full disk is permanent and says
-/// so; otherwise OpenDAL's `is_temporary()` decides.
-pub fn destination_error(e: &crate::destinations::DestinationError) -> JobError {
-    use crate::destinations::{DestinationError, permanent_io};
-    // A full local destination has the contract's wording, like a full spool.
-    if matches!(e, DestinationError::Storage(e) if permanent_io::is_storage_full(e)) {
-        return JobError::Abort("Insufficient disk space".into());
-    }
-    // Any other full disk under it: retrying fills it again.
-    if let Some(io) = crate::disk::out_of_space_in(e) {
-        return JobError::Abort(format!("destination: {}", io_error_text(io)));
-    }
-    if e.is_temporary() {
-        JobError::Retry(format!("destination: {e}"))
-    } else {
-        JobError::Abort(format!("destination: {e}"))
-    }
 }
 
 /// The time as the control plane stores it (microseconds).

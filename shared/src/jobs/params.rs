@@ -18,9 +18,6 @@ pub struct RestorePayload {
     pub force: bool,
 }
 
-/// The components a restore may name, in the order they are restored.
-pub const COMPONENTS: &[&str] = &["database", "storage", "functions", "config"];
-
 /// A verify job: the backup it reads back.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]

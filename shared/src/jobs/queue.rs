@@ -65,30 +65,6 @@ impl PollStrategy for EveryPoll {
 pub const QUEUE_HEARTBEAT: Duration = Duration::from_secs(2);
 pub const QUEUE_MISSED_HEARTBEATS: usize = 3;
 
-/// A Redis client and connection for `SUPASCALE_REDIS_URL`, with 5 s
-/// timeouts (redis-rs' default 500 ms response timeout makes a push that
-/// did happen look failed); errors never show the URL.
-pub async fn connect_redis(
-    url: &crate::Secret,
-) -> anyhow::Result<(redis::Client, redis::aio::ConnectionManager)> {
-    let client = redis::Client::open(url.expose())
-        .map_err(|_| anyhow::anyhow!("SUPASCALE_REDIS_URL is not a valid Redis URL"))?;
-    let conn = client
-        .get_connection_manager_with_config(
-            redis::aio::ConnectionManagerConfig::new()
-                .set_response_timeout(Some(Duration::from_secs(5)))
-                .set_connection_timeout(Some(Duration::from_secs(5))),
-        )
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "SUPASCALE_REDIS_URL: cannot connect to Redis: {}",
-                crate::redact::redact_urls(&e.to_string())
-            )
-        })?;
-    Ok((client, conn))
-}
-
 #[derive(Clone)]
 pub enum JobQueue {
     Sqlite(SqliteStorage<JobEnvelope>),
@@ -102,7 +78,7 @@ impl JobQueue {
         let prefetch = prefetch.max(1);
         match &config.redis_url {
             Some(url) => {
-                let (_, conn) = connect_redis(url).await?;
+                let (_, conn) = crate::redis_connection::connect(url).await?;
                 let queue_config = apalis_redis::Config::default()
                     .queue(&config.queue_name)
                     .batch_size(prefetch)

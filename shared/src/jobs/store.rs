@@ -359,7 +359,9 @@ async fn finish(
 /// input was at fault (the waiting request answers 400, not 500).
 fn error_kind(failure: Option<&super::JobError>) -> Option<&'static str> {
     match failure {
-        Some(super::JobError::Invalid(_)) => Some(super::ERROR_KIND_INVALID_INPUT),
+        Some(e) if e.outcome() == super::Outcome::InvalidInput => {
+            Some(super::ERROR_KIND_INVALID_INPUT)
+        }
         _ => None,
     }
 }

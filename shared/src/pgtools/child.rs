@@ -81,5 +81,5 @@ pub async fn end_leftover_sessions(url: &str, job_id: &str) {
 /// environment ([`crate::domain::split_password`]).
 pub fn split_password(url: &str) -> Result<(String, Option<String>), crate::jobs::JobError> {
     crate::domain::split_password(url)
-        .map_err(|_| crate::jobs::JobError::Abort("the project's database URL is invalid".into()))
+        .map_err(|_| crate::jobs::JobError::Record("the project's database URL is invalid".into()))
 }

@@ -322,7 +322,7 @@ pub fn plan(
             .collect::<Vec<_>>()
             .join(", ");
         if !force {
-            return Err(JobError::Abort(format!(
+            return Err(JobError::Target(format!(
                 "the target cluster lacks roles that own objects in the backup: {names}; \
                  create them first, or set forceRestore to restore those objects owned by {}",
                 facts.user
@@ -729,10 +729,10 @@ impl DatabaseRestore<'_> {
         let configured = self.postgres_bin_dirs;
         let pg_restore = pgtools::tool_for("pg_restore", self.backup_major, configured)
             .await
-            .map_err(JobError::Abort)?;
+            .map_err(JobError::Tool)?;
         let psql = pgtools::tool_for("psql", self.facts.major, configured)
             .await
-            .map_err(JobError::Abort)?;
+            .map_err(JobError::Tool)?;
         let listing = run_capture(
             &pg_restore.path,
             &["-l".as_ref(), self.dump.as_os_str()],
@@ -740,7 +740,7 @@ impl DatabaseRestore<'_> {
         )
         .await
         .map_err(|e| {
-            JobError::Abort(format!("the dump's table of contents cannot be read: {e}"))
+            JobError::UnreadableDump(format!("the dump's table of contents cannot be read: {e}"))
         })?;
         let toc = parse_toc(&listing);
         let mut plan = plan(&toc, self.facts, self.roles_sql, self.force)?;
@@ -780,7 +780,7 @@ impl DatabaseRestore<'_> {
             args.push(self.dump.as_os_str());
             let sql = run_capture(&pg_restore.path, &args, self.job_id)
                 .await
-                .map_err(|e| JobError::Abort(format!("the dump's grants cannot be read: {e}")))?;
+                .map_err(|e| JobError::Tool(format!("the dump's grants cannot be read: {e}")))?;
             let known =
                 |role: &str| self.facts.roles.contains(role) || plan.created_roles.contains(role);
             // Grants only: no data, so whole lines `BEGIN;`/`COMMIT;` are
@@ -882,7 +882,7 @@ pub async fn load_plain_sql<R: tokio::io::AsyncRead + Unpin>(
 ) -> Result<Loaded, JobError> {
     let psql = pgtools::tool_for("psql", facts.major, postgres_bin_dirs)
         .await
-        .map_err(JobError::Abort)?;
+        .map_err(JobError::Tool)?;
     let mut loaded = Loaded::start(&psql.path, url, job_id, lock_timeout, Vec::new())?;
     let head = format!(
         "\\set ON_ERROR_STOP 1\nBEGIN;\nSET lock_timeout = '{}ms';\nSET session_replication_role = replica;\n",
@@ -959,7 +959,7 @@ impl Loaded {
             .stderr(Stdio::piped());
         let mut psql_child = command
             .spawn()
-            .map_err(|e| JobError::Abort(format!("cannot run psql: {e}")))?;
+            .map_err(|e| JobError::Tool(format!("cannot run psql: {e}")))?;
         let stdin = psql_child.stdin.take().expect("piped");
         let stdout = psql_child.stdout.take().expect("piped");
         let stderr = psql_child.stderr.take().expect("piped");
@@ -1068,14 +1068,14 @@ impl Loaded {
             "psql ended without a cause".into()
         };
         if cause.contains("lock timeout") {
-            return JobError::Abort(format!(
+            return JobError::Target(format!(
                 "other sessions hold locks on the project database (waited {} s): {}; stop \
                  them (e.g. the project's containers) or set forceRestore to end them",
                 self.lock_timeout.as_secs(),
                 blocking_sessions(&self.url).await
             ));
         }
-        JobError::Abort(format!("the database restore was rolled back: {cause}"))
+        JobError::Tool(format!("the database restore was rolled back: {cause}"))
     }
 }
 

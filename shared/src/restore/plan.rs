@@ -15,9 +15,9 @@ use crate::Config;
 use crate::artifact::Manifest;
 use crate::artifact::artifact_of;
 use crate::destinations::Destinations;
-use crate::domain::{BackupType, Vocabulary};
+use crate::domain::{BackupType, Component, Vocabulary};
 use crate::entities::{backup, project};
-use crate::jobs::{STATUS_COMPLETED, params::COMPONENTS};
+use crate::jobs::STATUS_COMPLETED;
 use crate::master_key::MasterKey;
 
 /// What `restoreTypes` may name.
@@ -257,16 +257,17 @@ fn choose_components(
     }
     let everything = asked.is_empty() || asked.iter().any(|t| t == "full");
     let wanted = |c: &&str| everything || asked.iter().any(|a| a == c);
-    let missing: Vec<&'static str> = COMPONENTS
+    let missing: Vec<&'static str> = Component::ALL
         .iter()
-        .copied()
+        .map(|c| c.as_str())
         .filter(|c| !everything && wanted(c) && !held.iter().any(|h| h == c))
         .collect();
     if !missing.is_empty() {
         return Err(PlanError::NotInBackup(missing));
     }
-    let mut types: Vec<String> = COMPONENTS
+    let mut types: Vec<String> = Component::ALL
         .iter()
+        .map(|c| c.as_str())
         .filter(|c| wanted(c) && held.iter().any(|h| h == *c))
         .map(|c| c.to_string())
         .collect();

@@ -33,7 +33,7 @@ use supascale_shared::domain::CONFIG_ALLOWLIST;
 use supascale_shared::domain::{BackupType, Component, Vocabulary};
 use supascale_shared::entities::{backup, job, project};
 use supascale_shared::jobs::params::BackupPayload;
-use supascale_shared::jobs::{AbortOnDrop, JobError, destination_error, io_error};
+use supascale_shared::jobs::{AbortOnDrop, JobError, io_error};
 use supascale_shared::pgtools;
 use supascale_shared::pgtools::child;
 use supascale_shared::project_folders::{Create, PinnedFolders};
@@ -96,12 +96,12 @@ async fn set_backup(
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
     let payload: BackupPayload = serde_json::from_str(&job.payload)
-        .map_err(|e| JobError::Abort(format!("bad job payload: {e}")))?;
+        .map_err(|e| JobError::Record(format!("bad job payload: {e}")))?;
     let started = Instant::now();
     let (row, project) = start(ctx, &payload.backup_id).await?;
     let result = match &project {
         Some(project) => produce(ctx, job, &row, project, reporter).await,
-        None => Err(JobError::Abort("the project no longer exists".into())),
+        None => Err(JobError::Record("the project no longer exists".into())),
     };
     match result {
         Ok(summary) => {
@@ -166,7 +166,7 @@ async fn start(
     ctx: &JobContext,
     backup_id: &str,
 ) -> Result<(backup::Model, Option<project::Model>), JobError> {
-    let gone = || JobError::Abort("the backup row is gone".into());
+    let gone = || JobError::Record("the backup row is gone".into());
     let backend = ctx.db.get_database_backend();
     let running = running_update(
         backend,
@@ -240,11 +240,11 @@ async fn produce(
     let destination = ctx
         .destinations
         .get(&row.destination)
-        .map_err(|e| JobError::Abort(e.to_string()))?
+        .map_err(|e| JobError::Configuration(e.to_string()))?
         .clone();
     let recipients = recipients_of(ctx, row)?;
     let wanted = BackupType::parse(&row.backup_type)
-        .map_err(JobError::Abort)?
+        .map_err(JobError::Record)?
         .parts();
     // Opened now, beneath the project's root: the builder reads through
     // these, never the stored paths again.
@@ -256,7 +256,7 @@ async fn produce(
                 .pin(project, Create::default())
         })
         .transpose()
-        .map_err(JobError::Abort)?;
+        .map_err(JobError::Target)?;
     // The files go into the artifact while `pg_dump` writes its spool, and
     // the database comes last, once its size is known: dump and archiving
     // overlap instead of following each other (restores do not depend on
@@ -272,7 +272,7 @@ async fn produce(
     let started = Instant::now();
     let spool_dir = ctx.config.data_dir.join("tmp");
     supascale_shared::private_fs::create_dir_all(&spool_dir)
-        .map_err(|e| JobError::Abort(format!("cannot create {}: {e}", spool_dir.display())))?;
+        .map_err(|e| JobError::Internal(format!("cannot create {}: {e}", spool_dir.display())))?;
     let DumpStarted {
         mut dumping,
         dump_ready,
@@ -322,7 +322,7 @@ async fn produce(
         Ok(writer) => writer,
         Err(e) => {
             stop_dump(&mut dumping, dump_url.as_deref(), &job.id).await;
-            return Err(destination_error(&e));
+            return Err(JobError::from(e));
         }
     };
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
@@ -353,7 +353,7 @@ async fn produce(
     let uploaded_after = started.elapsed();
     let built = builder
         .await
-        .map_err(|e| JobError::Abort(format!("artifact builder panicked: {e}")))?;
+        .map_err(|e| JobError::Internal(format!("artifact builder panicked: {e}")))?;
     drop(dump);
     drop(roles);
     let summary = match (built, upload_error) {
@@ -368,7 +368,7 @@ async fn produce(
         }
     };
     if let Err(e) = writer.close().await {
-        return Err(destination_error(&e.into()));
+        return Err(JobError::Destination(e.into()));
     }
     let closed_after = started.elapsed();
     let summary = confirm_stored(ctx, &destination, &key, summary, reporter, total).await?;
@@ -434,7 +434,7 @@ async fn pump(
                 let Some(chunk) = chunk else { break };
                 uploaded += chunk.len() as u64;
                 if let Err(e) = writer.write(chunk).await {
-                    pumped.upload_error = Some(destination_error(&e.into()));
+                    pumped.upload_error = Some(JobError::Destination(e.into()));
                     break;
                 }
                 reporter
@@ -463,7 +463,7 @@ async fn pump(
                 *dumping = None;
                 pumped.dumped_after = Some(started.elapsed());
                 let dumped = dumped.unwrap_or_else(|e| {
-                    Err(JobError::Abort(format!("the dump task failed: {e}")))
+                    Err(JobError::Internal(format!("the dump task failed: {e}")))
                 });
                 match dumped {
                     Ok(spooled) => {
@@ -498,9 +498,9 @@ fn recipients_of(
     let recipients = ctx
         .config
         .recipients()
-        .map_err(|e| JobError::Abort(e.to_string()))?;
+        .map_err(|e| JobError::Configuration(e.to_string()))?;
     if recipients.is_empty() {
-        return Err(JobError::Abort(
+        return Err(JobError::Configuration(
             "the backup is to be encrypted and no encryption recipients are configured".into(),
         ));
     }
@@ -544,7 +544,7 @@ async fn confirm_stored(
                     Ok(sha) if sha == summary.sha256 => {}
                     Ok(sha) => {
                         let _ = destination.delete(key).await;
-                        return Err(JobError::Retry(format!(
+                        return Err(JobError::DestinationUnsure(format!(
                             "the destination gave back other bytes than were written \
                              (SHA-256 {sha}, expected {})",
                             summary.sha256
@@ -552,7 +552,7 @@ async fn confirm_stored(
                     }
                     Err(e) => {
                         let _ = destination.delete(key).await;
-                        return Err(destination_error(&e));
+                        return Err(JobError::from(e));
                     }
                 }
             }
@@ -560,15 +560,15 @@ async fn confirm_stored(
         }
         Ok(Some(stored)) => {
             let _ = destination.delete(key).await;
-            Err(JobError::Retry(format!(
+            Err(JobError::DestinationUnsure(format!(
                 "the destination stored {} bytes of {}",
                 stored.size, summary.bytes
             )))
         }
-        Ok(None) => Err(JobError::Retry(
+        Ok(None) => Err(JobError::DestinationUnsure(
             "the destination does not show the artifact".into(),
         )),
-        Err(e) => Err(destination_error(&e)),
+        Err(e) => Err(JobError::from(e)),
     }
 }
 

@@ -51,30 +51,31 @@ pub async fn start(
     formats: &[Detected],
 ) -> Result<ImportStart, JobError> {
     let payload: ImportPayload = serde_json::from_str(&job.payload)
-        .map_err(|e| JobError::Abort(format!("bad job payload: {e}")))?;
+        .map_err(|e| JobError::Record(format!("bad job payload: {e}")))?;
     let project_id = job
         .project_id
         .clone()
-        .ok_or_else(|| JobError::Abort("the import names no project".into()))?;
+        .ok_or_else(|| JobError::Record("the import names no project".into()))?;
     let project = project::Entity::find_by_id(project_id)
         .one(&ctx.db)
         .await
         .map_err(JobError::from)?
-        .ok_or_else(|| JobError::Abort("Project not found".into()))?;
+        .ok_or_else(|| JobError::Record("Project not found".into()))?;
     let spool = ctx.config.data_dir.join("tmp");
-    let store = UploadStore::new(&ctx.config, &ctx.destinations).map_err(JobError::Abort)?;
+    let store =
+        UploadStore::new(&ctx.config, &ctx.destinations).map_err(JobError::Configuration)?;
     let upload = store
         .local(&job.id, &spool, ctx.config.disk_reserve_bytes)
         .await
-        .map_err(JobError::Abort)?;
+        .map_err(JobError::Internal)?;
     let path = upload.path.clone();
     let detected =
         tokio::task::spawn_blocking(move || supascale_shared::import::archive::detect(&path))
             .await
-            .map_err(|e| JobError::Abort(e.to_string()))?
-            .map_err(|e| JobError::Abort(format!("cannot read the upload: {e}")))?;
+            .map_err(|e| JobError::Internal(e.to_string()))?
+            .map_err(|e| JobError::Record(format!("cannot read the upload: {e}")))?;
     supascale_shared::import::archive::check_claim(&payload.file_name, &detected, formats)
-        .map_err(JobError::Invalid)?;
+        .map_err(JobError::InvalidInput)?;
     Ok(ImportStart {
         payload,
         project,
@@ -96,15 +97,15 @@ pub async fn target_database(
     let url = ctx
         .master_key
         .decrypt(&project.database_url_enc)
-        .map_err(|e| JobError::Abort(e.to_string()))?;
+        .map_err(|e| JobError::Configuration(e.to_string()))?;
     let facts = database::target_facts(&url).await.map_err(|cause| {
-        JobError::Abort(format!("Project {} is not running: {cause}", project.id))
+        JobError::Target(format!("Project {} is not running: {cause}", project.id))
     })?;
     if let Some(missing) = database::missing_privilege(&facts) {
-        return Err(JobError::Abort(missing));
+        return Err(JobError::Target(missing));
     }
     if let Some(problem) = database::identity_problem(&facts, force) {
-        return Err(JobError::Invalid(format!(
+        return Err(JobError::InvalidInput(format!(
             "Project {}: {problem}",
             project.id
         )));
@@ -184,7 +185,7 @@ pub fn limits(
 pub fn archive_error(e: supascale_shared::import::ImportError, file_name: &str) -> JobError {
     match e {
         supascale_shared::import::ImportError::Invalid(message) => {
-            JobError::Invalid(format!("{file_name}: {message}"))
+            JobError::InvalidInput(format!("{file_name}: {message}"))
         }
         supascale_shared::import::ImportError::Cancelled => JobError::Cancelled,
         supascale_shared::import::ImportError::Io(e) => supascale_shared::jobs::io_error(e),
@@ -209,7 +210,7 @@ pub async fn stage_off_thread<T: Send + 'static>(
     let flag = stop.clone();
     let work = tokio::task::spawn_blocking(move || stage(&flag));
     let staged = tokio::select! {
-        staged = work => staged.map_err(|e| JobError::Abort(e.to_string()))?,
+        staged = work => staged.map_err(|e| JobError::Internal(e.to_string()))?,
         _ = reporter.cancelled() => {
             stop.store(true, Ordering::Relaxed);
             return Err(JobError::Cancelled);
@@ -250,13 +251,13 @@ pub fn open_target_folder(
     };
     let folders = FolderRules::from_config(&ctx.config)
         .pin(project, create)
-        .map_err(JobError::Abort)?;
+        .map_err(JobError::Target)?;
     let pinned = match which {
         Component::Storage => folders.storage,
         _ => folders.functions,
     }
     .ok_or_else(|| {
-        JobError::Abort(format!(
+        JobError::Target(format!(
             "project {}'s {field} {stored} could not be created",
             project.id
         ))

@@ -12,7 +12,7 @@
 //! plain-SQL script runs on top of the database as it is.
 //!
 //! A dump that cannot be read (truncated, damaged, not a dump) is the
-//! caller's problem ([`JobError::Invalid`], 400); a dump that reads but does
+//! caller's problem ([`JobError::InvalidInput`], 400); a dump that reads but does
 //! not load (an SQL error) fails the job with the server's words.
 
 use std::io::Read;
@@ -68,7 +68,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
                 )?;
                 tokio::task::spawn_blocking(move || gunzip_to(&source, &out, guard, limits))
                     .await
-                    .map_err(|e| JobError::Abort(e.to_string()))?
+                    .map_err(|e| JobError::Internal(e.to_string()))?
                     .map_err(|e| {
                         let _ = std::fs::remove_file(&target);
                         match e {
@@ -76,16 +76,16 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
                                 ratio,
                                 upload_bytes,
                                 ..
-                            }) => JobError::Invalid(format!(
+                            }) => JobError::InvalidInput(format!(
                                 "{name} expands past the limit of {ratio} times the upload's \
                                  size ({})",
                                 supascale_shared::disk::human_bytes(upload_bytes)
                             )),
-                            Gunzip::TooLarge(e) => JobError::Invalid(format!("{name}: {e}")),
+                            Gunzip::TooLarge(e) => JobError::InvalidInput(format!("{name}: {e}")),
                             Gunzip::Io(e) if supascale_shared::disk::is_out_of_space(&e) => {
                                 supascale_shared::jobs::io_error(e)
                             }
-                            Gunzip::Io(e) => JobError::Invalid(format!(
+                            Gunzip::Io(e) => JobError::InvalidInput(format!(
                                 "{name} is not a complete gzip file: {e}"
                             )),
                         }
@@ -129,12 +129,12 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
                 (Ok(loaded), None) => loaded,
                 (Ok(loaded), Some(e)) => {
                     loaded.roll_back().await;
-                    return Err(JobError::Invalid(format!(
+                    return Err(JobError::InvalidInput(format!(
                         "{name} is not a complete gzip file: {e}"
                     )));
                 }
                 (Err(_), Some(e)) => {
-                    return Err(JobError::Invalid(format!(
+                    return Err(JobError::InvalidInput(format!(
                         "{name} is not a complete gzip file: {e}"
                     )));
                 }
@@ -142,7 +142,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
             }
         }
         other => {
-            return Err(JobError::Invalid(format!(
+            return Err(JobError::InvalidInput(format!(
                 "{name} is neither a PostgreSQL custom-format dump (pg_dump -Fc) nor plain SQL \
                  ({})",
                 other.describe()
@@ -164,15 +164,16 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
 
 /// A dump `pg_restore` cannot read is the caller's: 400, not 500.
 fn unreadable_dump(error: JobError, name: &str) -> JobError {
+    let invalid = |cause: String| {
+        JobError::InvalidInput(format!(
+            "{name} cannot be read as a custom-format dump (truncated or damaged?): {cause}"
+        ))
+    };
     match error {
-        JobError::Abort(cause)
-            if cause.contains("table of contents cannot be read")
-                || cause.contains("pg_restore:") =>
-        {
-            JobError::Invalid(format!(
-                "{name} cannot be read as a custom-format dump (truncated or damaged?): {cause}"
-            ))
-        }
+        JobError::UnreadableDump(cause) => invalid(cause),
+        // pg_restore's own complaint while loading counts too: it read
+        // the head, then found the rest damaged.
+        JobError::Tool(cause) if cause.contains("pg_restore:") => invalid(cause),
         other => other,
     }
 }

@@ -49,7 +49,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     let swapped = staged
         .ready
         .merge_in()
-        .map_err(|e| JobError::Abort(format!("cannot swap in the functions: {e}")))?;
+        .map_err(|e| JobError::Target(format!("cannot swap in the functions: {e}")))?;
     if let Err(e) = swapped.commit() {
         warnings.push(format!(
             "The replaced functions could not all be removed: {e}"

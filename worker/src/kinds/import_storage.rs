@@ -76,7 +76,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     let swapped = staged
         .ready
         .merge_in()
-        .map_err(|e| JobError::Abort(format!("cannot swap in the storage files: {e}")))?;
+        .map_err(|e| JobError::Target(format!("cannot swap in the storage files: {e}")))?;
     if let Err(e) = txn.commit().await {
         if let Err(undo) = swapped.roll_back() {
             tracing::error!(job = %job.id, error = %undo, "cannot put the project's storage files back");
@@ -106,9 +106,9 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
 async fn connect(url: &str, project_id: &str) -> Result<sqlx::PgConnection, JobError> {
     tokio::time::timeout(Duration::from_secs(10), sqlx::PgConnection::connect(url))
         .await
-        .map_err(|_| JobError::Abort(format!("Project {project_id} is not running: no answer")))?
+        .map_err(|_| JobError::Target(format!("Project {project_id} is not running: no answer")))?
         .map_err(|e| {
-            JobError::Abort(format!(
+            JobError::Target(format!(
                 "Project {project_id} is not running: {}",
                 supascale_shared::redact::redact_urls(&e.to_string())
             ))
@@ -116,7 +116,7 @@ async fn connect(url: &str, project_id: &str) -> Result<sqlx::PgConnection, JobE
 }
 
 fn database_error(e: sqlx::Error) -> JobError {
-    JobError::Abort(format!(
+    JobError::Target(format!(
         "the storage rows could not be written (nothing was changed): {}",
         supascale_shared::redact::redact_urls(&e.to_string())
     ))
@@ -140,7 +140,7 @@ async fn existing_objects(
     .fetch_all(conn)
     .await
     .map_err(|e| {
-        JobError::Abort(format!(
+        JobError::Target(format!(
             "the project's storage.objects cannot be read (is it a Supabase database?): {e}"
         ))
     })?;

@@ -39,9 +39,10 @@ use supascale_shared::disk::{
 };
 use supascale_shared::entities::{backup, job, project, restore};
 use supascale_shared::jobs::JobError;
-use supascale_shared::jobs::destination_error;
+
+use supascale_shared::domain::{Component, Vocabulary};
 use supascale_shared::jobs::io_error;
-use supascale_shared::jobs::params::{COMPONENTS, RestorePayload};
+use supascale_shared::jobs::params::RestorePayload;
 use supascale_shared::pgtools::child;
 use supascale_shared::project_folders::{Create, PinnedDir, PinnedFolders};
 use supascale_shared::restore::database::{self, DatabaseRestore, TargetFacts};
@@ -59,7 +60,7 @@ pub(super) use artifact::{
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
     let payload: RestorePayload = serde_json::from_str(&job.payload)
-        .map_err(|e| JobError::Abort(format!("bad job payload: {e}")))?;
+        .map_err(|e| JobError::Record(format!("bad job payload: {e}")))?;
     let started = Instant::now();
     let row = restore::Entity::update_many()
         .col_expr(
@@ -71,7 +72,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
         .await
         .map_err(JobError::from)?
         .pop()
-        .ok_or_else(|| JobError::Abort("the restore row is gone".into()))?;
+        .ok_or_else(|| JobError::Record("the restore row is gone".into()))?;
     // The API's own warnings (config left out of a cross-project restore)
     // come first.
     let said: Vec<String> = serde_json::from_str(&row.warnings).unwrap_or_default();
@@ -179,7 +180,7 @@ async fn restore_backup(
     // 4. Files in, then the commit; any failure puts everything back.
     run.swap_in(unpacked, loaded, database.as_ref(), step, &mut warnings)
         .await?;
-    if request.wanted.contains(&"database") {
+    if request.wanted.contains(&Component::Database) {
         run.post_restore_step(&request.target, &mut warnings).await;
     }
     for warning in &warnings {
@@ -204,8 +205,8 @@ struct Request {
     backup: backup::Model,
     target: project::Model,
     manifest: Manifest,
-    /// The components to restore, in [`COMPONENTS`] order.
-    wanted: Vec<&'static str>,
+    /// The components to restore, in restore order.
+    wanted: Vec<Component>,
     /// Open until the restore ends: the three paths below go through them.
     folders: Option<PinnedFolders>,
     root_dir: PathBuf,
@@ -237,29 +238,29 @@ impl Request {
             .one(&ctx.db)
             .await
             .map_err(JobError::from)?
-            .ok_or_else(|| JobError::Abort("Backup not found".into()))?;
+            .ok_or_else(|| JobError::Record("Backup not found".into()))?;
         let target = project::Entity::find_by_id(row.project_id.clone())
             .one(&ctx.db)
             .await
             .map_err(JobError::from)?
-            .ok_or_else(|| JobError::Abort("Project not found".into()))?;
+            .ok_or_else(|| JobError::Record("Project not found".into()))?;
         let manifest: Manifest = backup_row
             .manifest
             .as_deref()
             .and_then(|m| serde_json::from_str(m).ok())
-            .ok_or_else(|| JobError::Abort("the backup has no manifest".into()))?;
+            .ok_or_else(|| JobError::Record("the backup has no manifest".into()))?;
         let wanted: Vec<String> = serde_json::from_str(&row.restore_types)
-            .map_err(|e| JobError::Abort(format!("bad restore types: {e}")))?;
-        let wanted: Vec<&'static str> = COMPONENTS
+            .map_err(|e| JobError::Record(format!("bad restore types: {e}")))?;
+        let wanted: Vec<Component> = Component::ALL
             .iter()
             .copied()
-            .filter(|c| wanted.iter().any(|w| w == c))
+            .filter(|c| wanted.iter().any(|w| w == c.as_str()))
             .collect();
         if let Some(missing) = wanted
             .iter()
-            .find(|c| !manifest.meta.components.iter().any(|m| m == *c))
+            .find(|c| !manifest.meta.components.iter().any(|m| m == c.as_str()))
         {
-            return Err(JobError::Abort(format!(
+            return Err(JobError::Record(format!(
                 "Backup does not contain: {missing}"
             )));
         }
@@ -293,7 +294,7 @@ impl Request {
     /// extra config paths, which are left out.
     fn extra_config_left_out(&self) -> Option<String> {
         let (backup_row, target) = (&self.backup, &self.target);
-        let left_out = self.wanted.contains(&"config")
+        let left_out = self.wanted.contains(&Component::Config)
             && backup_row.project_id != target.id
             && self
                 .manifest
@@ -317,19 +318,19 @@ impl Request {
 fn pin_folders(
     ctx: &JobContext,
     target: &project::Model,
-    wanted: &[&'static str],
+    wanted: &[Component],
 ) -> Result<Option<PinnedFolders>, JobError> {
-    if !wanted.iter().any(|c| *c != "database") {
+    if !wanted.iter().any(|c| *c != Component::Database) {
         return Ok(None);
     }
     let create = Create {
-        storage: wanted.contains(&"storage"),
-        functions: wanted.contains(&"functions"),
+        storage: wanted.contains(&Component::Storage),
+        functions: wanted.contains(&Component::Functions),
     };
     supascale_shared::project_folders::FolderRules::from_config(&ctx.config)
         .pin(target, create)
         .map(Some)
-        .map_err(JobError::Abort)
+        .map_err(JobError::Target)
 }
 
 impl Restoring<'_> {
@@ -342,7 +343,7 @@ impl Restoring<'_> {
     ) -> Result<Prepared, JobError> {
         let (ctx, job) = (self.ctx, self.job);
         let artifact = self.stored_artifact(&request.backup).await?;
-        let database = if request.wanted.contains(&"database") {
+        let database = if request.wanted.contains(&Component::Database) {
             Some(self.database_target(request).await?)
         } else {
             None
@@ -352,7 +353,11 @@ impl Restoring<'_> {
         supascale_shared::private_fs::create_dir_all(&spool_dir).map_err(io_error)?;
         self.check_disk(request, &spool_dir)?;
         let plan = UnpackPlan {
-            wanted: request.wanted.iter().map(|c| c.to_string()).collect(),
+            wanted: request
+                .wanted
+                .iter()
+                .map(|c| c.as_str().to_string())
+                .collect(),
             entries: entries_by_path(&request.manifest),
             root: request.root_dir.clone(),
             storage: request.storage_dir.clone(),
@@ -379,32 +384,32 @@ impl Restoring<'_> {
         let destination = ctx
             .destinations
             .get(&backup_row.destination)
-            .map_err(|e| JobError::Abort(e.to_string()))?
+            .map_err(|e| JobError::Configuration(e.to_string()))?
             .clone();
         let recorded = backup_row.size.max(0) as u64;
         match destination.stat(&key).await {
             Ok(Some(stored)) if stored.size == recorded => {}
             Ok(Some(stored)) => {
-                return Err(JobError::Abort(format!(
+                return Err(JobError::Artifact(format!(
                     "the artifact on {} has {} bytes, not the {recorded} recorded",
                     backup_row.destination, stored.size
                 )));
             }
             Ok(None) => {
-                return Err(JobError::Abort(format!(
+                return Err(JobError::Artifact(format!(
                     "the backup's artifact is missing from destination {}",
                     backup_row.destination
                 )));
             }
-            Err(e) => return Err(destination_error(&e)),
+            Err(e) => return Err(JobError::from(e)),
         }
         let identities = if backup_row.encrypted {
             let identities = ctx
                 .config
                 .identities()
-                .map_err(|e| JobError::Abort(e.to_string()))?;
+                .map_err(|e| JobError::Configuration(e.to_string()))?;
             if identities.is_empty() {
-                return Err(JobError::Abort(
+                return Err(JobError::Configuration(
                     "Backup is encrypted and no decryption key is configured".into(),
                 ));
             }
@@ -430,15 +435,18 @@ impl Restoring<'_> {
             .ctx
             .master_key
             .decrypt(&target.database_url_enc)
-            .map_err(|e| JobError::Abort(e.to_string()))?;
+            .map_err(|e| JobError::Configuration(e.to_string()))?;
         let facts = database::target_facts(&url).await.map_err(|cause| {
-            JobError::Abort(format!("Project {} is not running: {cause}", target.id))
+            JobError::Target(format!("Project {} is not running: {cause}", target.id))
         })?;
         if let Some(missing) = database::missing_privilege(&facts) {
-            return Err(JobError::Abort(missing));
+            return Err(JobError::Target(missing));
         }
         if let Some(problem) = database::identity_problem(&facts, self.force) {
-            return Err(JobError::Abort(format!("Project {}: {problem}", target.id)));
+            return Err(JobError::Target(format!(
+                "Project {}: {problem}",
+                target.id
+            )));
         }
         let backup_major = request
             .manifest
@@ -448,7 +456,7 @@ impl Restoring<'_> {
             .and_then(database::major_of_version)
             .unwrap_or(facts.major);
         if backup_major > facts.major {
-            return Err(JobError::Abort(format!(
+            return Err(JobError::Target(format!(
                 "the backup is of PostgreSQL {backup_major}, newer than the target's {}",
                 facts.version
             )));
@@ -525,13 +533,13 @@ impl Restoring<'_> {
                 bytes,
             })
         };
-        if wanted.contains(&"database") {
+        if wanted.contains(&Component::Database) {
             need(TEMPORARY_AREA, spool_dir, bytes_of("database/"));
         }
-        if wanted.contains(&"storage") {
+        if wanted.contains(&Component::Storage) {
             need(STORAGE_AREA, &request.storage_dir, bytes_of("storage/"));
         }
-        if wanted.contains(&"functions") {
+        if wanted.contains(&Component::Functions) {
             need(
                 FUNCTIONS_AREA,
                 &request.functions_dir,
@@ -573,7 +581,7 @@ impl Restoring<'_> {
                 };
                 Ok(Some(loaded))
             }
-            (Some(_), None) => Err(JobError::Abort(
+            (Some(_), None) => Err(JobError::Artifact(
                 "the artifact holds no database dump".into(),
             )),
             _ => Ok(None),
@@ -609,7 +617,7 @@ impl Restoring<'_> {
             match ready.swap_in() {
                 Ok(done) => swapped.trees.push(done),
                 Err(e) => {
-                    failure = Some(JobError::Abort(format!("cannot swap in {name}: {e}")));
+                    failure = Some(JobError::Target(format!("cannot swap in {name}: {e}")));
                     break;
                 }
             }
@@ -622,7 +630,7 @@ impl Restoring<'_> {
                 .await;
             match config.swap_in() {
                 Ok(done) => swapped.config = Some(done),
-                Err(e) => failure = Some(JobError::Abort(format!("cannot swap in config: {e}"))),
+                Err(e) => failure = Some(JobError::Target(format!("cannot swap in config: {e}"))),
             }
         }
         let mut pending_rollback = None;

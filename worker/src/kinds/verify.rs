@@ -17,7 +17,7 @@ use supascale_shared::artifact::Manifest;
 use supascale_shared::artifact::artifact_of;
 use supascale_shared::entities::{backup, job};
 use supascale_shared::jobs::JobError;
-use supascale_shared::jobs::destination_error;
+
 use supascale_shared::jobs::io_error;
 use supascale_shared::jobs::params::VerifyPayload;
 use supascale_shared::pgtools;
@@ -26,12 +26,12 @@ use supascale_shared::restore::database::major_of_version;
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
     let payload: VerifyPayload = serde_json::from_str(&job.payload)
-        .map_err(|e| JobError::Abort(format!("bad job payload: {e}")))?;
+        .map_err(|e| JobError::Record(format!("bad job payload: {e}")))?;
     let row = backup::Entity::find_by_id(payload.backup_id.clone())
         .one(&ctx.db)
         .await
         .map_err(JobError::from)?
-        .ok_or_else(|| JobError::Abort("Backup not found".into()))?;
+        .ok_or_else(|| JobError::Record("Backup not found".into()))?;
     let verdict = match check(ctx, job, &row, reporter).await {
         Ok(()) => None,
         Err(Damage::Found(cause)) => Some(cause),
@@ -77,7 +77,7 @@ async fn check(
     let destination = ctx
         .destinations
         .get(&row.destination)
-        .map_err(|e| Damage::CannotLook(JobError::Abort(e.to_string())))?
+        .map_err(|e| Damage::CannotLook(JobError::Configuration(e.to_string())))?
         .clone();
     reporter
         .step("stat", "Looking for the artifact", 1, 3)
@@ -97,15 +97,15 @@ async fn check(
                 row.destination
             )));
         }
-        Err(e) => return Err(Damage::CannotLook(destination_error(&e))),
+        Err(e) => return Err(Damage::CannotLook(JobError::from(e))),
     }
     let identities = if row.encrypted {
         let identities = ctx
             .config
             .identities()
-            .map_err(|e| Damage::CannotLook(JobError::Abort(e.to_string())))?;
+            .map_err(|e| Damage::CannotLook(JobError::Configuration(e.to_string())))?;
         if identities.is_empty() {
-            return Err(Damage::CannotLook(JobError::Abort(
+            return Err(Damage::CannotLook(JobError::Configuration(
                 "Backup is encrypted and no decryption key is configured".into(),
             )));
         }
@@ -139,11 +139,7 @@ async fn check(
         .map_err(|e| match e {
             // What the pass finds wrong with the bytes is damage; a cancel
             // or a lost destination is not.
-            JobError::Abort(cause)
-                if !cause.contains("decryption key") && !cause.contains("disk space") =>
-            {
-                Damage::Found(cause)
-            }
+            JobError::Artifact(cause) => Damage::Found(cause),
             other => Damage::CannotLook(other),
         })?;
     if let Some(dump) = &checked.dump {
@@ -164,7 +160,7 @@ async fn check(
         let pg_restore =
             pgtools::tool_for("pg_restore", major, ctx.config.postgres_bin_dirs.as_deref())
                 .await
-                .map_err(|e| Damage::CannotLook(JobError::Abort(e)))?;
+                .map_err(|e| Damage::CannotLook(JobError::Tool(e)))?;
         let listed = child::command(
             pg_restore.path.to_str().unwrap_or("pg_restore"),
             &job.id,
@@ -176,7 +172,7 @@ async fn check(
         .stderr(std::process::Stdio::piped())
         .output()
         .await
-        .map_err(|e| Damage::CannotLook(JobError::Abort(format!("cannot run pg_restore: {e}"))))?;
+        .map_err(|e| Damage::CannotLook(JobError::Tool(format!("cannot run pg_restore: {e}"))))?;
         if !listed.status.success() {
             return Err(Damage::Found(format!(
                 "pg_restore cannot read the database dump: {}",

@@ -42,7 +42,7 @@ pub(super) async fn start_dump(
     let url = ctx
         .master_key
         .decrypt(&project.database_url_enc)
-        .map_err(|e| JobError::Abort(e.to_string()))?;
+        .map_err(|e| JobError::Configuration(e.to_string()))?;
     if let Some((step, total)) = first_step {
         reporter
             .step("database", "Dumping the database", step, total)
@@ -59,8 +59,8 @@ pub(super) async fn start_dump(
         pgtools::tool_for("pg_dump", server.major, configured),
         pgtools::tool_for("pg_dumpall", server.major, configured),
     );
-    let pg_dump = pg_dump.map_err(JobError::Abort)?;
-    let pg_dumpall = pg_dumpall.map_err(JobError::Abort)?;
+    let pg_dump = pg_dump.map_err(JobError::Tool)?;
+    let pg_dumpall = pg_dumpall.map_err(JobError::Tool)?;
     let mut needs = vec![Need {
         area: TEMPORARY_AREA,
         path: spool_dir.to_path_buf(),
@@ -140,14 +140,14 @@ async fn server_facts(
 ) -> Result<ServerFacts, JobError> {
     use sqlx::Connection;
     let control_plane = || {
-        JobError::Abort(
+        JobError::Target(
             "the project's database is Supascale's own control plane; it is never backed up \
              as a project"
                 .into(),
         )
     };
     let target = supascale_shared::domain::parse_database_url(url)
-        .map_err(|_| JobError::Abort("the project's database URL is invalid".into()))?;
+        .map_err(|_| JobError::Record("the project's database URL is invalid".into()))?;
     if supascale_shared::control_plane::is_control_plane_address(config, &target).await {
         return Err(control_plane());
     }
@@ -157,10 +157,12 @@ async fn server_facts(
     )
     .await
     .map_err(|_| {
-        JobError::Retry("project database is not reachable (no answer within 10 s)".into())
+        JobError::ProjectUnreachable(
+            "project database is not reachable (no answer within 10 s)".into(),
+        )
     })?
     .map_err(|e| {
-        JobError::Retry(format!(
+        JobError::ProjectUnreachable(format!(
             "project database is not reachable ({})",
             supascale_shared::redact::redact_urls(&e.to_string())
         ))
@@ -175,7 +177,7 @@ async fn server_facts(
     )
     .fetch_one(&mut conn)
     .await
-    .map_err(|e| JobError::Retry(format!("project database: {e}")))?;
+    .map_err(|e| JobError::ProjectUnreachable(format!("project database: {e}")))?;
     let _ = conn.close().await;
     if ours {
         return Err(control_plane());
@@ -245,7 +247,7 @@ fn pg_tool_command(
 fn pg_tool_failed(name: &str, stderr: &[u8]) -> JobError {
     let stderr = String::from_utf8_lossy(stderr);
     let message = supascale_shared::redact::redact_urls(stderr.lines().last().unwrap_or("failed"));
-    JobError::Abort(format!("{name}: {message}"))
+    JobError::Tool(format!("{name}: {message}"))
 }
 
 /// Runs a Postgres client program of the job against `url`
@@ -262,7 +264,7 @@ async fn run_pg_tool(
         .stdout(stdout)
         .output()
         .await
-        .map_err(|e| JobError::Abort(format!("cannot run {name}: {e}")))?;
+        .map_err(|e| JobError::Tool(format!("cannot run {name}: {e}")))?;
     if !output.status.success() {
         return Err(pg_tool_failed(&name, &output.stderr));
     }
@@ -310,7 +312,7 @@ async fn dump_database(
     // The command holds our copy of the pipe's input: without dropping it,
     // the compressing side would never see the end of the dump.
     drop(command);
-    let mut dumping = spawned.map_err(|e| JobError::Abort(format!("cannot run {name}: {e}")))?;
+    let mut dumping = spawned.map_err(|e| JobError::Tool(format!("cannot run {name}: {e}")))?;
     let mut stderr = dumping.stderr.take().expect("piped");
     let compressing = tokio::task::spawn_blocking(move || {
         // The database's size was checked before; the dump may still grow
@@ -335,9 +337,9 @@ async fn dump_database(
     // A spool that could not be written is the cause (pg_dump then fails
     // on its closed pipe).
     let (entry, _) = compressed
-        .map_err(|e| JobError::Abort(format!("the dump's compression panicked: {e}")))?
+        .map_err(|e| JobError::Internal(format!("the dump's compression panicked: {e}")))?
         .map_err(io_error)?;
-    let status = status.map_err(|e| JobError::Abort(format!("cannot run {name}: {e}")))?;
+    let status = status.map_err(|e| JobError::Tool(format!("cannot run {name}: {e}")))?;
     if !status.success() {
         return Err(pg_tool_failed(&name, &errors));
     }

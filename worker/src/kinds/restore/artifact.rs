@@ -31,12 +31,12 @@ pub(in crate::kinds) async fn read_artifact(
         artifact.identities,
     );
     let unpacking = tokio::task::spawn_blocking(move || {
-        let reader = source::open(raw, compression, encrypted, &identities)
-            .map_err(|e| JobError::Abort(e.to_string()))?;
+        let reader =
+            source::open(raw, compression, encrypted, &identities).map_err(JobError::from)?;
         unpack(reader, plan)
     });
     let unpacked = tokio::select! {
-        done = unpacking => done.map_err(|e| JobError::Abort(format!("the artifact's reader panicked: {e}")))?,
+        done = unpacking => done.map_err(|e| JobError::Internal(format!("the artifact's reader panicked: {e}")))?,
         _ = reporter.cancelled() => {
             stop.store(true, Ordering::Relaxed);
             download.abort();
@@ -47,14 +47,12 @@ pub(in crate::kinds) async fn read_artifact(
     match (unpacked, failed.get()) {
         // Whatever the layers above made of it, the destination failed,
         // not the artifact: worth another attempt.
-        (Err(JobError::Abort(ours)), _)
-            if ours.starts_with(supascale_shared::disk::INSUFFICIENT) =>
-        {
-            Err(JobError::Abort(ours))
+        (Err(e), _) if e.is_out_of_space() => Err(e),
+        (Err(e), Some(cause)) if e.outcome() == supascale_shared::jobs::Outcome::Permanent => {
+            Err(JobError::DestinationUnsure(format!(
+                "destination: reading the artifact failed: {cause}"
+            )))
         }
-        (Err(JobError::Abort(_)), Some(cause)) => Err(JobError::Retry(format!(
-            "destination: reading the artifact failed: {cause}"
-        ))),
         (unpacked, _) => unpacked,
     }
 }
@@ -157,7 +155,7 @@ pub(in crate::kinds) fn unpack(
             continue;
         }
         let expected = plan.entries.get(&path).ok_or_else(|| {
-            JobError::Abort(format!(
+            JobError::Artifact(format!(
                 "the artifact holds {path}, which its manifest does not list"
             ))
         })?;
@@ -173,7 +171,7 @@ pub(in crate::kinds) fn unpack(
         // with its bytes, a link to its target, a folder. Our builder never
         // writes hard links or the same path twice.
         if !seen.insert(path.clone()) {
-            return Err(JobError::Abort(format!(
+            return Err(JobError::Artifact(format!(
                 "{path} appears twice in the artifact"
             )));
         }
@@ -381,7 +379,7 @@ fn check_against_manifest(
             if expected.kind == "file"
                 && (Some(sha256) != expected.sha256.as_ref() || *size != expected.size)
             {
-                return Err(JobError::Abort(format!("checksum mismatch in {path}")));
+                return Err(JobError::Artifact(format!("checksum mismatch in {path}")));
             }
             expected.kind == "file"
         }
@@ -393,7 +391,7 @@ fn check_against_manifest(
         Added::HardLink { .. } => false,
     };
     if !matches {
-        return Err(JobError::Abort(format!(
+        return Err(JobError::Artifact(format!(
             "{path} in the artifact is not the {} its manifest lists",
             expected.kind
         )));
@@ -411,7 +409,7 @@ fn check_nothing_lacking(plan: &UnpackPlan, seen: &BTreeSet<String>) -> Result<(
             && path != "manifest.json"
             && !seen.contains(path)
         {
-            return Err(JobError::Abort(format!(
+            return Err(JobError::Artifact(format!(
                 "the artifact lacks {path}, which its manifest lists (truncated?)"
             )));
         }
@@ -420,7 +418,7 @@ fn check_nothing_lacking(plan: &UnpackPlan, seen: &BTreeSet<String>) -> Result<(
 }
 
 fn corrupt(e: std::io::Error) -> JobError {
-    JobError::Abort(format!(
+    JobError::Artifact(format!(
         "the artifact cannot be read (corrupt or truncated): {e}"
     ))
 }
@@ -441,7 +439,7 @@ fn stage_error(e: supascale_shared::restore::staging::StageError) -> JobError {
         {
             io_error(source)
         }
-        other => JobError::Abort(other.to_string()),
+        other => JobError::Artifact(other.to_string()),
     }
 }
 
