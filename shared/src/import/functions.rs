@@ -453,6 +453,8 @@ mod tests {
         );
     }
 
+    /// One table of hostile archives, each checked the same way; long
+    /// because the table is.
     #[test]
     fn hostile_archives_are_refused_and_change_nothing() {
         let zeros = vec![0u8; 2 << 20];
