@@ -15,6 +15,7 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 
 pub mod api;
+pub mod cloud_double;
 pub mod emulators;
 pub mod refproject;
 
