@@ -11,6 +11,7 @@ pub mod domain;
 pub mod entities;
 pub mod import;
 pub mod jobs;
+pub mod lift_shift;
 pub mod master_key;
 pub mod memory;
 pub mod pgtools;

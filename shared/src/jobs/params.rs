@@ -38,3 +38,34 @@ pub struct ImportPayload {
     #[serde(default)]
     pub force: bool,
 }
+
+/// A lift & shift job: where it reads from and what it brings. The
+/// service-role key and the database password are in
+/// [`LiftShiftSecrets`], sealed.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiftShiftPayload {
+    /// The source's API base (`https://<ref>.supabase.co`).
+    pub source_url: String,
+    /// The source database's URL, without its password.
+    pub database_url: String,
+    /// Derived from the project ref (not given as `databaseUrl`).
+    pub database_derived: bool,
+    /// In the contract's words and order: `database`, `storage`, `auth`.
+    pub components: Vec<String>,
+}
+
+/// What a lift & shift job needs and nobody may read: sealed with the
+/// master key into `jobs.secrets_enc`, wiped when the job ends.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiftShiftSecrets {
+    pub service_role_key: String,
+    pub database_password: String,
+}
+
+impl std::fmt::Debug for LiftShiftSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiftShiftSecrets { .. }")
+    }
+}

@@ -1,0 +1,52 @@
+//! Lift & shift: a Supabase Cloud project migrated into a self-hosted one.
+//! The request's checks ([`source`]) and what the migration leaves out of
+//! the source ([`exclusions`]); the job itself is `supascale-worker`'s
+//! `kinds::lift_shift`.
+
+pub mod exclusions;
+pub mod source;
+
+/// The contract's components, in the order they are migrated.
+pub const COMPONENTS: [&str; 3] = ["database", "storage", "auth"];
+
+/// The request's `components`, checked: known words, none twice, not
+/// empty; returned in migration order.
+pub fn parse_components(asked: &[String]) -> Result<Vec<String>, String> {
+    if asked.is_empty() {
+        return Err(format!(
+            "components must name at least one of {}",
+            COMPONENTS.join(", ")
+        ));
+    }
+    if let Some(bad) = asked.iter().find(|c| !COMPONENTS.contains(&c.as_str())) {
+        return Err(format!(
+            "components: unknown component {bad:?} (one of {})",
+            COMPONENTS.join(", ")
+        ));
+    }
+    Ok(COMPONENTS
+        .iter()
+        .filter(|c| asked.iter().any(|a| a == *c))
+        .map(|c| c.to_string())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_are_checked_and_put_in_migration_order() {
+        let asked = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_components(&asked(&["auth", "database", "auth"])).unwrap(),
+            vec!["database", "auth"]
+        );
+        assert!(parse_components(&[]).unwrap_err().contains("at least one"));
+        assert!(
+            parse_components(&asked(&["database", "functions"]))
+                .unwrap_err()
+                .contains("\"functions\"")
+        );
+    }
+}
