@@ -4,6 +4,7 @@
 //! `kinds::lift_shift`.
 
 pub mod exclusions;
+pub mod roles;
 pub mod source;
 
 /// The contract's components, in the order they are migrated.
