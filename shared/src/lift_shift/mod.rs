@@ -1,10 +1,12 @@
 //! Lift & shift: a Supabase Cloud project migrated into a self-hosted one.
-//! The request's checks ([`source`]) and what the migration leaves out of
-//! the source ([`exclusions`]); the job itself is `supascale-worker`'s
-//! `kinds::lift_shift`.
+//! The request's checks ([`source`]), what the migration leaves out of the
+//! source ([`exclusions`]), and how the source's roles and schema dumps
+//! are rewritten for the target ([`roles`], [`schema`]). The job itself
+//! will be `supascale-worker`'s `kinds::lift_shift` (docs/lift-shift.md).
 
 pub mod exclusions;
 pub mod roles;
+pub mod schema;
 pub mod source;
 
 /// The contract's components, in the order they are migrated.
