@@ -1,0 +1,184 @@
+//! Which tables' rows a migration copies, and what it empties first.
+//!
+//! The project's own schemas are replaced whole (the schema part recreates
+//! them), so their tables always take the source's rows. The managed
+//! schemas that hold data (`auth`, `storage`, …) keep the target's
+//! definitions: a table there takes the source's rows only when the target
+//! has it with every column the source fills; otherwise COPY would fail
+//! and roll back everything, so the table is left out and a warning names
+//! it (an older self-hosted image than the Cloud project's). The tables
+//! that are filled are emptied first, so a second run gives the same rows,
+//! not doubled ones.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::exclusions::{copies_rows_of, is_managed_schema};
+
+/// A table as the catalog shows it: the columns COPY fills (not dropped,
+/// not generated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<String>,
+}
+
+impl Table {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+/// What the data part does.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DataPlan {
+    /// The source's own schemas, which replace the target's of that name.
+    pub replaced_schemas: Vec<String>,
+    /// Tables whose rows are copied, `schema.name`, sorted.
+    pub copied: Vec<(String, String)>,
+    /// Tables of managed schemas emptied before the copy.
+    pub emptied: Vec<(String, String)>,
+    /// Tables whose rows stay behind (passed to pg_dump's
+    /// `--exclude-table-data`).
+    pub left_out: Vec<(String, String)>,
+    pub warnings: Vec<String>,
+}
+
+/// The plan for `source_schemas`/`source_tables` into a target that has
+/// `target_tables`.
+pub fn plan(
+    source_schemas: &[String],
+    source_tables: &[Table],
+    target_tables: &[Table],
+) -> DataPlan {
+    let target: BTreeMap<(&str, &str), BTreeSet<&str>> = target_tables
+        .iter()
+        .map(|t| {
+            (
+                (t.schema.as_str(), t.name.as_str()),
+                t.columns.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    let mut plan = DataPlan {
+        replaced_schemas: source_schemas
+            .iter()
+            .filter(|s| !is_managed_schema(s))
+            .cloned()
+            .collect(),
+        ..DataPlan::default()
+    };
+    plan.replaced_schemas.sort();
+    let mut tables: Vec<&Table> = source_tables.iter().collect();
+    tables.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
+    for table in tables {
+        let key = (table.schema.clone(), table.name.clone());
+        if !copies_rows_of(&table.schema, &table.name) {
+            // Outside the data dump already (an excluded schema or table).
+            continue;
+        }
+        if !is_managed_schema(&table.schema) {
+            plan.copied.push(key);
+            continue;
+        }
+        match target.get(&(table.schema.as_str(), table.name.as_str())) {
+            None => {
+                plan.warnings.push(format!(
+                    "{}: the target has no such table (its image is older than the source's); \
+                     its rows were not copied",
+                    table.qualified()
+                ));
+                plan.left_out.push(key);
+            }
+            Some(columns) => {
+                let missing: Vec<&str> = table
+                    .columns
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|c| !columns.contains(c))
+                    .collect();
+                if missing.is_empty() {
+                    plan.emptied.push(key.clone());
+                    plan.copied.push(key);
+                } else {
+                    plan.warnings.push(format!(
+                        "{}: the target's table lacks the columns {} (its image is older than \
+                         the source's); its rows were not copied",
+                        table.qualified(),
+                        missing.join(", ")
+                    ));
+                    plan.left_out.push(key);
+                }
+            }
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(schema: &str, name: &str, columns: &[&str]) -> Table {
+        Table {
+            schema: schema.into(),
+            name: name.into(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    fn pairs(list: &[(String, String)]) -> Vec<String> {
+        list.iter().map(|(s, t)| format!("{s}.{t}")).collect()
+    }
+
+    #[test]
+    fn an_older_targets_missing_tables_and_columns_are_left_out_with_a_warning() {
+        let schemas: Vec<String> = ["public", "billing", "auth", "storage", "vault"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let source = vec![
+            table("public", "todos", &["id", "title"]),
+            table("billing", "invoices", &["id"]),
+            table("auth", "users", &["id", "email", "is_anonymous"]),
+            table("auth", "identities", &["id", "user_id"]),
+            table("auth", "oauth_clients", &["id"]),
+            table("auth", "schema_migrations", &["version"]),
+            table("storage", "objects", &["id", "name"]),
+            table("vault", "secrets", &["id"]),
+        ];
+        let target = vec![
+            table("public", "old_table", &["id"]),
+            table("auth", "users", &["id", "email"]),
+            table("auth", "identities", &["id", "user_id", "extra"]),
+            table("auth", "schema_migrations", &["version"]),
+            table("storage", "objects", &["id", "name"]),
+        ];
+        let plan = plan(&schemas, &source, &target);
+        assert_eq!(plan.replaced_schemas, vec!["billing", "public"]);
+        assert_eq!(
+            pairs(&plan.copied),
+            vec![
+                "auth.identities",
+                "billing.invoices",
+                "public.todos",
+                "storage.objects"
+            ]
+        );
+        assert_eq!(
+            pairs(&plan.emptied),
+            vec!["auth.identities", "storage.objects"]
+        );
+        assert_eq!(
+            pairs(&plan.left_out),
+            vec!["auth.oauth_clients", "auth.users"]
+        );
+        assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
+        assert!(plan.warnings[0].starts_with("auth.oauth_clients: the target has no such table"));
+        assert!(
+            plan.warnings[1].contains("lacks the columns is_anonymous"),
+            "{:?}",
+            plan.warnings
+        );
+    }
+}
