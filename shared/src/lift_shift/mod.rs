@@ -4,6 +4,7 @@
 //! are rewritten for the target ([`roles`], [`schema`]). The job itself
 //! will be `supascale-worker`'s `kinds::lift_shift` (docs/lift-shift.md).
 
+pub mod catalog;
 pub mod data_plan;
 pub mod exclusions;
 pub mod roles;
