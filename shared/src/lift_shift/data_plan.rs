@@ -115,6 +115,40 @@ pub fn plan(
     plan
 }
 
+/// The statements that run first, in the load's transaction: the
+/// project's own publications (a second run creates them again), its
+/// schemas (replaced whole, `public` recreated as PostgreSQL `major` makes
+/// it), and the managed tables the data fills, emptied in one statement so
+/// that foreign keys between them do not stop it.
+pub fn preamble(plan: &DataPlan, publications: &[String], major: u32) -> String {
+    use crate::restore::database::{quote_ident, recreate_public_schema};
+    let mut sql = String::new();
+    for name in publications {
+        sql.push_str(&format!(
+            "DROP PUBLICATION IF EXISTS {};\n",
+            quote_ident(name)
+        ));
+    }
+    for schema in plan.replaced_schemas.iter().filter(|s| *s != "public") {
+        sql.push_str(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE;\n",
+            quote_ident(schema)
+        ));
+    }
+    if plan.replaced_schemas.iter().any(|s| s == "public") {
+        sql.push_str(&recreate_public_schema(major));
+    }
+    if !plan.emptied.is_empty() {
+        let tables: Vec<String> = plan
+            .emptied
+            .iter()
+            .map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t)))
+            .collect();
+        sql.push_str(&format!("TRUNCATE TABLE {};\n", tables.join(", ")));
+    }
+    sql
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

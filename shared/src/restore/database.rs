@@ -621,7 +621,7 @@ pub fn is_data_only(toc: &[TocEntry]) -> bool {
         && toc.iter().all(|e| DATA.contains(&e.desc.as_str()))
 }
 
-fn quote_ident(name: &str) -> String {
+pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -688,23 +688,29 @@ fn import_preamble(lock_timeout: Duration, facts: &TargetFacts, toc: &[TocEntry]
         ));
     }
     if fills_public {
-        let (owner, grant) = if facts.major >= 15 {
-            (
-                "pg_database_owner",
-                "GRANT USAGE ON SCHEMA public TO PUBLIC;",
-            )
-        } else {
-            (
-                "CURRENT_USER",
-                "GRANT CREATE, USAGE ON SCHEMA public TO PUBLIC;",
-            )
-        };
-        sql.push_str(&format!(
-            "DROP SCHEMA IF EXISTS public CASCADE;\nCREATE SCHEMA public AUTHORIZATION {owner};\n{grant}\nCOMMENT ON SCHEMA public IS 'standard public schema';\n"
-        ));
+        sql.push_str(&recreate_public_schema(facts.major));
     }
     sql.push_str("SET lock_timeout = 0;\n");
     sql
+}
+
+/// `public` dropped and created again as PostgreSQL `major` creates it
+/// (pg_dump never creates `public`, only fills it).
+pub fn recreate_public_schema(major: u32) -> String {
+    let (owner, grant) = if major >= 15 {
+        (
+            "pg_database_owner",
+            "GRANT USAGE ON SCHEMA public TO PUBLIC;",
+        )
+    } else {
+        (
+            "CURRENT_USER",
+            "GRANT CREATE, USAGE ON SCHEMA public TO PUBLIC;",
+        )
+    };
+    format!(
+        "DROP SCHEMA IF EXISTS public CASCADE;\nCREATE SCHEMA public AUTHORIZATION {owner};\n{grant}\nCOMMENT ON SCHEMA public IS 'standard public schema';\n"
+    )
 }
 
 /// A loaded database with its transaction still open.
