@@ -186,19 +186,24 @@ fn run_psql_with_scale(url: &str, sql: &str, scale: f64) {
 /// Objects in the file backend's layout `stub/stub/<bucket>/<key>/<version>`,
 /// images incompressible and documents compressible, with their xattrs and
 /// `storage.objects` rows.
+/// Object names that trip careless code: spaces, quotes, brackets,
+/// non-ASCII. The reference project's files and the Cloud double's objects
+/// are named from these.
+pub const AWKWARD_NAMES: [&str; 8] = [
+    "photo",
+    "résumé",
+    "scan 2026",
+    "notes",
+    "日本語",
+    "report-final(1)",
+    "a'b",
+    "data",
+];
+
 fn write_storage(root: &Path, url: &str, scale: f64, seed: u64) -> Vec<(PathBuf, u64)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let store = root.join("volumes/storage/stub/stub");
-    let names = [
-        "photo",
-        "résumé",
-        "scan 2026",
-        "notes",
-        "日本語",
-        "report-final(1)",
-        "a'b",
-        "data",
-    ];
+    let names = AWKWARD_NAMES;
     let mut rows = String::new();
     let mut objects = Vec::new();
     for i in 0..(200.0 * scale).round() as usize {

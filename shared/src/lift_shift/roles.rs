@@ -16,6 +16,7 @@
 //!   changes what the membership does.
 
 use super::exclusions::is_reserved_role;
+use crate::restore::database::{first_identifier, membership, quoted_len};
 
 /// Settings of reserved roles the guide keeps.
 const KEPT_SETTINGS: &[&str] = &[
@@ -42,13 +43,17 @@ pub fn rewrite_roles(
             continue;
         }
         if let Some(rest) = trimmed.strip_prefix("CREATE ROLE ") {
-            let Some(role) = quoted(rest) else { continue };
+            let Some(role) = first_identifier(rest) else {
+                continue;
+            };
             if is_reserved_role(&role) || existing(&role) {
                 continue;
             }
         } else if let Some(rest) = trimmed.strip_prefix("ALTER ROLE ") {
-            let Some(role) = quoted(rest) else { continue };
-            let after = rest[role_len(rest)..].trim_start();
+            let Some(role) = first_identifier(rest) else {
+                continue;
+            };
+            let after = rest[quoted_len(rest, &role)..].trim_start();
             if is_reserved_role(&role) {
                 // `SET "pgrst.db_schemas"` or `SET "pgrst"."db_schemas"`.
                 let setting = after
@@ -67,9 +72,7 @@ pub fn rewrite_roles(
             out.push_str(&line);
             out.push('\n');
             continue;
-        } else if let Some(rest) = trimmed.strip_prefix("GRANT ")
-            && let Some((granted, member)) = membership(rest)
-        {
+        } else if let Some((granted, member)) = membership(trimmed) {
             if is_reserved_role(&member) {
                 continue;
             }
@@ -98,50 +101,6 @@ pub fn rewrite_roles(
         ));
     }
     (out, warnings)
-}
-
-/// The first `"quoted"` identifier of `text`, unquoted.
-fn quoted(text: &str) -> Option<String> {
-    let rest = text.strip_prefix('"')?;
-    let mut name = String::new();
-    let mut chars = rest.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '"' {
-            if chars.peek() == Some(&'"') {
-                chars.next();
-                name.push('"');
-            } else {
-                return Some(name);
-            }
-        } else {
-            name.push(c);
-        }
-    }
-    None
-}
-
-/// The length of the quoted identifier at the start of `text`.
-fn role_len(text: &str) -> usize {
-    let bytes = text.as_bytes();
-    let mut i = 1;
-    while i < bytes.len() {
-        if bytes[i] == b'"' {
-            if bytes.get(i + 1) == Some(&b'"') {
-                i += 2;
-                continue;
-            }
-            return i + 1;
-        }
-        i += 1;
-    }
-    text.len()
-}
-
-/// `GRANT "granted" TO "member" …`: both names.
-fn membership(rest: &str) -> Option<(String, String)> {
-    let granted = quoted(rest)?;
-    let after = rest[role_len(rest)..].trim_start().strip_prefix("TO ")?;
-    Some((granted, quoted(after)?))
 }
 
 /// A PostgreSQL 16+ membership (`WITH ADMIN OPTION, INHERIT TRUE, SET
@@ -237,11 +196,14 @@ GRANT "already_there" TO "reporting" WITH ADMIN OPTION, INHERIT FALSE, SET TRUE 
 
     #[test]
     fn identifiers_with_quotes_are_read_whole() {
-        assert_eq!(quoted("\"a\"\"b\" WITH").as_deref(), Some("a\"b"));
-        assert_eq!(role_len("\"a\"\"b\" WITH"), 6);
+        let (sql, _) = rewrite_roles(
+            "CREATE ROLE \"a\"\"b\";\nGRANT \"x y\" TO \"a\"\"b\" GRANTED BY \"postgres\";\nGRANT \"x y\" TO \"anon\";\n",
+            &|_| false,
+            15,
+        );
         assert_eq!(
-            membership("\"x y\" TO \"z\" GRANTED BY \"postgres\";"),
-            Some(("x y".into(), "z".into()))
+            sql,
+            "CREATE ROLE \"a\"\"b\";\nGRANT \"x y\" TO \"a\"\"b\" GRANTED BY \"postgres\";\n"
         );
     }
 }

@@ -378,7 +378,7 @@ fn roles_in(roles_sql: &str) -> BTreeMap<String, String> {
 /// `(granted role, member)` of a role membership line of `pg_dumpall
 /// --roles-only` (`GRANT reader TO app_user …;`); `None` for anything else
 /// (privileges on objects are not in that output).
-fn membership(line: &str) -> Option<(String, String)> {
+pub(crate) fn membership(line: &str) -> Option<(String, String)> {
     let rest = line.strip_prefix("GRANT ")?;
     let granted = first_identifier(rest)?;
     let after = &rest[quoted_len(rest, &granted)..];
@@ -387,7 +387,7 @@ fn membership(line: &str) -> Option<(String, String)> {
 }
 
 /// How many bytes `name` takes at the start of `text`, quoted or not.
-fn quoted_len(text: &str, name: &str) -> usize {
+pub(crate) fn quoted_len(text: &str, name: &str) -> usize {
     if text.starts_with('"') {
         name.len() + 2 + name.matches('"').count()
     } else {
@@ -396,7 +396,7 @@ fn quoted_len(text: &str, name: &str) -> usize {
 }
 
 /// The first SQL identifier of `text` (quoted or not), unquoted.
-fn first_identifier(text: &str) -> Option<String> {
+pub(crate) fn first_identifier(text: &str) -> Option<String> {
     if let Some(rest) = text.strip_prefix('"') {
         let mut name = String::new();
         let mut chars = rest.chars().peekable();

@@ -200,16 +200,7 @@ fn guess_mimetype(key: &str) -> &'static str {
 /// folders, with spaces, quotes and non-ASCII in some names. Same
 /// arguments, same objects.
 pub fn sample_objects(bucket: &str, count: usize, total_bytes: u64, seed: u64) -> Vec<Object> {
-    const NAMES: [&str; 8] = [
-        "photo",
-        "résumé",
-        "scan 2026",
-        "notes",
-        "日本語",
-        "report-final(1)",
-        "a'b",
-        "data",
-    ];
+    const NAMES: [&str; 8] = crate::refproject::AWKWARD_NAMES;
     const EXTS: [&str; 4] = ["png", "txt", "bin", "jpg"];
     if count == 0 {
         return Vec::new();
