@@ -33,6 +33,7 @@ use tracing::Instrument;
 
 use crate::routes::backups::BackupsApi;
 use crate::routes::imports::ImportsApi;
+use crate::routes::lift_shift::LiftShiftApi;
 use crate::routes::restores::RestoresApi;
 use crate::routes::{
     api_keys::ApiKeysApi, download::DownloadApi, jobs::JobsApi, projects::ProjectsApi,
@@ -51,6 +52,7 @@ type Apis = (
     BackupsApi,
     RestoresApi,
     ImportsApi,
+    LiftShiftApi,
     DownloadApi,
     ProjectsApi,
     ApiKeysApi,
@@ -63,6 +65,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             BackupsApi,
             RestoresApi,
             ImportsApi,
+            LiftShiftApi,
             DownloadApi,
             ProjectsApi,
             ApiKeysApi,

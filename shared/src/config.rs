@@ -120,6 +120,8 @@ pub struct Config {
     pub http_body_timeout_seconds: u64,
     /// How long an idle keep-alive connection is kept open.
     pub http_idle_timeout_seconds: u64,
+    /// Objects a lift & shift downloads from the source at a time.
+    pub lift_shift_concurrency: usize,
 }
 
 impl Default for Config {
@@ -159,6 +161,7 @@ impl Default for Config {
             http_header_timeout_seconds: 30,
             http_body_timeout_seconds: 60,
             http_idle_timeout_seconds: 120,
+            lift_shift_concurrency: 8,
         }
     }
 }
@@ -300,6 +303,11 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError(format!("{setting} must be at least 1")));
             }
+        }
+        if !(1..=64).contains(&self.lift_shift_concurrency) {
+            return Err(ConfigError(
+                "SUPASCALE_LIFT_SHIFT_CONCURRENCY must be between 1 and 64".into(),
+            ));
         }
         self.recipients()?;
         self.identities()?;

@@ -17,7 +17,9 @@ use rand::distr::Alphanumeric;
 pub mod api;
 pub mod cloud_double;
 pub mod emulators;
+pub mod official_pipeline;
 pub mod refproject;
+pub mod scratch_cluster;
 
 pub use api::{Caller, SendJson, file_form};
 
@@ -166,6 +168,34 @@ impl RedisQueue {
         Self {
             name: format!("supascale-test-{}", random_suffix(10)),
         }
+    }
+}
+
+impl RedisQueue {
+    /// Everything the queue's keys hold, as text: what a test looks for
+    /// secrets in.
+    pub fn contents(&self) -> String {
+        let cli = |args: &[&str]| {
+            Command::new("redis-cli")
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let mut all = String::new();
+        for key in cli(&["--scan", "--pattern", &format!("{}*", self.name)]).lines() {
+            let kind = cli(&["TYPE", key]);
+            let value = match kind.trim() {
+                "string" => cli(&["GET", key]),
+                "hash" => cli(&["HGETALL", key]),
+                "list" => cli(&["LRANGE", key, "0", "-1"]),
+                "set" => cli(&["SMEMBERS", key]),
+                "zset" => cli(&["ZRANGE", key, "0", "-1"]),
+                other => format!("({other})"),
+            };
+            all.push_str(&format!("{key}: {value}\n"));
+        }
+        all
     }
 }
 

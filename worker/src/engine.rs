@@ -22,7 +22,9 @@ use supascale_shared::jobs::events;
 use supascale_shared::jobs::events::NewEvent;
 use supascale_shared::jobs::queue::EveryPoll;
 use supascale_shared::jobs::store::{Claim, Ending};
-use supascale_shared::jobs::{AbortOnDrop, HEARTBEAT, JobEnvelope, JobError, JobQueue, store};
+use supascale_shared::jobs::{
+    AbortOnDrop, HEARTBEAT, JobEnvelope, JobError, JobKind, JobQueue, store,
+};
 
 /// Runs `concurrency` jobs at a time until `shutdown` resolves, then stops
 /// taking jobs and lets running ones finish (up to
@@ -204,8 +206,9 @@ async fn handle(envelope: JobEnvelope, ctx: Data<Arc<JobContext>>) -> Result<(),
         )))
     } else {
         if job.attempt == 1 {
-            reporter.event(
-                events::START,
+            let data = if job.kind == JobKind::LiftShift.as_str() {
+                crate::kinds::lift_shift::start_event(&ctx, &job).await
+            } else {
                 json!({
                     "message": format!("Starting {}...", job.kind.replace('_', " ")),
                     "jobId": job.id,
@@ -213,8 +216,9 @@ async fn handle(envelope: JobEnvelope, ctx: Data<Arc<JobContext>>) -> Result<(),
                     "projectId": job.project_id,
                     "attempt": job.attempt,
                     "maxAttempts": job.max_attempts,
-                }),
-            );
+                })
+            };
+            reporter.event(events::START, data);
         } else {
             let message = format!("Attempt {} of {}", job.attempt, job.max_attempts);
             reporter.step("attempt", &message, 0, 0).await;
@@ -238,7 +242,6 @@ async fn handle(envelope: JobEnvelope, ctx: Data<Arc<JobContext>>) -> Result<(),
 /// The module of the job's kind. A kind this build does not know, or one
 /// without a module yet, fails the job for good, saying so.
 async fn run_kind(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
-    use supascale_shared::jobs::JobKind;
     let kind: JobKind = job
         .kind
         .parse()
@@ -250,9 +253,7 @@ async fn run_kind(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Re
         JobKind::ImportDatabase => crate::kinds::import_database::run(ctx, job, reporter).await,
         JobKind::ImportStorage => crate::kinds::import_storage::run(ctx, job, reporter).await,
         JobKind::ImportFunctions => crate::kinds::import_functions::run(ctx, job, reporter).await,
-        JobKind::LiftShift => Err(JobError::Record(
-            "lift & shift jobs are not built yet".into(),
-        )),
+        JobKind::LiftShift => crate::kinds::lift_shift::run(ctx, job, reporter).await,
     }
 }
 
@@ -354,6 +355,7 @@ async fn end(
     // hears of the end finds nothing of it left.
     if !retry {
         crate::kinds::import::remove_upload(ctx, job).await;
+        crate::kinds::lift_shift::remove_downloads(ctx, job).await;
     }
     if !ended.ours {
         tracing::warn!(job = %job.id, "the job was taken over by another worker; its end is theirs");

@@ -115,6 +115,18 @@ async fn job_is_alive(ctx: &JobContext, job_id: &str, or_pending: bool) -> bool 
     }
 }
 
+/// Whether a job is over (or gone): nothing of it will run again.
+async fn job_is_over(ctx: &JobContext, job_id: &str) -> bool {
+    match job::Entity::find_by_id(job_id.to_string())
+        .one(&ctx.db)
+        .await
+    {
+        Ok(Some(row)) => row.status != STATUS_PENDING && row.status != STATUS_IN_PROGRESS,
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
 /// Uploads whose import has ended (its worker died before removing it, or
 /// it was cancelled before it started), and uploads without a job an hour
 /// after they were written (the API died between the two).
@@ -193,6 +205,16 @@ async fn remove_restore_leftovers(ctx: &JobContext) {
         let Ok(folders) = rules.pin(&project, Create::default()) else {
             continue;
         };
+        if let Some(storage) = &folders.storage {
+            for (job_id, path) in supascale_shared::lift_shift::stage::fetch_dirs(&storage.path()) {
+                // Kept while the job may still run (even with a stale
+                // heartbeat: the next attempt resumes from it).
+                if job_is_over(ctx, &job_id).await {
+                    crate::kinds::lift_shift::storage::remove_fetch_dir(&path);
+                    tracing::info!(job = %job_id, "removed an ended migration's download folder");
+                }
+            }
+        }
         for dir in [&folders.storage, &folders.functions].into_iter().flatten() {
             for (job_id, path, old) in
                 supascale_shared::restore::staging::leftovers_by_job(&dir.path())

@@ -126,6 +126,24 @@ impl Reporter {
         self.progress(progress);
     }
 
+    /// A step with its bytes done, sent as it is (the caller paces it).
+    pub async fn step_with_bytes(
+        &self,
+        step: &str,
+        message: &str,
+        current: u32,
+        total: u32,
+        bytes: u64,
+    ) {
+        self.progress(json!({
+            "step": step,
+            "message": message,
+            "current": current,
+            "total": total,
+            "bytesDone": bytes,
+        }));
+    }
+
     /// The row's `progress` and a `step` event, in one commit.
     fn progress(&self, progress: serde_json::Value) {
         let mut data = progress.clone();

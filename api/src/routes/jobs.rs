@@ -294,14 +294,7 @@ impl JobsApi {
             (_, Some(n)) => n,
             _ => 0,
         };
-        let stream = event_stream((*state).clone(), row.id, after.max(0));
-        Ok(EventStream::new(stream)
-            .keep_alive(KEEP_ALIVE)
-            .to_event(|e: JobEvent| {
-                Event::message(e.data.to_string())
-                    .event_type(e.event)
-                    .id(e.id.to_string())
-            }))
+        Ok(job_events((*state).clone(), row.id, after.max(0)))
     }
 
     /// Cancel a job
@@ -360,6 +353,40 @@ impl JobsApi {
     }
 }
 
+/// A job's events after `after` as an SSE answer: live until the final
+/// one, with keep-alive comments.
+pub fn job_events(
+    state: AppState,
+    job_id: String,
+    after: i64,
+) -> EventStream<BoxStream<'static, JobEvent>> {
+    EventStream::new(event_stream(state, job_id, after))
+        .keep_alive(KEEP_ALIVE)
+        .to_event(|e: JobEvent| {
+            Event::message(e.data.to_string())
+                .event_type(e.event)
+                .id(e.id.to_string())
+        })
+}
+
+/// The `complete` body of a migration: `{success, duration, warnings,
+/// summary}` as the contract shows it, from what the job recorded.
+fn lift_shift_body(row: &job::Model) -> Value {
+    let result: Value = row
+        .result
+        .as_deref()
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or_default();
+    let duration = Job::from(row.clone()).duration_ms.unwrap_or(0);
+    json!({
+        "success": true,
+        "duration": duration,
+        "warnings": serde_json::from_str::<Value>(&row.warnings).unwrap_or_else(|_| json!([])),
+        "summary": result.get("summary").cloned().unwrap_or_else(|| json!({})),
+        "jobId": row.id,
+    })
+}
+
 /// The body the creating endpoint answers for a completed job, which the
 /// `complete` event carries too.
 pub async fn completed_body(state: &AppState, row: &job::Model) -> ApiResult<Value> {
@@ -386,6 +413,7 @@ pub async fn completed_body(state: &AppState, row: &job::Model) -> ApiResult<Val
             .to_json()
             .unwrap_or(Value::Null))
         }
+        Ok(JobKind::LiftShift) => Ok(lift_shift_body(row)),
         _ => Ok(json!({ "success": true })),
     }
 }

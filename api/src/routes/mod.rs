@@ -5,6 +5,7 @@ pub mod backups;
 pub mod download;
 pub mod imports;
 pub mod jobs;
+pub mod lift_shift;
 pub mod ops;
 pub mod projects;
 pub mod restores;

@@ -552,37 +552,60 @@ async fn check_database_identity(
     url: &str,
     target: &DatabaseTarget,
 ) -> ApiResult<()> {
-    use supascale_shared::control_plane;
-    let ours = || {
-        ApiError::bad_request(
+    if names_control_plane(state, url, target).await {
+        return Err(ApiError::bad_request(
             "databaseUrl names Supascale's own control-plane database; a project's database \
              must be another one",
-        )
-    };
-    if control_plane::is_control_plane_address(&state.config, target).await {
-        return Err(ours());
+        ));
     }
-    let namesakes = project::Entity::find()
-        .filter(project::Column::Id.ne(id))
-        .filter(project::Column::DbName.eq(target.database.clone()))
-        .filter(project::Column::DbPort.eq(i32::from(target.port)))
-        .all(&state.db)
-        .await?;
-    for other in namesakes {
-        if control_plane::same_server(&other.db_host, target.port, &target.host, target.port).await
-        {
-            return Err(ApiError::bad_request(
-                "databaseUrl names the database of another project; two projects never share a \
-                 database",
-            ));
-        }
-    }
-    // A database that does not answer now is checked again by every job
-    // that writes into it.
-    if holds_control_plane(url).await {
-        return Err(ours());
+    if project_with_database(state, Some(id), target)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::bad_request(
+            "databaseUrl names the database of another project; two projects never share a \
+             database",
+        ));
     }
     Ok(())
+}
+
+/// Whether `url` is Supascale's own control plane: by address, or (when it
+/// answers now) by the tables it holds.
+pub(crate) async fn names_control_plane(
+    state: &AppState,
+    url: &str,
+    target: &DatabaseTarget,
+) -> bool {
+    supascale_shared::control_plane::is_control_plane_address(&state.config, target).await
+        || holds_control_plane(url).await
+}
+
+/// The project (other than `except`) whose database `target` is.
+pub(crate) async fn project_with_database(
+    state: &AppState,
+    except: Option<&str>,
+    target: &DatabaseTarget,
+) -> ApiResult<Option<String>> {
+    let mut namesakes = project::Entity::find()
+        .filter(project::Column::DbName.eq(target.database.clone()))
+        .filter(project::Column::DbPort.eq(i32::from(target.port)));
+    if let Some(except) = except {
+        namesakes = namesakes.filter(project::Column::Id.ne(except));
+    }
+    for other in namesakes.all(&state.db).await? {
+        if supascale_shared::control_plane::same_server(
+            &other.db_host,
+            target.port,
+            &target.host,
+            target.port,
+        )
+        .await
+        {
+            return Ok(Some(other.id));
+        }
+    }
+    Ok(None)
 }
 
 async fn holds_control_plane(url: &str) -> bool {

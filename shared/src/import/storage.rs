@@ -77,7 +77,7 @@ pub const CACHE_CONTROL_XATTR: &str = "user.supabase.cache-control";
 pub const ETAG_XATTR: &str = "user.supabase.etag";
 pub const DEFAULT_CACHE_CONTROL: &str = "no-cache";
 /// The file backend's two fixed levels above the buckets.
-const STUB: [&str; 2] = ["stub", "stub"];
+pub(crate) const STUB: [&str; 2] = ["stub", "stub"];
 
 /// An object the project has now (a `storage.objects` row).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -422,7 +422,7 @@ fn plan_backend(useful: &[&EntryInfo], prefix: PathBuf) -> Result<Plan, ImportEr
 /// directly in its folder (subfolders are longer keys). Nothing is removed
 /// when a folder on the way is not a real folder: the staging of the
 /// archive's object then refuses to go through it.
-fn remove_versions(staging: &Path, bucket: &str, key: &str) -> io::Result<()> {
+pub(crate) fn remove_versions(staging: &Path, bucket: &str, key: &str) -> io::Result<()> {
     let mut dir = staging.to_path_buf();
     for part in STUB.iter().copied().chain([bucket]).chain(key.split('/')) {
         dir.push(part);

@@ -66,6 +66,11 @@ pub enum JobError {
     /// What the caller handed in (an upload) is not what it claims.
     #[error("{0}")]
     InvalidInput(String),
+    /// A migration's source refused or cannot be reached (a wrong
+    /// password, a rejected key, a host without a route): the caller's to
+    /// fix, said within seconds rather than after every retry.
+    #[error("{0}")]
+    Source(String),
     /// A task of the job panicked, or an invariant of ours broke.
     #[error("{0}")]
     Internal(String),
@@ -82,7 +87,7 @@ impl JobError {
             | JobError::DestinationUnsure(_)
             | JobError::ProjectUnreachable(_) => Outcome::Temporary,
             JobError::Destination(e) if e.is_temporary() && !is_full(e) => Outcome::Temporary,
-            JobError::InvalidInput(_) => Outcome::InvalidInput,
+            JobError::InvalidInput(_) | JobError::Source(_) => Outcome::InvalidInput,
             JobError::Cancelled => Outcome::Cancelled,
             JobError::Destination(_)
             | JobError::Io(_)

@@ -35,11 +35,15 @@ pub const WARNING: &str = "warning";
 pub const COMPLETE: &str = "complete";
 pub const ERROR: &str = "error";
 
-/// The `error` event's data: `{success: false, error: "<Kind> failed: <cause>", durationMs}`.
+/// The `error` event's data: `{success: false, error: "<Kind> failed:
+/// <cause>", duration, durationMs}` (`duration` as the contract's lift &
+/// shift example names it, `durationMs` as every other event does; both
+/// milliseconds).
 pub fn failure(kind: &str, cause: &str, duration_ms: i64) -> serde_json::Value {
     serde_json::json!({
         "success": false,
         "error": format!("{}: {cause}", super::failure_prefix(kind)),
+        "duration": duration_ms,
         "durationMs": duration_ms,
     })
 }

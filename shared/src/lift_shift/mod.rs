@@ -5,11 +5,14 @@
 //! will be `supascale-worker`'s `kinds::lift_shift` (docs/lift-shift.md).
 
 pub mod catalog;
+pub mod cloud_api;
 pub mod data_plan;
 pub mod exclusions;
+pub mod fetch;
 pub mod roles;
 pub mod schema;
 pub mod source;
+pub mod stage;
 
 /// The contract's components, in the order they are migrated.
 pub const COMPONENTS: [&str; 3] = ["database", "storage", "auth"];

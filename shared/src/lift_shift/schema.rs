@@ -19,7 +19,7 @@
 
 /// Decides, line by line, what of a schema dump is loaded.
 pub struct SchemaFilter<'a> {
-    available_extension: &'a dyn Fn(&str) -> bool,
+    available_extension: &'a (dyn Fn(&str) -> bool + Sync),
     keeping: bool,
     pub warnings: Vec<String>,
     /// Publications the dump creates (a second run drops them first).
@@ -27,7 +27,7 @@ pub struct SchemaFilter<'a> {
 }
 
 impl<'a> SchemaFilter<'a> {
-    pub fn new(available_extension: &'a dyn Fn(&str) -> bool) -> Self {
+    pub fn new(available_extension: &'a (dyn Fn(&str) -> bool + Sync)) -> Self {
         Self {
             available_extension,
             keeping: true,

@@ -73,20 +73,8 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
         .await
         .map_err(database_error)?;
     reporter.step("swap", "Swapping the objects in", 4, 4).await;
-    let swapped = staged
-        .ready
-        .merge_in()
-        .map_err(|e| JobError::Target(format!("cannot swap in the storage files: {e}")))?;
-    if let Err(e) = txn.commit().await {
-        if let Err(undo) = swapped.roll_back() {
-            tracing::error!(job = %job.id, error = %undo, "cannot put the project's storage files back");
-        }
-        return Err(database_error(e));
-    }
-    if let Err(e) = swapped.commit() {
-        warnings.push(format!(
-            "The replaced storage files could not all be removed: {e}"
-        ));
+    if let Some(warning) = merge_and_commit(txn, staged.ready, &job.id).await? {
+        warnings.push(warning);
     }
     let _ = conn.close().await;
     import::finish(
@@ -103,7 +91,30 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     .await
 }
 
-async fn connect(url: &str, project_id: &str) -> Result<sqlx::PgConnection, JobError> {
+/// Merges the staged `stub` in while the rows' transaction is still open,
+/// then commits: a failed commit puts the files back. Returns a warning
+/// when the replaced files could not all be removed.
+pub async fn merge_and_commit(
+    txn: sqlx::Transaction<'_, sqlx::Postgres>,
+    ready: supascale_shared::restore::staging::Ready,
+    job_id: &str,
+) -> Result<Option<String>, JobError> {
+    let swapped = ready
+        .merge_in()
+        .map_err(|e| JobError::Target(format!("cannot swap in the storage files: {e}")))?;
+    if let Err(e) = txn.commit().await {
+        if let Err(undo) = swapped.roll_back() {
+            tracing::error!(job = %job_id, error = %undo, "cannot put the project's storage files back");
+        }
+        return Err(database_error(e));
+    }
+    Ok(swapped
+        .commit()
+        .err()
+        .map(|e| format!("The replaced storage files could not all be removed: {e}")))
+}
+
+pub async fn connect(url: &str, project_id: &str) -> Result<sqlx::PgConnection, JobError> {
     tokio::time::timeout(Duration::from_secs(10), sqlx::PgConnection::connect(url))
         .await
         .map_err(|_| JobError::Target(format!("Project {project_id} is not running: no answer")))?
@@ -115,7 +126,7 @@ async fn connect(url: &str, project_id: &str) -> Result<sqlx::PgConnection, JobE
         })
 }
 
-fn database_error(e: sqlx::Error) -> JobError {
+pub fn database_error(e: sqlx::Error) -> JobError {
     JobError::Target(format!(
         "the storage rows could not be written (nothing was changed): {}",
         supascale_shared::redact::redact_urls(&e.to_string())

@@ -9,5 +9,6 @@ pub mod import;
 pub mod import_database;
 pub mod import_functions;
 pub mod import_storage;
+pub mod lift_shift;
 pub mod restore;
 pub mod verify;
