@@ -195,6 +195,12 @@ async fn a_migration_streams_the_contracts_events_and_the_target_equals_the_sour
         psql(&setup.target.database.url, policies),
         psql(&setup.source.database.url, policies)
     );
+    // The project's own trigger on auth.users and its policy on
+    // storage.objects came along (the guide's dump loses both).
+    let hooks = "SELECT (SELECT count(*) FROM pg_trigger WHERE tgname = 'profile_for_new_user' \
+                 AND tgrelid = 'auth.users'::regclass) || ' ' || (SELECT count(*) FROM pg_policies \
+                 WHERE schemaname = 'storage' AND policyname = 'avatars are public')";
+    assert_eq!(psql(&setup.target.database.url, hooks).trim(), "1 1");
     // Every object: its file with the source's bytes and the backend's
     // xattrs, and its row.
     let stub = setup.target.root.path().join("volumes/storage/stub/stub");

@@ -9,6 +9,7 @@ pub mod cloud_api;
 pub mod data_plan;
 pub mod exclusions;
 pub mod fetch;
+pub mod managed;
 pub mod roles;
 pub mod schema;
 pub mod source;

@@ -25,6 +25,7 @@ use supascale_shared::lift_shift::data_plan::{self, DataPlan};
 use supascale_shared::lift_shift::exclusions::{
     DATA_SCHEMAS, EXCLUDED_TABLES, MANAGED_PREFIXES, MANAGED_SCHEMAS,
 };
+use supascale_shared::lift_shift::managed::ManagedHooks;
 use supascale_shared::lift_shift::schema::SchemaFilter;
 use supascale_shared::lift_shift::{catalog, roles};
 use supascale_shared::pgtools::{self, child};
@@ -140,6 +141,17 @@ pub async fn migrate(
         .map_err(target_error)?;
     let _ = target_conn.close().await;
     let plan = data_plan::plan(&schemas, &source_tables, &target_tables);
+    // Only the platform schemas the source has: pg_dump fails on a
+    // `--schema` that matches nothing.
+    let hooked: Vec<String> = ["auth", "storage"]
+        .iter()
+        .filter(|s| schemas.iter().any(|have| have == *s))
+        .map(|s| s.to_string())
+        .collect();
+    let target_has: BTreeSet<(String, String)> = target_tables
+        .iter()
+        .map(|t| (t.schema.clone(), t.name.clone()))
+        .collect();
     for warning in &plan.warnings {
         reporter.warning(&format!("database: {warning}")).await;
     }
@@ -182,6 +194,7 @@ pub async fn migrate(
         &job.id,
         facts,
         &plan,
+        (&hooked, &target_has),
         roles_sql,
         writer,
     );
@@ -226,6 +239,7 @@ async fn produce(
     job_id: &str,
     facts: &TargetFacts,
     plan: &DataPlan,
+    (hooked, target_has): (&[String], &BTreeSet<(String, String)>),
     roles_sql: String,
     mut out: tokio::io::DuplexStream,
 ) -> Result<u64, JobError> {
@@ -275,6 +289,31 @@ async fn produce(
     out.write_all(preamble.as_bytes()).await.map_err(broken)?;
     out.write_all(&schema_sql).await.map_err(broken)?;
     drop(schema_sql);
+
+    // The project's own policies and triggers on the platform's tables,
+    // which the guide's dump loses (shared::lift_shift::managed).
+    let mut hooks = ManagedHooks::new();
+    if !hooked.is_empty() {
+        let mut managed_args: Vec<String> =
+            vec!["--schema-only".into(), "--quote-all-identifier".into()];
+        managed_args.extend(hooked.iter().map(|s| format!("--schema={s}")));
+        stream_lines(pg_dump, &managed_args, source, job_id, |line| {
+            hooks.line(line.trim_end_matches('\n'));
+            Ok(())
+        })
+        .await?;
+    }
+    let carried =
+        hooks.finish(|schema, table| target_has.contains(&(schema.to_string(), table.to_string())));
+    for warning in &carried.warnings {
+        reporter.warning(&format!("database: {warning}")).await;
+    }
+    if !carried.kept.is_empty() {
+        tracing::info!(carried = ?carried.kept, "policies and triggers on the platform's tables carried over");
+    }
+    out.write_all(carried.sql.as_bytes())
+        .await
+        .map_err(broken)?;
 
     let total = plan.copied.len() as u32;
     let mut data_args: Vec<String> = vec!["--data-only".into(), "--quote-all-identifier".into()];
