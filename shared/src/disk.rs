@@ -146,6 +146,26 @@ pub fn find_out_of_space(e: &io::Error) -> Option<&OutOfSpace> {
     None
 }
 
+/// The bytes of the files below `dir` (symlinks not followed); what cannot
+/// be read counts as nothing.
+pub fn used_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&at) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t) if t.is_file() => total += entry.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
 /// Fails when `path`'s filesystem cannot take `bytes` more and still keep
 /// `reserve` free.
 pub fn check_room(path: &Path, area: &str, bytes: u64, reserve: u64) -> io::Result<()> {

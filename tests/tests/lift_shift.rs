@@ -54,7 +54,10 @@ async fn the_catalogs_give_the_tables_and_the_columns_copy_fills() {
         .iter()
         .map(|(s, t)| format!("{s}.{t}"))
         .collect();
-    assert_eq!(copied, vec!["billing.invoices", "public.events_2026"]);
+    assert_eq!(
+        copied,
+        vec!["auth.users", "billing.invoices", "public.events_2026"]
+    );
     assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
     assert!(
         plan.warnings[1].contains("lacks the columns is_anonymous"),

@@ -83,6 +83,31 @@ async fn migrate(app: &TestApp, body: &Value) -> (reqwest::header::HeaderMap, Ve
     (headers, events)
 }
 
+/// Starts the migration with `?async=true`; its job id.
+async fn start_async(app: &TestApp, body: &Value) -> String {
+    let response = app
+        .post(&format!("{PATH}?async=true"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    accepted["job"]["id"].as_str().unwrap().to_string()
+}
+
+/// Until the double has sent `count` objects whole.
+async fn downloads_reach(double: &CloudDouble, count: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while double.stats().downloads_completed() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the downloads never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn without_storage(fingerprints: Vec<String>) -> Vec<String> {
     fingerprints
         .into_iter()
@@ -259,6 +284,23 @@ async fn a_migration_streams_the_contracts_events_and_the_target_equals_the_sour
         .filter(|n| n.starts_with(".supascale"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A client that dropped re-attaches with Last-Event-ID and gets the
+    // rest, without repeats.
+    let response = setup
+        .app
+        .get(&format!("/api/v1/jobs/{job_id}/events"))
+        .header("Last-Event-ID", ids[2].to_string())
+        .send()
+        .await
+        .unwrap();
+    let rest = read_events(response, Duration::from_secs(30), |_| false).await;
+    let rest_ids: Vec<i64> = rest
+        .iter()
+        .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(rest_ids, ids[3..].to_vec());
+    assert_eq!(rest.last().unwrap().data["summary"], *summary);
 
     // The job's record: completed, its credentials wiped, none in the logs
     // or the events.
@@ -526,24 +568,8 @@ async fn a_migration_killed_mid_storage_resumes_without_fetching_finished_object
         "databasePassword": "unused",
         "components": ["storage"],
     });
-    let response = cluster
-        .app
-        .post(&format!("{PATH}?async=true"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let accepted: Value = response.json().await.unwrap();
-    let job_id = accepted["job"]["id"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while double.stats().downloads_completed() < 27 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the downloads never got going"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let job_id = start_async(&cluster.app, &body).await;
+    downloads_reach(&double, 27).await;
     let finished: Vec<(String, String)> = double
         .stats()
         .all_downloads()
@@ -661,4 +687,137 @@ console.log(JSON.stringify(seen));
     let complete = &seen.last().unwrap()["data"];
     assert_eq!(complete["success"], true);
     assert_eq!(complete["summary"]["storage"]["files"], 65);
+}
+
+/// Cancelled while the objects download: the job ends `Cancelled`, the
+/// project's storage (files and rows) is as it was, and the download
+/// folder is gone.
+#[tokio::test]
+async fn a_cancelled_migration_leaves_the_target_as_it_was() {
+    use supascale_tests::refproject::tree_snapshot;
+    let setup = setup().await;
+    let storage = setup.target.root.path().join("volumes/storage");
+    let before = (
+        tree_snapshot(&storage),
+        table_fingerprints(&setup.target.database.url),
+    );
+    let slow = setup.double.objects()[3].clone();
+    setup
+        .double
+        .faults()
+        .trickle(&slow.bucket, &slow.key, 512, Duration::from_millis(200), 1);
+    let job_id = start_async(&setup.app, &request(&setup, &["storage"])).await;
+    downloads_reach(&setup.double, 30).await;
+    let (status, cancelled) = setup
+        .app
+        .post_json(&format!("/api/v1/jobs/{job_id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["job"]["status"], "failed", "{cancelled}");
+    assert_eq!(cancelled["job"]["error"], "Cancelled", "{cancelled}");
+    assert_eq!(
+        (
+            tree_snapshot(&storage),
+            table_fingerprints(&setup.target.database.url)
+        ),
+        before
+    );
+}
+
+/// A source whose image is newer than the target's: a table the target
+/// lacks is left out with a warning naming it, a table without one of the
+/// source's columns is copied without it (and a warning), the rest loads.
+#[tokio::test]
+async fn what_an_older_target_lacks_is_a_warning_not_a_failed_load() {
+    let setup = setup().await;
+    psql(
+        &setup.source.database.url,
+        "CREATE TABLE auth.oauth_clients (id uuid PRIMARY KEY, name text); \
+         INSERT INTO auth.oauth_clients VALUES (gen_random_uuid(), 'cli'); \
+         ALTER TABLE auth.users ADD COLUMN is_anonymous boolean NOT NULL DEFAULT false;",
+    );
+    let (_, events) = migrate(&setup.app, &request(&setup, &["database"])).await;
+    assert_eq!(events.last().unwrap().event, "complete", "{events:#?}");
+    let warnings: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event == "warning")
+        .map(|e| e.data["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("auth.oauth_clients") && w.contains("no such table")),
+        "{warnings:#?}"
+    );
+    // A column the target lacks: the rows come without it.
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("auth.users") && w.contains("lacks the columns is_anonymous")),
+        "{warnings:#?}"
+    );
+    let users = "SELECT count(*) || ' ' || md5(string_agg(id || email || encrypted_password, ',' \
+                 ORDER BY id)) FROM auth.users";
+    assert_eq!(
+        psql(&setup.target.database.url, users),
+        psql(&setup.source.database.url, users)
+    );
+    let others = |url: &str| {
+        without_storage(table_fingerprints(url))
+            .into_iter()
+            .filter(|t| !t.starts_with("auth."))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        others(&setup.target.database.url),
+        others(&setup.source.database.url)
+    );
+}
+
+/// A source whose objects do not fit beside the disk reserve fails before
+/// the first download, in the contract's words, and leaves nothing.
+#[tokio::test]
+async fn objects_that_do_not_fit_on_the_disk_are_refused_before_any_download() {
+    use supascale_tests::{Launch, SmallDisk};
+    let target = refproject::make(0.0, 41, true).await;
+    // The project's storage folder on a 16 MB disk of its own, 1 MB kept
+    // free: 40 MB of objects cannot fit, whatever the other tests do.
+    let disk = SmallDisk::mount(&target.root.path().join("volumes/storage"), 16_000_000);
+    let reserve = if disk.mounted {
+        1_000_000
+    } else {
+        disk.reserve_leaving(15_000_000)
+    };
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        Launch::default().env("SUPASCALE_DISK_RESERVE_BYTES", reserve.to_string()),
+    )
+    .await;
+    refproject::register(&app, &target, "target").await;
+    let double = CloudDouble::builder()
+        .bucket(Bucket::new("big"))
+        .objects(sample_objects("big", 10, 40_000_000, 3))
+        .start()
+        .await;
+    let body = json!({
+        "sourceUrl": double.base_url(),
+        "serviceRoleKey": double.service_role_key(),
+        "databasePassword": "unused",
+        "components": ["storage"],
+    });
+    let (_, events) = migrate(&app, &body).await;
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "error", "{events:#?}");
+    let error = last.data["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("Migration failed: Insufficient disk space on the storage folder"),
+        "{error}"
+    );
+    assert_eq!(double.stats().downloads_started(), 0);
+    let left: Vec<_> = std::fs::read_dir(&disk.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".supascale"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -38,10 +38,26 @@ pub struct DataPlan {
     pub copied: Vec<(String, String)>,
     /// Tables of managed schemas emptied before the copy.
     pub emptied: Vec<(String, String)>,
-    /// Tables whose rows stay behind (passed to pg_dump's
-    /// `--exclude-table-data`).
+    /// Tables whose rows pg_dump leaves behind (its
+    /// `--exclude-table-data`): those the target lacks, and the
+    /// [`partial`](Self::partial) ones.
     pub left_out: Vec<(String, String)>,
+    /// Tables the target has without some of the source's columns: their
+    /// rows are copied with the columns both have (`COPY (SELECT …)`), not
+    /// by pg_dump. Also in `copied` and `emptied`.
+    pub partial: Vec<PartialTable>,
     pub warnings: Vec<String>,
+}
+
+/// A table copied with the columns the target has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartialTable {
+    pub schema: String,
+    pub name: String,
+    /// The columns both have, in the source's order.
+    pub columns: Vec<String>,
+    /// The source's columns the target lacks.
+    pub missing: Vec<String>,
 }
 
 /// The plan for `source_schemas`/`source_tables` into a target that has
@@ -97,18 +113,28 @@ pub fn plan(
                     .map(String::as_str)
                     .filter(|c| !columns.contains(c))
                     .collect();
-                if missing.is_empty() {
-                    plan.emptied.push(key.clone());
-                    plan.copied.push(key);
-                } else {
+                if !missing.is_empty() {
                     plan.warnings.push(format!(
                         "{}: the target's table lacks the columns {} (its image is older than \
-                         the source's); its rows were not copied",
+                         the source's); its rows were copied without them",
                         table.qualified(),
                         missing.join(", ")
                     ));
-                    plan.left_out.push(key);
+                    plan.left_out.push(key.clone());
+                    plan.partial.push(PartialTable {
+                        schema: table.schema.clone(),
+                        name: table.name.clone(),
+                        columns: table
+                            .columns
+                            .iter()
+                            .filter(|c| columns.contains(c.as_str()))
+                            .cloned()
+                            .collect(),
+                        missing: missing.iter().map(|c| c.to_string()).collect(),
+                    });
                 }
+                plan.emptied.push(key.clone());
+                plan.copied.push(key);
             }
         }
     }
@@ -194,6 +220,7 @@ mod tests {
             pairs(&plan.copied),
             vec![
                 "auth.identities",
+                "auth.users",
                 "billing.invoices",
                 "public.todos",
                 "storage.objects"
@@ -201,7 +228,16 @@ mod tests {
         );
         assert_eq!(
             pairs(&plan.emptied),
-            vec!["auth.identities", "storage.objects"]
+            vec!["auth.identities", "auth.users", "storage.objects"]
+        );
+        assert_eq!(
+            plan.partial,
+            vec![PartialTable {
+                schema: "auth".into(),
+                name: "users".into(),
+                columns: vec!["id".into(), "email".into()],
+                missing: vec!["is_anonymous".into()],
+            }]
         );
         assert_eq!(
             pairs(&plan.left_out),

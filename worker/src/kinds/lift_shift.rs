@@ -59,6 +59,19 @@ pub async fn start_event(ctx: &JobContext, job: &job::Model) -> Value {
 }
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
+    let outcome = migrate(ctx, job, reporter).await;
+    // A job that will not run again leaves no download folder behind,
+    // before its end is written (a client that sees the end finds nothing
+    // of it left). One that will be retried keeps it to resume from.
+    if let Err(e) = &outcome
+        && (!e.will_retry(job) || reporter.is_cancelled())
+    {
+        remove_downloads(ctx, job).await;
+    }
+    outcome
+}
+
+async fn migrate(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
     let started = Instant::now();
     let payload: LiftShiftPayload = serde_json::from_str(&job.payload)
         .map_err(|e| JobError::Record(format!("bad job payload: {e}")))?;

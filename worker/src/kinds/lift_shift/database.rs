@@ -21,7 +21,7 @@ use crate::JobContext;
 use crate::reporter::Reporter;
 use supascale_shared::entities::job;
 use supascale_shared::jobs::JobError;
-use supascale_shared::lift_shift::data_plan::{self, DataPlan};
+use supascale_shared::lift_shift::data_plan::{self, DataPlan, PartialTable};
 use supascale_shared::lift_shift::exclusions::{
     DATA_SCHEMAS, EXCLUDED_TABLES, MANAGED_PREFIXES, MANAGED_SCHEMAS,
 };
@@ -373,7 +373,57 @@ async fn produce(
     }
     send.finish().await?;
     out.write_all(&pending).await.map_err(broken)?;
+    if !plan.partial.is_empty() {
+        let mut conn = connect(source).await?;
+        for table in &plan.partial {
+            loaded_tables += 1;
+            reporter
+                .step(
+                    "database",
+                    &format!("Loading {}.{}", table.schema, table.name),
+                    loaded_tables.min(total),
+                    total,
+                )
+                .await;
+            bytes += copy_partial(&mut conn, table, &mut out).await?;
+        }
+        let _ = conn.close().await;
+    }
     out.shutdown().await.map_err(broken)?;
+    Ok(bytes)
+}
+
+/// Copies the rows of a table the target has without some of the
+/// source's columns, with the columns both have, into the load: one
+/// `COPY … FROM stdin` fed from the source's `COPY (SELECT …) TO STDOUT`.
+async fn copy_partial(
+    conn: &mut sqlx::PgConnection,
+    table: &PartialTable,
+    out: &mut tokio::io::DuplexStream,
+) -> Result<u64, JobError> {
+    use futures::StreamExt;
+    let broken = |e: std::io::Error| JobError::Tool(format!("the load stopped reading: {e}"));
+    let columns: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| database::quote_ident(c))
+        .collect();
+    let name = format!(
+        "{}.{}",
+        database::quote_ident(&table.schema),
+        database::quote_ident(&table.name)
+    );
+    let head = format!("COPY {name} ({}) FROM stdin;\n", columns.join(", "));
+    out.write_all(head.as_bytes()).await.map_err(broken)?;
+    let query = format!("COPY (SELECT {} FROM {name}) TO STDOUT", columns.join(", "));
+    let mut rows = conn.copy_out_raw(&query).await.map_err(source_error)?;
+    let mut bytes = 0u64;
+    while let Some(chunk) = rows.next().await {
+        let chunk = chunk.map_err(source_error)?;
+        bytes += chunk.len() as u64;
+        out.write_all(&chunk).await.map_err(broken)?;
+    }
+    out.write_all(b"\\.\n").await.map_err(broken)?;
     Ok(bytes)
 }
 

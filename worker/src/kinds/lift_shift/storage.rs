@@ -71,6 +71,21 @@ pub async fn migrate(
         objects.extend(listed);
     }
 
+    // What is still to fetch must fit beside the reserve: a source's
+    // listing is not allowed to fill the project's disk.
+    let listed: u64 = objects.iter().map(|o| o.size).sum();
+    let fetched_before = if fetch_dir.exists() {
+        supascale_shared::disk::used_bytes(&fetch_dir)
+    } else {
+        0
+    };
+    supascale_shared::disk::check_room(
+        &dir,
+        supascale_shared::disk::STORAGE_AREA,
+        listed.saturating_sub(fetched_before),
+        ctx.config.disk_reserve_bytes,
+    )
+    .map_err(JobError::Io)?;
     let outcome = download(ctx, reporter, api, objects, &fetch_dir).await?;
     for failed in &outcome.failed {
         reporter
