@@ -821,3 +821,84 @@ async fn objects_that_do_not_fit_on_the_disk_are_refused_before_any_download() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Roles the test creates on the machine's cluster (roles are
+/// cluster-wide), dropped when it ends, after the databases that use them.
+struct ClusterRoles(Vec<String>);
+
+impl Drop for ClusterRoles {
+    fn drop(&mut self) {
+        for role in &self.0 {
+            let _ = std::process::Command::new("psql")
+                .args(["-q", "-X", supascale_tests::PG_ADMIN_URL, "-c"])
+                .arg(format!("DROP ROLE IF EXISTS \"{role}\""))
+                .output();
+        }
+    }
+}
+
+/// A source on another cluster (password auth) with roles of its own: the
+/// target's cluster gets them (memberships and settings included, no
+/// password; Supabase's reserved roles, which the target has, are not
+/// created again), and the grants to them come with the schema.
+#[tokio::test]
+async fn the_sources_roles_arrive_and_its_reserved_ones_are_left_alone() {
+    let suffix = supascale_tests::random_suffix(8);
+    let (reader, app_user) = (format!("reporting_{suffix}"), format!("app_{suffix}"));
+    let roles = ClusterRoles(vec![app_user.clone(), reader.clone()]);
+    let setup = setup().await;
+    let cluster = ScratchCluster::start();
+    psql(
+        &cluster.url("postgres"),
+        &format!(
+            "CREATE ROLE anon NOLOGIN; CREATE ROLE authenticated NOLOGIN; \
+             CREATE ROLE service_role NOLOGIN BYPASSRLS; \
+             CREATE ROLE \"{reader}\" NOLOGIN; CREATE ROLE \"{app_user}\" LOGIN PASSWORD 'secret'; \
+             GRANT \"{reader}\" TO \"{app_user}\"; \
+             ALTER ROLE \"{app_user}\" SET statement_timeout = '5s'; \
+             CREATE SCHEMA auth; CREATE SCHEMA storage; \
+             CREATE TABLE public.reports (id int PRIMARY KEY, body text); \
+             INSERT INTO public.reports SELECT g, 'report ' || g FROM generate_series(1, 100) g; \
+             GRANT SELECT ON public.reports TO \"{reader}\";"
+        ),
+    );
+    let mut body = request(&setup, &["database"]);
+    body["databaseUrl"] = json!(cluster.url_without_password("postgres"));
+    body["databasePassword"] = json!(cluster.password);
+    let (_, events) = migrate(&setup.app, &body).await;
+    assert_eq!(events.last().unwrap().event, "complete", "{events:#?}");
+
+    let admin = supascale_tests::PG_ADMIN_URL;
+    let shown = psql(
+        admin,
+        &format!(
+            "SELECT r.rolname || ' ' || r.rolcanlogin || ' ' || coalesce(array_to_string(s.setconfig, ','), '-') \
+             || ' ' || coalesce((SELECT string_agg(g.rolname, ',') FROM pg_auth_members m \
+                JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid), '-') \
+             FROM pg_roles r LEFT JOIN pg_db_role_setting s ON s.setrole = r.oid AND s.setdatabase = 0 \
+             WHERE r.rolname IN ('{reader}', '{app_user}') ORDER BY 1"
+        ),
+    );
+    assert_eq!(
+        shown.trim(),
+        format!("{app_user} true statement_timeout=5s {reader}\n{reader} false - -")
+    );
+    // The password did not come (pg_dumpall --no-role-passwords).
+    let password = psql(
+        admin,
+        &format!("SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = '{app_user}'"),
+    );
+    assert_eq!(password.trim(), "t");
+    let granted = psql(
+        &setup.target.database.url,
+        &format!("SELECT has_table_privilege('{reader}', 'public.reports', 'SELECT')"),
+    );
+    assert_eq!(granted.trim(), "t");
+    let rows = psql(
+        &setup.target.database.url,
+        "SELECT count(*) FROM public.reports",
+    );
+    assert_eq!(rows.trim(), "100");
+    drop(setup);
+    drop(roles);
+}
