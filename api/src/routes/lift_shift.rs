@@ -178,7 +178,19 @@ async fn check_request(
             "databasePassword must not be empty when database is migrated",
         ));
     }
-    let api = source::parse_source_url(&request.source_url).map_err(ApiError::bad_request)?;
+    let mut api = source::parse_source_url(&request.source_url).map_err(ApiError::bad_request)?;
+    if let Some((host, port)) = source_host(&api) {
+        match classify(&host, port).await {
+            HostClass::Metadata => {
+                return Err(ApiError::bad_request(format!(
+                    "sourceUrl: {host} resolves to a link-local or cloud metadata address; it \
+                     is never contacted"
+                )));
+            }
+            HostClass::Local => api.local = true,
+            HostClass::Public => {}
+        }
+    }
     let given = request
         .database_url
         .as_deref()
@@ -199,7 +211,17 @@ async fn check_request(
     }
     let database = source::source_database(&api, request.database_url.as_deref())
         .map_err(ApiError::bad_request)?;
-    let resolved_local = resolves_to_this_network(&database.target).await;
+    let resolved_local = match classify(&database.target.host, database.target.port).await {
+        HostClass::Metadata => {
+            return Err(ApiError::bad_request(format!(
+                "databaseUrl: {} resolves to a link-local or cloud metadata address; it is \
+                 never contacted",
+                database.target.host
+            )));
+        }
+        HostClass::Local => true,
+        HostClass::Public => false,
+    };
     if api.local || resolved_local || !database.derived {
         require_unrestricted_admin(principal)?;
     }
@@ -228,21 +250,50 @@ fn require_unrestricted_admin(principal: &Principal) -> ApiResult<()> {
     })
 }
 
-/// Whether the host of `target` resolves to a loopback or private address.
-async fn resolves_to_this_network(target: &DatabaseTarget) -> bool {
-    let host = target.host.trim_matches(['[', ']']).to_string();
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return ip.is_loopback() || source::is_private(ip);
+/// Where a host name leads.
+enum HostClass {
+    /// To a link-local or cloud metadata address (at least one of its
+    /// addresses): never contacted.
+    Metadata,
+    /// To this machine or a private network.
+    Local,
+    Public,
+}
+
+/// The host and port of a source API named by a domain (literal addresses
+/// were checked by `parse_source_url`).
+fn source_host(api: &source::SourceApi) -> Option<(String, u16)> {
+    let url = url::Url::parse(&api.base).ok()?;
+    match url.host()? {
+        url::Host::Domain(d) => Some((d.to_string(), url.port_or_known_default().unwrap_or(443))),
+        _ => None,
     }
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    let lookup = tokio::net::lookup_host((host.as_str(), target.port));
-    match tokio::time::timeout(std::time::Duration::from_secs(5), lookup).await {
-        Ok(Ok(addresses)) => addresses
-            .map(|a| a.ip())
-            .any(|ip| ip.is_loopback() || source::is_private(ip)),
-        _ => false,
+}
+
+/// What `host` resolves to now. A name that does not resolve is public:
+/// the job says it cannot be reached.
+async fn classify(host: &str, port: u16) -> HostClass {
+    let host = host.trim_matches(['[', ']']);
+    let ips: Vec<std::net::IpAddr> = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) if host.eq_ignore_ascii_case("localhost") => return HostClass::Local,
+        Err(_) => {
+            let lookup = tokio::net::lookup_host((host, port));
+            match tokio::time::timeout(std::time::Duration::from_secs(5), lookup).await {
+                Ok(Ok(addresses)) => addresses.map(|a| a.ip()).collect(),
+                _ => Vec::new(),
+            }
+        }
+    };
+    if ips.iter().any(|ip| source::is_metadata_or_link_local(*ip)) {
+        HostClass::Metadata
+    } else if ips
+        .iter()
+        .any(|ip| ip.is_loopback() || source::is_private(*ip))
+    {
+        HostClass::Local
+    } else {
+        HostClass::Public
     }
 }
 
@@ -318,5 +369,32 @@ impl JobAnswer for StartedLiftShift {
             job_events(state.clone(), job_row.id.clone(), 0),
             location,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hosts_are_classified_by_where_they_lead() {
+        assert!(matches!(
+            classify("169.254.169.254", 80).await,
+            HostClass::Metadata
+        ));
+        assert!(matches!(
+            classify("[fd00:ec2::254]", 80).await,
+            HostClass::Metadata
+        ));
+        assert!(matches!(classify("localhost", 80).await, HostClass::Local));
+        assert!(matches!(classify("10.1.2.3", 5432).await, HostClass::Local));
+        assert!(matches!(
+            classify("127.0.0.1", 5432).await,
+            HostClass::Local
+        ));
+        assert!(matches!(
+            classify("203.0.113.7", 5432).await,
+            HostClass::Public
+        ));
     }
 }

@@ -229,6 +229,34 @@ impl fmt::Debug for CloudApi {
     }
 }
 
+/// Resolves names as the system does, but never to a link-local or cloud
+/// metadata address: a name the request's checks saw elsewhere cannot be
+/// pointed there afterwards (DNS rebinding). Literal addresses never get
+/// here; `source::parse_source_url` refuses those.
+struct NoMetadataResolver;
+
+impl reqwest::dns::Resolve for NoMetadataResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let found: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let kept: Vec<std::net::SocketAddr> = found
+                .into_iter()
+                .filter(|a| !super::source::is_metadata_or_link_local(a.ip()))
+                .collect();
+            if kept.is_empty() {
+                return Err(format!(
+                    "{host} resolves to no address but link-local or metadata ones, which are \
+                     never contacted"
+                )
+                .into());
+            }
+            Ok(Box::new(kept.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 impl CloudApi {
     /// A client for the project at `base` (`https://<ref>.supabase.co`, or
     /// `http://127.0.0.1:<port>` for a double; checked by
@@ -237,6 +265,7 @@ impl CloudApi {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(std::sync::Arc::new(NoMetadataResolver))
             .build()
             .expect("a reqwest client with rustls and without custom certificates builds");
         let headers = (|| {
