@@ -10,7 +10,9 @@
 //! - ` NOSUPERUSER` and ` NOREPLICATION` are dropped (only a superuser may
 //!   say them, and they are the default);
 //! - a role the target already has is not created again (its attributes
-//!   are still set), so a second run does not fail;
+//!   are still set), so a second run does not fail; one created on the
+//!   target's cluster meanwhile is skipped by the `CREATE ROLE` itself
+//!   (`duplicate_object` caught in a `DO` block);
 //! - on a target older than PostgreSQL 16, a membership's `INHERIT` and
 //!   `SET` options (16+ syntax) are dropped, with a warning when that
 //!   changes what the membership does.
@@ -26,6 +28,9 @@ const KEPT_SETTINGS: &[&str] = &[
     "statement_timeout",
     "track_io_timing",
 ];
+
+/// The dollar-quote tag around a `CREATE ROLE` made idempotent.
+const DO_TAG: &str = "$supascale$";
 
 /// The roles script rewritten for a target of `target_major` that already
 /// has the roles `existing`; and the warnings for the user.
@@ -47,6 +52,15 @@ pub fn rewrite_roles(
                 continue;
             };
             if is_reserved_role(&role) || existing(&role) {
+                continue;
+            }
+            // A role created on the target's cluster since its roles were
+            // read (roles are cluster-wide) must not fail the load.
+            if !trimmed.contains(DO_TAG) {
+                out.push_str(&format!(
+                    "DO {DO_TAG} BEGIN {}; EXCEPTION WHEN duplicate_object THEN NULL; END {DO_TAG};\n",
+                    trimmed.trim_end_matches(';')
+                ));
                 continue;
             }
         } else if let Some(rest) = trimmed.strip_prefix("ALTER ROLE ") {
@@ -162,7 +176,7 @@ GRANT "already_there" TO "reporting" WITH ADMIN OPTION, INHERIT FALSE, SET TRUE 
             lines,
             vec![
                 "SET default_transaction_read_only = off;",
-                "CREATE ROLE \"reporting\";",
+                "DO $supascale$ BEGIN CREATE ROLE \"reporting\"; EXCEPTION WHEN duplicate_object THEN NULL; END $supascale$;",
                 "ALTER ROLE \"reporting\" WITH INHERIT NOCREATEROLE NOCREATEDB LOGIN NOBYPASSRLS;",
                 "ALTER ROLE \"already_there\" WITH INHERIT NOLOGIN;",
                 "ALTER ROLE \"authenticator\" SET \"pgrst\".\"db_schemas\" TO 'public, api';",
@@ -197,13 +211,13 @@ GRANT "already_there" TO "reporting" WITH ADMIN OPTION, INHERIT FALSE, SET TRUE 
     #[test]
     fn identifiers_with_quotes_are_read_whole() {
         let (sql, _) = rewrite_roles(
-            "CREATE ROLE \"a\"\"b\";\nGRANT \"x y\" TO \"a\"\"b\" GRANTED BY \"postgres\";\nGRANT \"x y\" TO \"anon\";\n",
+            "DO $supascale$ BEGIN CREATE ROLE \"a\"\"b\"; EXCEPTION WHEN duplicate_object THEN NULL; END $supascale$;\nGRANT \"x y\" TO \"a\"\"b\" GRANTED BY \"postgres\";\nGRANT \"x y\" TO \"anon\";\n",
             &|_| false,
             15,
         );
         assert_eq!(
             sql,
-            "CREATE ROLE \"a\"\"b\";\nGRANT \"x y\" TO \"a\"\"b\" GRANTED BY \"postgres\";\n"
+            "DO $supascale$ BEGIN CREATE ROLE \"a\"\"b\"; EXCEPTION WHEN duplicate_object THEN NULL; END $supascale$;\nGRANT \"x y\" TO \"a\"\"b\" GRANTED BY \"postgres\";\n"
         );
     }
 }
