@@ -1252,7 +1252,7 @@ async fn database_part(app: &TestApp, control: &ControlPlane, args: &Args) -> Da
                     skipped.join(", ")
                 );
             }
-            let loaded = official_pipeline::load(&target_url, &dumped);
+            let loaded = official_pipeline::load(&target_url, &dumped, true);
             let size = |p: &PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
             println!(
                 "  official dump:     {:>8.2} s   roles.sql {:.1} MiB, schema.sql {:.1} MiB, \
