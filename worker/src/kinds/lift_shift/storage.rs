@@ -240,6 +240,40 @@ async fn columns(txn: &mut sqlx::PgConnection, table: &str) -> Result<Vec<String
     .await
 }
 
+/// Rows written by one statement.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// An object's `storage.objects.metadata`: the listing's, with what was
+/// checked on the fetched bytes, as the Storage API records it.
+fn object_metadata(fetched: &FetchedObject) -> serde_json::Value {
+    let object = &fetched.object;
+    let mut metadata = match &object.metadata {
+        serde_json::Value::Object(m) => serde_json::Value::Object(m.clone()),
+        _ => serde_json::json!({}),
+    };
+    metadata["eTag"] = serde_json::json!(format!("\"{}\"", fetched.md5));
+    metadata["size"] = serde_json::json!(fetched.size);
+    metadata["contentLength"] = serde_json::json!(fetched.size);
+    if metadata.get("mimetype").is_none() {
+        metadata["mimetype"] = serde_json::json!(
+            object
+                .mimetype
+                .clone()
+                .unwrap_or_else(|| "application/octet-stream".into())
+        );
+    }
+    if metadata.get("cacheControl").is_none() {
+        metadata["cacheControl"] = serde_json::json!(
+            object
+                .cache_control
+                .clone()
+                .unwrap_or_else(|| "no-cache".into())
+        );
+    }
+    metadata["httpStatusCode"] = serde_json::json!(200);
+    metadata
+}
+
 /// Buckets with their settings, then each object's row with the metadata
 /// the Storage API records (an existing row keeps its id and owner).
 async fn write_rows(
@@ -292,42 +326,29 @@ async fn write_rows(
     } else {
         "version = EXCLUDED.version, metadata = EXCLUDED.metadata"
     };
+    // One statement per thousand rows (arrays unnested): 10,000 single-row
+    // INSERTs took 2.4 s of a 9.7 s migration (bench-lift-shift).
     let statement = format!(
         "INSERT INTO storage.objects (bucket_id, name, version, metadata) \
-         VALUES ($1, $2, $3, $4::jsonb) \
+         SELECT b, n, v, m::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
+              AS r(b, n, v, m) \
          ON CONFLICT (bucket_id, name) DO UPDATE SET {update}"
     );
-    for (fetched, version) in objects {
-        let object = &fetched.object;
-        let mut metadata = match &object.metadata {
-            serde_json::Value::Object(m) => serde_json::Value::Object(m.clone()),
-            _ => serde_json::json!({}),
-        };
-        metadata["eTag"] = serde_json::json!(format!("\"{}\"", fetched.md5));
-        metadata["size"] = serde_json::json!(fetched.size);
-        metadata["contentLength"] = serde_json::json!(fetched.size);
-        if metadata.get("mimetype").is_none() {
-            metadata["mimetype"] = serde_json::json!(
-                object
-                    .mimetype
-                    .clone()
-                    .unwrap_or_else(|| "application/octet-stream".into())
-            );
+    for batch in objects.chunks(ROWS_PER_STATEMENT) {
+        let mut columns: [Vec<String>; 4] = Default::default();
+        for (fetched, version) in batch {
+            let object = &fetched.object;
+            columns[0].push(object.bucket.clone());
+            columns[1].push(object.name.clone());
+            columns[2].push(version.to_string());
+            columns[3].push(object_metadata(fetched).to_string());
         }
-        if metadata.get("cacheControl").is_none() {
-            metadata["cacheControl"] = serde_json::json!(
-                object
-                    .cache_control
-                    .clone()
-                    .unwrap_or_else(|| "no-cache".into())
-            );
-        }
-        metadata["httpStatusCode"] = serde_json::json!(200);
+        let [buckets, names, versions, metadata] = columns;
         sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
-            .bind(&object.bucket)
-            .bind(&object.name)
-            .bind(*version)
-            .bind(metadata.to_string())
+            .bind(buckets)
+            .bind(names)
+            .bind(versions)
+            .bind(metadata)
             .execute(&mut *txn)
             .await?;
     }
