@@ -126,3 +126,20 @@ pub fn cpu_seconds_of_programs(programs: &[&str]) -> Vec<f64> {
     }
     totals
 }
+
+/// A control-plane timestamp as the API or the database prints it: RFC 3339,
+/// PostgreSQL's text with an offset, or SQLite's naive UTC.
+pub fn parse_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{DateTime, NaiveDateTime, Utc};
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f %:z", "%Y-%m-%d %H:%M:%S%.f%:z"] {
+        if let Ok(t) = DateTime::parse_from_str(text, format) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc())
+}

@@ -495,13 +495,7 @@ struct OursStorage {
 
 impl OursStorage {
     fn print(&self, objects: usize, bytes: u64) {
-        println!(
-            "  ours:  {:>8.2} s  {:>8.1} objects/s  {:>7.1} MB/s   {}",
-            self.seconds,
-            objects as f64 / self.seconds,
-            bytes as f64 / MB / self.seconds,
-            if self.ok { "OK" } else { "FAILED" }
-        );
+        print_rate("ours", self.seconds, objects, bytes, self.ok);
         println!("         {}", self.check);
         println!(
             "         API process RSS: {:.1} MiB before, peak {:.1} MiB (VmHWM reset just \
@@ -773,7 +767,7 @@ async fn post_and_wait(
         ))
         .await
         .unwrap_or_default();
-    let seconds = parse_time(&finished)
+    let seconds = supascale_bench::parse_time(&finished)
         .and_then(|end| (end - requested).num_microseconds())
         .map(|us| us as f64 / 1e6)
         .filter(|s| *s > 0.0 && *s <= seen)
@@ -823,7 +817,7 @@ async fn job_steps(
     .await
     .unwrap_or_default();
     let at = |text: &str| -> Option<f64> {
-        let time = parse_time(text)?;
+        let time = supascale_bench::parse_time(text)?;
         Some((time - requested).num_microseconds()? as f64 / 1e6)
     };
     let mut marks: Vec<(String, f64, usize)> = Vec::new();
@@ -869,19 +863,16 @@ async fn job_steps(
     steps
 }
 
-fn parse_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    use chrono::{DateTime, NaiveDateTime, Utc};
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(t.with_timezone(&Utc));
-    }
-    for format in ["%Y-%m-%d %H:%M:%S%.f %:z", "%Y-%m-%d %H:%M:%S%.f%:z"] {
-        if let Ok(t) = DateTime::parse_from_str(text, format) {
-            return Some(t.with_timezone(&Utc));
-        }
-    }
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
-        .ok()
-        .map(|t| t.and_utc())
+/// `  <label>:  <s>  <objects/s>  <MB/s>  OK|FAILED`, the first line of a
+/// storage run.
+fn print_rate(label: &str, seconds: f64, objects: usize, bytes: u64, ok: bool) {
+    println!(
+        "  {label}:  {:>8.2} s  {:>8.1} objects/s  {:>7.1} MB/s   {}",
+        seconds,
+        objects as f64 / seconds,
+        bytes as f64 / MB / seconds,
+        if ok { "OK" } else { "FAILED" }
+    );
 }
 
 struct CurlRun {
@@ -897,13 +888,7 @@ struct CurlRun {
 
 impl CurlRun {
     fn print(&self, objects: usize, bytes: u64) {
-        println!(
-            "  curl:  {:>8.2} s  {:>8.1} objects/s  {:>7.1} MB/s   {}",
-            self.seconds,
-            objects as f64 / self.seconds,
-            bytes as f64 / MB / self.seconds,
-            if self.ok { "OK" } else { "FAILED" }
-        );
+        print_rate("curl", self.seconds, objects, bytes, self.ok);
         println!("         {}", self.check);
         println!(
             "         CPU: curl {:.2} s (peak RSS {:.1} MiB); this process (the double serving) \

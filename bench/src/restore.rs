@@ -557,7 +557,7 @@ async fn steps_of_last_restore(
     .await
     .unwrap();
     let at = |text: &str| -> Option<f64> {
-        let time = parse_time(text)?;
+        let time = supascale_bench::parse_time(text)?;
         Some((time - requested).num_microseconds()? as f64 / 1e6)
     };
     let mut marks: Vec<(String, f64)> = Vec::new();
@@ -592,21 +592,6 @@ async fn steps_of_last_restore(
         steps.push((name.clone(), *t, next - t));
     }
     steps
-}
-
-fn parse_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    use chrono::{DateTime, NaiveDateTime, Utc};
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(t.with_timezone(&Utc));
-    }
-    for format in ["%Y-%m-%d %H:%M:%S%.f %:z", "%Y-%m-%d %H:%M:%S%.f%:z"] {
-        if let Ok(t) = DateTime::parse_from_str(text, format) {
-            return Some(t.with_timezone(&Utc));
-        }
-    }
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
-        .ok()
-        .map(|t| t.and_utc())
 }
 
 struct Baseline {

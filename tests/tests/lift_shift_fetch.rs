@@ -342,23 +342,33 @@ async fn every_object_is_fetched_whole_with_its_xattrs_and_bounded_concurrency()
     );
 }
 
+/// A double serving `objects` (bucket `b`) whose next `times` downloads
+/// each send `chunk` bytes every `interval`.
+async fn trickling_double(
+    objects: &[Object],
+    chunk: usize,
+    interval: Duration,
+    times: u32,
+) -> CloudDouble {
+    let double = CloudDouble::builder()
+        .service_role_key(KEY)
+        .objects(objects.to_vec())
+        .start()
+        .await;
+    for o in objects {
+        double.faults().trickle("b", &o.key, chunk, interval, times);
+    }
+    double
+}
+
 #[tokio::test]
 async fn downloads_in_flight_never_exceed_the_concurrency() {
     let objects: Vec<Object> = (0..24)
         .map(|i| Object::new("b", &format!("f{i:02}.bin"), 64_000))
         .collect();
-    let double = CloudDouble::builder()
-        .service_role_key(KEY)
-        .objects(objects.clone())
-        .start()
-        .await;
     // Slow bodies, so that the double sees every download in flight (fast
     // ones fit in the socket buffers and are over before the next starts).
-    for o in &objects {
-        double
-            .faults()
-            .trickle("b", &o.key, 8000, Duration::from_millis(5), 1);
-    }
+    let double = trickling_double(&objects, 8000, Duration::from_millis(5), 1).await;
     let api = api(&double);
     let listed = api.objects("b").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -539,16 +549,7 @@ async fn cancelling_ends_promptly_and_leaves_no_part_file() {
     let objects: Vec<Object> = (0..6)
         .map(|i| Object::new("b", &format!("big-{i}.bin"), 200_000))
         .collect();
-    let double = CloudDouble::builder()
-        .service_role_key(KEY)
-        .objects(objects.clone())
-        .start()
-        .await;
-    for o in &objects {
-        double
-            .faults()
-            .trickle("b", &o.key, 2000, Duration::from_millis(20), u32::MAX);
-    }
+    let double = trickling_double(&objects, 2000, Duration::from_millis(20), u32::MAX).await;
     let api = api(&double);
     let listed = api.objects("b").await.unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -355,7 +355,6 @@ async fn end(
     // hears of the end finds nothing of it left.
     if !retry {
         crate::kinds::import::remove_upload(ctx, job).await;
-        crate::kinds::lift_shift::remove_downloads(ctx, job).await;
     }
     if !ended.ours {
         tracing::warn!(job = %job.id, "the job was taken over by another worker; its end is theirs");

@@ -116,14 +116,8 @@ impl Reporter {
             }
             *last = Some(Instant::now());
         }
-        let progress = json!({
-            "step": step,
-            "message": message,
-            "current": current,
-            "total": total,
-            "bytesDone": bytes,
-        });
-        self.progress(progress);
+        self.step_with_bytes(step, message, current, total, bytes)
+            .await;
     }
 
     /// A step with its bytes done, sent as it is (the caller paces it).

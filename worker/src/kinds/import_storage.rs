@@ -170,6 +170,44 @@ async fn existing_objects(
         .collect())
 }
 
+/// The lock timeout for the rows' transaction: a project whose tables are
+/// held fails the write after it instead of waiting.
+pub async fn set_lock_timeout(
+    txn: &mut sqlx::PgConnection,
+    lock_timeout: Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL lock_timeout = '{}ms'",
+        lock_timeout.as_millis()
+    )))
+    .execute(txn)
+    .await
+    .map(|_| ())
+}
+
+/// The columns the project's `storage.<table>` has (older images lack some).
+pub async fn storage_columns(
+    txn: &mut sqlx::PgConnection,
+    table: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns \
+         WHERE table_schema = 'storage' AND table_name = $1",
+    )
+    .bind(table)
+    .fetch_all(txn)
+    .await
+}
+
+/// What an object row's upsert changes, given `storage.objects`' columns.
+pub fn object_update(columns: &[String]) -> &'static str {
+    if columns.iter().any(|c| c == "updated_at") {
+        "version = EXCLUDED.version, metadata = EXCLUDED.metadata, updated_at = now()"
+    } else {
+        "version = EXCLUDED.version, metadata = EXCLUDED.metadata"
+    }
+}
+
 /// Buckets first (objects reference them), then one upsert per object,
 /// with the metadata the Storage API itself records.
 async fn write_rows(
@@ -178,19 +216,8 @@ async fn write_rows(
     objects: &[StorageObject],
     lock_timeout: Duration,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SET LOCAL lock_timeout = '{}ms'",
-        lock_timeout.as_millis()
-    )))
-    .execute(&mut *txn)
-    .await?;
-    let columns: Vec<String> = sqlx::query_scalar(
-        "SELECT column_name::text FROM information_schema.columns \
-         WHERE table_schema = 'storage' AND table_name = 'objects'",
-    )
-    .fetch_all(&mut *txn)
-    .await?;
-    let has_updated_at = columns.iter().any(|c| c == "updated_at");
+    set_lock_timeout(txn, lock_timeout).await?;
+    let update = object_update(&storage_columns(txn, "objects").await?);
     for bucket in buckets {
         sqlx::query(
             "INSERT INTO storage.buckets (id, name) VALUES ($1, $1) ON CONFLICT (id) DO NOTHING",
@@ -199,11 +226,6 @@ async fn write_rows(
         .execute(&mut *txn)
         .await?;
     }
-    let update = if has_updated_at {
-        "version = EXCLUDED.version, metadata = EXCLUDED.metadata, updated_at = now()"
-    } else {
-        "version = EXCLUDED.version, metadata = EXCLUDED.metadata"
-    };
     let statement = format!(
         "INSERT INTO storage.objects (bucket_id, name, version, metadata) \
          VALUES ($1, $2, $3, $4::jsonb) \

@@ -94,8 +94,8 @@ async fn migrate(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     let buckets = api.buckets().await.map_err(|e| source_api_error(&e))?;
     let source_db = if wants("database") {
         let source_db = source_database(&payload, &secrets)?;
-        drop(database::connect(&source_db).await?);
-        Some(source_db)
+        let session = database::connect(&source_db).await?;
+        Some((source_db, session))
     } else {
         None
     };
@@ -104,11 +104,11 @@ async fn migrate(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     }
 
     let mut summary = serde_json::Map::new();
-    if let Some(source_db) = &source_db {
+    if let Some((source_db, session)) = source_db {
         let (url, facts) = super::import::target_database(ctx, job, &project, false).await?;
         let moved = cancellable(
             reporter,
-            database::migrate(ctx, job, reporter, source_db, &url, &facts),
+            database::migrate(ctx, job, reporter, (&source_db, session), &url, &facts),
         )
         .await?;
         summary.insert(
@@ -148,12 +148,10 @@ async fn migrate(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
         .map_err(JobError::from)
 }
 
-/// Removes an ended migration's download folder (the worker calls it once
-/// the job will not run again; a completed job has removed it already).
-pub async fn remove_downloads(ctx: &JobContext, job: &job::Model) {
-    if job.kind != supascale_shared::jobs::JobKind::LiftShift.as_str() {
-        return;
-    }
+/// Removes the download folder of a migration that will not run again (a
+/// completed one has swapped it in and removed it already; one lost with
+/// its worker on its last attempt is left to the reconciler).
+async fn remove_downloads(ctx: &JobContext, job: &job::Model) {
     let Some(project_id) = &job.project_id else {
         return;
     };
@@ -208,28 +206,23 @@ fn source_database(
     payload: &LiftShiftPayload,
     secrets: &LiftShiftSecrets,
 ) -> Result<database::Source, JobError> {
-    let mut url = url::Url::parse(&payload.database_url)
-        .map_err(|_| JobError::Record("the payload's database URL does not parse".into()))?;
-    let address = url.to_string();
-    let shown = format!(
-        "{}:{}",
-        url.host_str().unwrap_or_default(),
-        url.port().unwrap_or(5432)
-    );
-    url.set_password(Some(&secrets.database_password))
-        .map_err(|_| JobError::Record("the payload's database URL takes no password".into()))?;
     let api = source::parse_source_url(&payload.source_url).map_err(JobError::Record)?;
+    // The same checks as the request's, giving the same password-less URL.
     let checked = source::source_database(
         &api,
         (!payload.database_derived).then_some(payload.database_url.as_str()),
     )
     .map_err(JobError::Record)?;
+    let mut url = url::Url::parse(&checked.url)
+        .map_err(|_| JobError::Record("the payload's database URL does not parse".into()))?;
+    url.set_password(Some(&secrets.database_password))
+        .map_err(|_| JobError::Record("the payload's database URL takes no password".into()))?;
     Ok(database::Source {
         url: url.to_string(),
-        address,
-        password: secrets.database_password.clone(),
-        shown,
+        shown: format!("{}:{}", checked.target.host, checked.target.port),
         hint: source::unreachable_hint(&checked, &api),
+        address: checked.url,
+        password: secrets.database_password.clone(),
     })
 }
 

@@ -103,19 +103,19 @@ pub struct Moved {
     pub bytes: u64,
 }
 
-/// Runs the component (see the module); the target's session is `target`.
+/// Runs the component (see the module): `source_conn` is the session the
+/// job opened on the source to try it, `target_url` the project's database.
 pub async fn migrate(
     ctx: &JobContext,
     job: &job::Model,
     reporter: &Reporter,
-    source: &Source,
+    (source, mut source_conn): (&Source, sqlx::PgConnection),
     target_url: &str,
     facts: &TargetFacts,
 ) -> Result<Moved, JobError> {
     reporter
         .step("database", "Reading the source's catalog", 0, 0)
         .await;
-    let mut source_conn = connect(source).await?;
     let source_major: u32 = sqlx::query_scalar::<_, String>("SHOW server_version_num")
         .fetch_one(&mut source_conn)
         .await

@@ -229,17 +229,6 @@ pub fn remove_fetch_dir(path: &Path) {
     }
 }
 
-/// The columns the target's `storage.<table>` has (older images lack some).
-async fn columns(txn: &mut sqlx::PgConnection, table: &str) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT column_name::text FROM information_schema.columns \
-         WHERE table_schema = 'storage' AND table_name = $1",
-    )
-    .bind(table)
-    .fetch_all(txn)
-    .await
-}
-
 /// Rows written by one statement.
 const ROWS_PER_STATEMENT: usize = 1000;
 
@@ -282,13 +271,8 @@ async fn write_rows(
     objects: &[(&FetchedObject, &str)],
     lock_timeout: Duration,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SET LOCAL lock_timeout = '{}ms'",
-        lock_timeout.as_millis()
-    )))
-    .execute(&mut *txn)
-    .await?;
-    let bucket_columns = columns(txn, "buckets").await?;
+    import_storage::set_lock_timeout(txn, lock_timeout).await?;
+    let bucket_columns = import_storage::storage_columns(txn, "buckets").await?;
     let has = |c: &str| bucket_columns.iter().any(|have| have == c);
     for bucket in buckets {
         let mut names = vec!["id", "name", "public"];
@@ -320,12 +304,8 @@ async fn write_rows(
         }
         query.execute(&mut *txn).await?;
     }
-    let object_columns = columns(txn, "objects").await?;
-    let update = if object_columns.iter().any(|c| c == "updated_at") {
-        "version = EXCLUDED.version, metadata = EXCLUDED.metadata, updated_at = now()"
-    } else {
-        "version = EXCLUDED.version, metadata = EXCLUDED.metadata"
-    };
+    let update =
+        import_storage::object_update(&import_storage::storage_columns(txn, "objects").await?);
     // One statement per thousand rows (arrays unnested): 10,000 single-row
     // INSERTs took 2.4 s of a 9.7 s migration (bench-lift-shift).
     let statement = format!(
