@@ -215,7 +215,8 @@ async fn a_migration_streams_the_contracts_events_and_the_target_equals_the_sour
     );
     // Its policies, functions and triggers too.
     let policies = "SELECT string_agg(schemaname || '.' || tablename || ' ' || policyname, ', ' \
-                    ORDER BY 1) FROM pg_policies WHERE schemaname = 'public'";
+                    ORDER BY schemaname || '.' || tablename || ' ' || policyname) \
+                    FROM pg_policies WHERE schemaname = 'public'";
     assert_eq!(
         psql(&setup.target.database.url, policies),
         psql(&setup.source.database.url, policies)

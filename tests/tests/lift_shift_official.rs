@@ -28,26 +28,30 @@ const TRIGGERS: usize = 2;
 
 /// What a user sees of a database besides its rows.
 fn definitions(url: &str) -> Vec<String> {
+    // Each query's rows, one per line, sorted (an aggregate's `ORDER BY 1`
+    // would sort by the constant 1, leaving heap order).
     let queries = [
-        "SELECT string_agg(schemaname || '.' || tablename || ' ' || policyname || ' ' || cmd \
-         || ' ' || coalesce(qual, '') || ' ' || array_to_string(roles, ','), E'\\n' ORDER BY 1) \
-         FROM pg_policies",
-        "SELECT string_agg(p.oid::regprocedure::text || ' ' || md5(pg_get_functiondef(p.oid)), \
-         E'\\n' ORDER BY 1) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-         WHERE n.nspname = 'public'",
-        "SELECT string_agg(tgrelid::regclass::text || ' ' || tgname, E'\\n' ORDER BY 1) \
-         FROM pg_trigger WHERE NOT tgisinternal",
-        "SELECT string_agg(schemaname || '.' || viewname || ' ' || md5(definition), E'\\n' \
-         ORDER BY 1) FROM pg_views WHERE schemaname = 'public'",
-        "SELECT string_agg(schemaname || '.' || matviewname, E'\\n' ORDER BY 1) \
-         FROM pg_matviews",
-        "SELECT string_agg(indexname, E'\\n' ORDER BY 1) FROM pg_indexes \
+        "SELECT schemaname || '.' || tablename || ' ' || policyname || ' ' || cmd || ' ' || \
+         coalesce(qual, '') || ' ' || array_to_string(roles, ',') FROM pg_policies",
+        "SELECT p.oid::regprocedure::text || ' ' || md5(pg_get_functiondef(p.oid)) \
+         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'",
+        "SELECT tgrelid::regclass::text || ' ' || tgname FROM pg_trigger WHERE NOT tgisinternal",
+        "SELECT schemaname || '.' || viewname || ' ' || md5(definition) FROM pg_views \
          WHERE schemaname = 'public'",
-        "SELECT string_agg(c.relname || ' ' || array_to_string(c.relacl, ','), E'\\n' \
-         ORDER BY 1) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+        "SELECT schemaname || '.' || matviewname FROM pg_matviews",
+        "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'",
+        "SELECT c.relname || ' ' || array_to_string(c.relacl, ',') FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = 'public' AND c.relkind IN ('r', 'v', 'm')",
     ];
-    queries.iter().map(|q| psql(url, q)).collect()
+    queries
+        .iter()
+        .map(|q| {
+            let mut lines: Vec<String> = psql(url, q).lines().map(str::to_string).collect();
+            lines.sort();
+            lines.join("\n")
+        })
+        .collect()
 }
 
 #[tokio::test]
