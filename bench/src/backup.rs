@@ -23,7 +23,8 @@
 //! summary takes each one's run of median wall time: on a shared machine a
 //! single run of either side can be off by a second.
 //!
-//! Then, unless `--skip-s3`, a `full` gzip backup to moto (S3) as MB/s.
+//! Then, unless `--skip-s3`, a `full` gzip backup to moto (S3) as MB/s,
+//! and one to fake-gcs-server (GCS, JSON resumable uploads) beside it.
 //! The external tools' CPU and peak RSS come from `wait4` (the peak is that
 //! of the largest single process of the pipeline).
 //!
@@ -86,6 +87,10 @@ const TOOLS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-tools"
 const MOTO: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../target/test-tools/venv/bin/moto_server"
+);
+const FAKE_GCS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../target/test-tools/bin/fake-gcs-server"
 );
 
 /// One measured variant.
@@ -418,6 +423,14 @@ async fn main() {
     } else {
         Some(supascale_tests::emulators::s3("bench").await)
     };
+    let gcs_emulator = if args.skip_s3 {
+        None
+    } else if !Path::new(FAKE_GCS).exists() {
+        println!("GCS: fake-gcs-server is missing ({FAKE_GCS}): run scripts/install-test-tools");
+        None
+    } else {
+        Some(supascale_tests::emulators::gcs("bench").await)
+    };
     let mut launch = Launch::default()
         .env("SUPASCALE_JOB_WAIT_SECONDS", "3600")
         .env(
@@ -430,6 +443,15 @@ async fn main() {
             .env("SUPASCALE_DESTINATIONS__S3__ENDPOINT", s3.endpoint.clone())
             .env("SUPASCALE_DESTINATIONS__S3__ACCESS_KEY_ID", "test")
             .env("SUPASCALE_DESTINATIONS__S3__SECRET_ACCESS_KEY", "test");
+    }
+    if let Some(gcs) = &gcs_emulator {
+        launch = launch
+            .env("SUPASCALE_DESTINATIONS__GCS__BUCKET", "bench")
+            .env(
+                "SUPASCALE_DESTINATIONS__GCS__ENDPOINT",
+                gcs.endpoint.clone(),
+            )
+            .env("SUPASCALE_DESTINATIONS__GCS__TOKEN", "emulator-token");
     }
     // Experiments: `BENCH_API_ENV="K=V K2=V2"` is added to the API's environment.
     for pair in std::env::var("BENCH_API_ENV")
@@ -631,8 +653,22 @@ async fn main() {
         }
     };
     print_row(&s3, "S3 ours: full, gzip, to moto");
+    let gcs = match &gcs_emulator {
+        None if args.skip_s3 => Err("--skip-s3".to_string()),
+        None => Err("fake-gcs-server is missing: run scripts/install-test-tools".to_string()),
+        Some(_) => {
+            ours(
+                &app,
+                "GCS ours: full, gzip, to fake-gcs-server",
+                json!({"projectId": "bench", "type": "full", "destination": "gcs"}),
+            )
+            .await
+        }
+    };
+    print_row(&gcs, "GCS ours: full, gzip, to fake-gcs-server");
     drop(app);
     drop(emulator);
+    drop(gcs_emulator);
 
     // Summary.
     println!(
@@ -685,6 +721,7 @@ async fn main() {
         ("database gzip", &ours_db_gzip),
         ("database zstd", &ours_db_zstd),
         ("S3 full gzip", &s3),
+        ("GCS full gzip", &gcs),
     ];
     let measured: Vec<(&str, u64)> = ours_rows
         .iter()
@@ -718,6 +755,16 @@ async fn main() {
                 ))
         ),
         Err(e) => println!("  S3: not measured: {e}"),
+    }
+    match &gcs {
+        Ok(r) => println!(
+            "  GCS (fake-gcs-server on this machine, one 8 MiB resumable chunk at a time): \
+             {:.1} MB/s of artifact ({:.1} MB in {:.2} s)",
+            r.artifact as f64 / 1e6 / r.wall,
+            r.artifact as f64 / 1e6,
+            r.wall
+        ),
+        Err(e) => println!("  GCS: not measured: {e}"),
     }
     drop(work);
     drop(project);

@@ -109,6 +109,8 @@ pub struct Destination {
     /// S3-kind destinations: the bucket as S3 sees it, for what OpenDAL
     /// cannot do (abandoned multipart uploads).
     s3: Option<S3Target>,
+    /// Writes must never replace an object (`gcs`): see [`Self::writer`].
+    create_only: bool,
 }
 
 fn install_transport() {
@@ -360,6 +362,7 @@ impl Destination {
                 .max(5 * 1024 * 1024),
             concurrency: config.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1),
             s3,
+            create_only: name == "gcs",
         })
     }
 
@@ -387,17 +390,27 @@ impl Destination {
     /// (8 MiB × 4 of a backup's peak RSS, measured with `bench-backup`).
     /// Nothing is visible under `key` until `close()` succeeds; `abort()`
     /// (or an error) leaves nothing behind.
+    ///
+    /// `gcs` writes only where no object is (`ifGenerationMatch=0`): an
+    /// artifact's key is new, and OpenDAL 0.59 sends a conditional write
+    /// through GCS's JSON resumable upload, 8 MiB at a time, where an
+    /// unconditional one of more than a chunk goes through the XML
+    /// multipart API, which GCS-compatible servers (fake-gcs-server) lack.
     pub async fn writer(&self, key: &str) -> Result<ObjectWriter, DestinationError> {
         if let Some(root) = self.local_root() {
             return Ok(ObjectWriter::Local(LocalWriter::create(&root, key).await?));
         }
-        Ok(ObjectWriter::Store(
-            self.operator
-                .writer_with(key)
-                .chunk(self.chunk_bytes)
-                .concurrent(self.concurrency)
-                .await?,
-        ))
+        let writer = self
+            .operator
+            .writer_with(key)
+            .chunk(self.chunk_bytes)
+            .concurrent(self.concurrency);
+        let writer = if self.create_only {
+            writer.if_not_exists(true).await?
+        } else {
+            writer.await?
+        };
+        Ok(ObjectWriter::Store(writer))
     }
 
     /// What the destination itself reports of `key`; `None` when absent.

@@ -1,8 +1,8 @@
 //! Real object-store emulators for destination tests, each started by the
 //! test that needs it on a free loopback port and stopped when dropped:
 //! moto (S3 and the S3-compatible r2/minio/backblaze), azurite (Azure
-//! Blob), gcp-storage-emulator (GCS). `scripts/install-test-tools` installs
-//! them under `target/test-tools`.
+//! Blob), fake-gcs-server (GCS). `scripts/install-test-tools` installs them
+//! under `target/test-tools`.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -95,17 +95,17 @@ pub async fn s3(bucket: &str) -> Emulator {
         dir,
         format!("http://127.0.0.1:{port}"),
     );
-    let response = reqwest::Client::new()
-        .put(format!("{}/{bucket}", emulator.endpoint))
-        .send()
-        .await
-        .unwrap();
+    create_bucket(reqwest::Client::new().put(format!("{}/{bucket}", emulator.endpoint))).await;
+    emulator
+}
+
+async fn create_bucket(request: reqwest::RequestBuilder) {
+    let response = request.send().await.unwrap();
     assert!(
         response.status().is_success(),
         "create bucket: {}",
         response.status()
     );
-    emulator
 }
 
 /// azurite (blob only) with `container` created.
@@ -147,22 +147,31 @@ pub async fn azure(container: &str) -> Emulator {
     emulator
 }
 
-/// gcp-storage-emulator (in memory) with `bucket` created.
+/// fake-gcs-server (GCS's JSON API, resumable uploads included; its
+/// objects in a folder of its own) with `bucket` created. Any bearer token
+/// is accepted.
 pub async fn gcs(bucket: &str) -> Emulator {
     let tools = tools_dir();
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(tools.join("venv/bin/gcp-storage-emulator"));
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut command = Command::new(tools.join("bin/fake-gcs-server"));
     command
-        .args(["start", "--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--in-memory", "--default-bucket", bucket]);
-    spawn(
-        command,
-        port,
-        "gcp-storage-emulator",
-        dir,
-        format!("http://127.0.0.1:{port}"),
+        .args(["-scheme", "http", "-host", "127.0.0.1"])
+        .args(["-port", &port.to_string()])
+        .args(["-external-url", &endpoint])
+        .args(["-public-host", &format!("127.0.0.1:{port}")])
+        .args(["-backend", "filesystem", "-filesystem-root"])
+        .arg(dir.path())
+        .args(["-log-level", "error"]);
+    let emulator = spawn(command, port, "fake-gcs-server", dir, endpoint);
+    create_bucket(
+        reqwest::Client::new()
+            .post(format!("{}/storage/v1/b?project=test", emulator.endpoint))
+            .json(&serde_json::json!({ "name": bucket })),
     )
+    .await;
+    emulator
 }
 
 /// A new age X25519 key pair made by the real `age-keygen`: the identity

@@ -1,6 +1,6 @@
 //! The same behaviour, checked against every destination on a real server:
-//! a directory, moto (S3 and the S3-compatible r2, minio, backblaze) and
-//! azurite (Azure Blob). GCS: see the note at the bottom.
+//! a directory, moto (S3 and the S3-compatible r2, minio, backblaze),
+//! azurite (Azure Blob) and fake-gcs-server (GCS).
 
 use std::collections::BTreeMap;
 
@@ -185,11 +185,7 @@ macro_rules! every_destination {
     };
 }
 
-// Not yet `gcs`: OpenDAL 0.59 writes chunked GCS uploads through the XML
-// multipart API (`POST …?uploads`), which gcp-storage-emulator does not
-// implement, and it cannot parse the emulator's answer to a one-shot upload
-// either. The backup engine issue keeps GCS open until it has a real server.
-every_destination!(local, s3, r2, minio, backblaze, azure);
+every_destination!(local, s3, r2, minio, backblaze, azure, gcs);
 
 #[test]
 fn a_destination_that_is_not_configured_says_which_are() {
