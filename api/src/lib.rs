@@ -36,7 +36,8 @@ use crate::routes::imports::ImportsApi;
 use crate::routes::lift_shift::LiftShiftApi;
 use crate::routes::restores::RestoresApi;
 use crate::routes::{
-    api_keys::ApiKeysApi, download::DownloadApi, jobs::JobsApi, projects::ProjectsApi,
+    api_keys::ApiKeysApi, destinations::DestinationsApi, download::DownloadApi, jobs::JobsApi,
+    projects::ProjectsApi,
 };
 use crate::state::AppState;
 
@@ -57,6 +58,7 @@ type Apis = (
     ProjectsApi,
     ApiKeysApi,
     JobsApi,
+    DestinationsApi,
 );
 
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
@@ -70,6 +72,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             ProjectsApi,
             ApiKeysApi,
             JobsApi,
+            DestinationsApi,
         ),
         "Supascale Backups API",
         env!("CARGO_PKG_VERSION"),

@@ -26,6 +26,7 @@ use crate::domain::{DestinationName, Vocabulary};
 use crate::private_fs;
 use crate::secret::Secret;
 
+pub mod health;
 pub mod multipart;
 pub mod permanent_io;
 
@@ -111,6 +112,23 @@ pub struct Destination {
     s3: Option<S3Target>,
     /// Writes must never replace an object (`gcs`): see [`Self::writer`].
     create_only: bool,
+    /// The same store without retries and with short timeouts, for
+    /// [`Self::probe`].
+    probe_operator: Operator,
+    location: Location,
+}
+
+/// Where a destination keeps artifacts, as operators name it (never a
+/// credential or an endpoint).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Location {
+    /// `s3`, `r2`, `minio`, `backblaze`, `gcs`.
+    pub bucket: Option<String>,
+    /// `azure`.
+    pub container: Option<String>,
+    /// `local`: the folder.
+    pub path: Option<String>,
+    pub prefix: Option<String>,
 }
 
 fn install_transport() {
@@ -338,6 +356,20 @@ impl Destination {
                 )));
             }
         };
+        let probe_operator = operator.clone().layer(
+            opendal::layers::TimeoutLayer::new()
+                .with_timeout(health::PROBE_TIMEOUT)
+                .with_io_timeout(health::PROBE_TIMEOUT),
+        );
+        let location = Location {
+            bucket: config
+                .bucket
+                .clone()
+                .filter(|_| name != "local" && name != "azure"),
+            container: config.container.clone().filter(|_| name == "azure"),
+            path: url_base.strip_prefix("file://").map(str::to_string),
+            prefix: Some(prefix.to_string()).filter(|p| !p.is_empty()),
+        };
         // Under the retry layer, so that it never retries a full disk.
         let operator = operator
             .layer(permanent_io::PermanentIoLayer)
@@ -363,11 +395,17 @@ impl Destination {
             concurrency: config.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1),
             s3,
             create_only: name == "gcs",
+            probe_operator,
+            location,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     /// The directory of a local destination (for its free-space check).
@@ -671,6 +709,11 @@ impl Destinations {
 
     pub fn names(&self) -> Vec<&str> {
         self.by_name.keys().map(String::as_str).collect()
+    }
+
+    /// Every configured destination, by name.
+    pub fn all(&self) -> impl Iterator<Item = &Destination> {
+        self.by_name.values()
     }
 }
 

@@ -83,8 +83,13 @@ fn spawn(
 
 /// moto in server mode with `bucket` created.
 pub async fn s3(bucket: &str) -> Emulator {
+    s3_at(free_port(), bucket).await
+}
+
+/// moto on `port` (to start one again where another was stopped), with
+/// `bucket` created.
+pub async fn s3_at(port: u16, bucket: &str) -> Emulator {
     let tools = tools_dir();
-    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new(tools.join("venv/bin/moto_server"));
     command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);

@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod backups;
+pub mod destinations;
 pub mod download;
 pub mod imports;
 pub mod jobs;
@@ -22,6 +23,8 @@ pub enum ApiTags {
     ApiKeys,
     /// Jobs: the long operations behind backups, restores and imports.
     Jobs,
+    /// Where backups go, and whether each destination works right now.
+    Destinations,
 }
 
 /// Checks `limit` (1 to `max`, default `default`) and `offset` (0 or

@@ -29,6 +29,11 @@ pub enum JobError {
     /// temporary, a full disk never is.
     #[error("{}", destination_text(.0))]
     Destination(#[from] DestinationError),
+    /// A destination failed its probe before anything was written to it
+    /// (see `destinations::health`): the job fails at once with the
+    /// store's answer instead of after every retry.
+    #[error("{0}")]
+    DestinationDown(String),
     /// A destination answered, but not with what was written or read (a
     /// short object, other bytes, a stream cut in the middle): the next
     /// attempt writes or reads again.
@@ -90,6 +95,7 @@ impl JobError {
             JobError::InvalidInput(_) | JobError::Source(_) => Outcome::InvalidInput,
             JobError::Cancelled => Outcome::Cancelled,
             JobError::Destination(_)
+            | JobError::DestinationDown(_)
             | JobError::Io(_)
             | JobError::Tool(_)
             | JobError::UnreadableDump(_)

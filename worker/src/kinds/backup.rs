@@ -246,6 +246,15 @@ async fn produce(
         .get(&row.destination)
         .map_err(|e| JobError::Configuration(e.to_string()))?
         .clone();
+    // Before the dump starts: a destination that is down fails the backup
+    // in seconds, saying why, not after the upload's retries.
+    let probe = destination.probe().await;
+    if let Some(error) = probe.error {
+        return Err(JobError::DestinationDown(format!(
+            "Destination {} is not usable: {error}",
+            row.destination
+        )));
+    }
     let recipients = recipients_of(ctx, row)?;
     let wanted = BackupType::parse(&row.backup_type)
         .map_err(JobError::Record)?
