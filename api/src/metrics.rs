@@ -31,7 +31,7 @@ use sea_orm::{
     QuerySelect, Statement,
 };
 use serde_json::json;
-use supascale_shared::entities::worker;
+use supascale_shared::entities::{destination_health, worker};
 use supascale_shared::jobs::{
     STALE_AFTER, STATUS_COMPLETED, STATUS_FAILED, STATUS_IN_PROGRESS, STATUS_PENDING,
 };
@@ -142,6 +142,9 @@ struct Snapshot {
     /// Registered projects and the unix second of their newest completed
     /// backup (`None`: never).
     last_backup: Vec<(String, Option<i64>)>,
+    /// The configured destinations' latest probes (a destination not
+    /// probed yet has none).
+    destinations: Vec<destination_health::Model>,
 }
 
 impl Snapshot {
@@ -153,13 +156,25 @@ impl Snapshot {
             (workers_live, worker_slots),
             last_backup,
             backlog,
+            probes,
         ) = tokio::try_join!(
             async { job_stats(db).await.map_err(anyhow::Error::from) },
             async { bytes_completed(db).await.map_err(anyhow::Error::from) },
             async { live_workers(db).await.map_err(anyhow::Error::from) },
             async { last_backups(db).await.map_err(anyhow::Error::from) },
             state.queue.backlog(),
+            async {
+                destination_health::Entity::find()
+                    .all(db)
+                    .await
+                    .map_err(anyhow::Error::from)
+            },
         )?;
+        let configured = state.destinations.names();
+        let destinations = probes
+            .into_iter()
+            .filter(|p| configured.contains(&p.name.as_str()))
+            .collect();
         Ok(Snapshot {
             jobs,
             durations,
@@ -168,6 +183,7 @@ impl Snapshot {
             workers_live,
             worker_slots,
             last_backup,
+            destinations,
         })
     }
 
@@ -284,6 +300,43 @@ impl Snapshot {
             "Jobs the live workers can run at once (the sum of their concurrency).",
         );
         out.sample("supascale_worker_slots", &[], self.worker_slots);
+
+        out.family(
+            "supascale_destination_up",
+            "gauge",
+            "1 when the destination's latest probe (a small object written, read back and deleted) succeeded, 0 when it failed.",
+        );
+        for probe in &self.destinations {
+            out.sample(
+                "supascale_destination_up",
+                &[("destination", probe.name.as_str())],
+                i64::from(probe.up),
+            );
+        }
+        out.family(
+            "supascale_destination_probe_duration_seconds",
+            "gauge",
+            "How long the destination's latest probe took.",
+        );
+        for probe in &self.destinations {
+            out.sample(
+                "supascale_destination_probe_duration_seconds",
+                &[("destination", probe.name.as_str())],
+                probe.latency_ms as f64 / 1000.0,
+            );
+        }
+        out.family(
+            "supascale_destination_last_probe_timestamp_seconds",
+            "gauge",
+            "Unix time (whole seconds) of the destination's latest probe.",
+        );
+        for probe in &self.destinations {
+            out.sample(
+                "supascale_destination_last_probe_timestamp_seconds",
+                &[("destination", probe.name.as_str())],
+                probe.checked_at.timestamp(),
+            );
+        }
 
         out.family(
             "supascale_last_successful_backup_timestamp_seconds",

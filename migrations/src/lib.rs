@@ -14,6 +14,7 @@ mod m20261127_000004_backup_verification;
 mod m20261127_000005_import_errors;
 mod m20261127_000006_claim_function;
 mod m20261202_000007_verify_projects_and_attempts;
+mod m20261203_000008_destination_health;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000005_import_errors::Migration),
             Box::new(m20261127_000006_claim_function::Migration),
             Box::new(m20261202_000007_verify_projects_and_attempts::Migration),
+            Box::new(m20261203_000008_destination_health::Migration),
         ]
     }
 }

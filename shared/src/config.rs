@@ -122,6 +122,9 @@ pub struct Config {
     pub http_idle_timeout_seconds: u64,
     /// Objects a lift & shift downloads from the source at a time.
     pub lift_shift_concurrency: usize,
+    /// How often workers probe every destination (at start, then once per
+    /// this many seconds across all workers).
+    pub destination_probe_seconds: u64,
 }
 
 impl Default for Config {
@@ -162,6 +165,7 @@ impl Default for Config {
             http_body_timeout_seconds: 60,
             http_idle_timeout_seconds: 120,
             lift_shift_concurrency: 8,
+            destination_probe_seconds: 300,
         }
     }
 }
@@ -298,6 +302,10 @@ impl Config {
             (
                 "SUPASCALE_HTTP_IDLE_TIMEOUT_SECONDS",
                 self.http_idle_timeout_seconds,
+            ),
+            (
+                "SUPASCALE_DESTINATION_PROBE_SECONDS",
+                self.destination_probe_seconds,
             ),
         ] {
             if value == 0 {

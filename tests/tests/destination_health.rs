@@ -1,8 +1,9 @@
 //! `GET /api/v1/destinations`: every configured destination with where it
 //! keeps artifacts (never a credential or an endpoint) and a probe run now
-//! against the real servers; a destination that goes down says so in the
-//! probe and fails a backup at once with the store's answer, and comes
-//! back when its server does.
+//! against the real servers; the workers' own probes feed
+//! `supascale_destination_up`; a destination that goes down says so in
+//! both, in the log, and fails a backup at once with the store's answer,
+//! and comes back when its server does.
 
 use std::time::{Duration, Instant};
 
@@ -42,17 +43,41 @@ fn launch_for(s3: &str, azure: &str, gcs: &str) -> Launch {
 }
 
 /// The API with `s3` (moto), `azure` (azurite) and `gcs` (fake-gcs-server)
-/// configured, and those servers.
+/// configured, its workers probing every second, and those servers.
 async fn spawn() -> (TestApp, Emulator, Emulator, Emulator) {
     let s3 = emulators::s3("backups").await;
     let azure = emulators::azure("vault").await;
     let gcs = emulators::gcs("gcs-backups").await;
     let app = TestApp::spawn_with(
         Backend::Sqlite,
-        launch_for(&s3.endpoint, &azure.endpoint, &gcs.endpoint),
+        launch_for(&s3.endpoint, &azure.endpoint, &gcs.endpoint)
+            .env("SUPASCALE_DESTINATION_PROBE_SECONDS", "1"),
     )
     .await;
     (app, s3, azure, gcs)
+}
+
+/// `supascale_destination_up{destination="<name>"}` once it is `want`
+/// (scraped for up to 20 s).
+async fn wait_for_gauge(app: &TestApp, name: &str, want: u8) {
+    let sample = format!("supascale_destination_up{{destination=\"{name}\"}} {want}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == sample) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never saw {sample}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
@@ -166,6 +191,9 @@ async fn a_destination_that_goes_down_says_so_and_fails_backups_at_once() {
     let port: u16 = s3.endpoint.rsplit(':').next().unwrap().parse().unwrap();
     let project = make_project().await;
     register(&app, &project, "my-project").await;
+    // The workers probed at start.
+    wait_for_gauge(&app, "s3", 1).await;
+    wait_for_gauge(&app, "gcs", 1).await;
     let (status, body) = app
         .backups()
         .create(json!({"projectId": "my-project", "type": "full", "destination": "s3"}))
@@ -173,6 +201,15 @@ async fn a_destination_that_goes_down_says_so_and_fails_backups_at_once() {
     assert_eq!(status, 200, "{body}");
 
     drop(s3);
+    // The workers see it (before anyone asks the API), and log why.
+    wait_for_gauge(&app, "s3", 0).await;
+    let logs = app.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("destination probe failed") && l.contains("s3")),
+        "{logs}"
+    );
+    assert!(!logs.contains(S3_SECRET));
     let started = Instant::now();
     let (status, body) = app.get_json("/api/v1/destinations").await;
     assert_eq!(status, 200, "{body}");
@@ -202,6 +239,8 @@ async fn a_destination_that_goes_down_says_so_and_fails_backups_at_once() {
 
     // Back when the server is.
     let _s3 = emulators::s3_at(port, "backups").await;
+    wait_for_gauge(&app, "s3", 1).await;
+    assert!(app.logs().contains("destination is up again"));
     let (_, body) = app.get_json("/api/v1/destinations").await;
     assert_eq!(destination(&body, "s3")["probe"]["up"], true, "{body}");
     let (status, body) = app

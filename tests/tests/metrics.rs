@@ -30,6 +30,12 @@ const FAMILIES: &[(&str, &str)] = &[
         "supascale_last_successful_backup_timestamp_seconds",
         "gauge",
     ),
+    ("supascale_destination_up", "gauge"),
+    ("supascale_destination_probe_duration_seconds", "gauge"),
+    (
+        "supascale_destination_last_probe_timestamp_seconds",
+        "gauge",
+    ),
     ("supascale_http_requests_total", "counter"),
     ("supascale_http_request_duration_seconds", "histogram"),
 ];

@@ -44,6 +44,8 @@ pub async fn run(
     let queue = ctx.queue.clone();
     let reconciler = tokio::spawn(crate::reconciler::run(ctx.clone()));
     let _stop_reconciler = AbortOnDrop(reconciler);
+    let probes = tokio::spawn(crate::health::run(ctx.clone()));
+    let _stop_probes = AbortOnDrop(probes);
     let registry = tokio::spawn(announce(ctx.clone(), concurrency));
     let _stop_registry = AbortOnDrop(registry);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -9,6 +9,7 @@
 
 pub mod context;
 pub mod engine;
+pub mod health;
 pub mod kinds;
 pub mod reconciler;
 pub mod reporter;

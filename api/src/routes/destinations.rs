@@ -1,13 +1,14 @@
 //! `/destinations`: where backups can go, and whether each works right now
 //! (`shared::destinations::health`). Never a credential or an endpoint:
-//! kind, bucket, container or folder, and prefix.
+//! kind, bucket, container or folder, and prefix. The probes it runs are
+//! recorded as the workers' are (`/metrics`).
 
 use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 use supascale_shared::api_key::Permission;
 use supascale_shared::destinations::Destination;
-use supascale_shared::destinations::health::Probe;
+use supascale_shared::destinations::health::{self, Probe};
 
 use super::ApiTags;
 use crate::auth::Auth;
@@ -113,6 +114,14 @@ impl DestinationsApi {
         } else {
             vec![None; destinations.len()]
         };
+        // What `/metrics` reports: the latest probe, whoever ran it.
+        for (destination, probe) in destinations.iter().zip(&probes) {
+            if let Some(probe) = probe
+                && let Err(e) = health::record(&state.db, destination.name(), probe).await
+            {
+                tracing::warn!(destination = %destination.name(), error = %e, "cannot record a destination probe");
+            }
+        }
         Ok(Json(DestinationList {
             success: true,
             destinations: destinations

@@ -84,3 +84,41 @@ impl Destination {
         Ok(())
     }
 }
+
+/// Keeps `probe` as `name`'s latest in the control plane (what `/metrics`
+/// reports); returns the one it replaces.
+pub async fn record(
+    db: &sea_orm::DatabaseConnection,
+    name: &str,
+    probe: &Probe,
+) -> Result<Option<crate::entities::destination_health::Model>, sea_orm::DbErr> {
+    use crate::entities::destination_health::{ActiveModel, Column, Entity};
+    use sea_orm::{EntityTrait, Set, sea_query::OnConflict};
+    let before = Entity::find_by_id(name.to_string()).one(db).await?;
+    let row = ActiveModel {
+        name: Set(name.to_string()),
+        up: Set(probe.up),
+        latency_ms: Set(probe.latency.as_millis().min(i64::MAX as u128) as i64),
+        error: Set(probe.error.clone()),
+        // Whole microseconds, as the control plane keeps every time.
+        checked_at: Set(chrono::DurationRound::duration_trunc(
+            probe.checked_at,
+            chrono::TimeDelta::microseconds(1),
+        )
+        .unwrap_or(probe.checked_at)),
+    };
+    Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(Column::Name)
+                .update_columns([
+                    Column::Up,
+                    Column::LatencyMs,
+                    Column::Error,
+                    Column::CheckedAt,
+                ])
+                .to_owned(),
+        )
+        .exec(db)
+        .await?;
+    Ok(before)
+}

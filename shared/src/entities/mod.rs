@@ -4,6 +4,7 @@ pub mod api_key;
 pub mod backup;
 pub mod backup_stat;
 pub mod backup_total;
+pub mod destination_health;
 pub mod job;
 pub mod job_event;
 pub mod project;
