@@ -43,15 +43,15 @@ fn launch_for(s3: &str, azure: &str, gcs: &str) -> Launch {
 }
 
 /// The API with `s3` (moto), `azure` (azurite) and `gcs` (fake-gcs-server)
-/// configured, its workers probing every second, and those servers.
-async fn spawn() -> (TestApp, Emulator, Emulator, Emulator) {
+/// configured, its workers probing every `probe_seconds`, and those servers.
+async fn spawn(probe_seconds: &str) -> (TestApp, Emulator, Emulator, Emulator) {
     let s3 = emulators::s3("backups").await;
     let azure = emulators::azure("vault").await;
     let gcs = emulators::gcs("gcs-backups").await;
     let app = TestApp::spawn_with(
         Backend::Sqlite,
         launch_for(&s3.endpoint, &azure.endpoint, &gcs.endpoint)
-            .env("SUPASCALE_DESTINATION_PROBE_SECONDS", "1"),
+            .env("SUPASCALE_DESTINATION_PROBE_SECONDS", probe_seconds),
     )
     .await;
     (app, s3, azure, gcs)
@@ -82,7 +82,7 @@ async fn wait_for_gauge(app: &TestApp, name: &str, want: u8) {
 
 #[tokio::test]
 async fn destinations_are_listed_with_their_health_and_never_a_credential() {
-    let (app, s3, azure, gcs) = spawn().await;
+    let (app, s3, azure, gcs) = spawn("300").await;
 
     let (status, body) = app.get_json("/api/v1/destinations").await;
     assert_eq!(status, 200, "{body}");
@@ -159,6 +159,18 @@ async fn destinations_are_listed_with_their_health_and_never_a_credential() {
         assert!(left.is_empty(), "{name} holds {left:?}");
     }
 
+    // Asked again within 10 s: the same probe (times are whole seconds, so
+    // a new one would show a later time), not a new write to every bucket.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, again) = app.get_json("/api/v1/destinations").await;
+    for name in ["s3", "gcs", "azure", "local"] {
+        assert_eq!(
+            destination(&again, name)["probe"]["checkedAt"],
+            destination(&body, name)["probe"]["checkedAt"],
+            "{again}"
+        );
+    }
+
     // Without probes: the same list, no probe.
     let (status, body) = app.get_json("/api/v1/destinations?probe=false").await;
     assert_eq!(status, 200);
@@ -187,7 +199,7 @@ async fn destinations_are_listed_with_their_health_and_never_a_credential() {
 
 #[tokio::test]
 async fn a_destination_that_goes_down_says_so_and_fails_backups_at_once() {
-    let (app, s3, _azure, _gcs) = spawn().await;
+    let (app, s3, _azure, _gcs) = spawn("1").await;
     let port: u16 = s3.endpoint.rsplit(':').next().unwrap().parse().unwrap();
     let project = make_project().await;
     register(&app, &project, "my-project").await;

@@ -6,9 +6,11 @@
 use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use supascale_shared::api_key::Permission;
 use supascale_shared::destinations::Destination;
 use supascale_shared::destinations::health::{self, Probe};
+use supascale_shared::entities::destination_health;
 
 use super::ApiTags;
 use crate::auth::Auth;
@@ -69,7 +71,33 @@ pub struct DestinationList {
     pub destinations: Vec<DestinationInfo>,
 }
 
-fn info(destination: &Destination, probe: Option<Probe>) -> DestinationInfo {
+/// A probe this recent (by anyone) answers instead of a new one: a
+/// `backups:read` key cannot make us write to every bucket at will.
+const REUSE_WITHIN: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+
+/// Probes recorded within [`REUSE_WITHIN`] (none when the control plane
+/// does not answer: then every destination is probed).
+async fn recent_probes(state: &AppState) -> Vec<destination_health::Model> {
+    let since = chrono::Utc::now() - REUSE_WITHIN;
+    destination_health::Entity::find()
+        .filter(destination_health::Column::CheckedAt.gte(since))
+        .all(&state.db)
+        .await
+        .unwrap_or_default()
+}
+
+impl From<destination_health::Model> for DestinationProbe {
+    fn from(row: destination_health::Model) -> Self {
+        Self {
+            up: row.up,
+            latency_ms: row.latency_ms.max(0) as u64,
+            error: row.error,
+            checked_at: row.checked_at.into(),
+        }
+    }
+}
+
+fn info(destination: &Destination, probe: Option<DestinationProbe>) -> DestinationInfo {
     let location = destination.location().clone();
     DestinationInfo {
         name: destination.name().to_string(),
@@ -78,7 +106,7 @@ fn info(destination: &Destination, probe: Option<Probe>) -> DestinationInfo {
         container: location.container,
         path: location.path,
         prefix: location.prefix,
-        probe: probe.map(Into::into),
+        probe,
     }
 }
 
@@ -90,7 +118,9 @@ impl DestinationsApi {
     ///
     /// Every configured destination, and for each the result of a probe
     /// run now (all at once, at most 10 s): a small object written, read
-    /// back and deleted. `probe=false` skips the probes.
+    /// back and deleted. A probe made in the last 10 s (by a worker or an
+    /// earlier request) is shown instead of a new one. `probe=false` skips
+    /// the probes.
     #[oai(
         path = "/destinations",
         method = "get",
@@ -105,23 +135,23 @@ impl DestinationsApi {
     ) -> ApiResult<Json<DestinationList>> {
         auth.principal().require(Permission::BackupsRead)?;
         let destinations: Vec<&Destination> = state.destinations.all().collect();
-        let probes: Vec<Option<Probe>> = if probe.0.unwrap_or(true) {
-            futures::future::join_all(destinations.iter().map(|d| d.probe()))
-                .await
-                .into_iter()
-                .map(Some)
-                .collect()
+        let probes: Vec<Option<DestinationProbe>> = if probe.0.unwrap_or(true) {
+            let recent = recent_probes(&state).await;
+            futures::future::join_all(destinations.iter().map(|d| async {
+                if let Some(row) = recent.iter().find(|r| r.name == d.name()) {
+                    return Some(DestinationProbe::from(row.clone()));
+                }
+                let probe = d.probe().await;
+                // What `/metrics` reports: the latest probe, whoever ran it.
+                if let Err(e) = health::record(&state.db, d.name(), &probe).await {
+                    tracing::warn!(destination = %d.name(), error = %e, "cannot record a destination probe");
+                }
+                Some(probe.into())
+            }))
+            .await
         } else {
             vec![None; destinations.len()]
         };
-        // What `/metrics` reports: the latest probe, whoever ran it.
-        for (destination, probe) in destinations.iter().zip(&probes) {
-            if let Some(probe) = probe
-                && let Err(e) = health::record(&state.db, destination.name(), probe).await
-            {
-                tracing::warn!(destination = %destination.name(), error = %e, "cannot record a destination probe");
-            }
-        }
         Ok(Json(DestinationList {
             success: true,
             destinations: destinations

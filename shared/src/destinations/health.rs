@@ -27,20 +27,55 @@ pub struct Probe {
     pub up: bool,
     /// From the first request to the end (or to the failure).
     pub latency: Duration,
-    /// Which step failed and the store's answer (never a credential).
+    /// Which step failed and the store's answer (never a credential; it
+    /// may name the store's endpoint).
     pub error: Option<String>,
+    /// The step that failed.
+    pub failed: Option<Step>,
     pub checked_at: DateTime<Utc>,
 }
+
+/// A probe's steps, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Write,
+    Read,
+    Delete,
+}
+
+impl Probe {
+    /// Whether an artifact can be written there: a store that takes the
+    /// object but will not give it back or let it go (a retention policy,
+    /// a key without read or delete rights) still takes backups.
+    pub fn writable(&self) -> bool {
+        !matches!(self.failed, Some(Step::Write))
+    }
+}
+
+/// A failed write is tried once more after this when the store called
+/// its error temporary (a 503, a dropped connection): one blip does not
+/// fail a backup.
+const BLIP_WAIT: Duration = Duration::from_secs(1);
 
 impl Destination {
     /// Writes, reads back and deletes a small object (see the module).
     pub async fn probe(&self) -> Probe {
         let started = Instant::now();
-        let outcome = match tokio::time::timeout(PROBE_TIMEOUT, self.probe_steps()).await {
+        let mut step = Step::Write;
+        let outcome = match tokio::time::timeout(PROBE_TIMEOUT, self.probe_steps(&mut step)).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
+            Err(_) => Err(format!(
+                "no answer within {} s ({})",
+                PROBE_TIMEOUT.as_secs(),
+                match step {
+                    Step::Write => "writing a test object",
+                    Step::Read => "reading the test object back",
+                    Step::Delete => "deleting the test object",
+                }
+            )),
         };
         let latency = started.elapsed();
+        let failed = outcome.is_err().then_some(step);
         let error = outcome.err().map(|e| {
             let text = redact_urls(&e);
             match text.char_indices().nth(ERROR_MAX) {
@@ -55,23 +90,46 @@ impl Destination {
             up: error.is_none(),
             latency,
             error,
+            failed,
             checked_at: Utc::now(),
         }
     }
 
-    async fn probe_steps(&self) -> Result<(), String> {
-        let key = format!("{PROBE_PREFIX}{}", uuid::Uuid::new_v4());
-        let body = format!("supascale destination probe {key}\n").into_bytes();
+    /// The steps, `step` saying which one is under way.
+    async fn probe_steps(&self, step: &mut Step) -> Result<(), String> {
         let operator = &self.probe_operator;
-        operator
-            .write_with(&key, body.clone())
-            .if_not_exists(self.create_only)
-            .await
-            .map_err(|e| format!("writing a test object failed: {e}"))?;
+        let body = b"supascale destination probe\n".to_vec();
+        let new_key = || format!("{PROBE_PREFIX}{}", uuid::Uuid::new_v4());
+        let write = |key: String| {
+            let body = body.clone();
+            async move {
+                operator
+                    .write_with(&key, body)
+                    .if_not_exists(self.create_only)
+                    .await
+            }
+        };
+        let mut key = new_key();
+        let written = match write(key.clone()).await {
+            Err(e) if e.is_temporary() => {
+                tokio::time::sleep(BLIP_WAIT).await;
+                // A new key: the first may have been stored after all.
+                key = new_key();
+                write(key.clone()).await
+            }
+            written => written,
+        };
+        written.map_err(|e| format!("writing a test object failed: {e}"))?;
+        *step = Step::Read;
         let read = operator.read(&key).await;
         // Removed whatever the read says, so a failed comparison leaves
         // nothing behind either.
+        *step = Step::Delete;
         let deleted = operator.delete(&key).await;
+        if let Err(e) = &deleted {
+            tracing::warn!(destination = %self.name, key = %key, error = %redact_urls(&e.to_string()), "a probe's test object was left behind");
+        }
+        *step = Step::Read;
         let back = read.map_err(|e| format!("reading the test object back failed: {e}"))?;
         if back.to_vec() != body {
             return Err(format!(
@@ -80,6 +138,7 @@ impl Destination {
                 back.len()
             ));
         }
+        *step = Step::Delete;
         deleted.map_err(|e| format!("deleting the test object failed: {e}"))?;
         Ok(())
     }

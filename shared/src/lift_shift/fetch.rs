@@ -3,7 +3,7 @@
 //! where it was (docs/lift-shift.md, "The design", storage).
 //!
 //! - Each object is `<dir>/objects/<hex SHA-256 of bucket "\0" key>`: never
-//!   a path made of the (hostile) key. It is written as `<that>.part`,
+//!   a path made of the (hostile) key. It is written as `<that>.<try>.part`,
 //!   chunk by chunk as the body arrives, its MD5 computed on the way; its
 //!   size is checked against `Content-Length` and the listing, its MD5
 //!   against the answer's `ETag` or the listing's eTag when that is an MD5.
@@ -178,6 +178,10 @@ pub async fn fetch_all(
     fs::create_dir_all(&objects_dir).map_err(|e| local_error(dir, "creating", &objects_dir, e))?;
     let earlier = remove_stale_parts(&objects_dir)
         .map_err(|e| local_error(dir, "cleaning", &objects_dir, e))?;
+    // Opened before any write: `syncfs` reports the write-back errors
+    // seen since this descriptor was opened, not earlier ones.
+    let sync_handle =
+        fs::File::open(&objects_dir).map_err(|e| local_error(dir, "opening", &objects_dir, e))?;
 
     let mut seen = BTreeSet::new();
     let objects: Vec<CloudObject> = objects
@@ -233,13 +237,10 @@ pub async fn fetch_all(
     // One sync of the file system for every object and rename: an fsync
     // per object cost about 0.8 ms each on this machine's ext4, where
     // syncing 1,000 fresh files at once took 0.1 s.
-    let synced = tokio::task::spawn_blocking({
-        let objects_dir = objects_dir.clone();
-        move || sync_file_system(&objects_dir)
-    })
-    .await
-    .map_err(|e| io::Error::other(e.to_string()))
-    .and_then(|r| r);
+    let synced = tokio::task::spawn_blocking(move || sync_file_system(&sync_handle))
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|r| r);
     synced.map_err(|e| local_error(dir, "syncing", &objects_dir, e))?;
     Ok(outcome)
 }
@@ -333,7 +334,7 @@ async fn fetch_one(ctx: &Context<'_>, object: CloudObject) -> Result<One, FetchE
     let attempts = ctx.options.attempts.max(1);
     let mut last = String::new();
     for attempt in 1..=attempts {
-        match download(ctx, &object, &path).await {
+        match download(ctx, &object, &path, attempt).await {
             Ok((size, md5)) => {
                 ctx.finished();
                 return Ok(One::Fetched(Box::new(FetchedObject {
@@ -417,10 +418,10 @@ fn reusable(path: &Path, object: &CloudObject) -> Option<String> {
     (hex::encode(hasher.finalize().as_slice()) == md5).then_some(md5)
 }
 
-/// Flushes the file system holding `path` (data and metadata).
-fn sync_file_system(path: &Path) -> io::Result<()> {
+/// Flushes the file system holding `dir` (data and metadata); an error
+/// written back since `dir` was opened is reported.
+fn sync_file_system(dir: &fs::File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let dir = fs::File::open(path)?;
     // SAFETY: `dir` is an open descriptor for the whole call.
     if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
         return Err(io::Error::last_os_error());
@@ -449,6 +450,7 @@ async fn download(
     ctx: &Context<'_>,
     object: &CloudObject,
     path: &Path,
+    attempt: u32,
 ) -> Result<(u64, String), Attempt> {
     let timeout = ctx.options.read_timeout;
     let mut response =
@@ -504,7 +506,9 @@ async fn download(
     let expected_md5 = answer_md5.or_else(|| object.md5().map(str::to_string));
     let expected_size = listed.or(content_length);
 
-    let part = path.with_extension("part");
+    // Each attempt its own `.part`: a failed attempt's block may still be
+    // on its way to disk (and then removed) while the next one writes.
+    let part = path.with_extension(format!("{attempt}.part"));
     let mut writer = BlockingPart::new(PartWriter::new(part.clone()), ctx.writers.clone());
     let mut streamed = Streamed {
         total: &ctx.bytes_done,

@@ -246,14 +246,26 @@ async fn produce(
         .get(&row.destination)
         .map_err(|e| JobError::Configuration(e.to_string()))?
         .clone();
-    // Before the dump starts: a destination that is down fails the backup
-    // in seconds, saying why, not after the upload's retries.
+    // Before the dump starts: a destination that takes no object fails the
+    // backup in seconds, saying why, not after the upload's retries. One
+    // that takes it but will not give it back or delete it (a retention
+    // policy, a write-only key) still gets the backup, with a warning.
     let probe = destination.probe().await;
-    if let Some(error) = probe.error {
-        return Err(JobError::DestinationDown(format!(
-            "Destination {} is not usable: {error}",
-            row.destination
-        )));
+    if let Some(error) = probe.error.as_deref() {
+        if !probe.writable() {
+            return Err(JobError::DestinationDown(format!(
+                "Destination {} is not usable: {error}",
+                row.destination
+            )));
+        }
+        reporter
+            .warning(&format!("destination {}: {error}", row.destination))
+            .await;
+    }
+    // An earlier attempt may have stored the whole artifact before it
+    // failed: `gcs` writes are create-only, so it goes first.
+    if job.attempt > 1 {
+        destination.delete(&key).await?;
     }
     let recipients = recipients_of(ctx, row)?;
     let wanted = BackupType::parse(&row.backup_type)
