@@ -431,12 +431,7 @@ async fn main() {
     } else {
         Some(supascale_tests::emulators::gcs("bench").await)
     };
-    let mut launch = Launch::default()
-        .env("SUPASCALE_JOB_WAIT_SECONDS", "3600")
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-        );
+    let mut launch = Launch::default().env("SUPASCALE_JOB_WAIT_SECONDS", "3600");
     if let Some(s3) = &emulator {
         launch = launch
             .env("SUPASCALE_DESTINATIONS__S3__BUCKET", "bench")
@@ -453,15 +448,7 @@ async fn main() {
             )
             .env("SUPASCALE_DESTINATIONS__GCS__TOKEN", "emulator-token");
     }
-    // Experiments: `BENCH_API_ENV="K=V K2=V2"` is added to the API's environment.
-    for pair in std::env::var("BENCH_API_ENV")
-        .unwrap_or_default()
-        .split_whitespace()
-    {
-        let (key, value) = pair.split_once('=').expect("BENCH_API_ENV holds K=V pairs");
-        println!("API environment: {key}={value}");
-        launch = launch.env(key, value);
-    }
+    let launch = supascale_bench::with_bench_env(launch);
     let app = TestApp::spawn_with(Backend::Sqlite, launch).await;
     refproject::register(&app, &project, "bench").await;
 

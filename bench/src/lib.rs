@@ -143,3 +143,22 @@ pub fn parse_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
         .ok()
         .map(|t| t.and_utc())
 }
+
+/// What every benchmark's API takes from the benchmark's environment:
+/// `RUST_LOG` from `BENCH_LOG` (default `warn`), then, for experiments,
+/// each `K=V` of `BENCH_API_ENV` (e.g. glibc's `MALLOC_ARENA_MAX`), printed.
+pub fn with_bench_env(launch: supascale_tests::Launch) -> supascale_tests::Launch {
+    let mut launch = launch.env(
+        "RUST_LOG",
+        std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+    );
+    for pair in std::env::var("BENCH_API_ENV")
+        .unwrap_or_default()
+        .split_whitespace()
+    {
+        let (key, value) = pair.split_once('=').expect("BENCH_API_ENV holds K=V pairs");
+        println!("API environment: {key}={value}");
+        launch = launch.env(key, value);
+    }
+    launch
+}

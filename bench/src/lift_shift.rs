@@ -126,23 +126,10 @@ async fn main() {
     );
     println!("machine: nproc {nproc}, load average {}", load_average());
 
-    let mut launch = Launch::default()
-        .env(
-            "SUPASCALE_LIFT_SHIFT_CONCURRENCY",
-            args.concurrency.to_string(),
-        )
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-        );
-    for pair in std::env::var("BENCH_API_ENV")
-        .unwrap_or_default()
-        .split_whitespace()
-    {
-        let (key, value) = pair.split_once('=').expect("BENCH_API_ENV holds K=V pairs");
-        println!("API environment: {key}={value}");
-        launch = launch.env(key, value);
-    }
+    let launch = supascale_bench::with_bench_env(Launch::default().env(
+        "SUPASCALE_LIFT_SHIFT_CONCURRENCY",
+        args.concurrency.to_string(),
+    ));
     let app = TestApp::spawn_with(Backend::Sqlite, launch).await;
     let control = app.control_plane().await;
     println!(
@@ -245,18 +232,6 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// A project as Supabase's images initialise it: `auth` and `storage`, and
-/// an empty `public`.
-async fn fresh_project(seed: u64) -> RefProject {
-    let project = refproject::make(0.0, seed, true).await;
-    psql(
-        &project.database.url,
-        "DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION pg_database_owner; \
-         GRANT USAGE ON SCHEMA public TO PUBLIC;",
-    );
-    project
-}
-
 // ---------------------------------------------------------------- storage
 
 struct StorageResults {
@@ -312,7 +287,7 @@ async fn storage_part(app: &TestApp, control: &ControlPlane, args: &Args) -> Sto
             args.runs,
             load_average()
         );
-        let target = fresh_project(args.seed + 100 + run as u64).await;
+        let target = refproject::make_fresh(args.seed + 100 + run as u64).await;
         let id = format!("storage-{run}");
         refproject::register(app, &target, &id).await;
         // Neither side pays for the other's writeback (nor for the new
@@ -1217,7 +1192,7 @@ async fn database_part(app: &TestApp, control: &ControlPlane, args: &Args) -> Da
             args.runs,
             load_average()
         );
-        let ours_target = fresh_project(args.seed + 200 + run as u64).await;
+        let ours_target = refproject::make_fresh(args.seed + 200 + run as u64).await;
         let id = format!("database-{run}");
         refproject::register(app, &ours_target, &id).await;
         let body = json!({
@@ -1284,7 +1259,7 @@ async fn database_part(app: &TestApp, control: &ControlPlane, args: &Args) -> Da
             println!("           {at:>7.2} s  {took:>7.2} s  {name}");
         }
 
-        let theirs_target = fresh_project(args.seed + 300 + run as u64).await;
+        let theirs_target = refproject::make_fresh(args.seed + 300 + run as u64).await;
         let dir = work.path().join(format!("official-{run}"));
         std::fs::create_dir_all(&dir).unwrap();
         let source_url = source.database.url.clone();

@@ -90,22 +90,9 @@ async fn main() {
     let tables_before = table_fingerprints(&url);
     let tree_before = tree_snapshot(&root);
 
-    let mut launch = Launch::default()
-        .env("SUPASCALE_JOB_WAIT_SECONDS", "3600")
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-        );
-    // Experiments: `BENCH_API_ENV="K=V K2=V2"` is added to the API's
-    // environment (e.g. glibc's MALLOC_ARENA_MAX).
-    for pair in std::env::var("BENCH_API_ENV")
-        .unwrap_or_default()
-        .split_whitespace()
-    {
-        let (key, value) = pair.split_once('=').expect("BENCH_API_ENV holds K=V pairs");
-        println!("API environment: {key}={value}");
-        launch = launch.env(key, value);
-    }
+    let launch = supascale_bench::with_bench_env(
+        Launch::default().env("SUPASCALE_JOB_WAIT_SECONDS", "3600"),
+    );
     let app = TestApp::spawn_with(Backend::Sqlite, launch).await;
     let pid = app.pid();
     let response = app

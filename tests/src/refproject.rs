@@ -159,6 +159,18 @@ pub async fn make(scale: f64, seed: u64, empty: bool) -> RefProject {
     }
 }
 
+/// A project as Supabase's images initialise it, the target of a
+/// migration: `auth` and `storage`, and an empty `public`.
+pub async fn make_fresh(seed: u64) -> RefProject {
+    let project = make(0.0, seed, true).await;
+    psql(
+        &project.database.url,
+        "DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION pg_database_owner; \
+         GRANT USAGE ON SCHEMA public TO PUBLIC;",
+    );
+    project
+}
+
 fn run_psql_with_scale(url: &str, sql: &str, scale: f64) {
     use std::io::Write;
     let mut child = std::process::Command::new("psql")

@@ -11,18 +11,6 @@ use supascale_tests::official_pipeline;
 use supascale_tests::refproject::{self, table_fingerprints};
 use supascale_tests::{Backend, TestApp, psql, read_events};
 
-/// A project as Supabase's images initialise it: `auth` and `storage`,
-/// and an empty `public`.
-async fn fresh_project(seed: u64) -> refproject::RefProject {
-    let project = refproject::make(0.0, seed, true).await;
-    psql(
-        &project.database.url,
-        "DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION pg_database_owner; \
-         GRANT USAGE ON SCHEMA public TO PUBLIC;",
-    );
-    project
-}
-
 /// Where the triggers are in [`definitions`].
 const TRIGGERS: usize = 2;
 
@@ -58,8 +46,8 @@ fn definitions(url: &str) -> Vec<String> {
 async fn ours_leaves_the_target_as_the_official_pipeline_does() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let source = refproject::make(0.02, 31, false).await;
-    let ours = fresh_project(32).await;
-    let theirs = fresh_project(33).await;
+    let ours = refproject::make_fresh(32).await;
+    let theirs = refproject::make_fresh(33).await;
     refproject::register(&app, &ours, "ours").await;
     let double = CloudDouble::builder().start().await;
 
