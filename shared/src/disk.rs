@@ -146,6 +146,27 @@ pub fn find_out_of_space(e: &io::Error) -> Option<&OutOfSpace> {
     None
 }
 
+/// Flushes the file system holding `handle` (an open file or folder): data
+/// and metadata, in one call that costs far less than an fsync per file.
+/// An error written back since `handle` was opened is reported, so open it
+/// before the writes it must cover.
+#[cfg(target_os = "linux")]
+pub fn sync_file_system(handle: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `handle` is an open descriptor for the whole call.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn sync_file_system(_handle: &std::fs::File) -> io::Result<()> {
+    // SAFETY: no arguments, no memory.
+    unsafe { libc::sync() };
+    Ok(())
+}
+
 /// The bytes of the files below `dir` (symlinks not followed); what cannot
 /// be read counts as nothing.
 pub fn used_bytes(dir: &Path) -> u64 {

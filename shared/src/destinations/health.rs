@@ -57,35 +57,47 @@ impl Probe {
 /// fail a backup.
 const BLIP_WAIT: Duration = Duration::from_secs(1);
 
+impl Step {
+    /// What the step does, as a failure names it.
+    fn doing(self) -> &'static str {
+        match self {
+            Step::Write => "writing a test object",
+            Step::Read => "reading the test object back",
+            Step::Delete => "deleting the test object",
+        }
+    }
+}
+
 impl Destination {
     /// Writes, reads back and deletes a small object (see the module).
     pub async fn probe(&self) -> Probe {
         let started = Instant::now();
-        let mut step = Step::Write;
-        let outcome = match tokio::time::timeout(PROBE_TIMEOUT, self.probe_steps(&mut step)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(format!(
-                "no answer within {} s ({})",
-                PROBE_TIMEOUT.as_secs(),
-                match step {
-                    Step::Write => "writing a test object",
-                    Step::Read => "reading the test object back",
-                    Step::Delete => "deleting the test object",
-                }
-            )),
-        };
+        let mut under_way = Step::Write;
+        let outcome =
+            match tokio::time::timeout(PROBE_TIMEOUT, self.probe_steps(&mut under_way)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err((
+                    under_way,
+                    format!(
+                        "no answer within {} s ({})",
+                        PROBE_TIMEOUT.as_secs(),
+                        under_way.doing()
+                    ),
+                )),
+            };
         let latency = started.elapsed();
-        let failed = outcome.is_err().then_some(step);
-        let error = outcome.err().map(|e| {
-            let text = redact_urls(&e);
-            match text.char_indices().nth(ERROR_MAX) {
-                Some((cut, _)) => format!("{}…", &text[..cut]),
-                None => text,
+        let (failed, error) = match outcome {
+            Ok(()) => (None, None),
+            Err((step, e)) => {
+                let text = redact_urls(&e);
+                let text = match text.char_indices().nth(ERROR_MAX) {
+                    Some((cut, _)) => format!("{}…", &text[..cut]),
+                    None => text,
+                };
+                tracing::warn!(destination = %self.name, error = %text, "destination probe failed");
+                (Some(step), Some(text))
             }
-        });
-        if let Some(error) = &error {
-            tracing::warn!(destination = %self.name, %error, "destination probe failed");
-        }
+        };
         Probe {
             up: error.is_none(),
             latency,
@@ -95,8 +107,11 @@ impl Destination {
         }
     }
 
-    /// The steps, `step` saying which one is under way.
-    async fn probe_steps(&self, step: &mut Step) -> Result<(), String> {
+    /// The steps; `under_way` says which one is waiting (for a timeout's
+    /// message), a failure names its own.
+    async fn probe_steps(&self, under_way: &mut Step) -> Result<(), (Step, String)> {
+        let failed =
+            |step: Step| move |e: opendal::Error| (step, format!("{} failed: {e}", step.doing()));
         let operator = &self.probe_operator;
         let body = b"supascale destination probe\n".to_vec();
         let new_key = || format!("{PROBE_PREFIX}{}", uuid::Uuid::new_v4());
@@ -109,6 +124,7 @@ impl Destination {
                     .await
             }
         };
+        *under_way = Step::Write;
         let mut key = new_key();
         let written = match write(key.clone()).await {
             Err(e) if e.is_temporary() => {
@@ -119,27 +135,28 @@ impl Destination {
             }
             written => written,
         };
-        written.map_err(|e| format!("writing a test object failed: {e}"))?;
-        *step = Step::Read;
+        written.map_err(failed(Step::Write))?;
+        *under_way = Step::Read;
         let read = operator.read(&key).await;
         // Removed whatever the read says, so a failed comparison leaves
         // nothing behind either.
-        *step = Step::Delete;
+        *under_way = Step::Delete;
         let deleted = operator.delete(&key).await;
         if let Err(e) = &deleted {
             tracing::warn!(destination = %self.name, key = %key, error = %redact_urls(&e.to_string()), "a probe's test object was left behind");
         }
-        *step = Step::Read;
-        let back = read.map_err(|e| format!("reading the test object back failed: {e}"))?;
+        let back = read.map_err(failed(Step::Read))?;
         if back.to_vec() != body {
-            return Err(format!(
-                "the test object came back different ({} bytes written, {} read)",
-                body.len(),
-                back.len()
+            return Err((
+                Step::Read,
+                format!(
+                    "the test object came back different ({} bytes written, {} read)",
+                    body.len(),
+                    back.len()
+                ),
             ));
         }
-        *step = Step::Delete;
-        deleted.map_err(|e| format!("deleting the test object failed: {e}"))?;
+        deleted.map_err(failed(Step::Delete))?;
         Ok(())
     }
 }

@@ -54,7 +54,8 @@ use crate::import::storage::{
 /// kept so that an object whose eTag is not an MD5 (a multipart upload's
 /// `<hash>-<parts>`) can be recognized on a resumed fetch.
 pub const SOURCE_ETAG_XATTR: &str = "user.supascale.source-etag";
-const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+/// What an object without a content type is served as (Storage's own default).
+pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 /// How many streamed bytes of one download between two progress reports.
 const PROGRESS_EVERY: u64 = 4 * 1024 * 1024;
 
@@ -237,7 +238,7 @@ pub async fn fetch_all(
     // One sync of the file system for every object and rename: an fsync
     // per object cost about 0.8 ms each on this machine's ext4, where
     // syncing 1,000 fresh files at once took 0.1 s.
-    let synced = tokio::task::spawn_blocking(move || sync_file_system(&sync_handle))
+    let synced = tokio::task::spawn_blocking(move || crate::disk::sync_file_system(&sync_handle))
         .await
         .map_err(|e| io::Error::other(e.to_string()))
         .and_then(|r| r);
@@ -416,17 +417,6 @@ fn reusable(path: &Path, object: &CloudObject) -> Option<String> {
         }
     }
     (hex::encode(hasher.finalize().as_slice()) == md5).then_some(md5)
-}
-
-/// Flushes the file system holding `dir` (data and metadata); an error
-/// written back since `dir` was opened is reported.
-fn sync_file_system(dir: &fs::File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: `dir` is an open descriptor for the whole call.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Bytes a download in flight counted into the progress; taken back when

@@ -93,22 +93,8 @@ pub(super) fn exchange(_a: &Path, _b: &Path) -> io::Result<bool> {
 /// Writes the staged data to disk before it is renamed into place, so a
 /// crash after the swap cannot leave empty files under the final names. One
 /// `syncfs` costs far less than an fsync per storage object.
-#[cfg(target_os = "linux")]
 pub(super) fn flush_filesystem(path: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let dir = File::open(path)?;
-    // SAFETY: the descriptor stays open for the duration of the call.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-#[cfg(not(target_os = "linux"))]
-pub(super) fn flush_filesystem(_path: &Path) -> io::Result<()> {
-    // SAFETY: no arguments, no memory.
-    unsafe { libc::sync() };
-    Ok(())
+    crate::disk::sync_file_system(&File::open(path)?)
 }
 
 /// The target folder's own metadata, read before the swap to put back on

@@ -22,6 +22,7 @@ use crate::JobContext;
 use crate::reporter::Reporter;
 use supascale_shared::domain::Component;
 use supascale_shared::entities::{job, project};
+use supascale_shared::import::storage::DEFAULT_CACHE_CONTROL;
 use supascale_shared::jobs::JobError;
 use supascale_shared::lift_shift::cloud_api::{CloudApi, CloudBucket, CloudObject};
 use supascale_shared::lift_shift::fetch::{self, FetchOptions, FetchProgress, FetchedObject};
@@ -248,7 +249,7 @@ fn object_metadata(fetched: &FetchedObject) -> serde_json::Value {
             object
                 .mimetype
                 .clone()
-                .unwrap_or_else(|| "application/octet-stream".into())
+                .unwrap_or_else(|| fetch::DEFAULT_CONTENT_TYPE.into())
         );
     }
     if metadata.get("cacheControl").is_none() {
@@ -256,7 +257,7 @@ fn object_metadata(fetched: &FetchedObject) -> serde_json::Value {
             object
                 .cache_control
                 .clone()
-                .unwrap_or_else(|| "no-cache".into())
+                .unwrap_or_else(|| DEFAULT_CACHE_CONTROL.into())
         );
     }
     metadata["httpStatusCode"] = serde_json::json!(200);
