@@ -17,8 +17,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
-use supascale_shared::entities::{backup, job, restore};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
+    TransactionTrait,
+};
+use supascale_shared::entities::{backup, backup_copy, job, restore};
 use supascale_shared::jobs::{self, events};
 
 use crate::auth::Principal;
@@ -146,6 +149,81 @@ impl OwnTable for backup::ActiveModel {
         &row.status
     }
     fn error(row: &backup::Model) -> Option<&str> {
+        row.error.as_deref()
+    }
+}
+
+/// A new backup with the copies its job makes once it is stored
+/// (`copyTo`), all written in the job's commit.
+pub struct NewBackup {
+    pub backup: backup::ActiveModel,
+    pub copies: Vec<backup_copy::ActiveModel>,
+}
+
+impl OwnRow for NewBackup {
+    type Model = backup::Model;
+    async fn insert_with(
+        self,
+        db: &DatabaseConnection,
+        job: job::ActiveModel,
+    ) -> Result<(job::Model, backup::Model), DbErr> {
+        if self.copies.is_empty() {
+            return self.backup.insert_with(db, job).await;
+        }
+        let txn = db.begin().await?;
+        let job = job.insert(&txn).await?;
+        let backup = self.backup.insert(&txn).await?;
+        backup_copy::Entity::insert_many(self.copies)
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok((job, backup))
+    }
+}
+
+impl OwnTable for NewBackup {
+    const MISSING: ApiError = ApiError::BackupNotFound;
+    async fn find_for_job(
+        db: &DatabaseConnection,
+        job_id: &str,
+    ) -> Result<Option<backup::Model>, DbErr> {
+        backup::ActiveModel::find_for_job(db, job_id).await
+    }
+    fn status(row: &backup::Model) -> &str {
+        backup::ActiveModel::status(row)
+    }
+    fn error(row: &backup::Model) -> Option<&str> {
+        backup::ActiveModel::error(row)
+    }
+}
+
+/// A copy job's own row: the copy it makes.
+impl OwnRow for backup_copy::ActiveModel {
+    type Model = backup_copy::Model;
+    async fn insert_with(
+        self,
+        db: &DatabaseConnection,
+        job: job::ActiveModel,
+    ) -> Result<(job::Model, backup_copy::Model), DbErr> {
+        jobs::store::insert_with_row(db, job, self).await
+    }
+}
+
+impl OwnTable for backup_copy::ActiveModel {
+    const MISSING: ApiError = ApiError::BackupNotFound;
+    async fn find_for_job(
+        db: &DatabaseConnection,
+        job_id: &str,
+    ) -> Result<Option<backup_copy::Model>, DbErr> {
+        backup_copy::Entity::find()
+            .filter(backup_copy::Column::JobId.eq(job_id))
+            .one(db)
+            .await
+    }
+    fn status(row: &backup_copy::Model) -> &str {
+        &row.status
+    }
+    fn error(row: &backup_copy::Model) -> Option<&str> {
         row.error.as_deref()
     }
 }

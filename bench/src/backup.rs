@@ -24,7 +24,8 @@
 //! single run of either side can be off by a second.
 //!
 //! Then, unless `--skip-s3`, a `full` gzip backup to moto (S3) as MB/s,
-//! and one to fake-gcs-server (GCS, JSON resumable uploads) beside it.
+//! and one to fake-gcs-server (GCS, JSON resumable uploads) beside it, and a
+//! full local backup copied to moto (`POST /backups/{id}/copy`).
 //! The external tools' CPU and peak RSS come from `wait4` (the peak is that
 //! of the largest single process of the pipeline).
 //!
@@ -258,6 +259,34 @@ fn zstd_path() -> Option<String> {
 /// job). The API process's peak RSS is its `VmHWM`, reset just before.
 /// The artifact is deleted after (through the API), to keep the disk free.
 async fn ours(app: &TestApp, label: &str, body: Value) -> Result<Row, String> {
+    ours_at(app, label, "/api/v1/backups", body).await
+}
+
+/// Ours: a copy to S3 (`POST /api/v1/backups/{id}/copy`) of a full local
+/// backup made (untimed) just before.
+async fn ours_copy(app: &TestApp, label: &str) -> Result<Row, String> {
+    let (status, made) = app
+        .post_json(
+            "/api/v1/backups",
+            &json!({"projectId": "bench", "type": "full"}),
+        )
+        .await;
+    let id = made["backup"]["id"]
+        .as_str()
+        .filter(|_| status == 200)
+        .ok_or_else(|| format!("the local backup did not complete ({status}): {made}"))?;
+    ours_at(
+        app,
+        label,
+        &format!("/api/v1/backups/{id}/copy"),
+        json!({"destination": "s3"}),
+    )
+    .await
+}
+
+/// `POST path` with `body`, answered with a completed backup: timed, its
+/// peak RSS read, the backup deleted after.
+async fn ours_at(app: &TestApp, label: &str, path: &str, body: Value) -> Result<Row, String> {
     let pid = app.pid();
     // Writing 5 to clear_refs resets the peak to the current RSS.
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
@@ -266,7 +295,7 @@ async fn ours(app: &TestApp, label: &str, body: Value) -> Result<Row, String> {
     let cpu_before = cpu_total(pid);
     let started = Instant::now();
     let response = app
-        .post("/api/v1/backups")
+        .post(path)
         .json(&body)
         .send()
         .await
@@ -653,6 +682,13 @@ async fn main() {
         }
     };
     print_row(&gcs, "GCS ours: full, gzip, to fake-gcs-server");
+    let label = "copy ours: a full local backup copied to moto";
+    let copy = match &emulator {
+        None if args.skip_s3 => Err("--skip-s3".to_string()),
+        None => Err("moto is missing: run scripts/install-test-tools".to_string()),
+        Some(_) => ours_copy(&app, label).await,
+    };
+    print_row(&copy, label);
     drop(app);
     drop(emulator);
     drop(gcs_emulator);
@@ -709,6 +745,7 @@ async fn main() {
         ("database zstd", &ours_db_zstd),
         ("S3 full gzip", &s3),
         ("GCS full gzip", &gcs),
+        ("copy to S3", &copy),
     ];
     let measured: Vec<(&str, u64)> = ours_rows
         .iter()
@@ -752,6 +789,16 @@ async fn main() {
             r.wall
         ),
         Err(e) => println!("  GCS: not measured: {e}"),
+    }
+    match &copy {
+        Ok(r) => println!(
+            "  copy local -> S3 (moto; read, hashed, written, read back and hashed): \
+             {:.1} MB/s of artifact ({:.1} MB in {:.2} s)",
+            r.artifact as f64 / 1e6 / r.wall,
+            r.artifact as f64 / 1e6,
+            r.wall
+        ),
+        Err(e) => println!("  copy: not measured: {e}"),
     }
     drop(work);
     drop(project);

@@ -15,6 +15,7 @@ mod m20261127_000005_import_errors;
 mod m20261127_000006_claim_function;
 mod m20261202_000007_verify_projects_and_attempts;
 mod m20261203_000008_destination_health;
+mod m20261203_000009_backup_copies;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000006_claim_function::Migration),
             Box::new(m20261202_000007_verify_projects_and_attempts::Migration),
             Box::new(m20261203_000008_destination_health::Migration),
+            Box::new(m20261203_000009_backup_copies::Migration),
         ]
     }
 }

@@ -268,6 +268,16 @@ impl Config {
                 <crate::domain::DestinationName as crate::domain::Vocabulary>::names().join(", ")
             )));
         }
+        // Before anything starts: a lock promised and not kept is worse
+        // than no start.
+        for (name, destination) in &self.destinations {
+            crate::destinations::immutability_of(name, destination).map_err(|e| {
+                ConfigError(format!(
+                    "SUPASCALE_DESTINATIONS__{}__IMMUTABLE_DAYS: {e}",
+                    name.to_uppercase()
+                ))
+            })?;
+        }
         if !(1..=25).contains(&self.job_attempts) {
             return Err(ConfigError(
                 "SUPASCALE_JOB_ATTEMPTS must be between 1 and 25".into(),

@@ -28,9 +28,11 @@ use crate::secret::Secret;
 
 pub mod health;
 pub mod multipart;
+pub mod object_lock;
 pub mod permanent_io;
 
 use multipart::{PendingUpload, S3Target};
+use object_lock::{Immutability, LockMode};
 
 /// Default upload chunk: 8 MiB parts, 4 in flight (S3 allows 10,000 parts,
 /// so 80 GB before the chunk must grow; see `chunk_bytes`).
@@ -68,6 +70,13 @@ pub struct DestinationConfig {
     pub chunk_bytes: Option<usize>,
     /// Parts uploaded at once.
     pub concurrency: Option<usize>,
+    /// S3-kind destinations: every artifact written here is locked (S3
+    /// Object Lock) for this many days; the bucket must have Object Lock
+    /// enabled. Refused on `local`, `azure` and `gcs`.
+    pub immutable_days: Option<u32>,
+    /// `governance` (default) or `compliance` (nobody, not even the
+    /// account's root, can delete or shorten it).
+    pub immutable_mode: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +125,8 @@ pub struct Destination {
     /// [`Self::probe`].
     probe_operator: Operator,
     location: Location,
+    /// `immutable_days`: set only on S3-kind destinations.
+    immutability: Option<Immutability>,
 }
 
 /// Where a destination keeps artifacts, as operators name it (never a
@@ -356,6 +367,7 @@ impl Destination {
                 )));
             }
         };
+        let immutability = immutability_of(name, config)?;
         let probe_operator = operator.clone().layer(
             opendal::layers::TimeoutLayer::new()
                 .with_timeout(health::PROBE_TIMEOUT)
@@ -397,7 +409,29 @@ impl Destination {
             create_only: name == "gcs",
             probe_operator,
             location,
+            immutability,
         })
+    }
+
+    /// `immutable_days` and its mode, when artifacts here are locked.
+    pub fn immutability(&self) -> Option<Immutability> {
+        self.immutability
+    }
+
+    /// Locks the stored object `key` for `immutable_days` (S3 Object
+    /// Lock); returns until when, or `None` on a destination that does not
+    /// lock. Called once the object is confirmed: what is locked cannot be
+    /// taken back.
+    pub async fn lock(
+        &self,
+        key: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, DestinationError> {
+        let (Some(immutability), Some(s3)) = (self.immutability, &self.s3) else {
+            return Ok(None);
+        };
+        let until = immutability.until_from(chrono::Utc::now());
+        s3.put_retention(key, immutability.mode, until).await?;
+        Ok(Some(until))
     }
 
     pub fn name(&self) -> &str {
@@ -664,6 +698,46 @@ async fn blocking<T: Send + 'static>(
         // OpenDAL calls every I/O error it does not name temporary; a full
         // disk is not (see `permanent_io`).
         .map_err(|e| permanent_io::classify(opendal::raw::new_std_io_error(e)))
+}
+
+/// `immutable_days`/`immutable_mode`, checked: only where a lock can be
+/// set and kept.
+pub fn immutability_of(
+    name: &str,
+    config: &DestinationConfig,
+) -> Result<Option<Immutability>, DestinationError> {
+    let Some(days) = config.immutable_days else {
+        if config.immutable_mode.is_some() {
+            return Err(config_error(name, "immutable_mode needs immutable_days"));
+        }
+        return Ok(None);
+    };
+    if !matches!(name, "s3" | "r2" | "minio" | "backblaze") {
+        return Err(config_error(
+            name,
+            &format!(
+                "immutable_days: {name} cannot lock artifacts here (S3 Object Lock is used, on \
+                 s3, r2, minio and backblaze); remove it, or keep immutable backups on an \
+                 S3-kind destination"
+            ),
+        ));
+    }
+    if days == 0 || days > 36_500 {
+        return Err(config_error(
+            name,
+            "immutable_days must be between 1 and 36500",
+        ));
+    }
+    let mode = match config.immutable_mode.as_deref() {
+        None => LockMode::default(),
+        Some(word) => LockMode::parse(word).ok_or_else(|| {
+            config_error(
+                name,
+                &format!("immutable_mode must be governance or compliance, not {word:?}"),
+            )
+        })?,
+    };
+    Ok(Some(Immutability { days, mode }))
 }
 
 fn slash_prefix(prefix: &str) -> String {

@@ -19,6 +19,7 @@ pub mod private_fs;
 pub mod project_folders;
 pub mod redact;
 pub mod redis_connection;
+pub mod replicas;
 pub mod restore;
 pub mod secret;
 pub mod telemetry;

@@ -89,19 +89,24 @@ pub async fn s3(bucket: &str) -> Emulator {
 /// moto on `port` (to start one again where another was stopped), with
 /// `bucket` created.
 pub async fn s3_at(port: u16, bucket: &str) -> Emulator {
+    let emulator = moto(port);
+    create_bucket(reqwest::Client::new().put(format!("{}/{bucket}", emulator.endpoint))).await;
+    emulator
+}
+
+/// moto in server mode on `port`, without buckets.
+fn moto(port: u16) -> Emulator {
     let tools = tools_dir();
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new(tools.join("venv/bin/moto_server"));
     command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-    let emulator = spawn(
+    spawn(
         command,
         port,
         "moto_server",
         dir,
         format!("http://127.0.0.1:{port}"),
-    );
-    create_bucket(reqwest::Client::new().put(format!("{}/{bucket}", emulator.endpoint))).await;
-    emulator
+    )
 }
 
 async fn create_bucket(request: reqwest::RequestBuilder) {
@@ -195,4 +200,139 @@ pub fn age_keypair(dir: &Path, name: &str) -> (PathBuf, String) {
         .expect("age-keygen prints the public key")
         .to_string();
     (identity, recipient)
+}
+
+/// `<project>/<file>`: an artifact's key on any destination, the last two
+/// segments of its `path` (`s3://bucket/prefix/<project>/<file>`).
+pub fn key_of(path: &str) -> String {
+    let mut parts = path.rsplitn(3, '/');
+    let file = parts.next().unwrap();
+    let project = parts.next().unwrap();
+    format!("{project}/{file}")
+}
+
+/// A destination the server is configured with and a test can look into:
+/// its `SUPASCALE_DESTINATIONS__<NAME>__*` variables, the same settings as
+/// a test-side `DestinationConfig`, and the emulator behind it (dropped
+/// with it).
+pub struct Store {
+    pub env: Vec<(String, String)>,
+    pub config: supascale_shared::destinations::DestinationConfig,
+    pub emulator: Option<Emulator>,
+}
+
+impl Store {
+    /// `launch` with this destination configured.
+    pub fn launch(&self, launch: crate::Launch) -> crate::Launch {
+        self.env.iter().fold(launch, |launch, (key, value)| {
+            launch.env(key, value.clone())
+        })
+    }
+}
+
+/// The destination `name` (`local`, `s3`, `azure`, `gcs`) on a fresh
+/// emulator with a `backups` bucket or container; object stores use the
+/// prefix `supabase` where they have one.
+pub async fn store(name: &str) -> Store {
+    use supascale_shared::Secret;
+    use supascale_shared::destinations::DestinationConfig;
+    let var = |field: &str, value: &str| {
+        (
+            format!("SUPASCALE_DESTINATIONS__{}__{field}", name.to_uppercase()),
+            value.to_string(),
+        )
+    };
+    match name {
+        "local" => Store {
+            env: Vec::new(),
+            config: DestinationConfig::default(),
+            emulator: None,
+        },
+        "s3" => {
+            let emulator = s3("backups").await;
+            s3_store(emulator, "supabase")
+        }
+        "azure" => {
+            let emulator = azure("backups").await;
+            Store {
+                env: vec![
+                    var("CONTAINER", "backups"),
+                    var("ENDPOINT", &emulator.endpoint),
+                    var("ACCOUNT_NAME", AZURITE_ACCOUNT),
+                    var("ACCOUNT_KEY", AZURITE_KEY),
+                ],
+                config: DestinationConfig {
+                    container: Some("backups".into()),
+                    endpoint: Some(emulator.endpoint.clone()),
+                    account_name: Some(AZURITE_ACCOUNT.into()),
+                    account_key: Some(Secret::new(AZURITE_KEY)),
+                    ..Default::default()
+                },
+                emulator: Some(emulator),
+            }
+        }
+        "gcs" => {
+            let emulator = gcs("backups").await;
+            Store {
+                env: vec![
+                    var("BUCKET", "backups"),
+                    var("PREFIX", "supabase"),
+                    var("ENDPOINT", &emulator.endpoint),
+                    var("TOKEN", "emulator-token"),
+                ],
+                config: DestinationConfig {
+                    bucket: Some("backups".into()),
+                    prefix: Some("supabase".into()),
+                    endpoint: Some(emulator.endpoint.clone()),
+                    token: Some(Secret::new("emulator-token")),
+                    ..Default::default()
+                },
+                emulator: Some(emulator),
+            }
+        }
+        other => panic!("no store for {other}"),
+    }
+}
+
+/// The `s3` destination on `emulator`'s `backups` bucket under `prefix`.
+pub fn s3_store(emulator: Emulator, prefix: &str) -> Store {
+    use supascale_shared::Secret;
+    use supascale_shared::destinations::DestinationConfig;
+    let var = |field: &str, value: &str| {
+        (
+            format!("SUPASCALE_DESTINATIONS__S3__{field}"),
+            value.to_string(),
+        )
+    };
+    Store {
+        env: vec![
+            var("BUCKET", "backups"),
+            var("PREFIX", prefix),
+            var("ENDPOINT", &emulator.endpoint),
+            var("ACCESS_KEY_ID", "test"),
+            var("SECRET_ACCESS_KEY", "test"),
+        ],
+        config: DestinationConfig {
+            bucket: Some("backups".into()),
+            prefix: Some(prefix.into()),
+            endpoint: Some(emulator.endpoint.clone()),
+            access_key_id: Some("test".into()),
+            secret_access_key: Some(Secret::new("test")),
+            ..Default::default()
+        },
+        emulator: Some(emulator),
+    }
+}
+
+/// moto with a `bucket` created with Object Lock enabled (and so
+/// versioning), as immutable backups need.
+pub async fn s3_locked(bucket: &str) -> Emulator {
+    let emulator = moto(free_port());
+    create_bucket(
+        reqwest::Client::new()
+            .put(format!("{}/{bucket}", emulator.endpoint))
+            .header("x-amz-bucket-object-lock-enabled", "true"),
+    )
+    .await;
+    emulator
 }

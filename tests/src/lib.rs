@@ -653,6 +653,7 @@ impl ControlPlane {
             completed_at: Set(completed),
             verified_at: Set(None),
             verify_error: Set(None),
+            locked_until: Set(None),
         }
         .insert(&self.db())
         .await

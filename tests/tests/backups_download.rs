@@ -4,81 +4,20 @@
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use supascale_shared::Secret;
 use supascale_shared::destinations::{Destination, DestinationConfig};
-use supascale_tests::emulators::{self, AZURITE_ACCOUNT, AZURITE_KEY, Emulator};
+use supascale_tests::emulators::{self, Emulator};
 use supascale_tests::refproject::{self, tree_snapshot};
 use supascale_tests::{Backend, Launch, TestApp, make_project, register};
 
 /// The server's configuration for `name`, the same as a test-side
 /// `Destination` to look at the objects directly, and the emulator.
 async fn setup(name: &str) -> (Launch, DestinationConfig, Option<Emulator>) {
-    match name {
-        "local" => (Launch::default(), DestinationConfig::default(), None),
-        "s3" => {
-            let emulator = emulators::s3("backups").await;
-            let launch = Launch::default()
-                .env("SUPASCALE_DESTINATIONS__S3__BUCKET", "backups")
-                .env("SUPASCALE_DESTINATIONS__S3__PREFIX", "supabase")
-                .env(
-                    "SUPASCALE_DESTINATIONS__S3__ENDPOINT",
-                    emulator.endpoint.clone(),
-                )
-                .env("SUPASCALE_DESTINATIONS__S3__ACCESS_KEY_ID", "test")
-                .env("SUPASCALE_DESTINATIONS__S3__SECRET_ACCESS_KEY", "test");
-            let config = DestinationConfig {
-                bucket: Some("backups".into()),
-                prefix: Some("supabase".into()),
-                endpoint: Some(emulator.endpoint.clone()),
-                access_key_id: Some("test".into()),
-                secret_access_key: Some(Secret::new("test")),
-                ..Default::default()
-            };
-            (launch, config, Some(emulator))
-        }
-        "azure" => {
-            let emulator = emulators::azure("backups").await;
-            let launch = Launch::default()
-                .env("SUPASCALE_DESTINATIONS__AZURE__CONTAINER", "backups")
-                .env(
-                    "SUPASCALE_DESTINATIONS__AZURE__ENDPOINT",
-                    emulator.endpoint.clone(),
-                )
-                .env(
-                    "SUPASCALE_DESTINATIONS__AZURE__ACCOUNT_NAME",
-                    AZURITE_ACCOUNT,
-                )
-                .env("SUPASCALE_DESTINATIONS__AZURE__ACCOUNT_KEY", AZURITE_KEY);
-            let config = DestinationConfig {
-                container: Some("backups".into()),
-                endpoint: Some(emulator.endpoint.clone()),
-                account_name: Some(AZURITE_ACCOUNT.into()),
-                account_key: Some(Secret::new(AZURITE_KEY)),
-                ..Default::default()
-            };
-            (launch, config, Some(emulator))
-        }
-        "gcs" => {
-            let emulator = emulators::gcs("backups").await;
-            let launch = Launch::default()
-                .env("SUPASCALE_DESTINATIONS__GCS__BUCKET", "backups")
-                .env("SUPASCALE_DESTINATIONS__GCS__PREFIX", "supabase")
-                .env(
-                    "SUPASCALE_DESTINATIONS__GCS__ENDPOINT",
-                    emulator.endpoint.clone(),
-                )
-                .env("SUPASCALE_DESTINATIONS__GCS__TOKEN", "emulator-token");
-            let config = DestinationConfig {
-                bucket: Some("backups".into()),
-                prefix: Some("supabase".into()),
-                endpoint: Some(emulator.endpoint.clone()),
-                token: Some(Secret::new("emulator-token")),
-                ..Default::default()
-            };
-            (launch, config, Some(emulator))
-        }
-        other => panic!("no setup for {other}"),
-    }
+    let store = emulators::store(name).await;
+    (
+        store.launch(Launch::default()),
+        store.config,
+        store.emulator,
+    )
 }
 
 async fn create_download_delete(name: &str, scheme: &str) {

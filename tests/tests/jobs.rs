@@ -335,6 +335,7 @@ async fn a_backup_is_recorded_completed_only_by_the_worker_holding_its_job(backe
         completed_at: Set(None),
         verified_at: Set(None),
         verify_error: Set(None),
+        locked_until: Set(None),
     };
     let completed = |id: &str| {
         backup::Entity::update_many()

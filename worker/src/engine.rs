@@ -252,6 +252,7 @@ async fn run_kind(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Re
         JobKind::Backup => backup::run(ctx, job, reporter).await,
         JobKind::Restore => crate::kinds::restore::run(ctx, job, reporter).await,
         JobKind::Verify => crate::kinds::verify::run(ctx, job, reporter).await,
+        JobKind::Copy => crate::kinds::copy::run(ctx, job, reporter).await,
         JobKind::ImportDatabase => crate::kinds::import_database::run(ctx, job, reporter).await,
         JobKind::ImportStorage => crate::kinds::import_storage::run(ctx, job, reporter).await,
         JobKind::ImportFunctions => crate::kinds::import_functions::run(ctx, job, reporter).await,
@@ -357,6 +358,13 @@ async fn end(
     // hears of the end finds nothing of it left.
     if !retry {
         crate::kinds::import::remove_upload(ctx, job).await;
+    }
+    // Copies a backup's `copyTo` had not finished when its job ended.
+    if let (Err(_), false, true) = (&outcome, retry, ended.ours)
+        && let Err(e) =
+            store::fail_open_copies(&ctx.db, job, cause.as_deref().unwrap_or("the job ended")).await
+    {
+        tracing::warn!(job = %job.id, error = %e, "cannot fail the job's open copies");
     }
     if !ended.ours {
         tracing::warn!(job = %job.id, "the job was taken over by another worker; its end is theirs");

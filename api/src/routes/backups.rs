@@ -5,7 +5,7 @@
 //! first page costs. `pagination.total` and `stats` read `backup_stats`
 //! (kept by triggers), never a count over `backups`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -21,7 +21,9 @@ use supascale_shared::api_key::Permission;
 use supascale_shared::artifact::Compression;
 use supascale_shared::artifact::{artifact_key, artifact_of};
 use supascale_shared::domain::{BackupType, DestinationName, Status, Vocabulary};
-use supascale_shared::entities::{backup, backup_stat, backup_total, job, project, restore};
+use supascale_shared::entities::{
+    backup, backup_copy, backup_stat, backup_total, job, project, restore,
+};
 use supascale_shared::jobs;
 
 use super::{ApiTags, page_window, parse_list_filter};
@@ -30,7 +32,7 @@ use crate::answers::Message;
 use crate::auth::{Auth, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::payload::{JsonBody, JsonBytes};
-use crate::start_job::{JobAnswer, NewJob, StartRequest, answer_own_row, start_job};
+use crate::start_job::{JobAnswer, NewBackup, NewJob, StartRequest, answer_own_row, start_job};
 use crate::state::AppState;
 use crate::timestamp::Timestamp;
 use crate::visible::visible_backup;
@@ -78,6 +80,95 @@ pub struct Backup {
     /// Why the last verification found the backup unusable.
     #[oai(skip_serializing_if_is_none)]
     pub verify_error: Option<String>,
+    /// The destination refuses to delete the artifact before this
+    /// (`immutable_days`); until then deleting the backup answers 409.
+    #[oai(skip_serializing_if_is_none)]
+    pub locked_until: Option<Timestamp>,
+    /// Copies of the artifact on other destinations (3-2-1), oldest first.
+    pub copies: Vec<BackupCopy>,
+}
+
+/// A copy of a backup's artifact on another destination, under the same
+/// key (`POST /backups/{id}/copy`, `copyTo`).
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct BackupCopy {
+    /// `local | s3 | gcs | azure | r2 | minio | backblaze`
+    pub destination: String,
+    /// Where the copy is, e.g. `gs://bucket/my-project/…tar.gz`.
+    pub path: String,
+    /// Bytes copied (the backup's size once completed).
+    pub size: i64,
+    /// SHA-256 of the copy as its destination gave it back, hex.
+    #[oai(skip_serializing_if_is_none)]
+    pub sha256: Option<String>,
+    /// `pending | in_progress | completed | failed`
+    pub status: String,
+    /// Why a failed copy failed.
+    #[oai(skip_serializing_if_is_none)]
+    pub error: Option<String>,
+    pub created_at: Timestamp,
+    #[oai(skip_serializing_if_is_none)]
+    pub completed_at: Option<Timestamp>,
+    /// The copy's destination refuses to delete it before this.
+    #[oai(skip_serializing_if_is_none)]
+    pub locked_until: Option<Timestamp>,
+}
+
+impl From<backup_copy::Model> for BackupCopy {
+    fn from(row: backup_copy::Model) -> Self {
+        Self {
+            destination: row.destination,
+            path: row.path,
+            size: row.size,
+            sha256: row.sha256,
+            status: row.status,
+            error: row.error,
+            created_at: row.created_at.into(),
+            completed_at: row.completed_at.map(Into::into),
+            locked_until: row.locked_until.map(Into::into),
+        }
+    }
+}
+
+impl Backup {
+    /// The backup as shown, with its copies.
+    pub fn with_copies(row: backup::Model, copies: Vec<backup_copy::Model>) -> Self {
+        Self {
+            copies: copies.into_iter().map(BackupCopy::from).collect(),
+            ..Self::from(row)
+        }
+    }
+
+    /// The backup `row` as shown, its copies read.
+    pub async fn read(state: &AppState, row: backup::Model) -> ApiResult<Self> {
+        let copies = supascale_shared::replicas::copies_of(&state.db, &row.id).await?;
+        Ok(Self::with_copies(row, copies))
+    }
+}
+
+/// The copies of the backups `ids`, by backup, in one query.
+async fn copies_by_backup(
+    state: &AppState,
+    ids: Vec<String>,
+) -> ApiResult<HashMap<String, Vec<backup_copy::Model>>> {
+    let mut by_backup: HashMap<String, Vec<backup_copy::Model>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(by_backup);
+    }
+    let rows = backup_copy::Entity::find()
+        .filter(backup_copy::Column::BackupId.is_in(ids))
+        .order_by_asc(backup_copy::Column::CreatedAt)
+        .order_by_asc(backup_copy::Column::Destination)
+        .all(&state.db)
+        .await?;
+    for row in rows {
+        by_backup
+            .entry(row.backup_id.clone())
+            .or_default()
+            .push(row);
+    }
+    Ok(by_backup)
 }
 
 impl From<backup::Model> for Backup {
@@ -100,6 +191,8 @@ impl From<backup::Model> for Backup {
             completed_at: row.completed_at.map(Into::into),
             verified_at: row.verified_at.map(Into::into),
             verify_error: row.verify_error,
+            locked_until: row.locked_until.map(Into::into),
+            copies: Vec::new(),
         }
     }
 }
@@ -268,8 +361,16 @@ impl BackupsApi {
             total_size: by_destination.values().map(|s| s.size).sum(),
             by_destination,
         });
+        let mut copies =
+            copies_by_backup(&state, rows.iter().map(|r| r.id.clone()).collect()).await?;
         let page = BackupList {
-            backups: rows.into_iter().map(Backup::from).collect(),
+            backups: rows
+                .into_iter()
+                .map(|row| {
+                    let copies = copies.remove(&row.id).unwrap_or_default();
+                    Backup::with_copies(row, copies)
+                })
+                .collect(),
             pagination: Pagination {
                 total,
                 limit,
@@ -316,7 +417,7 @@ impl BackupsApi {
             })
             .collect();
         Ok(Json(BackupDetails {
-            backup: row.into(),
+            backup: Backup::read(&state, row).await?,
             restore_history: history,
         }))
     }
@@ -366,8 +467,10 @@ impl BackupsApi {
 
     /// Delete backup
     ///
-    /// Removes the artifact, then the record. A running backup cannot be
-    /// deleted (409).
+    /// Removes the artifact and its copies, then the record. A running
+    /// backup, or one being copied, cannot be deleted (409); nor can one
+    /// whose artifact or a copy is locked (`immutable_days`): the 409 names
+    /// the date it unlocks.
     #[oai(
         path = "/backups/:id",
         method = "delete",
@@ -390,25 +493,50 @@ impl BackupsApi {
                 "Backup is running; it can be deleted once it ends",
             ));
         }
-        let (key, _) = artifact_of(&row);
-        match state.destinations.get(&row.destination) {
-            Ok(destination) => match destination.stat(&key).await {
-                Ok(Some(_)) => destination.delete(&key).await.map_err(|e| {
-                    tracing::error!(backup = %row.id, error = %e, "cannot delete the artifact");
-                    ApiError::DestinationDown
-                })?,
-                Ok(None) => {
-                    tracing::warn!(backup = %row.id, "the artifact was already gone; deleting the record")
-                }
-                Err(e) => {
-                    tracing::error!(backup = %row.id, error = %e, "cannot reach the destination");
-                    return Err(ApiError::DestinationDown);
-                }
-            },
-            Err(e) => {
-                tracing::warn!(backup = %row.id, error = %e, "destination gone; deleting the record")
-            }
+        let copies = supascale_shared::replicas::copies_of(&state.db, &row.id).await?;
+        if let Some(copy) = copies.iter().find(|c| {
+            matches!(
+                c.status.as_str(),
+                jobs::STATUS_PENDING | jobs::STATUS_IN_PROGRESS
+            )
+        }) {
+            return Err(ApiError::conflict(format!(
+                "Backup is being copied to {}; it can be deleted once that ends",
+                copy.destination
+            )));
         }
+        // Before any object is touched: on a versioned, locked bucket a
+        // delete "succeeds" by hiding the object, which would be a lie.
+        let now = crate::now();
+        let locked = std::iter::once((row.destination.as_str(), row.locked_until))
+            .chain(
+                copies
+                    .iter()
+                    .map(|c| (c.destination.as_str(), c.locked_until)),
+            )
+            .filter_map(|(name, until)| until.filter(|u| *u > now).map(|u| (u, name)))
+            .max();
+        if let Some((until, name)) = locked {
+            return Err(ApiError::conflict(format!(
+                "Backup is immutable until {}: destination {name} keeps it locked until then \
+                 (immutable_days); it can be deleted after that",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )));
+        }
+        let (key, _) = artifact_of(&row);
+        // The copies first: the primary, deleted last, keeps the record
+        // worth retrying if a copy's destination does not answer.
+        for name in copies
+            .iter()
+            .map(|c| c.destination.as_str())
+            .chain([row.destination.as_str()])
+        {
+            delete_replica(&state, &row.id, name, &key).await?;
+        }
+        backup_copy::Entity::delete_many()
+            .filter(backup_copy::Column::BackupId.eq(row.id.clone()))
+            .exec(&state.db)
+            .await?;
         restore::Entity::delete_many()
             .filter(restore::Column::BackupId.eq(row.id.clone()))
             .exec(&state.db)
@@ -416,11 +544,215 @@ impl BackupsApi {
         backup::Entity::delete_by_id(row.id.clone())
             .exec(&state.db)
             .await?;
-        tracing::info!(backup = %row.id, "backup deleted");
+        tracing::info!(backup = %row.id, copies = copies.len(), "backup deleted");
         Ok(Json(Message {
             success: true,
             message: "Backup deleted".into(),
         }))
+    }
+
+    /// Copy backup
+    ///
+    /// Copies a completed backup's artifact to another destination (3-2-1),
+    /// streamed from where it is and checked there as a backup is (size,
+    /// then the SHA-256 of what the destination gives back); the copy is
+    /// listed in the backup's `copies`. Restores and downloads fall back to
+    /// a copy when the primary's object is missing, and take one with
+    /// `?destination=`. Waits like `POST /backups` (`?async=true` for 202 at
+    /// once). A failed copy answers 500 `Copy failed: <cause>`.
+    #[oai(
+        path = "/backups/:id/copy",
+        method = "post",
+        operation_id = "copyBackup"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn copy(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        id: Path<String>,
+        body: JsonBody<CopyRequest>,
+        /// `respond-async` to get 202 at once.
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
+        /// The same key (from the same API key) within 24 hours returns
+        /// the first request's copy.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+        /// `true` to get 202 at once.
+        #[oai(name = "async")]
+        run_async: Query<Option<bool>>,
+    ) -> ApiResult<StartedCopy> {
+        let principal = auth.principal();
+        principal.require(Permission::BackupsWrite)?;
+        let request = body.0;
+        let row = visible_backup(&state, principal, &id.0).await?;
+        let start = StartRequest::new(
+            principal,
+            prefer.0.as_deref(),
+            run_async.0,
+            idempotency_key.0.as_deref(),
+            || format!("copy\n{}\n{}", row.id, request.destination),
+        )?;
+        start_job(&state, start, || async {
+            let copy = new_copy_job(&state, &row, &request.destination).await?;
+            Ok(copy)
+        })
+        .await
+    }
+}
+
+/// Removes the object `key` from the destination `name`; a destination no
+/// longer configured is skipped (nothing can reach it), one that does not
+/// answer is a 503 and nothing more is deleted.
+async fn delete_replica(state: &AppState, backup_id: &str, name: &str, key: &str) -> ApiResult<()> {
+    let destination = match state.destinations.get(name) {
+        Ok(destination) => destination,
+        Err(e) => {
+            tracing::warn!(backup = %backup_id, error = %e, "destination gone; forgetting its object");
+            return Ok(());
+        }
+    };
+    match destination.stat(key).await {
+        Ok(Some(_)) => destination.delete(key).await.map_err(|e| {
+            tracing::error!(backup = %backup_id, destination = %name, error = %e, "cannot delete the artifact");
+            ApiError::DestinationDown
+        }),
+        Ok(None) => {
+            tracing::warn!(backup = %backup_id, destination = %name, "the artifact was already gone");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(backup = %backup_id, destination = %name, error = %e, "cannot reach the destination");
+            Err(ApiError::DestinationDown)
+        }
+    }
+}
+
+/// `POST /backups/{id}/copy`.
+#[derive(Debug, Object, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyRequest {
+    /// Where the copy goes: `local | s3 | gcs | azure | r2 | minio |
+    /// backblaze`, a configured destination other than the backup's own.
+    pub destination: String,
+}
+
+/// The copy job and its row, or the 4xx that says why not.
+async fn new_copy_job(
+    state: &AppState,
+    row: &backup::Model,
+    word: &str,
+) -> ApiResult<NewJob<backup_copy::ActiveModel>> {
+    if row.status != jobs::STATUS_COMPLETED {
+        return Err(ApiError::bad_request(format!(
+            "Backup {} is not completed (status: {}); only a completed backup can be copied",
+            row.id, row.status
+        )));
+    }
+    let name = DestinationName::parse(word).map_err(ApiError::InvalidField)?;
+    let name = name.as_str();
+    let target = state
+        .destinations
+        .get(name)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if name == row.destination {
+        return Err(ApiError::bad_request(format!(
+            "destination: the backup is on {name} already; a copy goes elsewhere"
+        )));
+    }
+    let existing = backup_copy::Entity::find_by_id((row.id.clone(), name.to_string()))
+        .one(&state.db)
+        .await?;
+    match existing.as_ref().map(|c| c.status.as_str()) {
+        Some(jobs::STATUS_COMPLETED) => {
+            return Err(ApiError::conflict(format!(
+                "Backup {} already has a copy on {name}",
+                row.id
+            )));
+        }
+        Some(jobs::STATUS_PENDING | jobs::STATUS_IN_PROGRESS) => {
+            return Err(ApiError::conflict(format!(
+                "Backup {} is being copied to {name} already",
+                row.id
+            )));
+        }
+        // A failed copy is made again.
+        Some(_) => {
+            backup_copy::Entity::delete_by_id((row.id.clone(), name.to_string()))
+                .exec(&state.db)
+                .await?;
+        }
+        None => {}
+    }
+    let (key, _) = artifact_of(row);
+    let payload = serde_json::to_value(supascale_shared::jobs::params::CopyPayload {
+        backup_id: row.id.clone(),
+        destination: name.to_string(),
+    })
+    .unwrap_or_default();
+    // The backup's project, so that only keys that may see the backup see
+    // the copy; it waits for none of the project's jobs.
+    let job = jobs::store::new_job(
+        jobs::JobKind::Copy,
+        Some(&row.project_id),
+        payload,
+        state.config.job_attempts,
+    );
+    let copy = new_copy_row(&row.id, name, target.url_for(&key), &job, crate::now());
+    Ok(NewJob::new(job, copy))
+}
+
+#[derive(ApiResponse)]
+pub enum StartedCopy {
+    /// The copy is made; the backup lists it in `copies`.
+    #[oai(status = 200)]
+    Done(Json<BackupEnvelope>),
+    /// It runs on; follow `Location` or the job's events.
+    #[oai(status = 202)]
+    Accepted(Json<BackupAccepted>, #[oai(header = "Location")] String),
+}
+
+impl JobAnswer for StartedCopy {
+    type Row = backup_copy::ActiveModel;
+
+    /// The backup with its copies once the copy is over, else 202. A
+    /// failed copy is a 500 `Copy failed: <cause>`.
+    async fn answer(
+        state: &AppState,
+        job_row: &job::Model,
+        run_async: bool,
+        known: Option<backup_copy::Model>,
+    ) -> ApiResult<Self> {
+        let (backup_id, running) = answer_own_row::<Self::Row, _>(
+            state,
+            job_row,
+            run_async,
+            known,
+            "Copy failed",
+            |copy| (copy.backup_id, None),
+            |job, copy, url| (copy.backup_id, Some((job, url))),
+        )
+        .await?;
+        let row = backup::Entity::find_by_id(backup_id)
+            .one(&state.db)
+            .await?
+            .ok_or(ApiError::BackupNotFound)?;
+        let backup = Backup::read(state, row).await?;
+        Ok(match running {
+            None => StartedCopy::Done(Json(BackupEnvelope {
+                success: true,
+                backup,
+            })),
+            Some((job, url)) => StartedCopy::Accepted(
+                Json(BackupAccepted {
+                    success: true,
+                    job,
+                    backup,
+                }),
+                url,
+            ),
+        })
     }
 }
 
@@ -561,6 +893,10 @@ pub struct CreateBackup {
     pub encrypt: Option<bool>,
     /// `gzip` (default) `| zstd`
     pub compression: Option<String>,
+    /// Other destinations to copy the artifact to once it is stored (as
+    /// `POST /backups/{id}/copy` does), in the same job. A copy that fails
+    /// is a warning and a failed entry in `copies`; the backup completes.
+    pub copy_to: Option<Vec<String>>,
 }
 
 #[derive(Debug, Object)]
@@ -581,12 +917,13 @@ impl CreateBackup {
     /// different request is refused.
     fn fingerprint(&self) -> String {
         format!(
-            "backup\n{}\n{}\n{}\n{}\n{}",
+            "backup\n{}\n{}\n{}\n{}\n{}\n{}",
             self.project_id,
             self.backup_type.as_deref().unwrap_or("full"),
             self.destination.as_deref().unwrap_or("local"),
             self.encrypt.unwrap_or(false),
             self.compression.as_deref().unwrap_or("gzip"),
+            self.copy_to.as_deref().unwrap_or_default().join(","),
         )
     }
 }
@@ -603,7 +940,7 @@ pub enum CreatedBackup {
 }
 
 impl JobAnswer for CreatedBackup {
-    type Row = backup::ActiveModel;
+    type Row = NewBackup;
 
     /// The backup once it is over, else 202 with the job. A failed backup
     /// is a 500 `Backup failed: <cause>`.
@@ -613,7 +950,7 @@ impl JobAnswer for CreatedBackup {
         run_async: bool,
         known: Option<backup::Model>,
     ) -> ApiResult<Self> {
-        answer_own_row::<Self::Row, _>(
+        let mut answer = answer_own_row::<Self::Row, _>(
             state,
             job_row,
             run_async,
@@ -636,7 +973,17 @@ impl JobAnswer for CreatedBackup {
                 )
             },
         )
-        .await
+        .await?;
+        let backup = match &mut answer {
+            CreatedBackup::Done(Json(done)) => &mut done.backup,
+            CreatedBackup::Accepted(Json(accepted), _) => &mut accepted.backup,
+        };
+        backup.copies = supascale_shared::replicas::copies_of(&state.db, &backup.id)
+            .await?
+            .into_iter()
+            .map(BackupCopy::from)
+            .collect();
+        Ok(answer)
     }
 }
 
@@ -645,7 +992,7 @@ async fn new_backup_rows(
     state: &AppState,
     principal: &Principal,
     input: CreateBackup,
-) -> ApiResult<(backup::ActiveModel, job::ActiveModel)> {
+) -> ApiResult<(NewBackup, job::ActiveModel)> {
     let project = project::Entity::find_by_id(input.project_id.clone())
         .one(&state.db)
         .await?
@@ -676,6 +1023,7 @@ async fn new_backup_rows(
              (set SUPASCALE_ENCRYPTION_RECIPIENTS to age public keys)",
         ));
     }
+    let copy_to = copy_targets(state, destination_name.as_str(), input.copy_to.as_deref())?;
     let compression_name = input.compression.unwrap_or_else(|| "gzip".into());
     let compression = Compression::parse(&compression_name).ok_or_else(|| {
         ApiError::bad_request(format!(
@@ -697,6 +1045,10 @@ async fn new_backup_rows(
         serde_json::json!({ "backupId": id }),
         state.config.job_attempts,
     );
+    let copies = copy_to
+        .iter()
+        .map(|(name, target)| new_copy_row(&id, name, target.url_for(&key), &job, created_at))
+        .collect();
     let row = backup::ActiveModel {
         id: Set(id),
         project_id: Set(project.id.clone()),
@@ -717,6 +1069,67 @@ async fn new_backup_rows(
         completed_at: Set(None),
         verified_at: Set(None),
         verify_error: Set(None),
+        locked_until: Set(None),
     };
-    Ok((row, job))
+    Ok((
+        NewBackup {
+            backup: row,
+            copies,
+        },
+        job,
+    ))
+}
+
+/// `copyTo`, checked: each a configured destination, none the backup's own,
+/// none twice.
+fn copy_targets<'a>(
+    state: &'a AppState,
+    primary: &str,
+    names: Option<&[String]>,
+) -> ApiResult<Vec<(String, &'a supascale_shared::destinations::Destination)>> {
+    let mut targets: Vec<(String, &supascale_shared::destinations::Destination)> = Vec::new();
+    for word in names.unwrap_or_default() {
+        let name = DestinationName::parse(word)
+            .map_err(|e| ApiError::bad_request(format!("copyTo: {e}")))?;
+        let name = name.as_str();
+        if name == primary {
+            return Err(ApiError::bad_request(format!(
+                "copyTo: {name} is the backup's own destination; a copy goes elsewhere"
+            )));
+        }
+        if targets.iter().any(|(n, _)| n == name) {
+            return Err(ApiError::bad_request(format!(
+                "copyTo: {name} is named twice"
+            )));
+        }
+        let destination = state
+            .destinations
+            .get(name)
+            .map_err(|e| ApiError::bad_request(format!("copyTo: {e}")))?;
+        targets.push((name.to_string(), destination));
+    }
+    Ok(targets)
+}
+
+/// A copy row, pending, for `job` to fill.
+fn new_copy_row(
+    backup_id: &str,
+    destination: &str,
+    path: String,
+    job: &job::ActiveModel,
+    created_at: chrono::DateTime<Utc>,
+) -> backup_copy::ActiveModel {
+    backup_copy::ActiveModel {
+        backup_id: Set(backup_id.to_string()),
+        destination: Set(destination.to_string()),
+        path: Set(path),
+        size: Set(0),
+        sha256: Set(None),
+        status: Set(jobs::STATUS_PENDING.into()),
+        error: Set(None),
+        job_id: Set(job.id.clone().take()),
+        created_at: Set(created_at),
+        completed_at: Set(None),
+        locked_until: Set(None),
+    }
 }

@@ -60,6 +60,13 @@ pub struct DestinationInfo {
     pub path: Option<String>,
     #[oai(skip_serializing_if_is_none)]
     pub prefix: Option<String>,
+    /// Every artifact stored here is locked (S3 Object Lock) for this many
+    /// days (`immutable_days`).
+    #[oai(skip_serializing_if_is_none)]
+    pub immutable_days: Option<u32>,
+    /// `governance | compliance`, with `immutableDays`.
+    #[oai(skip_serializing_if_is_none)]
+    pub immutable_mode: Option<String>,
     /// Absent with `probe=false`.
     #[oai(skip_serializing_if_is_none)]
     pub probe: Option<DestinationProbe>,
@@ -106,6 +113,10 @@ fn info(destination: &Destination, probe: Option<DestinationProbe>) -> Destinati
         container: location.container,
         path: location.path,
         prefix: location.prefix,
+        immutable_days: destination.immutability().map(|i| i.days),
+        immutable_mode: destination
+            .immutability()
+            .map(|i| i.mode.as_str().to_string()),
         probe,
     }
 }

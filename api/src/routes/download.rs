@@ -10,7 +10,7 @@
 
 use futures::TryStreamExt;
 use poem::{Body, IntoResponse, Response};
-use poem_openapi::param::{Header, Path};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{Json, Payload};
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
 use poem_openapi::{ApiResponse, OpenApi};
@@ -18,6 +18,7 @@ use supascale_shared::api_key::Permission;
 use supascale_shared::artifact::Compression;
 use supascale_shared::artifact::artifact_of;
 use supascale_shared::jobs;
+use supascale_shared::replicas::{LocateError, Problem, locate};
 
 use super::ApiTags;
 use crate::auth::Auth;
@@ -59,6 +60,13 @@ pub enum Download {
         #[oai(header = "Content-Disposition")] String,
         #[oai(header = "ETag")] String,
         #[oai(header = "Accept-Ranges")] String,
+        /// The destination the bytes come from: the backup's own or a copy's.
+        #[oai(header = "X-Backup-Destination")]
+        String,
+        /// Set when a copy is served because the primary could not be
+        /// (`199 - "<why>"`).
+        #[oai(header = "Warning")]
+        Option<String>,
     ),
     /// The requested range.
     #[oai(status = 206)]
@@ -69,6 +77,13 @@ pub enum Download {
         #[oai(header = "Content-Disposition")] String,
         #[oai(header = "ETag")] String,
         #[oai(header = "Accept-Ranges")] String,
+        /// The destination the bytes come from: the backup's own or a copy's.
+        #[oai(header = "X-Backup-Destination")]
+        String,
+        /// Set when a copy is served because the primary could not be
+        /// (`199 - "<why>"`).
+        #[oai(header = "Warning")]
+        Option<String>,
     ),
     /// The range lies outside the artifact.
     #[oai(status = 416)]
@@ -121,7 +136,11 @@ impl DownloadApi {
     /// Download backup
     ///
     /// The artifact as stored, with `Range` support for resuming. Only a
-    /// completed backup downloads (409 otherwise).
+    /// completed backup downloads (409 otherwise). It comes from the
+    /// backup's destination, or from a copy when the primary's object is
+    /// missing, has the wrong size or cannot be reached (saying so in a
+    /// `Warning` header); `?destination=` picks the replica, with no
+    /// fallback. `X-Backup-Destination` names the one served.
     #[oai(
         path = "/backups/:id/download",
         method = "get",
@@ -138,6 +157,9 @@ impl DownloadApi {
         /// Serve the range only if the artifact still has this ETag.
         #[oai(name = "If-Range")]
         if_range: Header<Option<String>>,
+        /// Read the artifact from this destination (the backup's own or a
+        /// copy's), with no fallback.
+        destination: Query<Option<String>>,
     ) -> ApiResult<Download> {
         let principal = auth.principal();
         principal.require(Permission::BackupsRead)?;
@@ -148,23 +170,33 @@ impl DownloadApi {
                 row.status
             )));
         }
-        let (key, compression) = artifact_of(&row);
-        let destination = state
-            .destinations
-            .get(&row.destination)
-            .map_err(|e| ApiError::conflict(format!("Backup is unavailable: {e}")))?;
-        let size = match destination.stat(&key).await {
-            Ok(Some(stored)) => stored.size,
-            Ok(None) => {
-                return Err(ApiError::conflict(
-                    "Backup is unavailable: its artifact is missing from the destination",
-                ));
-            }
-            Err(e) => {
-                tracing::error!(backup = %row.id, error = %e, "cannot read the destination");
-                return Err(ApiError::DestinationDown);
-            }
-        };
+        let (_, compression) = artifact_of(&row);
+        let located = locate(
+            &state.db,
+            &state.destinations,
+            &row,
+            destination.0.as_deref(),
+        )
+        .await
+        .map_err(|e| unavailable(&row.id, e))?;
+        if let Some(why) = &located.fallback {
+            tracing::warn!(backup = %row.id, from = %located.name(), reason = %why, "serving a copy");
+        }
+        let served = located.name().to_string();
+        let warning = located.fallback.as_ref().map(|why| {
+            // A header value is visible ASCII; a quoted string has no
+            // quotes or backslashes inside.
+            let text: String = why
+                .chars()
+                .map(|c| match c {
+                    '"' | '\\' => '\'',
+                    c if c == ' ' || c.is_ascii_graphic() => c,
+                    _ => '?',
+                })
+                .collect();
+            format!("199 - \"{text}\"")
+        });
+        let (destination, key, size) = (&located.destination, &located.key, located.size);
         let etag = format!("\"{}\"", row.sha256.clone().unwrap_or_default());
         let mut filename = format!(
             "{}-{}-{}.{}",
@@ -198,7 +230,7 @@ impl DownloadApi {
             }
         };
         let reader = destination
-            .reader(&key)
+            .reader(key)
             .await
             .map_err(|_| ApiError::DestinationDown)?;
         let (start, end) = wanted.unwrap_or((0, size.saturating_sub(1)));
@@ -213,7 +245,15 @@ impl DownloadApi {
             content_type,
         };
         Ok(match wanted {
-            None => Download::Whole(body, length, disposition, etag, "bytes".into()),
+            None => Download::Whole(
+                body,
+                length,
+                disposition,
+                etag,
+                "bytes".into(),
+                served,
+                warning,
+            ),
             Some(_) => Download::Part(
                 body,
                 length,
@@ -221,8 +261,34 @@ impl DownloadApi {
                 disposition,
                 etag,
                 "bytes".into(),
+                served,
+                warning,
             ),
         })
+    }
+}
+
+/// No replica can be served: the contract's 409 for an artifact that is
+/// gone or wrong, 503 for a destination that did not answer, 400 for a
+/// `?destination=` the backup is not on.
+fn unavailable(backup: &str, e: LocateError) -> ApiError {
+    match e {
+        LocateError::NoSuchReplica { .. } => ApiError::bad_request(e.to_string()),
+        LocateError::ControlPlane(e) => e.into(),
+        LocateError::Unusable {
+            problem: Problem::Unreachable(_),
+            ..
+        } => {
+            tracing::error!(backup = %backup, error = %e, "cannot read the destination");
+            ApiError::DestinationDown
+        }
+        LocateError::Unusable {
+            problem: Problem::Missing,
+            ..
+        } => ApiError::conflict(
+            "Backup is unavailable: its artifact is missing from the destination",
+        ),
+        LocateError::Unusable { .. } => ApiError::conflict(format!("Backup is unavailable: {e}")),
     }
 }
 

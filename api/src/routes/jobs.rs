@@ -396,7 +396,21 @@ pub async fn completed_body(state: &AppState, row: &job::Model) -> ApiResult<Val
             let backup = own_row::<backup::ActiveModel>(state, row).await?;
             Ok(BackupEnvelope {
                 success: true,
-                backup: Backup::from(backup),
+                backup: Backup::read(state, backup).await?,
+            }
+            .to_json()
+            .unwrap_or(Value::Null))
+        }
+        Ok(JobKind::Copy) => {
+            let copy =
+                own_row::<supascale_shared::entities::backup_copy::ActiveModel>(state, row).await?;
+            let backup = backup::Entity::find_by_id(copy.backup_id)
+                .one(&state.db)
+                .await?
+                .ok_or(ApiError::BackupNotFound)?;
+            Ok(BackupEnvelope {
+                success: true,
+                backup: Backup::read(state, backup).await?,
             }
             .to_json()
             .unwrap_or(Value::Null))

@@ -40,12 +40,13 @@ pub struct RestoreRequest {
 }
 
 impl RestoreRequest {
-    fn fingerprint(&self, backup_id: &str) -> String {
+    fn fingerprint(&self, backup_id: &str, destination: Option<&str>) -> String {
         format!(
-            "restore\n{backup_id}\n{:?}\n{}\n{}",
+            "restore\n{backup_id}\n{:?}\n{}\n{}\n{}",
             self.restore_types,
             self.force_restore.unwrap_or(false),
-            self.target_project_id.as_deref().unwrap_or("")
+            self.target_project_id.as_deref().unwrap_or(""),
+            destination.unwrap_or("")
         )
     }
 }
@@ -115,7 +116,10 @@ impl RestoresApi {
     /// at once; problems that do not stop the restore (a grant to a role the
     /// target lacks, a missing extension) come back as `warnings`. Waits for
     /// the restore like `POST /backups` (`Prefer: respond-async` or
-    /// `?async=true` for 202 at once).
+    /// `?async=true` for 202 at once). The artifact is read from the
+    /// backup's destination, or from a copy when the primary's object is
+    /// missing, has the wrong size or cannot be reached (with a warning);
+    /// `?destination=` reads that replica and no other.
     #[oai(
         path = "/backups/:id/restore",
         method = "post",
@@ -138,6 +142,9 @@ impl RestoresApi {
         /// `true` to get 202 at once.
         #[oai(name = "async")]
         run_async: Query<Option<bool>>,
+        /// Read the artifact from this destination (the backup's own or a
+        /// copy's), with no fallback.
+        destination: Query<Option<String>>,
     ) -> ApiResult<StartedRestore> {
         let principal = auth.principal();
         principal.require(Permission::BackupsWrite)?;
@@ -148,7 +155,7 @@ impl RestoresApi {
             prefer.0.as_deref(),
             run_async.0,
             idempotency_key.0.as_deref(),
-            || request.fingerprint(&backup_row.id),
+            || request.fingerprint(&backup_row.id, destination.0.as_deref()),
         )?;
         start_job(&state, start, || async {
             let ctx = PlanContext {
@@ -161,6 +168,7 @@ impl RestoresApi {
                 restore_types: request.restore_types.clone().unwrap_or_default(),
                 force: request.force_restore.unwrap_or(false),
                 target_project_id: request.target_project_id.clone(),
+                destination: destination.0.clone(),
             };
             let checked =
                 plan_restore(&ctx, &backup_row, &wanted, |p| principal.may_see(p)).await?;
@@ -168,6 +176,7 @@ impl RestoresApi {
             let payload = serde_json::to_value(RestorePayload {
                 restore_id: restore_id.clone(),
                 force: request.force_restore.unwrap_or(false),
+                destination: destination.0.clone(),
             })
             .unwrap_or_default();
             let job = jobs::store::new_job(

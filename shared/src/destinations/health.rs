@@ -38,6 +38,8 @@ pub struct Probe {
 /// A probe's steps, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
+    /// An immutable destination's bucket has Object Lock.
+    Lock,
     Write,
     Read,
     Delete,
@@ -46,9 +48,10 @@ pub enum Step {
 impl Probe {
     /// Whether an artifact can be written there: a store that takes the
     /// object but will not give it back or let it go (a retention policy,
-    /// a key without read or delete rights) still takes backups.
+    /// a key without read or delete rights) still takes backups. One that
+    /// cannot lock what it takes does not, when it is to be immutable.
     pub fn writable(&self) -> bool {
-        !matches!(self.failed, Some(Step::Write))
+        !matches!(self.failed, Some(Step::Write | Step::Lock))
     }
 }
 
@@ -61,6 +64,7 @@ impl Step {
     /// What the step does, as a failure names it.
     fn doing(self) -> &'static str {
         match self {
+            Step::Lock => "checking the bucket's Object Lock",
             Step::Write => "writing a test object",
             Step::Read => "reading the test object back",
             Step::Delete => "deleting the test object",
@@ -124,6 +128,21 @@ impl Destination {
                     .await
             }
         };
+        if let (Some(_), Some(s3)) = (self.immutability, &self.s3) {
+            *under_way = Step::Lock;
+            match s3.object_lock_enabled().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err((
+                        Step::Lock,
+                        "immutable_days is set, but the bucket has no Object Lock (create the \
+                         bucket with Object Lock enabled)"
+                            .into(),
+                    ));
+                }
+                Err(e) => return Err((Step::Lock, format!("{} failed: {e}", Step::Lock.doing()))),
+            }
+        }
         *under_way = Step::Write;
         let mut key = new_key();
         let written = match write(key.clone()).await {

@@ -265,7 +265,12 @@ impl S3Target {
         Ok((aborted, errors))
     }
 
-    fn key_url(&self, key: &str) -> String {
+    /// `<endpoint>/<bucket>`.
+    pub(super) fn bucket_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub(super) fn key_url(&self, key: &str) -> String {
         let path: Vec<String> = key.split('/').map(enc).collect();
         format!("{}/{}", self.base_url, path.join("/"))
     }
@@ -277,12 +282,27 @@ impl S3Target {
         method: http::Method,
         url: &str,
     ) -> Result<String, MultipartError> {
+        self.send_with(operation, method, url, http::HeaderMap::new(), Vec::new())
+            .await
+    }
+
+    /// Signs (`headers` included) and sends a request with `body`; the
+    /// response body on success.
+    pub(super) async fn send_with(
+        &self,
+        operation: &'static str,
+        method: http::Method,
+        url: &str,
+        headers: http::HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<String, MultipartError> {
         let fail = |detail: String| MultipartError { operation, detail };
-        let request = http::Request::builder()
+        let mut request = http::Request::builder()
             .method(method)
             .uri(url)
             .body(())
             .map_err(|e| fail(format!("bad request URL: {e}")))?;
+        *request.headers_mut() = headers;
         let (mut parts, ()) = request.into_parts();
         if let Some(signer) = &self.signer {
             signer
@@ -298,6 +318,7 @@ impl S3Target {
             .client
             .request(parts.method, url)
             .headers(parts.headers)
+            .body(body)
             .send()
             .await
             .map_err(|e| fail(e.without_url().to_string()))?;

@@ -26,6 +26,9 @@ pub struct Model {
     pub verified_at: Option<DateTimeUtc>,
     /// Why the last verification found the backup unusable.
     pub verify_error: Option<String>,
+    /// The destination refuses to delete the artifact before this
+    /// (`immutable_days`).
+    pub locked_until: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -2,6 +2,7 @@
 
 pub mod api_key;
 pub mod backup;
+pub mod backup_copy;
 pub mod backup_stat;
 pub mod backup_total;
 pub mod destination_health;

@@ -17,6 +17,7 @@ pub enum JobKind {
     ImportFunctions,
     LiftShift,
     Verify,
+    Copy,
 }
 
 /// A `jobs.kind` this build does not know.
@@ -26,7 +27,7 @@ pub struct UnknownKind(pub String);
 
 impl JobKind {
     /// Every kind, in the order lists and metrics show them.
-    pub const ALL: [JobKind; 7] = [
+    pub const ALL: [JobKind; 8] = [
         JobKind::Backup,
         JobKind::Restore,
         JobKind::ImportDatabase,
@@ -34,6 +35,7 @@ impl JobKind {
         JobKind::ImportFunctions,
         JobKind::LiftShift,
         JobKind::Verify,
+        JobKind::Copy,
     ];
 
     /// The three imports of `POST /projects/{id}/import/*`.
@@ -53,6 +55,7 @@ impl JobKind {
             JobKind::ImportFunctions => "import_functions",
             JobKind::LiftShift => "lift_shift",
             JobKind::Verify => "verify",
+            JobKind::Copy => "copy",
         }
     }
 
@@ -75,7 +78,7 @@ impl JobKind {
     /// so they neither wait for the project's other jobs nor hold any of
     /// them up.
     pub const fn is_independent(self) -> bool {
-        matches!(self, JobKind::Verify)
+        matches!(self, JobKind::Verify | JobKind::Copy)
     }
 
     pub const fn is_import(self) -> bool {
@@ -93,6 +96,7 @@ impl JobKind {
             JobKind::Restore => "Restore failed",
             JobKind::LiftShift => "Migration failed",
             JobKind::Verify => "Verification failed",
+            JobKind::Copy => "Copy failed",
             JobKind::ImportDatabase => "Database import failed",
             JobKind::ImportStorage => "Storage import failed",
             JobKind::ImportFunctions => "Functions import failed",
@@ -160,7 +164,7 @@ mod tests {
                 "lift_shift"
             ]
         );
-        assert_eq!(JobKind::names(JobKind::is_independent), ["verify"]);
+        assert_eq!(JobKind::names(JobKind::is_independent), ["verify", "copy"]);
         assert!(
             JobKind::IMPORTS
                 .iter()

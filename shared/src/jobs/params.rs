@@ -16,6 +16,17 @@ pub struct RestorePayload {
     pub restore_id: String,
     #[serde(default)]
     pub force: bool,
+    /// Read the replica on this destination only (`?destination=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+}
+
+/// A copy job: the backup whose artifact it copies, and where to.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyPayload {
+    pub backup_id: String,
+    pub destination: String,
 }
 
 /// A verify job: the backup it reads back.

@@ -377,7 +377,27 @@ pub async fn fail_owned_row(
     if let Some(update) = owned_row_failure(job, cause) {
         db.execute(&update).await?;
     }
-    Ok(())
+    fail_open_copies(db, job, cause).await
+}
+
+/// Fails the copies a job was to make and did not finish (a backup's
+/// `copyTo` when the backup job ended early, a copy job that died).
+pub async fn fail_open_copies(
+    db: &impl ConnectionTrait,
+    job: &job::Model,
+    cause: &str,
+) -> Result<(), DbErr> {
+    db.execute(&open_copies_failure(job, cause)).await.map(drop)
+}
+
+fn open_copies_failure(job: &job::Model, cause: &str) -> UpdateStatement {
+    use crate::entities::backup_copy;
+    backup_copy::Entity::update_many()
+        .col_expr(backup_copy::Column::Status, Expr::value(STATUS_FAILED))
+        .col_expr(backup_copy::Column::Error, Expr::value(cause))
+        .filter(backup_copy::Column::JobId.eq(job.id.clone()))
+        .filter(backup_copy::Column::Status.is_in([STATUS_PENDING, STATUS_IN_PROGRESS]))
+        .into_query()
 }
 
 /// The write of [`fail_owned_row`], for a job's end to make (`None` for a
@@ -402,6 +422,7 @@ pub fn owned_row_failure(job: &job::Model, cause: &str) -> Option<UpdateStatemen
                 .filter(restore::Column::Status.is_in(open))
                 .into_query(),
         ),
+        JobKind::Copy => Some(open_copies_failure(job, cause)),
         _ => None,
     }
 }

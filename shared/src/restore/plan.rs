@@ -13,7 +13,6 @@ use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
 use super::database;
 use crate::Config;
 use crate::artifact::Manifest;
-use crate::artifact::artifact_of;
 use crate::destinations::Destinations;
 use crate::domain::{BackupType, Component, Vocabulary};
 use crate::entities::{backup, project};
@@ -32,6 +31,9 @@ pub struct RestoreRequest {
     pub force: bool,
     /// `targetProjectId`; the backup's own project when `None`.
     pub target_project_id: Option<String>,
+    /// `?destination=`: read this replica (the primary's destination or a
+    /// copy's) and no other; `None` falls back from the primary to a copy.
+    pub destination: Option<String>,
 }
 
 /// What the checks decided.
@@ -84,6 +86,8 @@ pub enum PlanError {
         destination: String,
         cause: String,
     },
+    /// `?destination=` names no replica of the backup.
+    NoSuchReplica(String),
     NoDecryptionKey,
     ProjectNotRunning {
         project: String,
@@ -163,6 +167,7 @@ impl fmt::Display for PlanError {
                     "Backup artifact cannot be checked on {destination}: {cause}"
                 )
             }
+            Self::NoSuchReplica(cause) => f.write_str(cause),
             Self::NoDecryptionKey => {
                 f.write_str("Backup is encrypted and no decryption key is configured")
             }
@@ -228,7 +233,7 @@ pub async fn plan_restore(
             .unwrap_or_default(),
     };
     let (types, warnings) = choose_components(backup_row, &target.id, &held, request)?;
-    check_artifact(ctx, backup_row).await?;
+    check_artifact(ctx, backup_row, request.destination.as_deref()).await?;
     if types.iter().any(|t| t == "database") {
         let backup_major = manifest
             .as_ref()
@@ -294,36 +299,35 @@ fn choose_components(
     Ok((types, warnings))
 }
 
-/// The artifact is on its destination with the size recorded, and can be
-/// decrypted here.
+/// The artifact is on its destination with the size recorded (or on a
+/// copy, see [`crate::replicas::locate`]), and can be decrypted here.
 async fn check_artifact(
     ctx: &PlanContext<'_>,
     backup_row: &backup::Model,
+    wanted: Option<&str>,
 ) -> Result<(), PlanError> {
-    let destination = ctx
-        .destinations
-        .get(&backup_row.destination)
-        .map_err(|e| PlanError::DestinationUnusable(e.to_string()))?;
-    let (key, _) = artifact_of(backup_row);
-    let recorded = backup_row.size.max(0) as u64;
-    match destination.stat(&key).await {
-        Ok(Some(stored)) if stored.size == recorded => {}
-        Ok(Some(stored)) => {
-            return Err(PlanError::ArtifactSizeMismatch {
-                destination: backup_row.destination.clone(),
-                stored: stored.size,
-                recorded,
-            });
+    use crate::replicas::{LocateError, Problem};
+    match crate::replicas::locate(ctx.db, ctx.destinations, backup_row, wanted).await {
+        Ok(_) => {}
+        Err(e @ LocateError::NoSuchReplica { .. }) => {
+            return Err(PlanError::NoSuchReplica(e.to_string()));
         }
-        Ok(None) => {
-            return Err(PlanError::ArtifactMissing {
-                destination: backup_row.destination.clone(),
-            });
-        }
-        Err(e) => {
-            return Err(PlanError::ArtifactUncheckable {
-                destination: backup_row.destination.clone(),
-                cause: e.to_string(),
+        Err(LocateError::ControlPlane(e)) => return Err(PlanError::ControlPlane(e)),
+        Err(LocateError::Unusable {
+            destination,
+            problem,
+        }) => {
+            return Err(match problem {
+                Problem::NotConfigured(cause) => PlanError::DestinationUnusable(cause),
+                Problem::Missing => PlanError::ArtifactMissing { destination },
+                Problem::WrongSize { stored, recorded } => PlanError::ArtifactSizeMismatch {
+                    destination,
+                    stored,
+                    recorded,
+                },
+                Problem::Unreachable(cause) => {
+                    PlanError::ArtifactUncheckable { destination, cause }
+                }
             });
         }
     }
@@ -403,6 +407,7 @@ mod tests {
             completed_at: None,
             verified_at: None,
             verify_error: None,
+            locked_until: None,
         }
     }
 
@@ -411,6 +416,7 @@ mod tests {
             restore_types: types.iter().map(|t| t.to_string()).collect(),
             force,
             target_project_id: None,
+            destination: None,
         }
     }
 

@@ -31,7 +31,7 @@ use supascale_shared::artifact::{
 use supascale_shared::disk::{Need, TEMPORARY_AREA};
 use supascale_shared::domain::CONFIG_ALLOWLIST;
 use supascale_shared::domain::{BackupType, Component, Vocabulary};
-use supascale_shared::entities::{backup, job, project};
+use supascale_shared::entities::{backup, backup_copy, job, project};
 use supascale_shared::jobs::params::BackupPayload;
 use supascale_shared::jobs::{AbortOnDrop, JobError, io_error};
 use supascale_shared::pgtools;
@@ -99,12 +99,27 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
         .map_err(|e| JobError::Record(format!("bad job payload: {e}")))?;
     let started = Instant::now();
     let (row, project) = start(ctx, &payload.backup_id).await?;
+    // `copyTo`: the copies this job makes once the artifact is stored
+    // (those an earlier attempt completed are done).
+    let copies: Vec<String> = backup_copy::Entity::find()
+        .filter(backup_copy::Column::BackupId.eq(row.id.clone()))
+        .filter(backup_copy::Column::JobId.eq(job.id.clone()))
+        .filter(backup_copy::Column::Status.ne(supascale_shared::jobs::STATUS_COMPLETED))
+        .all(&ctx.db)
+        .await
+        .map_err(JobError::from)?
+        .into_iter()
+        .map(|c| c.destination)
+        .collect();
     let result = match &project {
-        Some(project) => produce(ctx, job, &row, project, reporter).await,
+        Some(project) => produce(ctx, job, &row, project, reporter, copies.len() as u32).await,
         None => Err(JobError::Record("the project no longer exists".into())),
     };
     match result {
-        Ok(summary) => {
+        Ok(Produced {
+            summary,
+            locked_until,
+        }) => {
             for warning in &summary.manifest.warnings {
                 reporter.warning(warning).await;
             }
@@ -126,7 +141,21 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
                     backup::Column::CompletedAt,
                     Expr::value(supascale_shared::jobs::store::now()),
                 ),
+                (backup::Column::LockedUntil, Expr::value(locked_until)),
             ];
+            if !copies.is_empty() {
+                // The copies read the artifact as the row will say it is;
+                // the row itself completes with the job, so that a request
+                // waiting for the backup sees its copies done too.
+                let stored = backup::Model {
+                    status: supascale_shared::jobs::STATUS_COMPLETED.into(),
+                    size: summary.bytes as i64,
+                    sha256: Some(summary.sha256.clone()),
+                    locked_until,
+                    ..row.clone()
+                };
+                make_copies(ctx, job, &stored, &copies, reporter).await?;
+            }
             // Written with the job's end, in its commit.
             reporter.record_with_end(backup_update(&row.id, completed).into_query());
             Ok(())
@@ -156,6 +185,43 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
             Err(e)
         }
     }
+}
+
+/// The backup's `copyTo`, one after the other, each its own step after the
+/// artifact's. A copy that fails is a warning and a failed copy row; the
+/// backup itself is complete.
+async fn make_copies(
+    ctx: &JobContext,
+    job: &job::Model,
+    row: &backup::Model,
+    copies: &[String],
+    reporter: &Reporter,
+) -> Result<(), JobError> {
+    use super::copy::{completed, copy_to, failed, set_copy};
+    let wanted = BackupType::parse(&row.backup_type)
+        .map_err(JobError::Record)?
+        .parts()
+        .len() as u32;
+    let total = wanted + 1 + copies.len() as u32;
+    for (i, destination) in copies.iter().enumerate() {
+        let status = vec![(
+            backup_copy::Column::Status,
+            Expr::value(supascale_shared::jobs::STATUS_IN_PROGRESS),
+        )];
+        set_copy(ctx, &row.id, destination, status).await?;
+        let step = (wanted + 2 + i as u32, total);
+        match copy_to(ctx, job, row, destination, reporter, step).await {
+            Ok(copied) => set_copy(ctx, &row.id, destination, completed(&copied)).await?,
+            Err(JobError::Cancelled) => return Err(JobError::Cancelled),
+            Err(e) => {
+                reporter
+                    .warning(&format!("Copy to {destination} failed: {e}"))
+                    .await;
+                set_copy(ctx, &row.id, destination, failed(&e.to_string())).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Marks the backup running and reads it with its project (`None` when the
@@ -238,7 +304,8 @@ async fn produce(
     row: &backup::Model,
     project: &project::Model,
     reporter: &Reporter,
-) -> Result<ArtifactSummary, JobError> {
+    copies: u32,
+) -> Result<Produced, JobError> {
     // The API accepts only gzip and zstd.
     let (key, compression) = artifact_of(row);
     let destination = ctx
@@ -289,9 +356,11 @@ async fn produce(
     let order = artifact_order(wanted);
     let steps = Steps {
         order: &order,
-        total: wanted.len() as u32 + 1,
+        total: wanted.len() as u32 + 1 + copies,
     };
     let total = steps.total;
+    // The artifact's confirmation; the copies (`copyTo`) come after it.
+    let confirm_step = wanted.len() as u32 + 1;
 
     // Where the time goes, for the log (`debug`): `bench-backup` prints it.
     let started = Instant::now();
@@ -396,7 +465,23 @@ async fn produce(
         return Err(JobError::Destination(e.into()));
     }
     let closed_after = started.elapsed();
-    let summary = confirm_stored(ctx, &destination, &key, summary, reporter, total).await?;
+    let summary = confirm_stored(
+        ctx,
+        &destination,
+        &key,
+        summary,
+        reporter,
+        (confirm_step, total),
+    )
+    .await?;
+    // Last: a lock cannot be taken back, so only a confirmed artifact gets one.
+    let locked_until = match destination.lock(&key).await {
+        Ok(until) => until,
+        Err(e) => {
+            let _ = destination.delete(&key).await;
+            return Err(JobError::Destination(e));
+        }
+    };
     tracing::debug!(
         job = %job.id,
         dumped_ms = dumped_after.map(|d| d.as_millis() as u64),
@@ -405,7 +490,17 @@ async fn produce(
         confirmed_ms = started.elapsed().as_millis() as u64,
         "backup timeline"
     );
-    Ok(summary)
+    Ok(Produced {
+        summary,
+        locked_until,
+    })
+}
+
+/// A stored, confirmed artifact.
+struct Produced {
+    summary: ArtifactSummary,
+    /// Until when the destination refuses to delete it (`immutable_days`).
+    locked_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// One step per component, in artifact order, then the destination's
@@ -541,7 +636,7 @@ async fn confirm_stored(
     key: &str,
     summary: ArtifactSummary,
     reporter: &Reporter,
-    total: u32,
+    (current, total): (u32, u32),
 ) -> Result<ArtifactSummary, JobError> {
     reporter
         .step(
@@ -551,7 +646,7 @@ async fn confirm_stored(
             } else {
                 "Confirming the stored artifact"
             },
-            total,
+            current,
             total,
         )
         .await;
@@ -605,7 +700,7 @@ const HASH_HERE_UP_TO: u64 = 1024 * 1024;
 /// this one; one chunk waits between them at most (a chunk is the
 /// destination's `chunk_bytes`, 8 MiB by default: more would show in the
 /// worker's peak RSS).
-async fn read_back_sha256(
+pub(crate) async fn read_back_sha256(
     destination: &supascale_shared::destinations::Destination,
     key: &str,
     size: u64,

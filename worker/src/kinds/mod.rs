@@ -5,6 +5,7 @@
 //! mechanics), and reports through its [`crate::reporter::Reporter`].
 
 pub mod backup;
+pub mod copy;
 pub mod import;
 pub mod import_database;
 pub mod import_functions;

@@ -79,7 +79,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     for warning in &said {
         reporter.warning(warning).await;
     }
-    let result = restore_backup(ctx, job, &row, payload.force, reporter)
+    let result = restore_backup(ctx, job, &row, &payload, reporter)
         .await
         .map(|found| said.into_iter().chain(found).collect::<Vec<_>>());
     let duration = started.elapsed().as_secs() as i64;
@@ -131,14 +131,15 @@ async fn restore_backup(
     ctx: &JobContext,
     job: &job::Model,
     row: &restore::Model,
-    force: bool,
+    payload: &RestorePayload,
     reporter: &Reporter,
 ) -> Result<Vec<String>, JobError> {
     let request = Request::load(ctx, row).await?;
     let run = Restoring {
         ctx,
         job,
-        force,
+        force: payload.force,
+        replica: payload.destination.as_deref(),
         reporter,
         total: request.wanted.len() as u32 + 2,
     };
@@ -189,11 +190,34 @@ async fn restore_backup(
     Ok(warnings)
 }
 
+/// Why no replica of the artifact can be read, as a job's cause: what is
+/// wrong with the bytes is the artifact's, a destination that did not
+/// answer may answer the next attempt.
+pub(super) fn locate_error(e: supascale_shared::replicas::LocateError) -> JobError {
+    use supascale_shared::replicas::{LocateError, Problem};
+    match e {
+        LocateError::ControlPlane(e) => JobError::ControlPlane(e),
+        LocateError::NoSuchReplica { .. } => JobError::InvalidInput(e.to_string()),
+        LocateError::Unusable {
+            problem: Problem::NotConfigured(_),
+            ..
+        } => JobError::Configuration(e.to_string()),
+        LocateError::Unusable {
+            problem: Problem::Unreachable(_),
+            ..
+        } => JobError::DestinationUnsure(e.to_string()),
+        LocateError::Unusable { .. } => JobError::Artifact(e.to_string()),
+    }
+}
+
 /// What every phase of one restore reads.
 struct Restoring<'a> {
     ctx: &'a JobContext,
     job: &'a job::Model,
     force: bool,
+    /// The replica asked for (`?destination=`); `None` falls back from the
+    /// primary to a copy.
+    replica: Option<&'a str>,
     reporter: &'a Reporter,
     /// Steps the events count: one per component, plus checking and
     /// reading.
@@ -342,7 +366,7 @@ impl Restoring<'_> {
         warnings: &mut Vec<String>,
     ) -> Result<Prepared, JobError> {
         let (ctx, job) = (self.ctx, self.job);
-        let artifact = self.stored_artifact(&request.backup).await?;
+        let artifact = self.stored_artifact(&request.backup, warnings).await?;
         let database = if request.wanted.contains(&Component::Database) {
             Some(self.database_target(request).await?)
         } else {
@@ -376,33 +400,26 @@ impl Restoring<'_> {
         })
     }
 
-    /// The backup's artifact: on its destination with its recorded size,
-    /// and a key to decrypt it if it is encrypted.
-    async fn stored_artifact(&self, backup_row: &backup::Model) -> Result<Artifact, JobError> {
+    /// The backup's artifact: on its destination (or a copy, saying so in
+    /// `warnings`) with its recorded size, and a key to decrypt it if it is
+    /// encrypted.
+    async fn stored_artifact(
+        &self,
+        backup_row: &backup::Model,
+        warnings: &mut Vec<String>,
+    ) -> Result<Artifact, JobError> {
         let ctx = self.ctx;
-        let (key, compression) = artifact_of(backup_row);
-        let destination = ctx
-            .destinations
-            .get(&backup_row.destination)
-            .map_err(|e| JobError::Configuration(e.to_string()))?
-            .clone();
-        let recorded = backup_row.size.max(0) as u64;
-        match destination.stat(&key).await {
-            Ok(Some(stored)) if stored.size == recorded => {}
-            Ok(Some(stored)) => {
-                return Err(JobError::Artifact(format!(
-                    "the artifact on {} has {} bytes, not the {recorded} recorded",
-                    backup_row.destination, stored.size
-                )));
-            }
-            Ok(None) => {
-                return Err(JobError::Artifact(format!(
-                    "the backup's artifact is missing from destination {}",
-                    backup_row.destination
-                )));
-            }
-            Err(e) => return Err(JobError::from(e)),
-        }
+        let (_, compression) = artifact_of(backup_row);
+        let located = supascale_shared::replicas::locate(
+            &ctx.db,
+            &ctx.destinations,
+            backup_row,
+            self.replica,
+        )
+        .await
+        .map_err(locate_error)?;
+        warnings.extend(located.fallback.clone());
+        let (destination, key, recorded) = (located.destination, located.key, located.size);
         let identities = if backup_row.encrypted {
             let identities = ctx
                 .config
