@@ -26,6 +26,7 @@ use crate::domain::{DestinationName, Vocabulary};
 use crate::private_fs;
 use crate::secret::Secret;
 
+pub mod gcs_credentials;
 pub mod health;
 pub mod multipart;
 pub mod object_lock;
@@ -95,7 +96,11 @@ impl DestinationError {
     /// Worth trying again (a timeout, a throttled request), as opposed to a
     /// permanent refusal (no such bucket, no permission).
     pub fn is_temporary(&self) -> bool {
-        matches!(self, DestinationError::Storage(e) if e.is_temporary())
+        match self {
+            DestinationError::Storage(e) => e.is_temporary(),
+            DestinationError::Multipart(e) => e.temporary,
+            _ => false,
+        }
     }
 }
 
@@ -127,7 +132,12 @@ pub struct Destination {
     location: Location,
     /// `immutable_days`: set only on S3-kind destinations.
     immutability: Option<Immutability>,
+    /// `gcs` with a key file: why its last token exchange failed.
+    token_error: Option<TokenError>,
 }
+
+/// Where a key file's provider keeps its last failure.
+type TokenError = Arc<std::sync::Mutex<Option<String>>>;
 
 /// Where a destination keeps artifacts, as operators name it (never a
 /// credential or an endpoint).
@@ -254,6 +264,11 @@ fn s3_operator(
     // Only what the configuration says: never the ambient
     // ~/.aws profile or the EC2 metadata of the host.
     builder = builder.disable_config_load().disable_ec2_metadata();
+    if config.immutable_days.is_some() {
+        // S3 refuses an upload without a checksum into a bucket whose
+        // default retention rule locks it on arrival.
+        builder = builder.checksum_algorithm("crc32c");
+    }
     Ok((
         Operator::new(builder)?,
         format!("s3://{bucket}{}", slash_prefix(prefix)),
@@ -267,7 +282,7 @@ fn gcs_operator(
     config: &DestinationConfig,
     prefix: &str,
     root: &str,
-) -> Result<(Operator, String), DestinationError> {
+) -> Result<(Operator, String, Option<TokenError>), DestinationError> {
     let bad = |reason: &str| config_error(name, reason);
     let bucket = config
         .bucket
@@ -281,15 +296,31 @@ fn gcs_operator(
     if let Some(endpoint) = &config.endpoint {
         builder = builder.endpoint(endpoint);
     }
+    let (mut token_uri, mut token_error) = (None, None);
     if let Some(path) = &config.credential_file {
-        builder = builder.credential_path(&path.to_string_lossy());
+        token_uri = gcs_credentials::token_uri_of(path).map_err(|e| bad(&e))?;
+        let provider = gcs_credentials::token_provider(path);
+        token_error = Some(provider.last_error());
+        builder = builder.credential_provider(provider);
     }
     if let Some(token) = &config.token {
         builder = builder.token(token.expose().to_string());
     }
+    let mut operator = Operator::new(builder)?;
+    if let Some(token_uri) = token_uri {
+        let transport = gcs_credentials::TokenUriTransport {
+            token_uri,
+            inner: opendal::HttpTransporter::default(),
+        };
+        operator = operator.with_context(
+            opendal::OperationContext::new()
+                .with_http_transport(opendal::HttpTransporter::new(transport)),
+        );
+    }
     Ok((
-        Operator::new(builder)?,
+        operator,
         format!("gs://{bucket}{}", slash_prefix(prefix)),
+        token_error,
     ))
 }
 
@@ -350,7 +381,7 @@ impl Destination {
         } else {
             format!("/{prefix}/")
         };
-        let mut s3 = None;
+        let (mut s3, mut token_error) = (None, None);
         let (operator, url_base) = match name {
             "local" => local_operator(name, config, data_dir, prefix)?,
             "s3" | "r2" | "minio" | "backblaze" => {
@@ -358,7 +389,11 @@ impl Destination {
                 s3 = Some(target);
                 (operator, url_base)
             }
-            "gcs" => gcs_operator(name, config, prefix, &root)?,
+            "gcs" => {
+                let (operator, url_base, error) = gcs_operator(name, config, prefix, &root)?;
+                token_error = error;
+                (operator, url_base)
+            }
             "azure" => azure_operator(name, config, prefix, &root)?,
             other => {
                 return Err(bad(&format!(
@@ -410,7 +445,15 @@ impl Destination {
             probe_operator,
             location,
             immutability,
+            token_error,
         })
+    }
+
+    /// Why the last token exchange of a `gcs` key file failed, if it did.
+    pub fn token_problem(&self) -> Option<String> {
+        self.token_error
+            .as_ref()
+            .and_then(|e| e.lock().expect("token error lock").clone())
     }
 
     /// `immutable_days` and its mode, when artifacts here are locked.
@@ -430,8 +473,20 @@ impl Destination {
             return Ok(None);
         };
         let until = immutability.until_from(chrono::Utc::now());
-        s3.put_retention(key, immutability.mode, until).await?;
-        Ok(Some(until))
+        // A stored, confirmed artifact is worth two more tries of one
+        // small request before the job gives it up.
+        let mut wait = std::time::Duration::from_secs(1);
+        loop {
+            match s3.put_retention(key, immutability.mode, until).await {
+                Ok(()) => return Ok(Some(until)),
+                Err(e) if e.temporary && wait <= std::time::Duration::from_secs(2) => {
+                    tracing::warn!(destination = %self.name, error = %e, "setting the lock failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -712,13 +767,13 @@ pub fn immutability_of(
         }
         return Ok(None);
     };
-    if !matches!(name, "s3" | "r2" | "minio" | "backblaze") {
+    if !matches!(name, "s3" | "minio" | "backblaze") {
         return Err(config_error(
             name,
             &format!(
                 "immutable_days: {name} cannot lock artifacts here (S3 Object Lock is used, on \
-                 s3, r2, minio and backblaze); remove it, or keep immutable backups on an \
-                 S3-kind destination"
+                 s3, minio and backblaze; R2 has bucket lock rules instead, set in Cloudflare); \
+                 remove it, or keep immutable backups on one of those"
             ),
         ));
     }

@@ -159,7 +159,10 @@ pub async fn locate(
                     recorded,
                 },
                 Ok(None) => Problem::Missing,
-                Err(e) => Problem::Unreachable(e.to_string()),
+                // Shown to clients (restore warnings, a download's
+                // `Warning`): no URL's credentials, and not the whole
+                // store's answer.
+                Err(e) => Problem::Unreachable(short(&crate::redact::redact_urls(&e.to_string()))),
             },
         };
         first_problem.get_or_insert((name, problem));
@@ -174,6 +177,14 @@ pub async fn locate(
         destination,
         problem,
     })
+}
+
+/// At most 200 characters of `text`.
+fn short(text: &str) -> String {
+    match text.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
 }
 
 fn capitalized(text: &str) -> String {

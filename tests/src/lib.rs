@@ -17,6 +17,7 @@ use rand::distr::Alphanumeric;
 pub mod api;
 pub mod cloud_double;
 pub mod emulators;
+pub mod google_oauth;
 pub mod official_pipeline;
 pub mod refproject;
 pub mod scratch_cluster;

@@ -261,3 +261,89 @@ async fn only_a_completed_backup_downloads_and_a_gone_artifact_still_deletes() {
     let (_, list) = app.backups().list("").await;
     assert_eq!(list["pagination"]["total"], 0);
 }
+
+/// A `gcs` destination with a service-account key (`credential_file`):
+/// the key's JWT is exchanged for a token at the key's `token_uri` (a
+/// double of Google's endpoint here) and the backup goes through. A key
+/// the endpoint does not accept fails the backup at once, with the
+/// endpoint's answer.
+#[tokio::test]
+async fn a_gcs_service_account_key_gets_its_token_from_its_token_uri() {
+    use supascale_tests::google_oauth::{JWT_BEARER, ServiceAccount, TokenEndpoint};
+    let store = emulators::store("gcs").await;
+    let account = ServiceAccount::new("supascale-backups");
+    let endpoint = TokenEndpoint::start(&account).await;
+    let launch_with = |key: &std::path::Path| {
+        store
+            .env
+            .iter()
+            .filter(|(name, _)| !name.ends_with("__TOKEN"))
+            .fold(Launch::default(), |launch, (name, value)| {
+                launch.env(name, value.clone())
+            })
+            .env(
+                "SUPASCALE_DESTINATIONS__GCS__CREDENTIAL_FILE",
+                key.to_str().unwrap(),
+            )
+            .env("SUPASCALE_JOB_ATTEMPTS", "1")
+    };
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        launch_with(&account.key_file(&endpoint.uri)),
+    )
+    .await;
+    let project = make_project().await;
+    register(&app, &project, "keyed").await;
+    let (status, body) = app
+        .backups()
+        .create(json!({"projectId": "keyed", "destination": "gcs"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let exchanges = endpoint.exchanges();
+    assert!(!exchanges.is_empty(), "no token was asked for");
+    for exchange in &exchanges {
+        assert_eq!(exchange.grant_type, JWT_BEARER);
+        assert!(exchange.signature_valid, "{exchange:?}");
+        assert_eq!(exchange.header["alg"], "RS256");
+        assert_eq!(exchange.claims["iss"], account.client_email.as_str());
+        assert_eq!(
+            exchange.claims["aud"],
+            "https://oauth2.googleapis.com/token"
+        );
+        assert!(
+            exchange.claims["scope"]
+                .as_str()
+                .unwrap()
+                .contains("devstorage"),
+            "{exchange:?}"
+        );
+    }
+    // Cached: not one exchange per request.
+    assert!(exchanges.len() <= 2, "{} exchanges", exchanges.len());
+    drop(app);
+
+    // Another account's key, sent to the same endpoint: refused there.
+    let stranger = ServiceAccount::new("stranger");
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        launch_with(&stranger.key_file(&endpoint.uri)),
+    )
+    .await;
+    register(&app, &project, "keyed").await;
+    let (status, body) = app
+        .backups()
+        .create(json!({"projectId": "keyed", "destination": "gcs"}))
+        .await;
+    assert_eq!(status, 500, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("not usable") && error.contains("invalid_grant"),
+        "{body}"
+    );
+    assert!(
+        endpoint
+            .exchanges()
+            .iter()
+            .any(|e| e.claims["iss"] == stranger.client_email.as_str() && !e.signature_valid)
+    );
+}

@@ -19,12 +19,35 @@ fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The app with every store configured, and a test-side view of each.
-async fn app_with(stores: &[&Store]) -> TestApp {
+/// The app (on `backend`'s control plane) with every store configured.
+async fn app_on(backend: Backend, stores: &[&Store]) -> TestApp {
     let launch = stores
         .iter()
         .fold(Launch::default(), |launch, store| store.launch(launch));
-    TestApp::spawn_with(Backend::Sqlite, launch).await
+    TestApp::spawn_with(backend, launch).await
+}
+
+async fn app_with(stores: &[&Store]) -> TestApp {
+    app_on(Backend::Sqlite, stores).await
+}
+
+/// `GET /backups/{id}/download<query>`, which must answer 200: the
+/// destination served, the `Warning` header, the bytes.
+async fn download(app: &TestApp, id: &str, query: &str) -> (String, Option<String>, Vec<u8>) {
+    let response = app
+        .get(&format!("/api/v1/backups/{id}/download{query}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let (served, warning) = (header("x-backup-destination").unwrap(), header("warning"));
+    (served, warning, response.bytes().await.unwrap().to_vec())
 }
 
 fn copy_on<'a>(backup: &'a Value, destination: &str) -> &'a Value {
@@ -112,15 +135,9 @@ async fn a_restore_reads_the_s3_copy_when_the_local_artifact_is_gone() {
     assert_eq!(details["copies"].as_array().unwrap().len(), 1, "{details}");
 
     // Either replica downloads on request, and says which it is.
-    let response = app
-        .get(&format!("/api/v1/backups/{id}/download?destination=s3"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["x-backup-destination"], "s3");
-    assert!(response.headers().get("warning").is_none());
-    assert_eq!(response.bytes().await.unwrap().to_vec(), primary);
+    let (served, warning, bytes) = download(&app, &id, "?destination=s3").await;
+    assert_eq!((served.as_str(), warning), ("s3", None));
+    assert_eq!(bytes, primary);
 
     // The project changes; then the local artifact disappears.
     supascale_tests::psql(
@@ -130,21 +147,27 @@ async fn a_restore_reads_the_s3_copy_when_the_local_artifact_is_gone() {
     );
     let (first, _) = &project.objects[0];
     std::fs::write(project.root.path().join(first), b"overwritten").unwrap();
+    // A primary cut short is not served: the copy is, saying why.
+    let on_disk = app.data_dir.path().join("backups").join(&key);
+    std::fs::write(&on_disk, &primary[..primary.len() / 2]).unwrap();
+    let (served, warning, bytes) = download(&app, &id, "").await;
+    assert_eq!(served, "s3");
+    let warning = warning.unwrap();
+    assert!(
+        warning.contains(&format!("not the {} recorded", primary.len())),
+        "{warning}"
+    );
+    assert_eq!(bytes, primary);
     local.delete(&key).await.unwrap();
 
-    let response = app
-        .get(&format!("/api/v1/backups/{id}/download"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["x-backup-destination"], "s3");
-    let warning = response.headers()["warning"].to_str().unwrap().to_string();
+    let (served, warning, bytes) = download(&app, &id, "").await;
+    assert_eq!(served, "s3");
+    let warning = warning.unwrap();
     assert!(
         warning.contains("missing from destination local"),
         "{warning}"
     );
-    assert_eq!(response.bytes().await.unwrap().to_vec(), primary);
+    assert_eq!(bytes, primary);
     // Asked for the primary alone, there is nothing to serve.
     let (status, body) = app
         .get_json(&format!("/api/v1/backups/{id}/download?destination=local"))
@@ -183,17 +206,18 @@ async fn a_restore_reads_the_s3_copy_when_the_local_artifact_is_gone() {
 
     let (status, body) = app.backups().delete(&id).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(on_s3.stat(&key).await.unwrap(), None, "the copy stays");
+    assert_eq!(on_s3.stat(&key).await.unwrap(), None, "the copy is left");
 }
 
 /// `copyTo` makes the copies in the backup's own job: an S3 backup copied
 /// to GCS is the same bytes there. Bad `copyTo` values are refused before
-/// anything is written; deleting the backup deletes both objects.
+/// anything is written; deleting the backup deletes both objects. On the
+/// scale-out control plane (PostgreSQL).
 #[tokio::test]
 async fn a_backup_to_s3_is_copied_to_gcs_in_the_same_request() {
     let s3 = emulators::store("s3").await;
     let gcs = emulators::store("gcs").await;
-    let app = app_with(&[&s3, &gcs]).await;
+    let app = app_on(Backend::Postgres, &[&s3, &gcs]).await;
     let on_s3 = Destination::new("s3", &s3.config, app.data_dir.path()).unwrap();
     let on_gcs = Destination::new("gcs", &gcs.config, app.data_dir.path()).unwrap();
     let project = make_project().await;
@@ -289,4 +313,38 @@ async fn a_damaged_primary_is_not_copied() {
         copy["error"].as_str().unwrap().contains("damaged"),
         "{details}"
     );
+}
+
+/// A `copyTo` copy that cannot be made (its destination is down) is a
+/// failed entry and a warning of the job; the backup itself completes.
+#[tokio::test]
+async fn a_failed_copy_to_leaves_the_backup_complete() {
+    let mut s3 = emulators::store("s3").await;
+    let app = app_with(&[&s3]).await;
+    let project = make_project().await;
+    register(&app, &project, "half").await;
+    s3.emulator = None;
+    let (status, body) = app
+        .backups()
+        .create(json!({"projectId": "half", "copyTo": ["s3"]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["backup"]["status"], "completed", "{body}");
+    let copy = copy_on(&body["backup"], "s3");
+    assert_eq!(copy["status"], "failed", "{body}");
+    assert!(
+        copy["error"].as_str().unwrap().contains("not usable"),
+        "{body}"
+    );
+    let (_, jobs) = app.jobs().list("kind=backup").await;
+    let job = &jobs["jobs"][0];
+    assert_eq!(job["status"], "completed", "{jobs}");
+    assert!(
+        job["warnings"].to_string().contains("Copy to s3 failed"),
+        "{job}"
+    );
+    // The primary is whole and served as ever.
+    let id = body["backup"]["id"].as_str().unwrap();
+    let (served, warning, _) = download(&app, id, "").await;
+    assert_eq!((served.as_str(), warning), ("local", None));
 }

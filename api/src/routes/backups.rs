@@ -16,6 +16,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use sea_orm::sea_query::{Expr, ExprTrait, IntoCondition};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
 };
 use supascale_shared::api_key::Permission;
 use supascale_shared::artifact::Compression;
@@ -494,20 +495,16 @@ impl BackupsApi {
             ));
         }
         let copies = supascale_shared::replicas::copies_of(&state.db, &row.id).await?;
-        if let Some(copy) = copies.iter().find(|c| {
-            matches!(
-                c.status.as_str(),
-                jobs::STATUS_PENDING | jobs::STATUS_IN_PROGRESS
-            )
-        }) {
+        if let Some(copy) = being_made(&state, &copies).await? {
             return Err(ApiError::conflict(format!(
                 "Backup is being copied to {}; it can be deleted once that ends",
                 copy.destination
             )));
         }
         // Before any object is touched: on a versioned, locked bucket a
-        // delete "succeeds" by hiding the object, which would be a lie.
-        let now = crate::now();
+        // delete "succeeds" by hiding the object, which would be a lie. A
+        // few minutes' margin for a clock ahead of the store's.
+        let now = crate::now() - chrono::Duration::minutes(5);
         let locked = std::iter::once((row.destination.as_str(), row.locked_until))
             .chain(
                 copies
@@ -524,26 +521,25 @@ impl BackupsApi {
             )));
         }
         let (key, _) = artifact_of(&row);
-        // The copies first: the primary, deleted last, keeps the record
-        // worth retrying if a copy's destination does not answer.
-        for name in copies
-            .iter()
-            .map(|c| c.destination.as_str())
-            .chain([row.destination.as_str()])
-        {
-            delete_replica(&state, &row.id, name, &key).await?;
+        // The copies first, each row going with its object: the primary,
+        // deleted last, keeps the record worth retrying if a copy's
+        // destination does not answer, and no row names a deleted object.
+        for copy in &copies {
+            delete_replica(&state, &row.id, &copy.destination, &key).await?;
+            backup_copy::Entity::delete_by_id((row.id.clone(), copy.destination.clone()))
+                .exec(&state.db)
+                .await?;
         }
-        backup_copy::Entity::delete_many()
-            .filter(backup_copy::Column::BackupId.eq(row.id.clone()))
-            .exec(&state.db)
-            .await?;
+        delete_replica(&state, &row.id, &row.destination, &key).await?;
+        let txn = state.db.begin().await?;
         restore::Entity::delete_many()
             .filter(restore::Column::BackupId.eq(row.id.clone()))
-            .exec(&state.db)
+            .exec(&txn)
             .await?;
         backup::Entity::delete_by_id(row.id.clone())
-            .exec(&state.db)
+            .exec(&txn)
             .await?;
+        txn.commit().await?;
         tracing::info!(backup = %row.id, copies = copies.len(), "backup deleted");
         Ok(Json(Message {
             success: true,
@@ -600,6 +596,30 @@ impl BackupsApi {
         })
         .await
     }
+}
+
+/// The first copy still being made: pending or in progress, and its job
+/// not over (a copy whose job ended without saying so is not waited for).
+async fn being_made<'a>(
+    state: &AppState,
+    copies: &'a [backup_copy::Model],
+) -> ApiResult<Option<&'a backup_copy::Model>> {
+    for copy in copies.iter().filter(|c| {
+        matches!(
+            c.status.as_str(),
+            jobs::STATUS_PENDING | jobs::STATUS_IN_PROGRESS
+        )
+    }) {
+        let Some(job_id) = &copy.job_id else { continue };
+        let running = job::Entity::find_by_id(job_id.clone())
+            .one(&state.db)
+            .await?
+            .is_some_and(|j| !crate::start_job::is_over(&j.status));
+        if running {
+            return Ok(Some(copy));
+        }
+    }
+    Ok(None)
 }
 
 /// Removes the object `key` from the destination `name`; a destination no
@@ -664,20 +684,22 @@ async fn new_copy_job(
     let existing = backup_copy::Entity::find_by_id((row.id.clone(), name.to_string()))
         .one(&state.db)
         .await?;
+    let running = being_made(state, existing.as_slice()).await?.is_some();
     match existing.as_ref().map(|c| c.status.as_str()) {
+        Some(jobs::STATUS_PENDING | jobs::STATUS_IN_PROGRESS) if running => {
+            return Err(ApiError::conflict(format!(
+                "Backup {} is being copied to {name} already",
+                row.id
+            )));
+        }
         Some(jobs::STATUS_COMPLETED) => {
             return Err(ApiError::conflict(format!(
                 "Backup {} already has a copy on {name}",
                 row.id
             )));
         }
-        Some(jobs::STATUS_PENDING | jobs::STATUS_IN_PROGRESS) => {
-            return Err(ApiError::conflict(format!(
-                "Backup {} is being copied to {name} already",
-                row.id
-            )));
-        }
-        // A failed copy is made again.
+        // A failed copy, or one whose job ended without saying so, is made
+        // again.
         Some(_) => {
             backup_copy::Entity::delete_by_id((row.id.clone(), name.to_string()))
                 .exec(&state.db)

@@ -114,8 +114,15 @@ impl Destination {
     /// The steps; `under_way` says which one is waiting (for a timeout's
     /// message), a failure names its own.
     async fn probe_steps(&self, under_way: &mut Step) -> Result<(), (Step, String)> {
-        let failed =
-            |step: Step| move |e: opendal::Error| (step, format!("{} failed: {e}", step.doing()));
+        let failed = |step: Step| {
+            move |e: opendal::Error| {
+                let mut text = format!("{} failed: {}", step.doing(), with_causes(&e));
+                if let Some(problem) = self.token_problem() {
+                    text.push_str(&format!(" (the key file's token exchange: {problem})"));
+                }
+                (step, text)
+            }
+        };
         let operator = &self.probe_operator;
         let body = b"supascale destination probe\n".to_vec();
         let new_key = || format!("{PROBE_PREFIX}{}", uuid::Uuid::new_v4());
@@ -178,6 +185,23 @@ impl Destination {
         deleted.map_err(failed(Step::Delete))?;
         Ok(())
     }
+}
+
+/// An error and the causes beneath it that its own text leaves out (a
+/// signer's "failed to load signing credential" hides the token endpoint's
+/// `invalid_grant`).
+fn with_causes(error: &opendal::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        let said = inner.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 /// Keeps `probe` as `name`'s latest in the control plane (what `/metrics`

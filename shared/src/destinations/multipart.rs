@@ -46,6 +46,8 @@ const ENCODE: &AsciiSet = &NON_ALPHANUMERIC
 pub struct MultipartError {
     pub operation: &'static str,
     pub detail: String,
+    /// Another try may succeed: no answer, a 5xx, a 429.
+    pub temporary: bool,
 }
 
 impl MultipartError {
@@ -296,7 +298,15 @@ impl S3Target {
         headers: http::HeaderMap,
         body: Vec<u8>,
     ) -> Result<String, MultipartError> {
-        let fail = |detail: String| MultipartError { operation, detail };
+        let fail = |detail: String| MultipartError {
+            operation,
+            detail,
+            temporary: false,
+        };
+        let gone = |detail: String| MultipartError {
+            temporary: true,
+            ..fail(detail)
+        };
         let mut request = http::Request::builder()
             .method(method)
             .uri(url)
@@ -321,12 +331,12 @@ impl S3Target {
             .body(body)
             .send()
             .await
-            .map_err(|e| fail(e.without_url().to_string()))?;
+            .map_err(|e| gone(e.without_url().to_string()))?;
         let status = response.status();
         let body = response
             .text()
             .await
-            .map_err(|e| fail(e.without_url().to_string()))?;
+            .map_err(|e| gone(e.without_url().to_string()))?;
         if status.is_success() {
             return Ok(body);
         }
@@ -338,7 +348,14 @@ impl S3Target {
             ),
             Err(_) => status.to_string(),
         };
-        Err(fail(detail.trim_end().to_string()))
+        let detail = detail.trim_end().to_string();
+        Err(
+            if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
+                gone(detail)
+            } else {
+                fail(detail)
+            },
+        )
     }
 }
 
@@ -370,6 +387,7 @@ fn parse<T: serde::de::DeserializeOwned>(
     quick_xml::de::from_str(body).map_err(|e| MultipartError {
         operation,
         detail: format!("unexpected response: {e}"),
+        temporary: false,
     })
 }
 
@@ -379,6 +397,7 @@ fn timestamp(operation: &'static str, value: &str) -> Result<DateTime<Utc>, Mult
         .map_err(|e| MultipartError {
             operation,
             detail: format!("unexpected timestamp {value:?}: {e}"),
+            temporary: false,
         })
 }
 

@@ -99,18 +99,30 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
         .map_err(|e| JobError::Record(format!("bad job payload: {e}")))?;
     let started = Instant::now();
     let (row, project) = start(ctx, &payload.backup_id).await?;
-    // `copyTo`: the copies this job makes once the artifact is stored
-    // (those an earlier attempt completed are done).
+    // `copyTo`: the copies this job makes once the artifact is stored. An
+    // earlier attempt's copies are of an artifact this attempt makes anew:
+    // every one is made again.
     let copies: Vec<String> = backup_copy::Entity::find()
         .filter(backup_copy::Column::BackupId.eq(row.id.clone()))
         .filter(backup_copy::Column::JobId.eq(job.id.clone()))
-        .filter(backup_copy::Column::Status.ne(supascale_shared::jobs::STATUS_COMPLETED))
         .all(&ctx.db)
         .await
         .map_err(JobError::from)?
         .into_iter()
         .map(|c| c.destination)
         .collect();
+    if job.attempt > 1 && !copies.is_empty() {
+        backup_copy::Entity::update_many()
+            .col_expr(
+                backup_copy::Column::Status,
+                Expr::value(supascale_shared::jobs::STATUS_PENDING),
+            )
+            .filter(backup_copy::Column::BackupId.eq(row.id.clone()))
+            .filter(backup_copy::Column::JobId.eq(job.id.clone()))
+            .exec(&ctx.db)
+            .await
+            .map_err(JobError::from)?;
+    }
     let result = match &project {
         Some(project) => produce(ctx, job, &row, project, reporter, copies.len() as u32).await,
         None => Err(JobError::Record("the project no longer exists".into())),
@@ -154,7 +166,14 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
                     locked_until,
                     ..row.clone()
                 };
-                make_copies(ctx, job, &stored, &copies, reporter).await?;
+                let copied = make_copies(ctx, job, &stored, &copies, reporter).await;
+                if let Err(JobError::Cancelled) = copied {
+                    // The backup is whole and stays so; the copies not made
+                    // fail with the job (`fail_open_copies`).
+                    reporter.record_with_end(backup_update(&row.id, completed).into_query());
+                    return Err(JobError::Cancelled);
+                }
+                copied?;
             }
             // Written with the job's end, in its commit.
             reporter.record_with_end(backup_update(&row.id, completed).into_query());
@@ -482,6 +501,16 @@ async fn produce(
             return Err(JobError::Destination(e));
         }
     };
+    if locked_until.is_some() {
+        // Said at once: whatever ends this job, the object is locked, and
+        // the record must not let anyone believe it can be deleted.
+        set_backup(
+            ctx,
+            &row.id,
+            vec![(backup::Column::LockedUntil, Expr::value(locked_until))],
+        )
+        .await?;
+    }
     tracing::debug!(
         job = %job.id,
         dumped_ms = dumped_after.map(|d| d.as_millis() as u64),

@@ -184,10 +184,9 @@ pub(crate) async fn copy_to(
         )));
     }
     let (key, _) = artifact_of(row);
-    // What an earlier attempt left (a `gcs` write never replaces one).
-    if job.attempt > 1 {
-        target.delete(&key).await?;
-    }
+    // What an earlier attempt left (a `gcs` write never replaces one): the
+    // target holds no replica of this backup, or the copy would not run.
+    target.delete(&key).await?;
     let message = format!(
         "Copying the artifact from {} to {target_name}",
         source.name()
@@ -212,6 +211,19 @@ pub(crate) async fn copy_to(
         )
         .await;
     confirm_copy(ctx, &target, &key, source.size, &sha256).await?;
+    // A backup deleted while it was copied takes its copy along; a lock
+    // would keep an object nobody knows of.
+    let still_there = backup::Entity::find_by_id(row.id.clone())
+        .one(&ctx.db)
+        .await
+        .map_err(JobError::from)?
+        .is_some();
+    if !still_there {
+        let _ = target.delete(&key).await;
+        return Err(JobError::Record(
+            "the backup was deleted while it was copied".into(),
+        ));
+    }
     let locked_until = match target.lock(&key).await {
         Ok(until) => until,
         Err(e) => {
