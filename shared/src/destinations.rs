@@ -456,6 +456,13 @@ impl Destination {
             .and_then(|e| e.lock().expect("token error lock").clone())
     }
 
+    /// Whether `other` keeps its objects where this one does (the same
+    /// folder, bucket and prefix; for S3 kinds the same endpoint too).
+    pub fn same_place(&self, other: &Destination) -> bool {
+        let s3_base = |d: &Destination| d.s3.as_ref().map(|t| t.bucket_url().to_string());
+        self.url_base == other.url_base && s3_base(self) == s3_base(other)
+    }
+
     /// `immutable_days` and its mode, when artifacts here are locked.
     pub fn immutability(&self) -> Option<Immutability> {
         self.immutability
@@ -898,6 +905,30 @@ mod tests {
         assert!(partial_files(&root).is_empty());
         assert!(!root.join("project/b.tar.gz").exists());
         assert!(destination.writer("../outside").await.is_err());
+    }
+
+    /// Two names for one bucket and prefix are one place: a copy from one
+    /// to the other would delete the artifact it copies.
+    #[test]
+    fn two_names_for_one_bucket_are_the_same_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let s3 = |prefix: &str, endpoint: &str| DestinationConfig {
+            bucket: Some("backups".into()),
+            prefix: Some(prefix.into()),
+            endpoint: Some(endpoint.into()),
+            ..Default::default()
+        };
+        let here = "http://127.0.0.1:9000";
+        let a = Destination::new("s3", &s3("supabase", here), dir.path()).unwrap();
+        let b = Destination::new("minio", &s3("/supabase/", here), dir.path()).unwrap();
+        let elsewhere =
+            Destination::new("minio", &s3("supabase", "http://10.0.0.2:9000"), dir.path()).unwrap();
+        let other_prefix = Destination::new("minio", &s3("other", here), dir.path()).unwrap();
+        let local = Destination::new("local", &DestinationConfig::default(), dir.path()).unwrap();
+        assert!(a.same_place(&b));
+        assert!(!a.same_place(&elsewhere));
+        assert!(!a.same_place(&other_prefix));
+        assert!(!a.same_place(&local));
     }
 
     /// A 256 KiB tmpfs, unmounted when dropped.

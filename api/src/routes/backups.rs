@@ -721,7 +721,10 @@ async fn new_copy_job(
         payload,
         state.config.job_attempts,
     );
-    let copy = new_copy_row(&row.id, name, target.url_for(&key), &job, crate::now());
+    let mut copy = new_copy_row(&row.id, name, target.url_for(&key), &job, crate::now());
+    // An earlier attempt's lock holds whatever this one does: the locked
+    // version is still in the bucket.
+    copy.locked_until = Set(existing.and_then(|c| c.locked_until));
     Ok(NewJob::new(job, copy))
 }
 

@@ -3,8 +3,9 @@
 //!
 //! OpenDAL's signer (reqsign-google 3.2) exchanges a JWT signed with the
 //! key for an access token at Google's fixed address. Google's own client
-//! libraries send that exchange to the key file's `token_uri` instead (for
-//! every key Google issues, the same address). The exchange goes through
+//! libraries send that exchange to the key file's `token_uri` instead
+//! (Google's keys name one of [`GOOGLE_TOKEN_URIS`], left as they are: the
+//! JWT's audience is always the first). The exchange goes through
 //! the operator's HTTP transport, so [`TokenUriTransport`] sends that one
 //! request to the file's `token_uri`, and every other request as it is:
 //! the key file decides where its token comes from, and the exchange can
@@ -25,8 +26,14 @@ use std::sync::{Arc, Mutex};
 use opendal::{Buffer, HttpBody, HttpTransport, HttpTransporter};
 use serde::Deserialize;
 
-/// Where Google's keys say their tokens come from (and where reqsign asks).
+/// Where reqsign asks for tokens, and Google's keys say they come from.
 pub const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
+/// Google's token endpoints as its keys have named them (older keys the
+/// second); a key naming either is sent to the first.
+pub const GOOGLE_TOKEN_URIS: [&str; 2] = [
+    GOOGLE_TOKEN_URI,
+    "https://accounts.google.com/o/oauth2/token",
+];
 
 #[derive(Deserialize)]
 struct KeyFile {
@@ -66,7 +73,10 @@ pub fn token_uri_of(path: &Path) -> Result<Option<http::Uri>, String> {
             "credential_file {shown}: \"private_key\" is missing or not a PEM key"
         ));
     }
-    let Some(raw) = key.token_uri.filter(|u| u != GOOGLE_TOKEN_URI) else {
+    let Some(raw) = key
+        .token_uri
+        .filter(|u| !GOOGLE_TOKEN_URIS.contains(&u.as_str()))
+    else {
         return Ok(None);
     };
     let bad = || {
@@ -180,8 +190,10 @@ mod tests {
                 "private_key": "-----BEGIN PRIVATE KEY-----\nsecretbits\n-----END PRIVATE KEY-----\n",
                 "token_uri": token_uri})
         };
-        let (_f, path) = key_file(key(GOOGLE_TOKEN_URI));
-        assert_eq!(token_uri_of(&path), Ok(None));
+        for google in GOOGLE_TOKEN_URIS {
+            let (_f, path) = key_file(key(google));
+            assert_eq!(token_uri_of(&path), Ok(None));
+        }
         let (_f, path) = key_file(key("http://127.0.0.1:9/token"));
         assert_eq!(
             token_uri_of(&path).unwrap().unwrap().to_string(),

@@ -268,7 +268,7 @@ impl S3Target {
     }
 
     /// `<endpoint>/<bucket>`.
-    pub(super) fn bucket_url(&self) -> &str {
+    pub fn bucket_url(&self) -> &str {
         &self.base_url
     }
 

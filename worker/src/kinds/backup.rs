@@ -111,7 +111,9 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
         .into_iter()
         .map(|c| c.destination)
         .collect();
-    if job.attempt > 1 && !copies.is_empty() {
+    // Also on a first attempt: a job handed back at shutdown runs again
+    // as attempt 1.
+    if !copies.is_empty() {
         backup_copy::Entity::update_many()
             .col_expr(
                 backup_copy::Column::Status,
@@ -166,14 +168,14 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
                     locked_until,
                     ..row.clone()
                 };
-                let copied = make_copies(ctx, job, &stored, &copies, reporter).await;
-                if let Err(JobError::Cancelled) = copied {
-                    // The backup is whole and stays so; the copies not made
-                    // fail with the job (`fail_open_copies`).
+                if let Err(e) = make_copies(ctx, job, &stored, &copies, reporter).await {
+                    // A cancel, or the control plane gone: the backup is
+                    // whole and, if the job ends here, completed; the copies
+                    // not made fail with the job (`fail_open_copies`). A
+                    // retry makes the backup again.
                     reporter.record_with_end(backup_update(&row.id, completed).into_query());
-                    return Err(JobError::Cancelled);
+                    return Err(e);
                 }
-                copied?;
             }
             // Written with the job's end, in its commit.
             reporter.record_with_end(backup_update(&row.id, completed).into_query());

@@ -183,10 +183,21 @@ pub(crate) async fn copy_to(
             "Destination {target_name} is not usable: {error}"
         )));
     }
+    if target.same_place(&source.destination) {
+        return Err(JobError::Configuration(format!(
+            "destinations {} and {target_name} are the same bucket and prefix; a copy there \
+             would be the artifact itself",
+            source.name()
+        )));
+    }
     let (key, _) = artifact_of(row);
     // What an earlier attempt left (a `gcs` write never replaces one): the
     // target holds no replica of this backup, or the copy would not run.
-    target.delete(&key).await?;
+    // Looked for first: a write-only key may not delete, and a versioned
+    // bucket would keep a delete marker of nothing.
+    if target.stat(&key).await?.is_some() {
+        target.delete(&key).await?;
+    }
     let message = format!(
         "Copying the artifact from {} to {target_name}",
         source.name()
