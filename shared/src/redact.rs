@@ -1,4 +1,6 @@
-//! Removing credentials from text that may reach a log line or a response.
+//! Removing credentials from text that may reach a log line or a response,
+//! and keeping such text readable: an error with the causes its own text
+//! leaves out, cut to a length.
 
 /// Replaces the password of every `scheme://user:password@host` in `text`
 /// with `***`.
@@ -24,6 +26,30 @@ pub fn redact_urls(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// `e` and each cause beneath it whose text it does not already say,
+/// joined by `: ` (a signer's "failed to load signing credential" hides
+/// what the token endpoint answered).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
+}
+
+/// At most `max` characters of `text`, `…` marking a cut.
+pub fn truncate_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
 }
 
 #[cfg(test)]

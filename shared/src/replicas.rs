@@ -16,6 +16,7 @@ use crate::artifact::artifact_of;
 use crate::destinations::{Destination, Destinations};
 use crate::entities::{backup, backup_copy};
 use crate::jobs::STATUS_COMPLETED;
+use crate::redact::{redact_urls, truncate_chars};
 
 /// What is wrong with one replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,7 +163,7 @@ pub async fn locate(
                 // Shown to clients (restore warnings, a download's
                 // `Warning`): no URL's credentials, and not the whole
                 // store's answer.
-                Err(e) => Problem::Unreachable(short(&crate::redact::redact_urls(&e.to_string()))),
+                Err(e) => Problem::Unreachable(truncate_chars(&redact_urls(&e.to_string()), 200)),
             },
         };
         first_problem.get_or_insert((name, problem));
@@ -177,14 +178,6 @@ pub async fn locate(
         destination,
         problem,
     })
-}
-
-/// At most 200 characters of `text`.
-fn short(text: &str) -> String {
-    match text.char_indices().nth(200) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_string(),
-    }
 }
 
 fn capitalized(text: &str) -> String {

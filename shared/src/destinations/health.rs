@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use super::Destination;
-use crate::redact::redact_urls;
+use crate::redact::{error_chain, redact_urls, truncate_chars};
 
 /// The longest a probe may take, all three steps together.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,11 +93,7 @@ impl Destination {
         let (failed, error) = match outcome {
             Ok(()) => (None, None),
             Err((step, e)) => {
-                let text = redact_urls(&e);
-                let text = match text.char_indices().nth(ERROR_MAX) {
-                    Some((cut, _)) => format!("{}…", &text[..cut]),
-                    None => text,
-                };
+                let text = truncate_chars(&redact_urls(&e), ERROR_MAX);
                 tracing::warn!(destination = %self.name, error = %text, "destination probe failed");
                 (Some(step), Some(text))
             }
@@ -116,7 +112,7 @@ impl Destination {
     async fn probe_steps(&self, under_way: &mut Step) -> Result<(), (Step, String)> {
         let failed = |step: Step| {
             move |e: opendal::Error| {
-                let mut text = format!("{} failed: {}", step.doing(), with_causes(&e));
+                let mut text = format!("{} failed: {}", step.doing(), error_chain(&e));
                 if let Some(problem) = self.token_problem() {
                     text.push_str(&format!(" (the key file's token exchange: {problem})"));
                 }
@@ -185,23 +181,6 @@ impl Destination {
         deleted.map_err(failed(Step::Delete))?;
         Ok(())
     }
-}
-
-/// An error and the causes beneath it that its own text leaves out (a
-/// signer's "failed to load signing credential" hides the token endpoint's
-/// `invalid_grant`).
-fn with_causes(error: &opendal::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(inner) = cause {
-        let said = inner.to_string();
-        if !text.contains(&said) {
-            text.push_str(": ");
-            text.push_str(&said);
-        }
-        cause = inner.source();
-    }
-    text
 }
 
 /// Keeps `probe` as `name`'s latest in the control plane (what `/metrics`

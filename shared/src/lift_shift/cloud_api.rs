@@ -28,6 +28,8 @@ use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
+use crate::redact::{error_chain, truncate_chars};
+
 /// What a path segment keeps unencoded: RFC 3986's unreserved characters.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -809,26 +811,6 @@ pub fn retry_wait(base: Duration, attempt: u32, retry_after: Option<Duration>) -
     let wait = backoff(base, attempt);
     let jitter = wait.mul_f64(rand::random::<f64>() * 0.2);
     (wait + jitter).max(retry_after.unwrap_or(Duration::ZERO))
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(e);
-    while let Some(err) = next {
-        let text = err.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    parts.join(": ")
-}
-
-fn truncate_chars(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text.to_string(),
-    }
 }
 
 #[cfg(test)]
