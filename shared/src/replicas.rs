@@ -121,6 +121,31 @@ pub async fn locate(
     row: &backup::Model,
     wanted: Option<&str>,
 ) -> Result<Located, LocateError> {
+    let (key, _) = artifact_of(row);
+    let recorded = row.size.max(0) as u64;
+    let primary = row.destination.as_str();
+    let mut first_problem: Option<(String, Problem)> = None;
+    // The primary first, before the copies are read: serving a healthy
+    // backup asks the control plane nothing more.
+    if wanted.is_none_or(|w| w == primary) {
+        match look(destinations, primary, &key, recorded).await {
+            Ok(destination) => {
+                return Ok(Located {
+                    destination,
+                    key,
+                    size: recorded,
+                    fallback: None,
+                });
+            }
+            Err(problem) if wanted.is_some() => {
+                return Err(LocateError::Unusable {
+                    destination: primary.to_string(),
+                    problem,
+                });
+            }
+            Err(problem) => first_problem = Some((primary.to_string(), problem)),
+        }
+    }
     let copies = copies_of(db, &row.id).await?;
     let names = replica_names(row, &copies);
     let candidates = match wanted {
@@ -132,41 +157,29 @@ pub async fn locate(
                 available: names.join(", "),
             });
         }
-        None => names,
+        // The primary was looked at above.
+        None => names.into_iter().skip(1).collect(),
     };
-    let (key, _) = artifact_of(row);
-    let recorded = row.size.max(0) as u64;
-    let mut first_problem: Option<(String, Problem)> = None;
     for name in candidates {
-        let problem = match destinations.get(&name) {
-            Err(e) => Problem::NotConfigured(e.to_string()),
-            Ok(destination) => match destination.stat(&key).await {
-                Ok(Some(stored)) if stored.size == recorded => {
-                    let fallback = first_problem.as_ref().map(|(first, problem)| {
-                        format!(
-                            "{}; read the copy on {name} instead",
-                            capitalized(&problem.describe(first))
-                        )
-                    });
-                    return Ok(Located {
-                        destination: destination.clone(),
-                        key,
-                        size: recorded,
-                        fallback,
-                    });
-                }
-                Ok(Some(stored)) => Problem::WrongSize {
-                    stored: stored.size,
-                    recorded,
-                },
-                Ok(None) => Problem::Missing,
-                // Shown to clients (restore warnings, a download's
-                // `Warning`): no URL's credentials, and not the whole
-                // store's answer.
-                Err(e) => Problem::Unreachable(truncate_chars(&redact_urls(&e.to_string()), 200)),
-            },
-        };
-        first_problem.get_or_insert((name, problem));
+        match look(destinations, &name, &key, recorded).await {
+            Ok(destination) => {
+                let fallback = first_problem.as_ref().map(|(first, problem)| {
+                    format!(
+                        "{}; read the copy on {name} instead",
+                        capitalized(&problem.describe(first))
+                    )
+                });
+                return Ok(Located {
+                    destination,
+                    key,
+                    size: recorded,
+                    fallback,
+                });
+            }
+            Err(problem) => {
+                first_problem.get_or_insert((name, problem));
+            }
+        }
     }
     let (destination, problem) = first_problem.unwrap_or_else(|| {
         (
@@ -178,6 +191,32 @@ pub async fn locate(
         destination,
         problem,
     })
+}
+
+/// The destination `name` when it holds `key` with the `recorded` size.
+async fn look(
+    destinations: &Destinations,
+    name: &str,
+    key: &str,
+    recorded: u64,
+) -> Result<Destination, Problem> {
+    let destination = destinations
+        .get(name)
+        .map_err(|e| Problem::NotConfigured(e.to_string()))?;
+    match destination.stat(key).await {
+        Ok(Some(stored)) if stored.size == recorded => Ok(destination.clone()),
+        Ok(Some(stored)) => Err(Problem::WrongSize {
+            stored: stored.size,
+            recorded,
+        }),
+        Ok(None) => Err(Problem::Missing),
+        // Shown to clients (restore warnings, a download's `Warning`): no
+        // URL's credentials, and not the whole store's answer.
+        Err(e) => Err(Problem::Unreachable(truncate_chars(
+            &redact_urls(&e.to_string()),
+            200,
+        ))),
+    }
 }
 
 fn capitalized(text: &str) -> String {

@@ -22,6 +22,7 @@ use supascale_shared::jobs::io_error;
 use supascale_shared::jobs::params::VerifyPayload;
 use supascale_shared::pgtools;
 use supascale_shared::pgtools::child;
+use supascale_shared::replicas::{LocateError, Problem};
 use supascale_shared::restore::database::major_of_version;
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
@@ -73,32 +74,23 @@ async fn check(
         .as_deref()
         .and_then(|m| serde_json::from_str(m).ok())
         .ok_or_else(|| Damage::Found("the backup has no manifest".into()))?;
-    let (key, compression) = artifact_of(row);
-    let destination = ctx
-        .destinations
-        .get(&row.destination)
-        .map_err(|e| Damage::CannotLook(JobError::Configuration(e.to_string())))?
-        .clone();
+    let (_, compression) = artifact_of(row);
     reporter
         .step("stat", "Looking for the artifact", 1, 3)
         .await;
-    let recorded = row.size.max(0) as u64;
-    match destination.stat(&key).await {
-        Ok(Some(stored)) if stored.size == recorded => {}
-        Ok(Some(stored)) => {
-            return Err(Damage::Found(format!(
-                "the artifact has {} bytes, not the {recorded} recorded",
-                stored.size
-            )));
-        }
-        Ok(None) => {
-            return Err(Damage::Found(format!(
-                "the artifact is missing from destination {}",
-                row.destination
-            )));
-        }
-        Err(e) => return Err(Damage::CannotLook(JobError::from(e))),
-    }
+    // The primary, as restores read it; what is wrong with it is damage,
+    // a destination that does not answer is not.
+    let located =
+        supascale_shared::replicas::locate(&ctx.db, &ctx.destinations, row, Some(&row.destination))
+            .await
+            .map_err(|e| match e {
+                LocateError::Unusable {
+                    problem: Problem::Missing | Problem::WrongSize { .. },
+                    ..
+                } => Damage::Found(e.to_string()),
+                e => Damage::CannotLook(super::restore::locate_error(e)),
+            })?;
+    let (destination, key, recorded) = (located.destination, located.key, located.size);
     let identities = if row.encrypted {
         let identities = ctx
             .config
