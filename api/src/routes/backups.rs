@@ -1067,7 +1067,11 @@ async fn new_backup_rows(
     let job = jobs::store::new_job(
         jobs::JobKind::Backup,
         Some(&project.id),
-        serde_json::json!({ "backupId": id }),
+        serde_json::to_value(jobs::params::BackupPayload {
+            backup_id: id.clone(),
+            copy_to: copy_to.iter().map(|(name, _)| name.clone()).collect(),
+        })
+        .unwrap_or_default(),
         state.config.job_attempts,
     );
     let copies = copy_to

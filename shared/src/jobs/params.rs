@@ -7,6 +7,10 @@
 #[serde(rename_all = "camelCase")]
 pub struct BackupPayload {
     pub backup_id: String,
+    /// `copyTo`: the destinations whose copy rows this job fills once the
+    /// artifact is stored (so that a backup without copies reads none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copy_to: Vec<String>,
 }
 
 /// A restore job: the restore row it carries out.

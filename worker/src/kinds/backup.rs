@@ -100,19 +100,10 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
     let started = Instant::now();
     let (row, project) = start(ctx, &payload.backup_id).await?;
     // `copyTo`: the copies this job makes once the artifact is stored. An
-    // earlier attempt's copies are of an artifact this attempt makes anew:
-    // every one is made again.
-    let copies: Vec<String> = backup_copy::Entity::find()
-        .filter(backup_copy::Column::BackupId.eq(row.id.clone()))
-        .filter(backup_copy::Column::JobId.eq(job.id.clone()))
-        .all(&ctx.db)
-        .await
-        .map_err(JobError::from)?
-        .into_iter()
-        .map(|c| c.destination)
-        .collect();
-    // Also on a first attempt: a job handed back at shutdown runs again
-    // as attempt 1.
+    // earlier run's copies are of an artifact this run makes anew: every
+    // one is made again (also on attempt 1, which a job handed back at
+    // shutdown runs again).
+    let copies = payload.copy_to.clone();
     if !copies.is_empty() {
         backup_copy::Entity::update_many()
             .col_expr(
