@@ -143,9 +143,21 @@ impl Backup {
 
     /// The backup `row` as shown, its copies read.
     pub async fn read(state: &AppState, row: backup::Model) -> ApiResult<Self> {
-        let copies = supascale_shared::replicas::copies_of(&state.db, &row.id).await?;
-        Ok(Self::with_copies(row, copies))
+        let copies = shown_copies(state, &row.id).await?;
+        Ok(Self {
+            copies,
+            ..row.into()
+        })
     }
+}
+
+/// The copies of the backup `backup_id`, as a backup shows them.
+async fn shown_copies(state: &AppState, backup_id: &str) -> ApiResult<Vec<BackupCopy>> {
+    Ok(supascale_shared::replicas::copies_of(&state.db, backup_id)
+        .await?
+        .into_iter()
+        .map(BackupCopy::from)
+        .collect())
 }
 
 /// The copies of the backups `ids`, by backup, in one query.
@@ -1003,11 +1015,7 @@ impl JobAnswer for CreatedBackup {
             CreatedBackup::Done(Json(done)) => &mut done.backup,
             CreatedBackup::Accepted(Json(accepted), _) => &mut accepted.backup,
         };
-        backup.copies = supascale_shared::replicas::copies_of(&state.db, &backup.id)
-            .await?
-            .into_iter()
-            .map(BackupCopy::from)
-            .collect();
+        backup.copies = shown_copies(state, &backup.id).await?;
         Ok(answer)
     }
 }

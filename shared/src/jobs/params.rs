@@ -2,6 +2,15 @@
 //! (`jobs.payload`, JSON) and the kind's module reads them back. Never a
 //! secret: those travel sealed in `jobs.secrets_enc`.
 
+/// The job's typed parameters; a payload that does not read is the
+/// record's fault (a permanent failure).
+pub fn read<T: serde::de::DeserializeOwned>(
+    job: &crate::entities::job::Model,
+) -> Result<T, super::JobError> {
+    serde_json::from_str(&job.payload)
+        .map_err(|e| super::JobError::Record(format!("bad job payload: {e}")))
+}
+
 /// A backup job: the backup row it fills.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -95,8 +95,7 @@ async fn set_backup(
 }
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
-    let payload: BackupPayload = serde_json::from_str(&job.payload)
-        .map_err(|e| JobError::Record(format!("bad job payload: {e}")))?;
+    let payload: BackupPayload = supascale_shared::jobs::params::read(job)?;
     let started = Instant::now();
     let (row, project) = start(ctx, &payload.backup_id).await?;
     // `copyTo`: the copies this job makes once the artifact is stored. An

@@ -36,8 +36,7 @@ pub(crate) struct Copied {
 }
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
-    let payload: CopyPayload = serde_json::from_str(&job.payload)
-        .map_err(|e| JobError::Record(format!("bad job payload: {e}")))?;
+    let payload: CopyPayload = supascale_shared::jobs::params::read(job)?;
     let row = backup::Entity::find_by_id(payload.backup_id.clone())
         .one(&ctx.db)
         .await

@@ -50,8 +50,7 @@ pub async fn start(
     job: &job::Model,
     formats: &[Detected],
 ) -> Result<ImportStart, JobError> {
-    let payload: ImportPayload = serde_json::from_str(&job.payload)
-        .map_err(|e| JobError::Record(format!("bad job payload: {e}")))?;
+    let payload: ImportPayload = supascale_shared::jobs::params::read(job)?;
     let project_id = job
         .project_id
         .clone()

@@ -73,8 +73,7 @@ pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Res
 
 async fn migrate(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
     let started = Instant::now();
-    let payload: LiftShiftPayload = serde_json::from_str(&job.payload)
-        .map_err(|e| JobError::Record(format!("bad job payload: {e}")))?;
+    let payload: LiftShiftPayload = supascale_shared::jobs::params::read(job)?;
     let secrets = open_secrets(ctx, job)?;
     let project_id = job
         .project_id

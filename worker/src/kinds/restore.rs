@@ -59,8 +59,7 @@ pub(super) use artifact::{
 };
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
-    let payload: RestorePayload = serde_json::from_str(&job.payload)
-        .map_err(|e| JobError::Record(format!("bad job payload: {e}")))?;
+    let payload: RestorePayload = supascale_shared::jobs::params::read(job)?;
     let started = Instant::now();
     let row = restore::Entity::update_many()
         .col_expr(

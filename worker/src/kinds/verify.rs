@@ -26,8 +26,7 @@ use supascale_shared::replicas::{LocateError, Problem};
 use supascale_shared::restore::database::major_of_version;
 
 pub async fn run(ctx: &JobContext, job: &job::Model, reporter: &Reporter) -> Result<(), JobError> {
-    let payload: VerifyPayload = serde_json::from_str(&job.payload)
-        .map_err(|e| JobError::Record(format!("bad job payload: {e}")))?;
+    let payload: VerifyPayload = supascale_shared::jobs::params::read(job)?;
     let row = backup::Entity::find_by_id(payload.backup_id.clone())
         .one(&ctx.db)
         .await
